@@ -1,0 +1,3 @@
+from sipbot.cli import main
+
+raise SystemExit(main())
