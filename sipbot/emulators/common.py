@@ -304,6 +304,11 @@ class EmulatorServer:
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def base_url(self) -> str:
+        """The URL clients are given (each protocol says what shape)."""
+        raise NotImplementedError
+
     def _ssl_context(self) -> Any:
         return None
 
