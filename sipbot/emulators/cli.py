@@ -103,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     recording = open(args.record, "a", encoding="utf-8") if args.record else None  # noqa: SIM115
     with recording if recording is not None else contextlib.nullcontext():
         kind = GeminiEmulator if args.provider == "gemini" else OpenAIEmulator
-        emulator = kind(script, host=args.host, port=args.port, record=recording)
+        # A long-running emulator keeps no frames in memory: --record is the way to see them.
+        emulator = kind(script, host=args.host, port=args.port, record=recording, keep_frames=False)
         try:
             asyncio.run(serve(emulator, sys.stderr))
         except OSError as exc:

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
 
-from sipbot.emulators.common import Conversation, EmulatedSession, EmulatorServer
+from sipbot.emulators.common import EmulatedSession, EmulatorServer, ResumptionHandles
 from sipbot.emulators.gemini_session import GeminiConnection
 from sipbot.emulators.script import EmulatorScript
 from sipbot.emulators.tls import LocalCertificate
@@ -48,7 +48,7 @@ class GeminiEmulator(EmulatorServer):
     Attributes:
         base_url: ``https://HOST:PORT`` for ``HttpOptions(base_url=..., api_version="v1beta")``.
         ca_file: PEM to trust (valid once started, deleted by :meth:`stop`).
-        resumable: resumption handle → the conversation it resumes.
+        resumable: resumption handles → the conversations they resume.
     """
 
     scheme = "https"
@@ -60,10 +60,11 @@ class GeminiEmulator(EmulatorServer):
         host: str = "127.0.0.1",
         port: int = 0,
         record: IO[str] | None = None,
+        keep_frames: bool = True,
     ) -> None:
-        super().__init__(script, host=host, port=port, record=record)
+        super().__init__(script, host=host, port=port, record=record, keep_frames=keep_frames)
         self._certificate: LocalCertificate | None = None
-        self.resumable: dict[str, Conversation] = {}
+        self.resumable = ResumptionHandles()
 
     @property
     def base_url(self) -> str:

@@ -36,6 +36,7 @@ from sipbot.emulators.common import (
     EmulatedSession,
     PendingCall,
     Reply,
+    ResumptionHandles,
     chunk_deadline,
     close_reason,
     make_reply,
@@ -81,7 +82,7 @@ class GeminiConnection:
         self,
         ws: ServerConnection,
         session: EmulatedSession,
-        resumable: dict[str, Conversation],
+        resumable: ResumptionHandles,
     ) -> None:
         self.resumable = resumable
         self.ws = ws
@@ -132,7 +133,8 @@ class GeminiConnection:
             raise wire.WireError("Invalid request: the first message must be a setup message.")
         self.options = options = wire.parse_setup(message["setup"])
         if options.resume_handle is not None:
-            conversation = self.resumable.get(options.resume_handle)
+            now = asyncio.get_running_loop().time()
+            conversation = self.resumable.get(options.resume_handle, now)
             if conversation is None:
                 await self.ws.close(CLOSE_POLICY, UNKNOWN_HANDLE_REASON)
                 return False
@@ -159,8 +161,7 @@ class GeminiConnection:
     async def _send_resumption_update(self) -> None:
         if self.options is None or not self.options.resumption:
             return
-        handle = uuid.uuid4().hex
-        self.resumable[handle] = self.conversation
+        handle = self.resumable.issue(self.conversation, asyncio.get_running_loop().time())
         await self._send({"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}})
 
     # ------------------------------------------------------------------ client frames
@@ -337,11 +338,10 @@ class GeminiConnection:
             await sleep_until(chunk_deadline(start, index - first, reply.chunk_ms, script.speed))
             if first_sent_at is None:
                 first_sent_at = loop.time()
-            chunk, text = reply.chunks[index], reply.texts[index]
-            await self._send(
-                wire.audio_content(chunk, text, transcribe=options.output_transcription)
-            )
+            await self._send(wire.audio_content(reply.chunks[index]))
             reply.position = index + 1
+            if options.output_transcription and reply.texts[index]:
+                await self._send(wire.output_transcription(reply.texts[index]))
         await self._send({"serverContent": {"generationComplete": True}})
         self.conversation.pending_reply = None
         self.conversation.history.append({"role": "agent", "text": reply.transcript})

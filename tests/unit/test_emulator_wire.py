@@ -8,6 +8,8 @@ import pytest
 
 from sipbot.emulators import gemini_wire, openai_wire
 from sipbot.emulators.common import (
+    Conversation,
+    ResumptionHandles,
     b64decode_any,
     chunk_deadline,
     close_reason,
@@ -84,6 +86,20 @@ def test_summarize_replaces_audio_payloads_only() -> None:
     assert summarize(text) == text
 
 
+def test_resumption_handles_lapse_after_their_ttl() -> None:
+    handles = ResumptionHandles(ttl_s=10.0)
+    first, second = Conversation(), Conversation()
+    a = handles.issue(first, now=0.0)
+    b = handles.issue(first, now=5.0)
+    assert a != b
+    assert handles.get(a, now=9.9) is first
+    assert handles.get(a, now=10.0) is None
+    assert handles.get("unknown", now=0.0) is None
+    handles.issue(second, now=12.0)  # forgets the lapsed handle a
+    assert len(handles) == 2
+    assert handles.get(b, now=12.0) is first
+
+
 # --------------------------------------------------------------------------- gemini
 
 
@@ -146,7 +162,10 @@ def test_server_messages() -> None:
     assert gemini_wire.duration(1000) == "1s"
     assert gemini_wire.duration(250) == "0.250s"
     assert gemini_wire.turn_complete(1000, 500)["usageMetadata"]["totalTokenCount"] == 48
-    content = gemini_wire.audio_content(b"\x00\x01", "hi", transcribe=False)
+    assert gemini_wire.output_transcription("hi") == {
+        "serverContent": {"outputTranscription": {"text": "hi"}}
+    }
+    content = gemini_wire.audio_content(b"\x00\x01")
     assert content == {
         "serverContent": {
             "modelTurn": {
