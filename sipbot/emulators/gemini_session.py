@@ -327,25 +327,18 @@ class GeminiConnection:
         script, options = self.script, self.options
         assert options is not None
         self.conversation.pending_reply = reply
-        first = reply.position
-        start = loop.time() + (script.first_audio_delay_ms / 1000.0 if first == 0 else 0.0)
-        first_sent_at: float | None = None
+        delay_s = script.first_audio_delay_ms / 1000.0 if reply.position == 0 else 0.0
+        start = loop.time() + delay_s
         if options.text_only:
             await sleep_until(start)
             await self._send(wire.text_content(reply.transcript))
             reply.position = len(reply.chunks)
-        for index in range(first, len(reply.chunks)):
-            await sleep_until(chunk_deadline(start, index - first, reply.chunk_ms, script.speed))
-            if first_sent_at is None:
-                first_sent_at = loop.time()
-            await self._send(wire.audio_content(reply.chunks[index]))
-            reply.position = index + 1
-            if options.output_transcription and reply.texts[index]:
-                await self._send(wire.output_transcription(reply.texts[index]))
+            first_sent_at, audio_ms = None, 0
+        else:
+            first_sent_at, audio_ms = await self._stream(reply, start)
         await self._send({"serverContent": {"generationComplete": True}})
         self.conversation.pending_reply = None
         self.conversation.history.append({"role": "agent", "text": reply.transcript})
-        audio_ms = sum(len(c) for c in reply.chunks[first:]) // PCM16_24K.bytes_per_ms
         if script.playback_wait and first_sent_at is not None:
             await sleep_until(first_sent_at + audio_ms / 1000.0)
         utterance = self.conversation.last_utterance
@@ -355,6 +348,25 @@ class GeminiConnection:
         if reply.counts:
             self.replies_here += 1
             await self._after_turn(self.replies_here)
+
+    async def _stream(self, reply: Reply, start: float) -> tuple[float | None, int]:
+        """Send the reply's remaining audio, paced; return when it began and its length (ms)."""
+        loop = asyncio.get_running_loop()
+        assert self.options is not None
+        first = reply.position
+        first_sent_at: float | None = None
+        for index in range(first, len(reply.chunks)):
+            await sleep_until(
+                chunk_deadline(start, index - first, reply.chunk_ms, self.script.speed)
+            )
+            if first_sent_at is None:
+                first_sent_at = loop.time()
+            await self._send(wire.audio_content(reply.chunks[index]))
+            reply.position = index + 1
+            if self.options.output_transcription and reply.texts[index]:
+                await self._send(wire.output_transcription(reply.texts[index]))
+        audio_ms = sum(len(chunk) for chunk in reply.chunks[first:]) // PCM16_24K.bytes_per_ms
+        return first_sent_at, audio_ms
 
     async def _after_turn(self, count: int) -> None:
         script = self.script

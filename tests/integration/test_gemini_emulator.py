@@ -225,6 +225,15 @@ async def test_text_turn_is_a_greeting_only_when_greet_is_set(emulator: GeminiEm
             await collect(s, turn_complete, limit_s=0.5)
 
 
+async def test_text_modality_replies_with_text(emulator: GeminiEmulator) -> None:
+    live = types.LiveConnectConfig(response_modalities=[types.Modality.TEXT])
+    async with client_for(emulator).aio.live.connect(model="m", config=live) as s:
+        await send_audio(s, chirp(300, RATE_IN) + silence(600))
+        messages = await collect(s, turn_complete)
+    assert [m.text for m in messages if m.text] == ["reply 1"]
+    assert not audio_of(messages)
+
+
 async def test_manual_activity_marks_the_turn(emulator: GeminiEmulator) -> None:
     manual = types.RealtimeInputConfig(
         automatic_activity_detection=types.AutomaticActivityDetection(disabled=True)

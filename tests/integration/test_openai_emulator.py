@@ -298,6 +298,16 @@ async def test_manual_commit_and_response_create(emulator: OpenAIEmulator) -> No
     assert reply == spoken
 
 
+async def test_text_output_modality(emulator: OpenAIEmulator) -> None:
+    async with connect(emulator) as connection:
+        await connection.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        await append(connection, chirp(300, RATE) + silence(600))
+        events = await events_until(connection, of_type("response.done"))
+    assert not audio_of(events)
+    assert [e.text for e in events if e.type == "response.output_text.done"] == ["reply 1"]
+    assert events[-1].response.output[0].content[0].text == "reply 1"
+
+
 async def test_greeting_and_no_greeting(emulator: OpenAIEmulator) -> None:
     emulator.script = replace(FAST, reply="tone", reply_ms=100, reply_text="hi {turn}")
     async with connect(emulator) as connection:
