@@ -30,7 +30,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
 
 from sipbot.emulators import gemini_wire as wire
-from sipbot.emulators.audio import SpeechStarted, TurnDetector, Utterance, reply_audio
+from sipbot.emulators.audio import (
+    SpeechStarted,
+    TurnDetector,
+    TurnEvent,
+    Utterance,
+    reply_audio,
+)
 from sipbot.emulators.common import (
     Conversation,
     EmulatedSession,
@@ -209,7 +215,7 @@ class GeminiConnection:
         elif self.activity is not None:
             self.activity += pcm
 
-    async def _on_turn_event(self, event: Any) -> None:
+    async def _on_turn_event(self, event: TurnEvent) -> None:
         if isinstance(event, SpeechStarted):
             await self._barge_in()
         else:

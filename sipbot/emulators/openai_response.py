@@ -110,7 +110,7 @@ class ResponseRun:
             item_id = wire.new_id("item")
             arguments = json.dumps(dict(call.arguments), separators=(",", ":"))
             item = wire.function_call_item(item_id, call.call_id, call.name, "", "in_progress")
-            previous = connection._last_item_id()
+            previous = connection.last_item_id()
             connection.items[item_id] = item
             await emit(
                 "response.output_item.added", response_id=self.id, output_index=index, item=item
@@ -145,7 +145,7 @@ class ResponseRun:
     async def _message(self, reply: Reply) -> None:
         connection, emit = self.connection, self.connection.emit
         item_id = wire.new_id("item")
-        self.previous_item_id = connection._last_item_id()
+        self.previous_item_id = connection.last_item_id()
         self.item = item = wire.assistant_item(item_id, "in_progress", [])
         connection.items[item_id] = item
         if not self.text_only:

@@ -37,6 +37,7 @@ from sipbot.emulators.script import EmulatorScript
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
+VAD_BUFFER_S = 60  # input audio kept for a manual commit while server VAD is on
 
 
 class OpenAIConnection:
@@ -59,7 +60,6 @@ class OpenAIConnection:
         self.active: ResponseRun | None = None
         self.unanswered_turn: int | None = None
         self.replies_here = 0
-        self.ended = False
         self.handlers: dict[str, Handler] = {
             "session.update": self._on_session_update,
             "input_audio_buffer.append": self._on_append,
@@ -168,6 +168,10 @@ class OpenAIConnection:
         self.input_ms += len(pcm) * 1000 // (2 * fmt.rate_hz)
         if self.detector is None:
             return
+        # With server VAD the buffer only serves a manual commit: keep its last minute.
+        excess = len(self.buffer) - 2 * fmt.rate_hz * VAD_BUFFER_S
+        if excess > 0:
+            del self.buffer[:excess]
         for turn_event in self.detector.feed(pcm):
             if isinstance(turn_event, SpeechStarted):
                 await self._speech_started(turn_event)
@@ -224,7 +228,7 @@ class OpenAIConnection:
 
     async def _commit(self, utterance: Utterance, item_id: str) -> int:
         """Turn the buffered caller audio into a user item; return the caller turn number."""
-        previous = self._last_item_id()
+        previous = self.last_item_id()
         await self.emit("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
         item = wire.user_audio_item(item_id)
         self.items[item_id] = item
@@ -249,7 +253,8 @@ class OpenAIConnection:
             )
         return conversation.turns
 
-    def _last_item_id(self) -> str | None:
+    def last_item_id(self) -> str | None:
+        """The id of the newest conversation item, if any."""
         return next(reversed(self.items), None)
 
     # ------------------------------------------------------------------ items
@@ -289,7 +294,7 @@ class OpenAIConnection:
         stored = {**item, "object": "realtime.item"}
         stored.setdefault("id", wire.new_id("item"))
         stored.setdefault("status", "completed")
-        previous = event.get("previous_item_id") or self._last_item_id()
+        previous = event.get("previous_item_id") or self.last_item_id()
         self.items[stored["id"]] = stored
         await self.emit("conversation.item.added", item=stored, previous_item_id=previous)
         await self.emit("conversation.item.done", item=stored, previous_item_id=previous)
