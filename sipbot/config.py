@@ -222,8 +222,10 @@ def load_config(path: str | None, *, environ: Mapping[str, str] | None = None) -
     doc = load_yaml(text, source, environ)
     if not isinstance(doc.data, dict):
         raise ConfigError("the file must be a mapping (server:, agents:, routes:)", file=source)
+    # top-level ``x-...`` keys hold YAML anchors for reuse (as in docker-compose files)
+    data = {k: v for k, v in doc.data.items() if not k.startswith("x-")}
     try:
-        model = ConfigModel.model_validate(doc.data)
+        model = ConfigModel.model_validate(data)
     except ValidationError as exc:
         raise _first_error(exc, doc) from None
     search_paths = [os.path.dirname(os.path.abspath(path))] if path else []

@@ -163,7 +163,11 @@ class _Builder:
         return merged
 
     def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
-        value = self._constructor.construct_object(node, deep=True)
+        try:
+            value = self._constructor.construct_object(node, deep=True)
+        except (ValueError, yaml.YAMLError) as exc:  # e.g. a date 2025-13-01
+            message = f"invalid value {node.value!r}: {exc}"
+            raise self._error(path, node.start_mark.line + 1, message) from None
         if node.tag == _INT_TAG and isinstance(value, int) and not isinstance(value, bool):
             number = YamlInt(value)
             number.text = node.value

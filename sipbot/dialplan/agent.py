@@ -135,6 +135,10 @@ class Agent:
                 if item not in BUILTIN_NAMES:
                     hint = did_you_mean(item, BUILTIN_NAMES)
                     fail(f"tools[{index}]", f"unknown tool {item!r}{hint}")
+                if item == "transfer_call" and not self.transfer_allow:
+                    fail(
+                        f"tools[{index}]", "transfer_call needs transfer_allow: the URIs it may use"
+                    )
                 try:
                     resolved.append(builtin_tool(item, self.transfer_allow))
                 except ToolDefinitionError as exc:

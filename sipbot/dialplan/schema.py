@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from sipbot.dialplan.agent import Agent
-from sipbot.dialplan.fields import did_you_mean
+from sipbot.dialplan.fields import did_you_mean, with_field
 from sipbot.dialplan.match import Exact, Match, Prefix, Regex, TextMatcher
 from sipbot.dialplan.model import (
     Action,
@@ -30,6 +30,7 @@ from sipbot.dialplan.model import (
     Reject,
     Route,
     Transfer,
+    check_uri,
 )
 from sipbot.errors import ConfigError, ToolDefinitionError
 from sipbot.providers.base import TurnDetection
@@ -142,6 +143,8 @@ def at(doc: Document, path: Path, make: Callable[[], T]) -> T:
     try:
         return make()
     except ConfigError as exc:
+        if exc.file is not None:
+            raise  # already located by an inner ``at``
         full = (*path, *parse_field(exc.field)) if exc.field else path
         raise doc.error(full, exc.message) from None
     except ToolDefinitionError as exc:
@@ -170,7 +173,7 @@ def build_dialplan(model: DialplanModel, doc: Document, search_paths: Iterable[s
     }
     trunks: dict[str, tuple[str, ...]] = {}
     for name, trunk in model.trunks.items():
-        trunks[name] = at(doc, ("trunks", name, "source"), partial(_trunk_source, trunk.source))
+        trunks[name] = at(doc, ("trunks", name), partial(_trunk_source, trunk.source))
     routes = [_route(doc, i, r, agents, trunks) for i, r in enumerate(model.routes)]
     return at(doc, (), lambda: Dialplan(routes, agents, model.timezone))
 
@@ -301,8 +304,8 @@ def _action(doc: Document, path: Path, spec: RouteModel, agents: Mapping[str, Ag
             raise doc.error((*path, "answer"), message)
         return Answer(agent)
     if spec.transfer is not None:
-        uri = spec.transfer
-        return at(doc, (*path, "transfer"), lambda: Transfer(uri))
+        uri = at(doc, (*path, "transfer"), partial(check_uri, spec.transfer))
+        return Transfer(uri)
     return at(doc, (*path, "reject"), lambda: _reject(spec.reject))
 
 
@@ -310,14 +313,20 @@ def _reject(value: Any) -> Reject:
     if isinstance(value, bool):
         raise ConfigError("reject takes a SIP status (e.g. 486) or {status, reason}")
     if isinstance(value, int):
-        return Reject(value)
+        return Reject(_status(value))
     if isinstance(value, dict) and set(value) <= {"status", "reason"} and "status" in value:
         status, reason = value["status"], value.get("reason") or ""
         if isinstance(status, int) and not isinstance(status, bool) and isinstance(reason, str):
             if any(c in reason for c in "\r\n"):
                 raise ConfigError("a reason phrase is one line", field="reason")
-            return Reject(status, reason)
+            return Reject(with_field("status", _status, status), reason)
     raise ConfigError("reject takes a SIP status (e.g. 486) or {status, reason}")
+
+
+def _status(status: int) -> int:
+    if not 400 <= status <= 699:
+        raise ConfigError(f"reject status must be 400-699, not {status}")
+    return status
 
 
 def _dtmf_action(value: Any) -> DtmfAction:

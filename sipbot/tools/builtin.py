@@ -22,9 +22,9 @@ DTMF_RE = re.compile(r"[0-9*#A-D]{1,32}")
 # A destination is a bare URI: no display name, parameters, headers or spaces, which could
 # smuggle a different target past a pattern.
 _SIP_DEST_RE = re.compile(
-    r"(sips?):([A-Za-z0-9+*#._~!$&'()=,-]+)@([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?"
+    r"((?i:sips?)):([A-Za-z0-9+*#._~!$&'()=,-]+)@([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?"
 )
-_TEL_DEST_RE = re.compile(r"(tel):(\+?[0-9*#A-D().-]+)")
+_TEL_DEST_RE = re.compile(r"((?i:tel)):(\+?[0-9*#A-D().-]+)")
 
 
 @tool

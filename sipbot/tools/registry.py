@@ -17,7 +17,8 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, overload
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import PydanticUserError, TypeAdapter, ValidationError
+from typing_extensions import is_typeddict
 
 from sipbot.errors import ToolDefinitionError, ToolError
 from sipbot.providers.base import ToolSpec
@@ -176,13 +177,23 @@ def _signature_schema(
         if param.name in descriptions:
             schema = {**schema, "description": descriptions[param.name]}
         properties[param.name] = schema
-        adapters[param.name] = TypeAdapter(hints[param.name])
+        adapters[param.name] = _adapter(hints[param.name], where)
         if param.default is inspect.Parameter.empty:
             required.append(param.name)
     parameters: JsonSchema = {"type": "object", "properties": properties}
     if required:
         parameters["required"] = required
     return context_param, parameters, adapters
+
+
+def _adapter(annotation: Any, where: str) -> TypeAdapter[Any]:
+    try:
+        return TypeAdapter(annotation)
+    except PydanticUserError as exc:
+        if is_typeddict(annotation):
+            # typing.TypedDict on Python < 3.12: pydantic cannot validate it; take the dict
+            return TypeAdapter(dict[str, Any])
+        raise ToolDefinitionError(f"{where}: {exc}") from None
 
 
 @overload

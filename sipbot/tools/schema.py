@@ -43,6 +43,8 @@ def schema_for(annotation: Any, where: str) -> JsonSchema:
     """
     if annotation in _SCALARS:
         return {"type": _SCALARS[annotation]}
+    if annotation in (list, tuple, set, frozenset, dict):
+        raise ToolDefinitionError(f"{where}: say the item type (list[str], not list)")
     origin = get_origin(annotation)
     if origin is typing.Annotated:
         return schema_for(get_args(annotation)[0], where)
@@ -81,7 +83,7 @@ def _union_schema(args: tuple[Any, ...], where: str) -> JsonSchema:
         schema = schemas[0]
         if not nullable:
             return schema
-        if isinstance(schema.get("type"), str) and "enum" not in schema:
+        if schema.get("type") in _SCALARS.values() and "enum" not in schema:
             return {**schema, "type": [schema["type"], "null"]}
         return {"anyOf": [schema, {"type": "null"}]}
     if nullable:
