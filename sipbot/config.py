@@ -23,9 +23,10 @@ from pydantic_core import PydanticCustomError
 
 from sipbot.dialplan.agent import check_codecs
 from sipbot.dialplan.analysis import dialplan_warnings
+from sipbot.dialplan.build import build_dialplan
 from sipbot.dialplan.fields import did_you_mean
 from sipbot.dialplan.model import Dialplan
-from sipbot.dialplan.schema import DialplanModel, StrictModel, build_dialplan
+from sipbot.dialplan.schema import DialplanModel, StrictModel
 from sipbot.errors import ConfigError
 from sipbot.yamlsource import Document, Path, format_path, load_yaml
 
@@ -67,6 +68,17 @@ def parse_listen(text: str) -> ListenAddress:
     if not _is_ip(host) or port > 65535:
         raise _invalid(f"bad listen address {text!r}: the host must be an IP address")
     return ListenAddress(transport.lower(), host, port)
+
+
+def parse_listen_option(text: str) -> tuple[ListenAddress, ...]:
+    """A ``--listen`` value: ``HOST:PORT`` (UDP and TCP) or ``transport:HOST:PORT``.
+
+    Raises:
+        ValueError: neither form.
+    """
+    if text.split(":", 1)[0].lower() in TRANSPORTS:
+        return (parse_listen(text),)
+    return tuple(parse_listen(f"{transport}:{text}") for transport in TRANSPORTS)
 
 
 def parse_public_address(text: Any) -> tuple[str, int | None] | None:
@@ -301,4 +313,5 @@ __all__ = [
     "format_path",
     "load_config",
     "parse_listen",
+    "parse_listen_option",
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sipbot.config import ListenAddress, load_config, parse_listen
+from sipbot.config import ListenAddress, load_config, parse_listen, parse_listen_option
 from sipbot.dialplan import Answer, Exact, Prefix, Reject, Transfer
 from sipbot.errors import ConfigError
 from sipbot.secret import Secret
@@ -548,6 +548,20 @@ def test_warnings_are_one_line_each(in_tmp: Path) -> None:
 def test_no_routes_warning(in_tmp: Path) -> None:
     config = load_config(write(in_tmp, "agents: {}\n"))
     assert config.warnings == ("d.yaml:1: warning: no routes: every call is rejected with 404",)
+
+
+def test_parse_listen_option() -> None:
+    assert parse_listen_option("0.0.0.0:5080") == (
+        ListenAddress("udp", "0.0.0.0", 5080),
+        ListenAddress("tcp", "0.0.0.0", 5080),
+    )
+    assert parse_listen_option("[::1]:5080") == (
+        ListenAddress("udp", "::1", 5080),
+        ListenAddress("tcp", "::1", 5080),
+    )
+    assert parse_listen_option("tcp:127.0.0.1:0") == (ListenAddress("tcp", "127.0.0.1", 0),)
+    with pytest.raises(ValueError, match="bad listen address"):
+        parse_listen_option("localhost:5060")
 
 
 def test_parse_listen_directly() -> None:
