@@ -244,9 +244,26 @@ def load_config(path: str | None, *, environ: Mapping[str, str] | None = None) -
     search_paths.append(os.getcwd())
     dialplan = build_dialplan(model, doc, search_paths)
     warnings = [_warning(doc, p, m) for p, m in dialplan_warnings(dialplan)]
+    warnings += [_warning(doc, p, m) for p, m in _unused_definitions(model)]
     if not dialplan.routes:
         warnings.append(_warning(doc, (), "no routes: every call is rejected with 404"))
     return Config(model.server, dialplan, source, path, tuple(warnings))
+
+
+def _unused_definitions(model: ConfigModel) -> list[tuple[Path, str]]:
+    used_tools = {name for agent in model.agents.values() for name in agent.tools}
+    used_trunks = {route.match.trunk for route in model.routes}
+    out: list[tuple[Path, str]] = [
+        (("tools", n), f"tool {n!r} is not used by any agent")
+        for n in model.tools
+        if n not in used_tools
+    ]
+    out += [
+        (("trunks", n), f"trunk {n!r} is not used by any route")
+        for n in model.trunks
+        if n not in used_trunks
+    ]
+    return out
 
 
 def _warning(doc: Document, path: Path, message: str) -> str:

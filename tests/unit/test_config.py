@@ -545,6 +545,25 @@ def test_warnings_are_one_line_each(in_tmp: Path) -> None:
     )
 
 
+def test_unused_tools_and_trunks_warnings(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
+    text = """\
+        tools:
+          spare: {python: "examples.tools:lookup_order"}
+        trunks:
+          pbx: {source: [192.0.2.1]}
+        agents:
+          a: {provider: local}
+        routes:
+          - {answer: a}
+        """
+    config = load_config(write(in_tmp, text))
+    assert config.warnings == (
+        "d.yaml:2: tools.spare: warning: tool 'spare' is not used by any agent",
+        "d.yaml:4: trunks.pbx: warning: trunk 'pbx' is not used by any route",
+    )
+
+
 def test_no_routes_warning(in_tmp: Path) -> None:
     config = load_config(write(in_tmp, "agents: {}\n"))
     assert config.warnings == ("d.yaml:1: warning: no routes: every call is rejected with 404",)
