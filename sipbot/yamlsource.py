@@ -76,9 +76,15 @@ class Document:
         return None
 
     def error(self, path: Path, message: str) -> ConfigError:
-        """A :class:`ConfigError` for ``path`` with this document's file and line."""
+        """A :class:`ConfigError` for ``path`` with this document's file and line.
+
+        The message is made one line (an imported tool module's exception may span several).
+        """
         return ConfigError(
-            message, file=self.filename, line=self.line_of(path), field=format_path(path) or None
+            " ".join(message.split()),
+            file=self.filename,
+            line=self.line_of(path),
+            field=format_path(path) or None,
         )
 
 

@@ -342,6 +342,16 @@ def test_error_attributes(in_tmp: Path) -> None:
     assert error.message == "unknown key 'promt'; did you mean 'prompt'?"
 
 
+def test_a_tool_module_that_raises_gives_one_line(in_tmp: Path) -> None:
+    (in_tmp / "raising_tools_mod.py").write_text("raise RuntimeError('first line\\nsecond line')\n")
+    text = "tools:\n  t: {python: 'raising_tools_mod:f'}\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(in_tmp, text))
+    assert str(info.value) == (
+        "d.yaml:2: tools.t.python: cannot import raising_tools_mod: first line second line"
+    )
+
+
 def test_missing_file(in_tmp: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config("nope.yaml")
