@@ -1,0 +1,1 @@
+"""Examples: a tools module for dialplans and a dialplan written in Python code."""

@@ -1,0 +1,205 @@
+"""An agent: a named profile of provider, model, voice, prompt, tools and call settings.
+
+Agents are frozen and check themselves when made, so an agent built in Python code fails as
+early and as clearly as one loaded from YAML (the loader adds file and line to the error).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from sipbot.dialplan.fields import did_you_mean, fail, with_field
+from sipbot.dialplan.match import zone
+from sipbot.dialplan.template import Template
+from sipbot.errors import ConfigError, ToolDefinitionError
+from sipbot.providers.base import CallInfo, SessionConfig, ToolSpec, TurnDetection
+from sipbot.secret import Secret, to_secret
+from sipbot.tools.builtin import BUILTIN_NAMES, builtin_tool
+from sipbot.tools.registry import Tool
+
+ProviderName = Literal["local", "gemini", "openai"]
+LocalMode = Literal["echo", "loopback"]
+PROVIDERS: tuple[ProviderName, ...] = ("local", "gemini", "openai")
+CODECS = ("G722", "PCMU", "PCMA")
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+DEFAULT_MAX_DURATION_S = 3600.0
+
+
+def check_codecs(codecs: Sequence[str]) -> tuple[str, ...]:
+    """Upper-case codec names in order; unknown or repeated names are errors.
+
+    Raises:
+        ConfigError: an unknown or repeated codec.
+    """
+    out: list[str] = []
+    for name in codecs:
+        upper = name.upper()
+        if upper not in CODECS:
+            hint = did_you_mean(upper, CODECS)
+            known = ", ".join(CODECS)
+            raise ConfigError(f"unknown codec {name!r}{hint} (supported: {known})")
+        if upper in out:
+            raise ConfigError(f"codec {upper} is listed twice")
+        out.append(upper)
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """A named agent profile.
+
+    Args:
+        name: the agent's name (routes refer to it).
+        provider: ``local`` (offline echo/loopback), ``gemini`` or ``openai``.
+        model, voice, language, temperature: passed to the provider (None → its default).
+        prompt: the system prompt, a template (see :mod:`sipbot.dialplan.template`).
+        greeting: what the agent says first, a template; None → it waits for the caller.
+        tools: :class:`~sipbot.tools.registry.Tool` objects, or built-in tool names
+            (``hang_up``, ``transfer_call``, ``send_dtmf``, ``get_caller_info``).
+        transfer_allow: URI patterns ``transfer_call`` may transfer to (required with it).
+        turn: voice activity / barge-in settings.
+        max_duration_s: the call is ended after this long.
+        recording: record the call to the server's ``recordings_dir``.
+        codecs: codec preference for this agent's calls; () → the server's list.
+        timezone: IANA timezone of ``{date}``, ``{time}``, ``{weekday}`` in templates.
+        api_key: the provider key (from the environment); None → the provider's own default.
+        base_url, ca_file: point the provider at another endpoint (an emulator).
+        local_mode: ``echo`` or ``loopback`` (local provider only).
+        options: provider-specific extras, passed on in ``SessionConfig.options``.
+        tool_timeout_s: default timeout of this agent's tools.
+        filler_after_ms: a tool running longer than this triggers the call's filler ("one
+            moment"); None → no filler.
+
+    Raises:
+        ConfigError: an invalid value (``field`` names it, relative to the agent).
+    """
+
+    name: str
+    provider: ProviderName = "local"
+    model: str | None = None
+    voice: str | None = None
+    language: str | None = None
+    prompt: str = ""
+    greeting: str | None = None
+    tools: Sequence[Tool | str] = ()
+    transfer_allow: Sequence[str] = ()
+    turn: TurnDetection = field(default_factory=TurnDetection)
+    max_duration_s: float = DEFAULT_MAX_DURATION_S
+    recording: bool = False
+    codecs: Sequence[str] = ()
+    temperature: float | None = None
+    timezone: str = "UTC"
+    api_key: Secret | str | None = None
+    base_url: str | None = None
+    ca_file: str | None = None
+    local_mode: LocalMode = "echo"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    tool_timeout_s: float = 10.0
+    filler_after_ms: int | None = None
+    resolved_tools: tuple[Tool, ...] = field(init=False, repr=False, compare=False)
+    _prompt: Template = field(init=False, repr=False, compare=False)
+    _greeting: Template | None = field(init=False, repr=False, compare=False)
+    _zone: ZoneInfo = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.fullmatch(self.name):
+            fail("name", f"invalid agent name {self.name!r}: use letters, digits, _ and -")
+        if self.provider not in PROVIDERS:
+            hint = did_you_mean(self.provider, PROVIDERS)
+            fail("provider", f"unknown provider {self.provider!r}{hint} (local, gemini, openai)")
+        if self.local_mode not in ("echo", "loopback"):
+            fail("local.mode", f"unknown local mode {self.local_mode!r} (echo, loopback)")
+        _set(self, "transfer_allow", tuple(self.transfer_allow))
+        _set(self, "codecs", with_field("codecs", check_codecs, self.codecs))
+        _set(self, "resolved_tools", self._resolve_tools())
+        _set(self, "tools", tuple(self.tools))
+        _set(self, "_prompt", with_field("prompt", Template.parse, self.prompt))
+        greeting = (
+            None if self.greeting is None else with_field("greeting", Template.parse, self.greeting)
+        )
+        _set(self, "_greeting", greeting)
+        _set(self, "_zone", with_field("timezone", zone, self.timezone))
+        if self.api_key is not None:
+            _set(self, "api_key", to_secret(self.api_key))
+        self._check_numbers()
+
+    def _resolve_tools(self) -> tuple[Tool, ...]:
+        resolved: list[Tool] = []
+        for index, item in enumerate(self.tools):
+            if isinstance(item, str):
+                if item not in BUILTIN_NAMES:
+                    hint = did_you_mean(item, BUILTIN_NAMES)
+                    fail(f"tools[{index}]", f"unknown tool {item!r}{hint}")
+                if item == "transfer_call" and not self.transfer_allow:
+                    fail(
+                        f"tools[{index}]", "transfer_call needs transfer_allow: the URIs it may use"
+                    )
+                try:
+                    resolved.append(builtin_tool(item, self.transfer_allow))
+                except ToolDefinitionError as exc:
+                    fail("transfer_allow", str(exc))
+            else:
+                resolved.append(item)
+        names = [t.spec.name for t in resolved]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                fail(f"tools[{index}]", f"tool {name!r} is listed twice")
+        return tuple(resolved)
+
+    def _check_numbers(self) -> None:
+        turn = self.turn
+        if not 0.0 <= turn.threshold <= 1.0:
+            fail("turn.threshold", f"must be between 0 and 1, not {turn.threshold}")
+        if turn.silence_ms <= 0 or turn.prefix_ms < 0:
+            fail("turn", "silence_ms must be > 0 and prefix_ms >= 0")
+        if self.max_duration_s <= 0:
+            fail("max_duration_s", "must be > 0")
+        if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
+            fail("temperature", f"must be between 0 and 2, not {self.temperature}")
+        if self.tool_timeout_s <= 0:
+            fail("tool_timeout_s", "must be > 0")
+
+    @property
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        """The specs of the agent's tools, in order."""
+        return tuple(t.spec for t in self.resolved_tools)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The agent's timezone."""
+        return self._zone
+
+    def session_config(
+        self, call: CallInfo, now: datetime, tools: Sequence[ToolSpec] | None = None
+    ) -> SessionConfig:
+        """The provider session settings for ``call``, with prompt and greeting filled in.
+
+        Args:
+            call: the call (caller, DID, headers...).
+            now: an aware datetime (the call's start), shown in the agent's timezone.
+            tools: the specs to offer the model; None → all of the agent's tools.
+        """
+        local = now.astimezone(self._zone)
+        options = dict(self.options)
+        if self.provider == "local":
+            options.setdefault("mode", self.local_mode)
+        return SessionConfig(
+            instructions=self._prompt.fill(call, local),
+            model=self.model,
+            voice=self.voice,
+            language=self.language,
+            temperature=self.temperature,
+            tools=self.tool_specs if tools is None else tuple(tools),
+            greeting=None if self._greeting is None else self._greeting.fill(call, local),
+            turn_detection=self.turn,
+            options=options,
+        )
+
+
+def _set(agent: Agent, name: str, value: object) -> None:
+    object.__setattr__(agent, name, value)

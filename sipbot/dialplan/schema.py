@@ -1,0 +1,105 @@
+"""The YAML shape of ``agents:``, ``tools:``, ``trunks:`` and ``routes:`` (pydantic models).
+
+Only the structure is checked here (unknown keys, scalar types, required keys); names are
+resolved and values checked by :func:`sipbot.dialplan.build.build_dialplan`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sipbot.tools.http import DEFAULT_HTTP_TIMEOUT_S
+
+
+class StrictModel(BaseModel):
+    """Base of every schema model: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TurnModel(StrictModel):
+    threshold: float = 0.5
+    silence_ms: int = 500
+    prefix_ms: int = 300
+    barge_in: bool = True
+
+
+class LocalModel(StrictModel):
+    mode: str = "echo"
+
+
+class AgentModel(StrictModel):
+    provider: str
+    model: str | None = None
+    voice: str | None = None
+    language: str | None = None
+    prompt: str = ""
+    greeting: str | None = None
+    tools: list[str] = Field(default_factory=list)
+    transfer_allow: list[str] = Field(default_factory=list)
+    turn: TurnModel = Field(default_factory=TurnModel)
+    max_duration_s: float = 3600.0
+    recording: bool = False
+    codecs: list[str] = Field(default_factory=list)
+    temperature: float | None = None
+    timezone: str | None = None
+    api_key: Any = None  # an EnvString (kept as such: pydantic would make it a plain str)
+    base_url: str | None = None
+    ca_file: str | None = None
+    local: LocalModel = Field(default_factory=LocalModel)
+    options: dict[str, Any] = Field(default_factory=dict)
+    tool_timeout_s: float = 10.0
+    filler_after_ms: int | None = None
+
+
+class HttpModel(StrictModel):
+    url: str
+    timeout_s: float = DEFAULT_HTTP_TIMEOUT_S
+    headers: dict[str, Any] = Field(default_factory=dict)  # EnvStrings kept
+
+
+class ToolModel(StrictModel):
+    python: str | None = None
+    http: HttpModel | None = None
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    timeout_s: float | None = None
+
+
+class TrunkModel(StrictModel):
+    source: list[str]
+    description: str | None = None
+
+
+class MatchModel(StrictModel):
+    did: Any = None
+    caller: Any = None
+    display_name: Any = None
+    source: Any = None
+    trunk: str | None = None
+    headers: dict[str, Any] = Field(default_factory=dict)
+    days: Any = None
+    hours: Any = None
+    dates: list[Any] = Field(default_factory=list)
+    timezone: str | None = None
+
+
+class RouteModel(StrictModel):
+    name: str | None = None
+    match: MatchModel = Field(default_factory=MatchModel)
+    answer: str | None = None
+    reject: Any = None
+    transfer: str | None = None
+    dtmf: dict[str, Any] = Field(default_factory=dict)
+
+
+class DialplanModel(StrictModel):
+    """The dialplan part of a config file (the loader adds ``server:``)."""
+
+    timezone: str = "UTC"
+    agents: dict[str, AgentModel] = Field(default_factory=dict)
+    tools: dict[str, ToolModel] = Field(default_factory=dict)
+    trunks: dict[str, TrunkModel] = Field(default_factory=dict)
+    routes: list[RouteModel] = Field(default_factory=list)

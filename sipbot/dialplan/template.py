@@ -1,0 +1,98 @@
+"""Prompt templates: ``"You help {display_name} ({caller}) on {weekday}"`` filled from the call.
+
+Placeholders: ``{caller}``, ``{did}``, ``{display_name}``, ``{call_id}``,
+``{header.X-Customer-Id}`` (any SIP header, case-insensitive, empty when absent), and ``{date}``
+(``2025-03-14``), ``{time}`` (``14:05``), ``{weekday}`` (``Friday``) in the agent's timezone.
+``{{`` and ``}}`` are literal braces. An unknown placeholder is an error when the template is
+made (at load time), never a surprise during a call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from sipbot.dialplan.fields import did_you_mean
+from sipbot.errors import ConfigError
+from sipbot.providers.base import CallInfo
+
+CALL_FIELDS = ("caller", "did", "display_name", "call_id")
+TIME_FIELDS = ("date", "time", "weekday")
+PLACEHOLDERS = (*CALL_FIELDS, *TIME_FIELDS, "header.<Name>")
+
+_TOKEN_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_HEADER_NAME_RE = re.compile(r"[A-Za-z0-9!%*_+`'~.-]+")  # RFC 3261 token
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A parsed template: literal text and placeholder names, alternating."""
+
+    text: str
+    parts: tuple[tuple[bool, str], ...]  # (is_placeholder, literal text or placeholder name)
+
+    @classmethod
+    def parse(cls, text: str) -> Template:
+        """Parse ``text``.
+
+        Raises:
+            ConfigError: an unknown placeholder or a lone brace (message only, no file).
+        """
+        parts: list[tuple[bool, str]] = []
+        pos = 0
+        for match in _TOKEN_RE.finditer(text):
+            if match.start() > pos:
+                parts.append((False, text[pos : match.start()]))
+            token = match.group(0)
+            if token in ("{{", "}}"):
+                parts.append((False, token[0]))
+            elif token in ("{", "}"):
+                raise ConfigError(f"lone {token!r} at character {match.start()}: write {token * 2}")
+            else:
+                parts.append((True, _check_placeholder(match.group(1).strip())))
+            pos = match.end()
+        if pos < len(text):
+            parts.append((False, text[pos:]))
+        return cls(text, tuple(parts))
+
+    @property
+    def placeholders(self) -> tuple[str, ...]:
+        """The placeholder names used, in order."""
+        return tuple(value for is_field, value in self.parts if is_field)
+
+    def fill(self, call: CallInfo, now: datetime) -> str:
+        """The text with every placeholder replaced (``now`` already in the wanted timezone)."""
+        headers = {k.lower(): v for k, v in call.headers.items()}
+        values: Mapping[str, str] = {
+            "caller": call.caller,
+            "did": call.did,
+            "display_name": call.display_name,
+            "call_id": call.call_id,
+            "date": now.strftime("%Y-%m-%d"),
+            "time": now.strftime("%H:%M"),
+            "weekday": now.strftime("%A"),
+        }
+        out = []
+        for is_field, value in self.parts:
+            if not is_field:
+                out.append(value)
+            elif value.startswith("header."):
+                out.append(headers.get(value[len("header.") :].lower(), ""))
+            else:
+                out.append(values[value])
+        return "".join(out)
+
+
+def _check_placeholder(name: str) -> str:
+    if name in CALL_FIELDS or name in TIME_FIELDS:
+        return name
+    if name.startswith("header."):
+        header = name[len("header.") :]
+        if _HEADER_NAME_RE.fullmatch(header):
+            return name
+        raise ConfigError(f"invalid header name in placeholder {{{name}}}")
+    known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+    hint = did_you_mean(name, (*CALL_FIELDS, *TIME_FIELDS))
+    raise ConfigError(f"unknown placeholder {{{name}}}{hint} (known: {known})")

@@ -1,0 +1,120 @@
+"""Hot reload: a new dialplan on SIGHUP or when the config file changes.
+
+Rules:
+
+* Rule 1: a valid new file replaces :attr:`DialplanWatcher.current`; calls already running
+  keep the objects they were given (everything is frozen), so only new calls see it.
+* Rule 2: an invalid file is logged as its one-line error and the old dialplan is kept; the
+  next change (or SIGHUP) tries again.
+* Rule 3: ``server:`` settings are not applied live; a change to them is logged as needing a
+  restart (the dialplan part still applies).
+* Rule 4: the file is polled (mtime, size, inode) every ``poll_interval_s``; an editor that
+  replaces the file by renaming is seen too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+from sipbot.config import Config, load_config
+from sipbot.dialplan.model import Dialplan
+from sipbot.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLL_INTERVAL_S = 1.0
+FileSignature = tuple[int, int, int] | None
+
+
+class DialplanWatcher:
+    """Keeps the current dialplan of a running server fresh.
+
+    Args:
+        config: the config the server started with (its ``path`` is watched; None → nothing
+            to watch, SIGHUP only re-reads the embedded default).
+        poll_interval_s: how often the file's mtime is checked.
+        on_reload: called with each new valid config (after it became current).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        on_reload: Callable[[Config], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._poll_interval_s = poll_interval_s
+        self._on_reload = on_reload
+        self._signature = _signature(config.path)
+
+    @property
+    def current(self) -> Dialplan:
+        """The dialplan new calls are routed with."""
+        return self._config.dialplan
+
+    @property
+    def config(self) -> Config:
+        """The config the current dialplan came from."""
+        return self._config
+
+    def reload(self) -> bool:
+        """Load the file now. Returns True if a new dialplan became current (Rules 1-3)."""
+        path = self._config.path
+        self._signature = _signature(path)
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            log.error("%s (keeping the previous dialplan)", exc)
+            return False
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        if new.server != self._config.server:
+            log.warning("%s: server settings changed: restart sipbot to apply them", new.source)
+        self._config = new
+        log.info("%s: dialplan reloaded (%d routes)", new.source, len(new.dialplan.routes))
+        if self._on_reload is not None:
+            self._on_reload(new)
+        return True
+
+    def poll(self) -> bool:
+        """Reload if the file changed since the last look. Returns True if it reloaded."""
+        if self._config.path is None or _signature(self._config.path) == self._signature:
+            return False
+        return self.reload()
+
+    async def run(self) -> None:
+        """Watch until cancelled: SIGHUP (where the loop supports it) and file polling."""
+        loop = asyncio.get_running_loop()
+        sighup = getattr(signal, "SIGHUP", None)
+        installed = False
+        if sighup is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sighup, self._on_sighup)
+                installed = True
+        try:
+            while True:
+                await asyncio.sleep(self._poll_interval_s)
+                self.poll()
+        finally:
+            if installed and sighup is not None:
+                loop.remove_signal_handler(sighup)
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP: reloading %s", self._config.source)
+        self.reload()
+
+
+def _signature(path: str | None) -> FileSignature:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -1,0 +1,78 @@
+"""What a tool may see and do during a call: :class:`ToolContext` and the :class:`CallControl` seam.
+
+``call.py`` implements :class:`CallControl` for a live call; tests use a recorder. A tool function
+receives the context when one of its parameters is annotated ``ToolContext``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sipbot.providers.base import CallInfo, Transcript
+
+
+class CallControl(Protocol):
+    """Actions on the live call, implemented by the call (``call.py``).
+
+    Every method returns once the action is under way or done; failures raise
+    :class:`~sipbot.errors.SipbotError` subclasses (e.g. ``RequestFailed`` for a refused REFER),
+    which the tool runner turns into an error result the model can speak about.
+    """
+
+    @property
+    def info(self) -> CallInfo:
+        """The call's caller, DID, headers and ids."""
+        ...
+
+    async def hang_up(self) -> None:
+        """End the call (BYE) after the sentence now playing has finished."""
+        ...
+
+    async def transfer(self, uri: str) -> None:
+        """Blind-transfer the caller to ``uri`` (SIP REFER). The URI was checked by the caller."""
+        ...
+
+    async def send_dtmf(self, digits: str) -> None:
+        """Send ``digits`` (``0-9*#A-D``, already validated) as RFC 4733 events."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """The per-call context handed to tools.
+
+    Attributes:
+        control: actions on the call (hang up, transfer, DTMF) and its :class:`CallInfo`.
+        transcript: the conversation so far; a live view owned by the call (it grows while the
+            call goes on), so read it when the tool runs rather than keeping it.
+    """
+
+    control: CallControl
+    transcript: Sequence[Transcript] = ()
+
+    @property
+    def call(self) -> CallInfo:
+        """The call this tool runs for."""
+        return self.control.info
+
+    @property
+    def caller(self) -> str:
+        """The caller's number / user part (From user)."""
+        return self.control.info.caller
+
+    @property
+    def did(self) -> str:
+        """The number that was called (request-URI / To user)."""
+        return self.control.info.did
+
+    @property
+    def call_id(self) -> str:
+        """The SIP Call-ID."""
+        return self.control.info.call_id
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The INVITE's headers as the call recorded them."""
+        return self.control.info.headers

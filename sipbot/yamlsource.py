@@ -1,0 +1,193 @@
+"""YAML with line numbers: a config file loads into plain values plus where each value was written.
+
+PyYAML's safe loader is used for parsing only; values are built here from its node tree so that:
+
+* every mapping key and sequence item remembers its line (``Document.line_of(path)``), and an
+  error deep inside (``routes[2].match.did``) names the line it is on;
+* duplicate keys are errors (PyYAML silently keeps the last one);
+* numbers keep the text they were written as (:class:`YamlInt`, :class:`YamlFloat`): a DID written
+  ``+4930123`` or ``0044`` must not become the integer 4930123 or the octal 36;
+* ``${VAR}`` references in strings are expanded from the environment (:func:`expand_env`);
+* mapping keys are always strings (``0:`` in a DTMF map is the key ``"0"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import yaml
+
+from sipbot.errors import ConfigError
+from sipbot.secret import expand_env
+
+Path = tuple[str | int, ...]
+
+_INT_TAG: Final = "tag:yaml.org,2002:int"
+_FLOAT_TAG: Final = "tag:yaml.org,2002:float"
+_STR_TAG: Final = "tag:yaml.org,2002:str"
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+
+
+class YamlInt(int):
+    """An integer that remembers how it was written (``text``)."""
+
+    text: str
+
+
+class YamlFloat(float):
+    """A float that remembers how it was written (``text``)."""
+
+    text: str
+
+
+def source_text(value: Any) -> str | None:
+    """The text a YAML scalar was written as, for numbers that should have been strings."""
+    text = getattr(value, "text", None)
+    return text if isinstance(text, str) else None
+
+
+def format_path(path: Path) -> str:
+    """``("routes", 2, "match", "did")`` → ``routes[2].match.did``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A loaded YAML document: its plain value and the 1-based line of every key and item."""
+
+    data: Any
+    filename: str
+    lines: Mapping[Path, int]
+
+    def line_of(self, path: Path) -> int | None:
+        """The line of ``path``, or of its nearest ancestor that has one."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(tuple(path[:end]))
+            if line is not None:
+                return line
+        return None
+
+    def error(self, path: Path, message: str) -> ConfigError:
+        """A :class:`ConfigError` for ``path`` with this document's file and line.
+
+        The message is made one line (an imported tool module's exception may span several).
+        """
+        return ConfigError(
+            " ".join(message.split()),
+            file=self.filename,
+            line=self.line_of(path),
+            field=format_path(path) or None,
+        )
+
+
+def load_yaml(text: str, filename: str, environ: Mapping[str, str] | None = None) -> Document:
+    """Parse ``text`` (one YAML document) into a :class:`Document`.
+
+    Args:
+        text: the YAML source.
+        filename: shown in errors.
+        environ: where ``${VAR}`` references are looked up (default ``os.environ``).
+
+    Raises:
+        ConfigError: invalid YAML, a duplicate key, an unset environment variable.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "cannot parse"
+        raise ConfigError(f"invalid YAML: {problem}", file=filename, line=line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file=filename) from None
+    builder = _Builder(filename, environ)
+    data = {} if root is None else builder.build(root, ())
+    builder.lines.setdefault((), 1)
+    return Document(data, filename, builder.lines)
+
+
+class _Builder:
+    def __init__(self, filename: str, environ: Mapping[str, str] | None) -> None:
+        self.filename = filename
+        self.environ = environ
+        self.lines: dict[Path, int] = {}
+        self._constructor = yaml.SafeLoader("")
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for index, item in enumerate(node.value):
+                self.lines.setdefault((*path, index), item.start_mark.line + 1)
+                items.append(self.build(item, (*path, index)))
+            return items
+        assert isinstance(node, yaml.ScalarNode)
+        return self._scalar(node, path)
+
+    def _mapping(self, node: yaml.MappingNode, path: Path, merging: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        merges = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                merges.append(value_node)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self._error(path, key_node.start_mark.line + 1, "a key must be a string")
+            key = str(key_node.value)
+            key_path = (*path, key)
+            if key in out:
+                raise self._error(key_path, key_node.start_mark.line + 1, "duplicate key")
+            if merging:
+                self.lines.setdefault(key_path, key_node.start_mark.line + 1)
+            else:
+                self.lines[key_path] = key_node.start_mark.line + 1
+            out[key] = self.build(value_node, key_path)
+        for merge in merges:
+            for key, value in self._merge_source(merge, path).items():
+                out.setdefault(key, value)
+        return out
+
+    def _merge_source(self, node: yaml.Node, path: Path) -> dict[str, Any]:
+        # ``<<: *defaults`` or ``<<: [*a, *b]``: explicit keys win, then earlier sources
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        merged: dict[str, Any] = {}
+        for source in sources:
+            if not isinstance(source, yaml.MappingNode):
+                line = source.start_mark.line + 1
+                raise self._error(path, line, "a merge key (<<) needs a mapping")
+            for key, value in self._mapping(source, path, merging=True).items():
+                merged.setdefault(key, value)
+        return merged
+
+    def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
+        try:
+            value = self._constructor.construct_object(node, deep=True)
+        except (ValueError, yaml.YAMLError) as exc:  # e.g. a date 2025-13-01
+            message = f"invalid value {node.value!r}: {exc}"
+            raise self._error(path, node.start_mark.line + 1, message) from None
+        if node.tag == _INT_TAG and isinstance(value, int) and not isinstance(value, bool):
+            number = YamlInt(value)
+            number.text = node.value
+            return number
+        if node.tag == _FLOAT_TAG and isinstance(value, float):
+            real = YamlFloat(value)
+            real.text = node.value
+            return real
+        if node.tag == _STR_TAG and isinstance(value, str):
+            try:
+                return expand_env(value, self.environ)
+            except ConfigError as exc:
+                raise self._error(path, node.start_mark.line + 1, exc.message) from None
+        return value
+
+    def _error(self, path: Path, line: int, message: str) -> ConfigError:
+        return ConfigError(message, file=self.filename, line=line, field=format_path(path) or None)

@@ -1,0 +1,140 @@
+"""Built-in telephony tools; the transfer allow-list is checked before CallControl is reached."""
+
+from __future__ import annotations
+
+import pytest
+
+from sipbot.errors import ToolDefinitionError, ToolNotAllowed
+from sipbot.providers.base import ToolCall
+from sipbot.tools import (
+    ToolContext,
+    ToolRunner,
+    TransferPolicy,
+    builtin_tool,
+    get_caller_info,
+    hang_up,
+    send_dtmf,
+    transfer_call,
+)
+from tests.unit.test_tools_runner import Control
+
+ALLOW = ["sip:*@pbx.example.com", "sip:+4930*@Trunk.example.com:5070", "tel:+1800*"]
+
+
+def runner_for(control: Control) -> ToolRunner:
+    tools = [hang_up, send_dtmf, get_caller_info, transfer_call(ALLOW)]
+    return ToolRunner(ToolContext(control), tools)
+
+
+async def test_hang_up_and_caller_info() -> None:
+    control = Control()
+    runner = runner_for(control)
+    result = await runner.start(ToolCall("1", "hang_up", {}))
+    assert result.output == "the call will end after this sentence"
+    assert control.actions == [("hang_up", "")]
+    result = await runner.start(ToolCall("2", "get_caller_info", {}))
+    assert result.output == {"caller": "+4930555", "display_name": "", "did": "100"}
+
+
+async def test_send_dtmf_validates_digits() -> None:
+    control = Control()
+    runner = runner_for(control)
+    result = await runner.start(ToolCall("1", "send_dtmf", {"digits": "1 2#*a"}))
+    assert result.output == "sent 12#*A"
+    result = await runner.start(ToolCall("2", "send_dtmf", {"digits": "12x"}))
+    assert result.output == {
+        "error": "invalid DTMF digits '12x': use 0-9, *, # or A-D (at most 32)"
+    }
+    assert control.actions == [("dtmf", "12#*A")]
+
+
+@pytest.mark.parametrize(
+    ("destination", "normalized"),
+    [
+        ("sip:200@pbx.example.com", "sip:200@pbx.example.com"),
+        ("SIP:200@PBX.Example.com", "sip:200@pbx.example.com"),
+        (" sip:operator@pbx.example.com ", "sip:operator@pbx.example.com"),
+        ("sip:+4930123@trunk.example.com:5070", "sip:+4930123@trunk.example.com:5070"),
+        ("tel:+18001234567", "tel:+18001234567"),
+    ],
+)
+def test_policy_allows(destination: str, normalized: str) -> None:
+    assert TransferPolicy(ALLOW).check(destination) == normalized
+
+
+@pytest.mark.parametrize(
+    "destination",
+    [
+        "+19005550100",  # a bare number: no pattern
+        "tel:+19005550100",
+        "sip:+19005550100@evil.example.net",
+        "sip:200@pbx.example.com.evil.net",
+        "sip:evil@evil.net;x=@pbx.example.com",  # parameters could smuggle a target
+        "sip:200@pbx.example.com;transport=tcp",
+        "sip:200@pbx.example.com?Refer-To=sip:evil@evil.net",
+        "sip:a@b@pbx.example.com",
+        "<sip:200@pbx.example.com>",
+        "sip:200@pbx.example.com:5060",  # the pattern has no port
+        "sip:+4930123@trunk.example.com",  # this pattern needs :5070
+        "",
+    ],
+)
+def test_policy_refuses(destination: str) -> None:
+    with pytest.raises(ToolNotAllowed) as info:
+        TransferPolicy(ALLOW).check(destination)
+    assert str(info.value) == (
+        f"transfer to {destination!r} is not allowed (allowed: sip:*@pbx.example.com, "
+        "sip:+4930*@Trunk.example.com:5070, tel:+1800*)"
+    )
+
+
+async def test_forbidden_transfer_never_reaches_call_control() -> None:
+    control = Control()
+    runner = runner_for(control)
+    result = await runner.start(ToolCall("1", "transfer_call", {"destination": "+19005550100"}))
+    assert result.error is not None
+    assert result.error.startswith("transfer to '+19005550100' is not allowed")
+    assert control.actions == []
+    result = await runner.start(
+        ToolCall("2", "transfer_call", {"destination": "sip:200@pbx.example.com"})
+    )
+    assert result.output == "transferring the caller to sip:200@pbx.example.com"
+    assert control.actions == [("transfer", "sip:200@pbx.example.com")]
+
+
+def test_transfer_spec_lists_the_allowed_destinations() -> None:
+    spec = transfer_call(["sip:*@pbx.example.com"]).spec
+    assert spec.description == (
+        "Transfer the caller to another phone number or SIP address (blind transfer); your "
+        "part of the call ends. Allowed destinations: sip:*@pbx.example.com"
+    )
+    assert spec.parameters == {
+        "type": "object",
+        "properties": {
+            "destination": {
+                "type": "string",
+                "description": "the SIP URI to transfer to, e.g. sip:200@pbx.example.com.",
+            }
+        },
+        "required": ["destination"],
+    }
+
+
+@pytest.mark.parametrize("pattern", ["pbx.example.com", "sip:pbx.example.com", "sip:1?@x.com"])
+def test_bad_patterns(pattern: str) -> None:
+    with pytest.raises(ToolDefinitionError) as info:
+        transfer_call([pattern])
+    assert str(info.value) == (
+        f"invalid transfer pattern {pattern!r}: expected a URI such as sip:*@pbx.example.com"
+    )
+
+
+def test_builtin_tool_lookup() -> None:
+    assert builtin_tool("hang_up") is hang_up
+    assert builtin_tool("transfer_call", ["tel:+1800*"]).spec.name == "transfer_call"
+    with pytest.raises(ToolDefinitionError) as info:
+        builtin_tool("transfer_call")
+    assert str(info.value) == "transfer_call needs at least one allowed destination"
+    with pytest.raises(ToolDefinitionError) as info:
+        builtin_tool("reboot")
+    assert str(info.value) == "unknown built-in tool 'reboot'"
