@@ -215,7 +215,14 @@ class ResilientSession(abc.ABC):
         while True:
             now = loop.time()
             if uplink.due(now):
-                await self.send_batch(uplink.pop(now))
+                batch = uplink.pop(now)
+                try:
+                    await self.send_batch(batch)
+                except Exception:
+                    # The connection broke: keep the audio for the next one. (A cancelled
+                    # send has usually been written already, so it is not put back.)
+                    uplink.unpop(batch, loop.time())
+                    raise
                 continue
             wake.clear()
             deadline = uplink.deadline()

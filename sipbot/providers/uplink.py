@@ -10,7 +10,8 @@ to everything the caller says. An :class:`UplinkBuffer` sits between the two:
   waited ``max_wait_ms`` (so a lone frame is never held longer than that).
 * Rule 3: :meth:`UplinkBuffer.pop` returns at most ``batch_ms`` of audio, cut on a sample
   boundary; a backlog drains as a run of full batches.
-* Rule 4: time is a value (``now``, monotonic seconds); nothing here reads a clock.
+* Rule 4: a batch that failed to go out is put back in front (:meth:`UplinkBuffer.unpop`).
+* Rule 5: time is a value (``now``, monotonic seconds); nothing here reads a clock.
 """
 
 from __future__ import annotations
@@ -92,6 +93,13 @@ class UplinkBuffer:
         # What is left arrived after the batch just sent; it is at most as old as now.
         self._oldest_at = now if self._data else None
         return batch
+
+    def unpop(self, batch: bytes, now: float) -> None:
+        """Put back a batch that could not be sent, ahead of everything waiting."""
+        if not batch:
+            return
+        self._data[:0] = batch
+        self._oldest_at = now - self._max_wait_s  # it was already due
 
     def clear(self) -> None:
         """Drop everything waiting (not counted as dropped)."""

@@ -81,3 +81,15 @@ def test_empty_push_is_ignored_and_clear_forgets() -> None:
     assert len(buf) == 0
     assert not buf.due(1.0)
     assert buf.dropped_bytes == 0
+
+
+def test_unpop_puts_a_failed_batch_back_in_front_and_due() -> None:
+    buf = UplinkBuffer(PCM16_16K)
+    buf.push(frame(1) + frame(2), now=0.0)
+    batch = buf.pop(0.0)
+    buf.push(frame(3), now=0.01)
+    buf.unpop(batch, now=0.01)
+    assert buf.due(0.01)
+    assert buf.pop(0.01) == frame(1) + frame(2)
+    buf.unpop(b"", now=0.02)
+    assert buf.pop(0.05) == frame(3)
