@@ -81,6 +81,28 @@ def session_update(config: SessionConfig, audio_format: AudioFormat) -> dict[str
     ``noise_reduction`` (``"near_field"``/``"far_field"``), and ``session`` (a mapping merged into
     the session object last, recursively).
     """
+    session: dict[str, Any] = {"type": "realtime", "output_modalities": ["audio"]}
+    if config.instructions:
+        session["instructions"] = config.instructions
+    session["audio"] = _audio(config, audio_format)
+    if config.tools:
+        session["tools"] = [
+            {
+                "type": "function",
+                "name": tool.name,
+                "description": tool.description,
+                "parameters": dict(tool.parameters),
+            }
+            for tool in config.tools
+        ]
+        session["tool_choice"] = "auto"
+    extra = config.options.get("session")
+    if isinstance(extra, Mapping):
+        _merge(session, extra)
+    return {"type": "session.update", "session": session}
+
+
+def _audio(config: SessionConfig, audio_format: AudioFormat) -> dict[str, Any]:
     options = config.options
     transcription: dict[str, Any] = {
         "model": options.get("transcription_model", TRANSCRIPTION_MODEL)
@@ -97,25 +119,7 @@ def session_update(config: SessionConfig, audio_format: AudioFormat) -> dict[str
     audio_output: dict[str, Any] = {"format": wire_format(audio_format)}
     if config.voice:
         audio_output["voice"] = config.voice
-    session: dict[str, Any] = {"type": "realtime", "output_modalities": ["audio"]}
-    if config.instructions:
-        session["instructions"] = config.instructions
-    session["audio"] = {"input": audio_input, "output": audio_output}
-    if config.tools:
-        session["tools"] = [
-            {
-                "type": "function",
-                "name": tool.name,
-                "description": tool.description,
-                "parameters": dict(tool.parameters),
-            }
-            for tool in config.tools
-        ]
-        session["tool_choice"] = "auto"
-    extra = options.get("session")
-    if isinstance(extra, Mapping):
-        _merge(session, extra)
-    return {"type": "session.update", "session": session}
+    return {"input": audio_input, "output": audio_output}
 
 
 def _turn_detection(config: SessionConfig) -> dict[str, Any]:
