@@ -18,6 +18,7 @@ Rules of :class:`OpenAIConversation`:
 * Rule 4: ``input_audio_buffer.speech_started`` is a barge-in (:class:`Interrupted`) only while
   agent audio may still be playing: a response is producing audio, or the audio received so
   far, played back to back from when it arrived, has not run out (plus ``PLAYOUT_MARGIN_S``).
+  Audio of the interrupted item still arriving afterwards is dropped (but counts for Rule 3).
 """
 
 from __future__ import annotations
@@ -206,6 +207,7 @@ class OpenAIConversation:
         self._received: OrderedDict[str, int] = OrderedDict()  # item id -> audio bytes
         self._response_item: str | None = None  # audio item of the current response
         self._last_item: str | None = None  # audio item that may still be playing
+        self._cut_item: str | None = None  # item interrupted by the caller
         self._playing_until = 0.0
 
     # ----------------------------------------------------------------- requests
@@ -297,6 +299,8 @@ class OpenAIConversation:
         self._received[item_id] = received
         while len(self._received) > ITEMS_REMEMBERED:
             self._received.popitem(last=False)
+        if item_id == self._cut_item:
+            return []  # in flight when the caller barged in: never to be heard
         self._response_item = self._last_item = item_id
         duration_s = len(audio) / self._bytes_per_ms / 1000.0
         self._playing_until = max(self._playing_until, now) + duration_s
@@ -310,7 +314,10 @@ class OpenAIConversation:
             now < self._playing_until + PLAYOUT_MARGIN_S
         )
         self._last_item = None
-        return [Interrupted(item)] if playing else []
+        if not playing:
+            return []
+        self._cut_item = item
+        return [Interrupted(item)]
 
     def _response_created(self, event: Mapping[str, Any], now: float) -> list[ProviderEvent]:
         self._active = True

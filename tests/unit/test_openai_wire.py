@@ -285,9 +285,10 @@ def test_barge_in_while_audio_arrives_and_truncate_is_clamped() -> None:
     conv.receive(delta("it_1", b"\x00" * 48 * 300), now=0.0)  # 300 ms
     assert conv.receive(SPEECH, now=0.1) == [Interrupted("it_1")]
     assert conv.receive(SPEECH, now=0.2) == []  # reported once
+    assert conv.receive(delta("it_1", b"\x00" * 48 * 100), now=0.2) == []  # in flight: dropped
     assert conv.receive(done("cancelled"), now=0.2) == [TurnComplete(None)]
     conv.truncate("it_1", 120)
-    conv.truncate("it_1", 5000)  # more than received: nothing to cut
+    conv.truncate("it_1", 400)  # all 400 ms received were heard: nothing to cut
     conv.truncate("unknown", 10)
     sent = conv.data_to_send()
     assert sent == [
