@@ -26,7 +26,7 @@ from google import genai
 from google.genai import types
 from google.genai.live import AsyncSession
 
-from sipbot.errors import ProviderConnectError
+from sipbot.errors import ConfigError, ProviderConnectError
 from sipbot.providers import gemini_wire as wire
 from sipbot.providers.base import PCM16_16K, PCM16_24K, CallInfo, ProviderEvent, SessionConfig
 from sipbot.providers.resilience import CLOSE_TIMEOUT_S, ResilientSession, bounded, describe
@@ -50,6 +50,9 @@ class GeminiProvider:
         api_version: API version in the websocket path.
         connect_timeout_s: bound on one connection attempt, setup included.
         max_attempts: consecutive failed reconnections before a session gives up.
+
+    Raises:
+        ConfigError: ``api_key`` is empty.
     """
 
     name = "gemini"
@@ -65,6 +68,8 @@ class GeminiProvider:
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
+        if not api_key:
+            raise ConfigError("gemini: no API key (set GEMINI_API_KEY)")
         # google-genai passes the entries websockets' connect() accepts through to it.
         socket_args: dict[str, Any] = {
             "open_timeout": connect_timeout_s,

@@ -22,7 +22,7 @@ from typing import Any
 from openai import AsyncOpenAI
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 
-from sipbot.errors import ProviderConnectError
+from sipbot.errors import ConfigError, ProviderConnectError
 from sipbot.providers import openai_wire as wire
 from sipbot.providers.base import CallInfo, ProviderEvent, SessionConfig
 from sipbot.providers.resilience import CLOSE_TIMEOUT_S, ResilientSession, bounded, describe
@@ -43,6 +43,9 @@ class OpenAIProvider:
         websocket_base_url: e.g. ``ws://127.0.0.1:PORT/v1`` for the emulator; None for OpenAI's.
         connect_timeout_s: bound on one connection attempt, configuration included.
         max_attempts: consecutive failed reconnections before a session gives up.
+
+    Raises:
+        ConfigError: ``api_key`` is empty.
     """
 
     name = "openai"
@@ -56,6 +59,8 @@ class OpenAIProvider:
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
+        if not api_key:
+            raise ConfigError("openai: no API key (set OPENAI_API_KEY)")
         self._client = AsyncOpenAI(
             api_key=api_key, websocket_base_url=websocket_base_url, max_retries=0
         )

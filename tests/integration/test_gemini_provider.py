@@ -13,7 +13,7 @@ import pytest
 from sipbot.emulators.common import Conversation
 from sipbot.emulators.gemini import GeminiEmulator
 from sipbot.emulators.script import EmulatorScript, ToolCallRule
-from sipbot.errors import ProviderConnectError
+from sipbot.errors import ConfigError, ProviderConnectError
 from sipbot.providers.base import (
     AudioOut,
     CallInfo,
@@ -296,3 +296,8 @@ async def test_close_is_idempotent_and_ends_events(emulator: GeminiEmulator) -> 
     await asyncio.wait_for(log.ended.wait(), 1.0)
     session.send_audio(b"\x00" * FRAME_IN)  # dropped, no error
     await asyncio.wait_for(emulator.sessions[0].closed.wait(), 2.0)
+
+
+def test_empty_key_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^gemini: no API key \(set GEMINI_API_KEY\)$"):
+        GeminiProvider("")

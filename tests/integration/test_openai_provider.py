@@ -14,7 +14,7 @@ import pytest
 from sipbot.emulators.audio import decode, encode
 from sipbot.emulators.openai import OpenAIEmulator
 from sipbot.emulators.script import EmulatorScript, ToolCallRule
-from sipbot.errors import ProviderConnectError
+from sipbot.errors import ConfigError, ProviderConnectError
 from sipbot.media.formats import PCM16_24K, PCMA_8K, PCMU_8K, AudioFormat
 from sipbot.providers.base import (
     AudioOut,
@@ -299,3 +299,8 @@ async def test_close_is_idempotent_and_ends_events(emulator: OpenAIEmulator) -> 
     await asyncio.wait_for(log.ended.wait(), 1.0)
     session.send_audio(b"\x00" * 960)
     await asyncio.wait_for(emulator.sessions[0].closed.wait(), 2.0)
+
+
+def test_empty_key_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^openai: no API key \(set OPENAI_API_KEY\)$"):
+        OpenAIProvider("")
