@@ -301,3 +301,11 @@ async def test_close_is_idempotent_and_ends_events(emulator: GeminiEmulator) -> 
 def test_empty_key_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"^gemini: no API key \(set GEMINI_API_KEY\)$"):
         GeminiProvider("")
+
+
+def test_socket_options_reach_websockets() -> None:
+    """google-genai forwards websockets' connect() options from async_client_args (private)."""
+    options = GeminiProvider(KEY, connect_timeout_s=3.0)._client._api_client._websocket_ssl_ctx
+    assert options["open_timeout"] == 3.0
+    assert options["close_timeout"] == 2.0
+    assert options["max_size"] == 16 * 1024 * 1024  # the SDK default is 1 MiB
