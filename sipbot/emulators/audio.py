@@ -113,8 +113,8 @@ class TurnDetector:
     """Finds caller turns in a stream of PCM16 with :class:`EnergyVad` (sans-I/O).
 
     Audio is cut into 20 ms frames whatever the chunk sizes it arrives in. An utterance holds
-    ``prefix_ms`` of audio before the detected start (like the real services' prefix padding)
-    and ends where the silence that ended it began.
+    ``prefix_ms`` of audio before the speech onset (like the real services' prefix padding) and
+    ends where the silence that ended it began.
 
     Args:
         rate_hz: sample rate of the PCM16 fed to :meth:`feed`.
@@ -130,7 +130,9 @@ class TurnDetector:
         self._vad = EnergyVad(rate_hz, threshold_dbfs=threshold_dbfs, hangover_ms=silence_ms)
         self._frame_bytes = 2 * rate_hz * FRAME_MS // 1000
         self._pending = bytearray()
-        self._prefix: deque[bytes] = deque(maxlen=max(1, prefix_ms // FRAME_MS))
+        # Holds the prefix and the loud frames before the one that confirms the start.
+        onset_frames = self._vad.start_ms // FRAME_MS
+        self._prefix: deque[bytes] = deque(maxlen=max(1, prefix_ms // FRAME_MS + onset_frames - 1))
         self._speech = bytearray()
         self.position_ms = 0  # audio fed so far, in whole frames
 

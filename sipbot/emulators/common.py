@@ -15,6 +15,7 @@ import binascii
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,10 +130,20 @@ class EmulatedSession:
         script: the behaviour of this session; tests may replace it mid-call (it applies from
             the next decision the emulator takes).
         close_code: the close code the connection ended with (None while open or on a drop).
+        keep_frames: whether ``received``, ``sent`` and ``audio_in`` are kept in memory (a
+            long-running ``sipbot emulate`` keeps nothing and records to a file instead).
     """
 
-    def __init__(self, index: int, script: EmulatorScript, recorder: Recorder | None) -> None:
+    def __init__(
+        self,
+        index: int,
+        script: EmulatorScript,
+        recorder: Recorder | None,
+        *,
+        keep_frames: bool = True,
+    ) -> None:
         self.index = index
+        self.keep_frames = keep_frames
         self.script = script
         self.received: list[dict[str, Any]] = []
         self.sent: list[dict[str, Any]] = []
@@ -148,17 +159,20 @@ class EmulatedSession:
 
     def add_audio_in(self, audio: bytes) -> None:
         """Account for decoded caller audio."""
-        self._audio_in += audio
+        if self.keep_frames:
+            self._audio_in += audio
 
     def record_in(self, message: dict[str, Any]) -> None:
         """Keep a client frame."""
-        self.received.append(message)
+        if self.keep_frames:
+            self.received.append(message)
         if self._recorder is not None:
             self._recorder.write(self.index, "in", message)
 
     def record_out(self, message: dict[str, Any]) -> None:
         """Keep a server frame."""
-        self.sent.append(message)
+        if self.keep_frames:
+            self.sent.append(message)
         if self._recorder is not None:
             self._recorder.write(self.index, "out", message)
 
@@ -264,6 +278,39 @@ class Conversation:
     tool_results: dict[str, Any] = field(default_factory=dict)
 
 
+class ResumptionHandles:
+    """Resumption handles → the conversation each resumes; a handle lapses after ``ttl_s``.
+
+    Handles are random and unguessable; several may name one conversation (one is issued at
+    every resumable point). Time is passed in (``now``, seconds, monotonic).
+    """
+
+    def __init__(self, ttl_s: float = 2 * 3600.0) -> None:
+        self.ttl_s = ttl_s  # the real service keeps a handle valid for two hours
+        self._entries: dict[str, tuple[float, Conversation]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def issue(self, conversation: Conversation, now: float) -> str:
+        """A new handle for ``conversation``; lapsed handles are forgotten."""
+        while self._entries:
+            oldest = next(iter(self._entries))
+            if now - self._entries[oldest][0] < self.ttl_s:
+                break
+            del self._entries[oldest]
+        handle = secrets.token_hex(16)
+        self._entries[handle] = (now, conversation)
+        return handle
+
+    def get(self, handle: str, now: float) -> Conversation | None:
+        """The conversation ``handle`` resumes, or None (unknown or lapsed)."""
+        entry = self._entries.get(handle)
+        if entry is None or now - entry[0] >= self.ttl_s:
+            return None
+        return entry[1]
+
+
 def tool_reply_text(script: EmulatorScript, turn: int, results: Sequence[Any]) -> str:
     """Transcript of the reply after tool results: ``reply_text`` then each result's JSON."""
     parts = [script.reply_text.format(turn=turn)]
@@ -280,6 +327,10 @@ class EmulatorServer:
     Subclasses implement :meth:`_serve_connection` (the protocol) and may refuse handshakes in
     :meth:`_check_request`. Usable as ``async with``.
 
+    Args:
+        record: a text file to append every frame to (JSONL, audio summarised).
+        keep_frames: keep every session's frames and audio in memory (for tests).
+
     Attributes:
         script: the behaviour given to new sessions.
         sessions: one per connection, in order.
@@ -295,14 +346,21 @@ class EmulatorServer:
         host: str,
         port: int,
         record: IO[str] | None = None,
+        keep_frames: bool = True,
     ) -> None:
         self.script = script
+        self.keep_frames = keep_frames
         self.host = host
         self.port = port
         self.sessions: list[EmulatedSession] = []
         self._recorder = Recorder(record) if record is not None else None
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def base_url(self) -> str:
+        """The URL clients are given (each protocol says what shape)."""
+        raise NotImplementedError
 
     def _ssl_context(self) -> Any:
         return None
@@ -355,7 +413,9 @@ class EmulatorServer:
         return None
 
     async def _handle(self, connection: ServerConnection) -> None:
-        session = EmulatedSession(len(self.sessions), self.script, self._recorder)
+        session = EmulatedSession(
+            len(self.sessions), self.script, self._recorder, keep_frames=self.keep_frames
+        )
         self.sessions.append(session)
         path = connection.request.path if connection.request is not None else ""
         session.record_event({"event": "connect", "path": path})

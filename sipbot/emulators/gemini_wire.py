@@ -249,16 +249,16 @@ def duration(ms: int) -> str:
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms / 1000:.3f}s"
 
 
-def audio_content(chunk: bytes, transcript_piece: str, *, transcribe: bool) -> dict[str, Any]:
-    """One ``serverContent`` with a chunk of reply audio (and its transcript piece)."""
-    content: dict[str, Any] = {
-        "modelTurn": {
-            "parts": [{"inlineData": {"mimeType": OUTPUT_MIME, "data": b64encode(chunk)}}]
-        }
-    }
-    if transcribe and transcript_piece:
-        content["outputTranscription"] = {"text": transcript_piece}
-    return {"serverContent": content}
+def audio_content(chunk: bytes) -> dict[str, Any]:
+    """One ``serverContent`` with a chunk of reply audio."""
+    part = {"inlineData": {"mimeType": OUTPUT_MIME, "data": b64encode(chunk)}}
+    return {"serverContent": {"modelTurn": {"parts": [part]}}}
+
+
+def output_transcription(text: str) -> dict[str, Any]:
+    """One ``serverContent`` with a piece of the reply's transcript (sent on its own, as the
+    real service does: transcription is not ordered with the model turn)."""
+    return {"serverContent": {"outputTranscription": {"text": text}}}
 
 
 def text_content(text: str) -> dict[str, Any]:

@@ -63,8 +63,9 @@ class OpenAIEmulator(EmulatorServer):
         host: str = "127.0.0.1",
         port: int = 0,
         record: IO[str] | None = None,
+        keep_frames: bool = True,
     ) -> None:
-        super().__init__(script, host=host, port=port, record=record)
+        super().__init__(script, host=host, port=port, record=record, keep_frames=keep_frames)
 
     @property
     def base_url(self) -> str:

@@ -271,6 +271,12 @@ class OpenAIConnection:
             if role not in ("user", "assistant", "system"):
                 raise wire.invalid("item.role", role, ("user", "assistant", "system"))
             content = wire.require(item, "content", "item.")
+            if not isinstance(content, list):
+                raise wire.EventError(
+                    "invalid_type",
+                    "Invalid type for 'item.content': expected an array.",
+                    "item.content",
+                )
             texts = [c.get("text", "") for c in content if isinstance(c, dict) and c.get("text")]
             if texts:
                 self.conversation.history.append(

@@ -59,7 +59,7 @@ class EmulatorScript:
         reply_text: the agent transcript sent with every reply (``{turn}`` is the turn number).
         caller_text: the transcript of each caller turn the emulator reports (Gemini
             ``inputTranscription``, OpenAI input audio transcription), ``{turn}`` as above.
-        chunk_ms: audio per server message.
+        chunk_ms: audio per server message (at most 5000: the SDKs cap incoming frames).
         speed: pacing of reply audio: 0 sends it all at once, 1.0 in real time, 4.0 four times
             faster than real time (the real services send faster than real time).
         first_audio_delay_ms: delay between the end of a caller turn and the first reply audio.
@@ -110,6 +110,7 @@ class EmulatorScript:
 
 # --------------------------------------------------------------------------- loading
 
+MAX_CHUNK_MS = 5000  # 240 kB of 24 kHz PCM16, 320 kB once in base64
 _COUNTS = frozenset(
     {"reply_ms", "chunk_ms", "first_audio_delay_ms", "go_away_time_left_ms", "vad_silence_ms"}
 )
@@ -181,7 +182,11 @@ def _check(key: str, value: object) -> Any:
     if key in _COUNTS or key in _OPTIONAL_COUNTS:
         if value is None and key in _OPTIONAL_COUNTS:
             return None
-        return _count(value, minimum=1 if key == "chunk_ms" else 0)
+        count = _count(value, minimum=1 if key == "chunk_ms" else 0)
+        if key == "chunk_ms" and count > MAX_CHUNK_MS:
+            # A bigger message would pass the google-genai SDK's 1 MiB frame limit.
+            raise ValueError(f"must be at most {MAX_CHUNK_MS}, got {count}")
+        return count
     if key in _NUMBERS:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"expected a number, got {json.dumps(value)}")

@@ -6,7 +6,10 @@ import asyncio
 import base64
 import io
 import json
+import os
+import signal
 import ssl
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
@@ -220,6 +223,15 @@ async def test_text_turn_is_a_greeting_only_when_greet_is_set(emulator: GeminiEm
         await s.send_client_content(turns=types.Content(role="user", parts=[types.Part(text="x")]))
         with pytest.raises(TimeoutError):
             await collect(s, turn_complete, limit_s=0.5)
+
+
+async def test_text_modality_replies_with_text(emulator: GeminiEmulator) -> None:
+    live = types.LiveConnectConfig(response_modalities=[types.Modality.TEXT])
+    async with client_for(emulator).aio.live.connect(model="m", config=live) as s:
+        await send_audio(s, chirp(300, RATE_IN) + silence(600))
+        messages = await collect(s, turn_complete)
+    assert [m.text for m in messages if m.text] == ["reply 1"]
+    assert not audio_of(messages)
 
 
 async def test_manual_activity_marks_the_turn(emulator: GeminiEmulator) -> None:
@@ -509,3 +521,38 @@ async def test_recording_summarises_audio() -> None:
         "mimeType": "audio/pcm;rate=24000",
         "data": {"audio_bytes": 4800},
     }
+
+
+async def test_cli_announces_url_and_certificate() -> None:
+    overrides = ["reply=tone", "reply_ms=100", "speed=0", "playback_wait=false"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sipbot.emulators.cli",
+        "gemini",
+        "--port",
+        "0",
+        *[arg for override in overrides for arg in ("--set", override)],
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        line = (await asyncio.wait_for(process.stderr.readline(), 20)).decode()
+        _, _, url, ca = line.split()
+        assert url.startswith("https://127.0.0.1:")
+        assert ca.startswith("ca_file=")
+        context = ssl.create_default_context(cafile=ca.removeprefix("ca_file="))
+        options = types.HttpOptions(
+            base_url=url, api_version="v1beta", async_client_args={"ssl": context}
+        )
+        client = genai.Client(api_key="k", http_options=options)
+        async with client.aio.live.connect(model="m", config=config()) as s:
+            await s.send_realtime_input(text="hello")
+            reply = audio_of(await collect(s, turn_complete))
+        assert len(reply) == 100 * 48
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 10)
+    assert code == 0
+    # The certificate directory (with the private key) is gone.
+    assert not await asyncio.to_thread(os.path.exists, ca.removeprefix("ca_file="))

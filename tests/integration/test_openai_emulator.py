@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +21,7 @@ from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
 from sipbot.emulators.audio import decode, encode, tone
+from sipbot.emulators.cli import main
 from sipbot.emulators.openai import OpenAIEmulator
 from sipbot.emulators.script import EmulatorScript, ToolCallRule
 from sipbot.media.formats import PCMA_8K, PCMU_8K
@@ -294,6 +298,16 @@ async def test_manual_commit_and_response_create(emulator: OpenAIEmulator) -> No
     assert reply == spoken
 
 
+async def test_text_output_modality(emulator: OpenAIEmulator) -> None:
+    async with connect(emulator) as connection:
+        await connection.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        await append(connection, chirp(300, RATE) + silence(600))
+        events = await events_until(connection, of_type("response.done"))
+    assert not audio_of(events)
+    assert [e.text for e in events if e.type == "response.output_text.done"] == ["reply 1"]
+    assert events[-1].response.output[0].content[0].text == "reply 1"
+
+
 async def test_greeting_and_no_greeting(emulator: OpenAIEmulator) -> None:
     emulator.script = replace(FAST, reply="tone", reply_ms=100, reply_text="hi {turn}")
     async with connect(emulator) as connection:
@@ -495,3 +509,55 @@ async def test_url_safe_base64_is_accepted(emulator: OpenAIEmulator) -> None:
         await connection.input_audio_buffer.clear()
         await events_until(connection, of_type("input_audio_buffer.cleared"))
     assert emulator.sessions[0].audio_in == pcm
+
+
+# --------------------------------------------------------------------------- sipbot emulate
+
+
+async def test_cli_serves_records_and_stops_on_sigterm(tmp_path: Path) -> None:
+    record = tmp_path / "frames.jsonl"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sipbot.emulators.cli",
+        "openai",
+        "--port",
+        "0",
+        "--set",
+        "reply=tone",
+        "--set",
+        "reply_ms=100",
+        "--record",
+        str(record),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        line = (await asyncio.wait_for(process.stderr.readline(), 20)).decode()
+        url = line.split()[2]
+        assert line.startswith("emulator ready ws://127.0.0.1:")
+        client = AsyncOpenAI(api_key="k", websocket_base_url=url)
+        async with client.realtime.connect(model="gpt-realtime") as connection:
+            await connection.response.create()
+            reply = audio_of(await events_until(connection, of_type("response.done")))
+        assert len(reply) == 100 * 48
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 10)
+    assert code == 0
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    deltas = [
+        line["message"]["delta"]
+        for line in lines
+        if line["message"].get("type") == "response.output_audio.delta"
+    ]
+    assert deltas == [{"audio_bytes": 4800}]
+
+
+def test_cli_refuses_a_bad_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = tmp_path / "bad.yaml"
+    script.write_text("reply: echo\nspeed: fast\n")
+    assert main(["openai", "--port", "0", "--script", str(script)]) == 1
+    assert capsys.readouterr().err == (
+        f'sipbot emulate: {script}:2: speed: expected a number, got "fast"\n'
+    )
