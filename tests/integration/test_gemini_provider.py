@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from sipbot.emulators.common import Conversation
+from sipbot.emulators.common import ResumptionHandles
 from sipbot.emulators.gemini import GeminiEmulator
 from sipbot.emulators.script import EmulatorScript, ToolCallRule
 from sipbot.errors import ConfigError, ProviderConnectError
@@ -42,13 +42,6 @@ LOOKUP = ToolSpec(
     "Find an order.",
     {"type": "object", "properties": {"order_id": {"type": "string"}}},
 )
-
-
-class Forgetful(dict[str, Conversation]):
-    """A handle store that keeps nothing."""
-
-    def __setitem__(self, key: str, value: Conversation) -> None:
-        pass
 
 
 def utterance(hz: float = 440.0, ms: int = 600) -> bytes:
@@ -203,7 +196,7 @@ async def test_dropped_socket_reconnects(emulator: GeminiEmulator) -> None:
 
 async def test_unknown_handle_falls_back_to_a_seeded_session(emulator: GeminiEmulator) -> None:
     emulator.script = replace(FAST, drop_after_turns=1)
-    emulator.resumable = Forgetful()  # the service hands out handles it cannot resume
+    emulator.resumable = ResumptionHandles(ttl_s=0.0)  # every handle lapses at once
     session, log = await opened(emulator)
     feed(session, utterance(), FRAME_IN)
     await log.wait_for(lambda e: isinstance(e, ProviderNotice) and "reconnected" in e.message)
