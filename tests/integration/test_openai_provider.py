@@ -30,7 +30,15 @@ from sipbot.providers.base import (
     TurnDetection,
 )
 from sipbot.providers.openai import OpenAIProvider, OpenAISession
-from tests.integration.conftest import EventLog, dominant_hz, eventually, feed, silence, sine
+from tests.integration.conftest import (
+    EventLog,
+    FreezingProxy,
+    dominant_hz,
+    eventually,
+    feed,
+    silence,
+    sine,
+)
 
 KEY = "sk-test-key"
 FAST = EmulatorScript(speed=0, vad_silence_ms=200, api_keys=frozenset({KEY}))
@@ -304,3 +312,17 @@ async def test_close_is_idempotent_and_ends_events(emulator: OpenAIEmulator) -> 
 def test_empty_key_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"^openai: no API key \(set OPENAI_API_KEY\)$"):
         OpenAIProvider("")
+
+
+async def test_close_is_bounded_when_the_service_hangs(emulator: OpenAIEmulator) -> None:
+    async with FreezingProxy(emulator.port) as proxy:
+        url = f"ws://127.0.0.1:{proxy.port}/v1"
+        session = await OpenAIProvider(KEY, websocket_base_url=url).open(WIDEBAND, SessionConfig())
+        log = EventLog(session)
+        proxy.frozen.set()
+        feed(session, utterance(PCM16_24K), PCM16_24K.frame_bytes)
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        await session.close()
+        assert time.monotonic() - started < 3.0
+        await asyncio.wait_for(log.ended.wait(), 1.0)
