@@ -1,0 +1,226 @@
+"""Gemini Live provider: the asyncio shell around ``google-genai`` (the only module importing it).
+
+One :class:`GeminiSession` per call, a :class:`ResilientSession` (uplink batching, event queue,
+reconnection) whose server messages become events through :class:`GeminiReceiver`.
+
+* Rule 1: ``goAway`` lets the current model turn finish, then the session reconnects with the
+  latest resumption handle; a dropped socket reconnects the same way at once. Caller audio is
+  buffered meanwhile and sent when the new connection is up.
+* Rule 2: without a handle, or after resuming with one failed, the new session is seeded with
+  the transcript so far instead.
+* Rule 3: SDK quirks handled here: ``receive()`` ends at every turnComplete (it is looped);
+  every close, even 1000, surfaces as ``errors.APIError`` (a reason to reconnect, like any
+  receive error); ``send_realtime_input`` takes one argument per call; the 1 MiB incoming frame
+  cap is raised to ``MAX_MESSAGE_BYTES``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from typing import Any
+
+from google import genai
+from google.genai import types
+from google.genai.live import AsyncSession
+
+from sipbot.errors import ConfigError, ProviderConnectError
+from sipbot.providers import gemini_wire as wire
+from sipbot.providers.base import PCM16_16K, PCM16_24K, CallInfo, ProviderEvent, SessionConfig
+from sipbot.providers.resilience import CLOSE_TIMEOUT_S, ResilientSession, bounded, describe
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "gemini-3.8-live"
+CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + websocket handshake + setupComplete
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the SDK's websocket default (1 MiB) is too small
+MAX_ATTEMPTS = 5
+
+
+class GeminiProvider:
+    """Opens Gemini Live sessions, one per call (see the module docstring).
+
+    Args:
+        api_key: the Gemini API key.
+        model: model id, used when ``SessionConfig.model`` is not set.
+        base_url: service root (``https://127.0.0.1:PORT`` for the emulator); None for Google's.
+        ca_file: PEM bundle to trust instead of the default one (the emulator's certificate).
+        api_version: API version in the websocket path.
+        connect_timeout_s: bound on one connection attempt, setup included.
+        max_attempts: consecutive failed reconnections before a session gives up.
+
+    Raises:
+        ConfigError: ``api_key`` is empty.
+    """
+
+    name = "gemini"
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        model: str = DEFAULT_MODEL,
+        base_url: str | None = None,
+        ca_file: str | None = None,
+        api_version: str = "v1beta",
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
+        if not api_key:
+            raise ConfigError("gemini: no API key (set GEMINI_API_KEY)")
+        # google-genai passes the entries websockets' connect() accepts through to it.
+        socket_args: dict[str, Any] = {
+            "open_timeout": connect_timeout_s,
+            "close_timeout": CLOSE_TIMEOUT_S,
+            "max_size": MAX_MESSAGE_BYTES,
+        }
+        if ca_file is not None:
+            socket_args["ssl"] = ssl.create_default_context(cafile=ca_file)
+        options = types.HttpOptions(
+            base_url=base_url, api_version=api_version, async_client_args=socket_args
+        )
+        self._client = genai.Client(api_key=api_key, http_options=options)
+        self.model = model
+        self.connect_timeout_s = connect_timeout_s
+        self.max_attempts = max_attempts
+
+    async def open(self, call: CallInfo, config: SessionConfig) -> GeminiSession:
+        """Connect a session for ``call`` (history and greeting sent).
+
+        Raises:
+            ProviderConnectError: unreachable, key refused, or no setupComplete in time.
+        """
+        for key in wire.unknown_options(config.options):
+            logger.warning("call %s: gemini: unknown option %r ignored", call.call_id, key)
+        session = GeminiSession(self, call, config)
+        await session.start()
+        return session
+
+    async def connect(
+        self, config: SessionConfig, handle: str | None
+    ) -> tuple[contextlib.AsyncExitStack, AsyncSession]:
+        """One connection, set up; close it by closing the returned stack.
+
+        Raises:
+            ProviderConnectError: the attempt failed (nothing is left open).
+        """
+        stack = contextlib.AsyncExitStack()
+        live = self._client.aio.live.connect(
+            model=config.model or self.model,
+            config=wire.connect_config(config, resumption_handle=handle),  # type: ignore[arg-type]
+        )
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                session = await stack.enter_async_context(live)
+            if session.setup_complete is None:
+                raise ProviderConnectError("gemini: no setupComplete from the server")
+        except ProviderConnectError:
+            await bounded(stack.aclose())
+            raise
+        except Exception as error:  # the SDK and websockets raise many kinds; all mean this
+            await bounded(stack.aclose())
+            raise ProviderConnectError(f"gemini: cannot connect: {describe(error)}") from error
+        return stack, session
+
+
+class GeminiSession(ResilientSession):
+    """One call's Gemini Live conversation (a ``ProviderSession``)."""
+
+    def __init__(self, provider: GeminiProvider, call: CallInfo, config: SessionConfig) -> None:
+        super().__init__(
+            "gemini", call, config, PCM16_16K, PCM16_24K, max_attempts=provider.max_attempts
+        )
+        self._provider = provider
+        self._receiver = wire.GeminiReceiver()
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._session: AsyncSession | None = None
+        self._handle_failed = False
+
+    # ----------------------------------------------------------------- ProviderSession
+
+    async def send_tool_result(self, call_id: str, name: str, result: Any) -> None:
+        response = types.FunctionResponse(**wire.tool_response(call_id, name, result))
+        session = self._live("tool result")
+        if session is not None:
+            sending = session.send_tool_response(function_responses=response)
+            await self._guard("tool result", sending)
+
+    async def send_text(self, text: str) -> None:
+        session = self._live("text")
+        if session is not None:
+            await self._guard("text", session.send_realtime_input(text=text))
+
+    async def truncate(self, item_id: str, played_ms: int) -> None:
+        """Nothing to do: Gemini keeps no item audio that could be cut."""
+
+    # ----------------------------------------------------------------- ResilientSession
+
+    async def connect(self, first: bool) -> str:
+        handle = None if first or self._handle_failed else self._receiver.resumption_handle
+        if first:
+            seed = self.config.history
+        else:
+            seed = () if handle is not None else self.transcript.history()
+        try:
+            self._stack, self._session = await self._provider.connect(self.config, handle)
+        except ProviderConnectError:
+            # The handle may be why (expired, unknown): the next attempt starts afresh, seeded.
+            self._handle_failed = handle is not None
+            raise
+        self._handle_failed = False
+        greeting = self.config.greeting if first else None
+        turns = wire.seed_turns(seed, greeting)
+        if turns:
+            # History alone is context (the model waits for the caller); with a greeting the
+            # last turn asks for it, and completing the turn makes the model speak.
+            try:
+                await self._session.send_client_content(
+                    turns=turns,  # type: ignore[arg-type]
+                    turn_complete=greeting is not None,
+                )
+            except Exception as error:
+                await bounded(self.disconnect())
+                raise ProviderConnectError(f"gemini: cannot seed: {describe(error)}") from error
+        return "resumed" if handle is not None else f"new session seeded with {len(seed)} turns"
+
+    async def disconnect(self) -> None:
+        stack, self._stack, self._session = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def send_batch(self, audio: bytes) -> None:
+        assert self._session is not None
+        blob = types.Blob(data=audio, mime_type=wire.INPUT_MIME_TYPE)
+        await self._session.send_realtime_input(audio=blob)
+
+    async def receive(self) -> str:
+        assert self._session is not None
+        session, receiver = self._session, self._receiver
+        while True:  # receive() ends at each turnComplete
+            async for message in session.receive():
+                for event in receiver.receive(message):
+                    self.emit(event)
+                if receiver.go_away and not receiver.in_turn:
+                    return "goAway"
+
+    def connection_lost(self) -> list[ProviderEvent]:
+        return self._receiver.connection_lost()
+
+    # ----------------------------------------------------------------- helpers
+
+    def _live(self, what: str) -> AsyncSession | None:
+        if self._session is None:
+            logger.warning(
+                "call %s: gemini: %s dropped while reconnecting", self.call.call_id, what
+            )
+        return self._session
+
+    async def _guard(self, what: str, sending: Any) -> None:
+        try:
+            await sending
+        except Exception as error:  # a dead socket: the receiver notices and reconnects
+            logger.warning(
+                "call %s: gemini: %s not sent: %s", self.call.call_id, what, describe(error)
+            )

@@ -1,0 +1,335 @@
+"""Gemini Live, the wire schema: what sipbot sends and how server messages become events.
+
+Pure and synchronous. :func:`connect_config` builds the ``LiveConnectConfig`` (a plain dict, in
+the SDK's snake_case field names) for a :class:`SessionConfig`; :class:`GeminiReceiver` turns
+server messages into sipbot's neutral events and remembers what the shell needs to reconnect
+(the latest session resumption handle, whether ``goAway`` came, whether a model turn is open).
+This module never imports ``google.genai``: server messages are read through the structural
+types below, which the SDK's ``LiveServerMessage`` satisfies.
+
+Rules of :class:`GeminiReceiver`:
+
+* Rule 1: Gemini has no item ids; each model turn that carries audio gets one
+  (``gemini-turn-N``, N counting from 1 for the whole call, across reconnections).
+* Rule 2: one server message may carry several fields at once; they are handled in the order
+  caller transcript, agent audio, agent transcript, interruption, end of turn.
+* Rule 3: transcripts come as pieces: each piece is a partial :class:`Transcript` and the
+  concatenation is emitted once as final — the caller's when the model starts answering (or at
+  the end of the turn), the agent's at the end of its turn or when interrupted.
+* Rule 4: ``interrupted`` closes the open turn, so the turnComplete that follows it (like one
+  of a turn without audio, e.g. a tool call) gives ``TurnComplete(None)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from sipbot.providers.base import (
+    AudioOut,
+    Interrupted,
+    ProviderEvent,
+    ProviderNotice,
+    SessionConfig,
+    ToolCall,
+    ToolCallCancelled,
+    Transcript,
+    TurnComplete,
+)
+from sipbot.providers.continuity import greeting_prompt
+
+INPUT_MIME_TYPE = "audio/pcm;rate=16000"
+ITEM_PREFIX = "gemini-turn-"
+LOW_THRESHOLD = 0.4  # TurnDetection.threshold at or below: start-of-speech sensitivity HIGH
+HIGH_THRESHOLD = 0.6  # at or above: sensitivity LOW (needs clearer speech to start a turn)
+KNOWN_OPTIONS = frozenset({"config", "context_window_compression"})
+
+
+# --------------------------------------------------------------------------- what we send
+
+
+def connect_config(config: SessionConfig, *, resumption_handle: str | None) -> dict[str, Any]:
+    """The ``LiveConnectConfig`` for ``config`` (SDK field names, JSON-able values).
+
+    Session resumption is always on (an empty handle asks for handles); sliding-window context
+    compression is on unless ``options["context_window_compression"]`` is False, since audio
+    sessions otherwise end after 15 minutes. ``options["config"]`` (a mapping of
+    ``LiveConnectConfig`` fields) is merged in last, recursively, for anything not mapped here.
+    """
+    built: dict[str, Any] = {"response_modalities": ["AUDIO"]}
+    if config.instructions:
+        built["system_instruction"] = config.instructions
+    speech: dict[str, Any] = {}
+    if config.voice:
+        speech["voice_config"] = {"prebuilt_voice_config": {"voice_name": config.voice}}
+    if config.language:
+        speech["language_code"] = config.language
+    if speech:
+        built["speech_config"] = speech
+    if config.temperature is not None:
+        built["temperature"] = config.temperature
+    if config.tools:
+        declarations = [
+            {
+                "name": tool.name,
+                "description": tool.description,
+                "parameters_json_schema": dict(tool.parameters),
+            }
+            for tool in config.tools
+        ]
+        built["tools"] = [{"function_declarations": declarations}]
+    built["session_resumption"] = {"handle": resumption_handle} if resumption_handle else {}
+    if config.options.get("context_window_compression", True):
+        built["context_window_compression"] = {"sliding_window": {}}
+    built["input_audio_transcription"] = {}
+    built["output_audio_transcription"] = {}
+    built["realtime_input_config"] = _realtime_input_config(config)
+    extra = config.options.get("config")
+    if isinstance(extra, Mapping):
+        _merge(built, extra)
+    return built
+
+
+def _realtime_input_config(config: SessionConfig) -> dict[str, Any]:
+    turn = config.turn_detection
+    detection: dict[str, Any] = {
+        "disabled": False,
+        "prefix_padding_ms": turn.prefix_ms,
+        "silence_duration_ms": turn.silence_ms,
+    }
+    if turn.threshold <= LOW_THRESHOLD:
+        detection["start_of_speech_sensitivity"] = "START_SENSITIVITY_HIGH"
+    elif turn.threshold >= HIGH_THRESHOLD:
+        detection["start_of_speech_sensitivity"] = "START_SENSITIVITY_LOW"
+    handling = "START_OF_ACTIVITY_INTERRUPTS" if turn.barge_in else "NO_INTERRUPTION"
+    return {"automatic_activity_detection": detection, "activity_handling": handling}
+
+
+def _merge(into: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        current = into.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            _merge(current, value)
+        else:
+            into[key] = value
+
+
+def unknown_options(options: Mapping[str, Any]) -> list[str]:
+    """Keys of ``options`` this adapter does not understand (for a warning)."""
+    return sorted(key for key in options if key not in KNOWN_OPTIONS)
+
+
+def seed_turns(history: Sequence[Transcript], greeting: str | None) -> list[dict[str, Any]]:
+    """``clientContent`` turns replaying ``history``, then the greeting request if any.
+
+    Send with ``turn_complete`` True only when a greeting is included (the model then speaks);
+    otherwise the model just takes the turns in as context and waits for the caller.
+    """
+    turns = [
+        {"role": "user" if entry.role == "caller" else "model", "parts": [{"text": entry.text}]}
+        for entry in history
+    ]
+    if greeting:
+        turns.append({"role": "user", "parts": [{"text": greeting_prompt(greeting)}]})
+    return turns
+
+
+def tool_response(call_id: str, name: str, result: Any) -> dict[str, Any]:
+    """One ``functionResponses`` entry; a result that is not an object goes under ``output``."""
+    response = dict(result) if isinstance(result, Mapping) else {"output": result}
+    return {"id": call_id, "name": name, "response": response}
+
+
+# --------------------------------------------------------------------------- what we read
+# Read-only views of the SDK's LiveServerMessage (snake_case attributes, None when absent).
+
+
+class _Blob(Protocol):
+    @property
+    def data(self) -> bytes | None: ...
+
+
+class _Part(Protocol):
+    @property
+    def inline_data(self) -> _Blob | None: ...
+
+
+class _Content(Protocol):
+    @property
+    def parts(self) -> Sequence[_Part] | None: ...
+
+
+class _Transcription(Protocol):
+    @property
+    def text(self) -> str | None: ...
+
+    @property
+    def finished(self) -> bool | None: ...
+
+
+class _ServerContent(Protocol):
+    @property
+    def model_turn(self) -> _Content | None: ...
+
+    @property
+    def turn_complete(self) -> bool | None: ...
+
+    @property
+    def interrupted(self) -> bool | None: ...
+
+    @property
+    def input_transcription(self) -> _Transcription | None: ...
+
+    @property
+    def output_transcription(self) -> _Transcription | None: ...
+
+
+class _FunctionCall(Protocol):
+    @property
+    def id(self) -> str | None: ...
+
+    @property
+    def name(self) -> str | None: ...
+
+    @property
+    def args(self) -> Mapping[str, Any] | None: ...
+
+
+class _ToolCall(Protocol):
+    @property
+    def function_calls(self) -> Sequence[_FunctionCall] | None: ...
+
+
+class _ToolCallCancellation(Protocol):
+    @property
+    def ids(self) -> Sequence[str] | None: ...
+
+
+class _GoAway(Protocol):
+    @property
+    def time_left(self) -> str | None: ...
+
+
+class _ResumptionUpdate(Protocol):
+    @property
+    def new_handle(self) -> str | None: ...
+
+    @property
+    def resumable(self) -> bool | None: ...
+
+
+class ServerMessage(Protocol):
+    """What :class:`GeminiReceiver` reads of a server message."""
+
+    @property
+    def server_content(self) -> _ServerContent | None: ...
+
+    @property
+    def tool_call(self) -> _ToolCall | None: ...
+
+    @property
+    def tool_call_cancellation(self) -> _ToolCallCancellation | None: ...
+
+    @property
+    def go_away(self) -> _GoAway | None: ...
+
+    @property
+    def session_resumption_update(self) -> _ResumptionUpdate | None: ...
+
+
+class GeminiReceiver:
+    """Turns Gemini server messages into events; keeps reconnection state (see the Rules).
+
+    Attributes:
+        resumption_handle: the latest resumable handle, or None before the first one.
+        go_away: the server announced the end of the current connection.
+    """
+
+    def __init__(self) -> None:
+        self.resumption_handle: str | None = None
+        self.go_away = False
+        self._turns = 0
+        self._item: str | None = None
+        self._caller_text: list[str] = []
+        self._agent_text: list[str] = []
+
+    @property
+    def in_turn(self) -> bool:
+        """Whether a model turn with audio is open (its audio is still arriving)."""
+        return self._item is not None
+
+    def receive(self, message: ServerMessage) -> list[ProviderEvent]:
+        """The events ``message`` means, in order."""
+        events: list[ProviderEvent] = []
+        content = message.server_content
+        if content is not None:
+            self._content(content, events)
+        if message.tool_call is not None:
+            for call in message.tool_call.function_calls or ():
+                events.append(ToolCall(call.id or "", call.name or "", dict(call.args or {})))
+        if message.tool_call_cancellation is not None:
+            events.append(ToolCallCancelled(tuple(message.tool_call_cancellation.ids or ())))
+        update = message.session_resumption_update
+        if update is not None and update.resumable and update.new_handle:
+            self.resumption_handle = update.new_handle
+        if message.go_away is not None:
+            self.go_away = True
+            events.append(ProviderNotice(f"gemini: goAway, time left {message.go_away.time_left}"))
+        return events
+
+    def connection_lost(self) -> list[ProviderEvent]:
+        """Close what the lost connection left open; call before reconnecting."""
+        events: list[ProviderEvent] = []
+        self._finish_caller(events)
+        self._finish_agent(events)
+        if self._item is not None:
+            events.append(TurnComplete(self._item))
+            self._item = None
+        self.go_away = False
+        return events
+
+    def _content(self, content: _ServerContent, events: list[ProviderEvent]) -> None:
+        if content.input_transcription is not None:
+            piece = content.input_transcription.text
+            if piece:
+                self._caller_text.append(piece)
+                events.append(Transcript("caller", piece, final=False))
+            if content.input_transcription.finished:
+                self._finish_caller(events)
+        if content.model_turn is not None:
+            self._audio(content.model_turn, events)
+        if content.output_transcription is not None:
+            piece = content.output_transcription.text
+            if piece:
+                self._agent_text.append(piece)
+                events.append(Transcript("agent", piece, final=False))
+        if content.interrupted:
+            events.append(Interrupted(self._item))
+            self._finish_agent(events)
+            self._item = None
+        if content.turn_complete:
+            self._finish_caller(events)
+            self._finish_agent(events)
+            events.append(TurnComplete(self._item))
+            self._item = None
+
+    def _audio(self, turn: _Content, events: list[ProviderEvent]) -> None:
+        for part in turn.parts or ():
+            blob = part.inline_data
+            if blob is None or not blob.data:
+                continue
+            if self._item is None:
+                self._finish_caller(events)
+                self._turns += 1
+                self._item = f"{ITEM_PREFIX}{self._turns}"
+            events.append(AudioOut(blob.data, self._item))
+
+    def _finish_caller(self, events: list[ProviderEvent]) -> None:
+        if self._caller_text:
+            events.append(Transcript("caller", "".join(self._caller_text).strip()))
+            self._caller_text.clear()
+
+    def _finish_agent(self, events: list[ProviderEvent]) -> None:
+        if self._agent_text:
+            events.append(Transcript("agent", "".join(self._agent_text).strip()))
+            self._agent_text.clear()

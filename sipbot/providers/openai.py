@@ -1,0 +1,216 @@
+"""OpenAI Realtime (GA) provider: the asyncio shell around ``openai`` (the only importer of it).
+
+One :class:`OpenAISession` per call, a :class:`ResilientSession` (uplink batching, event queue,
+reconnection) whose protocol state lives in :class:`OpenAIConversation`.
+
+* Rule 1: a PCMU/PCMA call uses ``audio/pcmu``/``audio/pcma`` both ways, so its audio is never
+  resampled; any other call uses PCM16 24 kHz both ways.
+* Rule 2: ``session_expired`` or a dropped socket opens a new session, configured the same way
+  and seeded with the transcript so far (no greeting again).
+* Rule 3: events go out with the SDK's ``send_raw`` and come in with ``recv_bytes``: the SDK's
+  ``send``/``recv`` validate and build models per event (~90 µs per audio append), which at
+  hundreds of calls costs a CPU; the wire module already produces and reads the GA shapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from openai import AsyncOpenAI
+from openai.resources.realtime.realtime import AsyncRealtimeConnection
+
+from sipbot.errors import ConfigError, ProviderConnectError
+from sipbot.providers import openai_wire as wire
+from sipbot.providers.base import CallInfo, ProviderEvent, SessionConfig
+from sipbot.providers.resilience import CLOSE_TIMEOUT_S, ResilientSession, bounded, describe
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "gpt-realtime"
+CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + websocket handshake + session.updated
+MAX_ATTEMPTS = 5
+
+
+class OpenAIProvider:
+    """Opens OpenAI Realtime sessions, one per call (see the module docstring).
+
+    Args:
+        api_key: the OpenAI API key.
+        model: model id, used when ``SessionConfig.model`` is not set.
+        websocket_base_url: e.g. ``ws://127.0.0.1:PORT/v1`` for the emulator; None for OpenAI's.
+        connect_timeout_s: bound on one connection attempt, configuration included.
+        max_attempts: consecutive failed reconnections before a session gives up.
+
+    Raises:
+        ConfigError: ``api_key`` is empty.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        model: str = DEFAULT_MODEL,
+        websocket_base_url: str | None = None,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
+        if not api_key:
+            raise ConfigError("openai: no API key (set OPENAI_API_KEY)")
+        self._client = AsyncOpenAI(
+            api_key=api_key, websocket_base_url=websocket_base_url, max_retries=0
+        )
+        self.model = model
+        self.connect_timeout_s = connect_timeout_s
+        self.max_attempts = max_attempts
+
+    async def open(self, call: CallInfo, config: SessionConfig) -> OpenAISession:
+        """Connect a configured session for ``call`` (history and greeting sent).
+
+        Raises:
+            ProviderConnectError: unreachable, key refused, or session not configured in time.
+        """
+        for key in wire.unknown_options(config.options):
+            logger.warning("call %s: openai: unknown option %r ignored", call.call_id, key)
+        session = OpenAISession(self, call, config)
+        await session.start()
+        return session
+
+    async def connect(self, model: str) -> AsyncRealtimeConnection:
+        """One websocket connection (not yet configured).
+
+        Raises:
+            ProviderConnectError: the attempt failed.
+        """
+        # Passed through to websockets' connect(); the SDK's TypedDict does not list them all.
+        socket_options: Any = {
+            "open_timeout": self.connect_timeout_s,
+            "close_timeout": CLOSE_TIMEOUT_S,
+        }
+        manager = self._client.realtime.connect(
+            model=model, websocket_connection_options=socket_options
+        )
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                return await manager.enter()
+        except Exception as error:  # the SDK and websockets raise many kinds; all mean this
+            raise ProviderConnectError(f"openai: cannot connect: {describe(error)}") from error
+
+
+class OpenAISession(ResilientSession):
+    """One call's OpenAI Realtime conversation (a ``ProviderSession``)."""
+
+    def __init__(self, provider: OpenAIProvider, call: CallInfo, config: SessionConfig) -> None:
+        audio_format = wire.audio_format_for(call.codec)
+        super().__init__(
+            "openai", call, config, audio_format, audio_format, max_attempts=provider.max_attempts
+        )
+        self._provider = provider
+        self._conversation = wire.OpenAIConversation(
+            audio_format, barge_in=config.turn_detection.barge_in
+        )
+        self._connection: AsyncRealtimeConnection | None = None
+
+    # ----------------------------------------------------------------- ProviderSession
+
+    async def send_tool_result(self, call_id: str, name: str, result: Any) -> None:
+        if not self._conversation.tool_result(call_id, result):
+            logger.warning(
+                "call %s: openai: result of unknown tool call %s (%s) dropped",
+                self.call.call_id,
+                call_id,
+                name,
+            )
+        await self._flush()
+
+    async def send_text(self, text: str) -> None:
+        self._conversation.caller_text(text)
+        await self._flush()
+
+    async def truncate(self, item_id: str, played_ms: int) -> None:
+        self._conversation.truncate(item_id, played_ms)
+        await self._flush()
+
+    # ----------------------------------------------------------------- ResilientSession
+
+    async def connect(self, first: bool) -> str:
+        conversation = self._conversation
+        connection = await self._provider.connect(self.config.model or self._provider.model)
+        self._connection = connection
+        try:
+            async with asyncio.timeout(self._provider.connect_timeout_s):
+                await self._configure(connection)
+        except Exception as error:
+            await bounded(self.disconnect())
+            if isinstance(error, ProviderConnectError):
+                raise
+            raise ProviderConnectError(f"openai: cannot configure: {describe(error)}") from error
+        seed = self.config.history if first else self.transcript.history()
+        for event in wire.history_items(seed):
+            conversation.send(event)
+        if first and self.config.greeting:
+            conversation.greet(self.config.greeting)
+        await self._flush()
+        return f"new session seeded with {len(seed)} turns"
+
+    async def _configure(self, connection: AsyncRealtimeConnection) -> None:
+        """Send session.update and read events until the server accepts it."""
+        update = wire.session_update(self.config, self.input_format)
+        await connection.send_raw(json.dumps(update))
+        conversation = self._conversation
+        while not conversation.session_updated:
+            event = json.loads(await connection.recv_bytes())
+            if event.get("type") == "error":
+                error = event.get("error") or {}
+                raise ProviderConnectError(
+                    f"openai: session.update refused: {error.get('code')}: {error.get('message')}"
+                )
+            conversation.receive(event, self.now())
+
+    async def disconnect(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
+
+    async def send_batch(self, audio: bytes) -> None:
+        assert self._connection is not None
+        await self._connection.send_raw(wire.append_audio(audio))
+
+    async def receive(self) -> str:
+        assert self._connection is not None
+        connection, conversation = self._connection, self._conversation
+        while True:
+            event = json.loads(await connection.recv_bytes())
+            for out in conversation.receive(event, self._loop.time()):
+                self.emit(out)
+            if conversation.expired:
+                return "session expired"
+            for request in conversation.data_to_send():
+                await connection.send_raw(json.dumps(request))
+
+    def connection_lost(self) -> list[ProviderEvent]:
+        return self._conversation.connection_lost()
+
+    # ----------------------------------------------------------------- helpers
+
+    async def _flush(self) -> None:
+        requests = self._conversation.data_to_send()
+        connection = self._connection
+        if not requests:
+            return
+        if connection is None:
+            logger.warning(
+                "call %s: openai: %d events dropped while reconnecting",
+                self.call.call_id,
+                len(requests),
+            )
+            return
+        try:
+            for request in requests:
+                await connection.send_raw(json.dumps(request))
+        except Exception as error:  # a dead socket: the receiver notices and reconnects
+            logger.warning("call %s: openai: not sent: %s", self.call.call_id, describe(error))
