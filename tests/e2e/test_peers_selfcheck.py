@@ -282,6 +282,25 @@ def test_kamailio_registrar_routes_between_registered_baresips(
     assert audio.correlation(other_speech.pcm(8000), heard, 8000, rate) < UNRELATED_MAX_CORRELATION
 
 
+@pytest.mark.requires_peers("sipp", "kamailio")
+def test_sipp_reject_scenario_expects_the_exact_status(peers_tmp: Path) -> None:
+    registrar = kamailio.start_registrar(peers_tmp, {})
+    try:
+        expect_404 = sipp.reject_scenario(peers_tmp / "reject404.xml", 404)
+        result = sipp.run_uac(
+            registrar.address, expect_404, peers_tmp, service="nobody", name="r404"
+        )
+        result.assert_ok(calls=1)
+        expect_486 = sipp.reject_scenario(peers_tmp / "reject486.xml", 486)
+        wrong = sipp.run_uac(
+            registrar.address, expect_486, peers_tmp, service="nobody", name="r486"
+        )
+    finally:
+        registrar.stop()
+    assert (wrong.returncode, wrong.successful, wrong.failed) == (1, 0, 1)
+    assert "SIP/2.0 404 Not Registered" in result.messages()
+
+
 # --- baresip and pjsua2 callers --------------------------------------------------------------
 
 

@@ -87,12 +87,9 @@ def render_scenario(
     path = Path(template) if os.sep in str(template) else SCENARIO_DIR / str(template)
     text = path.read_text()
     keep = set(blocks)
-    text = re.sub(
-        r"<!--@@BEGIN (\w+)@@-->\n(.*?)<!--@@END \1@@-->\n",
-        lambda m: m.group(2) if m.group(1) in keep else "",
-        text,
-        flags=re.S,
-    )
+    block = re.compile(r"<!--@@BEGIN (\w+)@@-->\n(.*?)<!--@@END \1@@-->\n", re.S)
+    while block.search(text):  # blocks nest: repeat until none is left
+        text = block.sub(lambda m: m.group(2) if m.group(1) in keep else "", text)
 
     def whole_line(m: re.Match[str]) -> str:
         return "".join(f"{m.group(1)}{line}\n" for line in values[m.group(2)].splitlines())
@@ -136,7 +133,7 @@ def uac_scenario(
         audio_loops: How many times ``rtp_stream`` plays the file (-1: forever).
         linger_s: Keep the finished call around this long (absorbs late retransmissions).
     """
-    blocks = {"send_bye" if hangup == "caller" else "recv_bye"}
+    blocks = {"answered", "send_bye" if hangup == "caller" else "recv_bye"}
     if dtmf_pcap is not None:
         blocks.add("dtmf")
     values = {
@@ -153,6 +150,30 @@ def uac_scenario(
         **sdp_media(offer or [codec]),
     }
     return render_scenario("uac.xml", dest, values, blocks)
+
+
+def reject_scenario(
+    dest: Path,
+    status: int,
+    codec: str = "PCMU",
+    *,
+    caller: str = "sipp",
+    extra_headers: Sequence[str] = (),
+    linger_s: float = 0.0,
+) -> Path:
+    """Render ``uac.xml`` for a call that must be refused with ``status`` (then ACKed).
+
+    Any other final status fails the call (SIPp: unexpected message), so the result's
+    ``successful`` counts the calls refused exactly as expected.
+    """
+    values = {
+        "CALLER": caller,
+        "EXTRA_HEADERS": "\n".join(extra_headers),
+        "REJECT_STATUS": str(status),
+        "LINGER_MS": _ms(linger_s),
+        **sdp_media([codec]),
+    }
+    return render_scenario("uac.xml", dest, values, {"rejected"})
 
 
 def uas_scenario(
