@@ -192,6 +192,31 @@ def correlation(
     return float(np.max(scores))
 
 
+def segment_correlations(
+    reference: npt.ArrayLike,
+    recorded: npt.ArrayLike,
+    rate: int,
+    recorded_rate: int | None = None,
+    segment_s: float = 0.5,
+    silence_dbfs: float = -40.0,
+) -> list[float | None]:
+    """:func:`correlation` of each ``segment_s`` slice of ``reference`` against ``recorded``.
+
+    Diagnoses a recording that holds the speech with a slip (a peer's jitter buffer dropping
+    10 ms, say): each segment then scores high while the whole utterance does not. Silent
+    reference segments give None.
+    """
+    ref = np.asarray(reference, dtype=np.int16)
+    rec = resample(recorded, recorded_rate or rate, rate)
+    step = max(1, int(segment_s * rate))
+    scores: list[float | None] = []
+    for start in range(0, len(ref), step):
+        segment = ref[start : start + step]
+        loud = rms_dbfs(segment) > silence_dbfs
+        scores.append(correlation(segment, rec, rate) if loud else None)
+    return scores
+
+
 def _band_limit(
     x: npt.NDArray[np.float64], rate: int, band_hz: tuple[float, float]
 ) -> npt.NDArray[np.float64]:
