@@ -395,3 +395,20 @@ def test_linphone_callee_answers_and_talks(speech: audio.Speech, peers_tmp: Path
     loud = [s for s in scores if s is not None]
     assert len(loud) >= 5
     assert sum(s >= 0.95 for s in loud) >= len(loud) - 1  # all but the segment with the slip
+
+
+@pytest.mark.requires_peers("sipp", "baresip")
+def test_baresip_caller_follows_a_blind_transfer(speech: audio.Speech, peers_tmp: Path) -> None:
+    target = baresip.start(peers_tmp, speech.wav_8k, name="operator", user="operator", answer=True)
+    uas_xml = sipp.uas_scenario(peers_tmp / "uas.xml", refer_to=target.uri, hold_s=1.0)
+    uas = sipp.start_uas(peers_tmp, uas_xml, calls=1)
+    caller = baresip.start(
+        peers_tmp, speech.wav_8k, name="alice", user="alice", dial=uas.uri("bot"), duration_s=4
+    )
+    assert caller.wait(20) == 0
+    uas.wait(10).assert_ok(calls=1)
+    assert target.stop() == 0
+    assert caller.transfers() == [target.uri]
+    assert target.answered_from() == ["sip:alice@127.0.0.1"]
+    assert [uri for uri, _ in caller.terminated()] == [uas.uri("bot"), target.uri]
+    assert "REFER sip:alice" in uas.stop().messages()

@@ -11,7 +11,11 @@ Audio: the source is ``aufile`` (a PCM16 WAV at ``ausrc_srate``); the player is
 - sndfile names its dumps by the second: two calls of one instance within the same second share a
   file. Use one instance per call when the recording matters.
 - ``-t N`` quits N seconds after *start* (not after the answer); SIGTERM ends it cleanly too.
+  Either way it first waits for its open transactions (the BYE of a live call, the un-REGISTER):
+  up to ~32 s when the far end or registrar is gone. :meth:`Baresip.stop` forces the exit with a
+  second SIGTERM; a caller's far end must answer its BYE for :meth:`Baresip.wait` to be quick.
 - Log lines parsed here: ``answering call on line N from <uri> with 200`` (callee),
+  ``menu: transferring call <id> to '<uri>'`` (it followed a REFER),
   ``<aor>: Call established: <uri>``, ``Call with <uri> terminated (duration: N secs)``, and for
   registration ``<aor>: {0/UDP/v4} 200 OK (...) [1 binding]``.
 """
@@ -85,6 +89,14 @@ class Baresip:
     def established(self) -> list[str]:
         """Peer URIs of the calls that reached the established state, in order."""
         return re.findall(r"Call established: (\S+)", self.log())
+
+    def transfers(self) -> list[str]:
+        """Targets of the blind transfers (REFER) this instance followed, in order.
+
+        baresip dials the Refer-To URI at once but keeps the original call until the transferor
+        sends BYE (it does not hang up by itself).
+        """
+        return re.findall(r"transferring call \S+ to '<?([^'>]+)>?'", self.log())
 
     def terminated(self) -> list[tuple[str, int]]:
         """(peer URI, duration in s) of the calls that ended, in order."""

@@ -65,6 +65,8 @@ class StreamStats:
     """Pacing and continuity of one SSRC's audio packets (telephone-event packets excluded)."""
 
     ssrc: int
+    payload_type: int  # of the first audio packet
+    first_time: float  # capture time of the first audio packet (epoch seconds)
     packets: int
     gap_mean_ms: float
     gap_stdev_ms: float
@@ -241,6 +243,8 @@ def _stats(ssrc: int, pkts: list[RtpPacket]) -> StreamStats:
     has_gaps = gaps.size > 0
     return StreamStats(
         ssrc=ssrc,
+        payload_type=pkts[0].payload_type,
+        first_time=pkts[0].time,
         packets=len(pkts),
         gap_mean_ms=float(np.mean(gaps)) if has_gaps else 0.0,
         gap_stdev_ms=float(statistics.pstdev(gaps.tolist())) if has_gaps else 0.0,

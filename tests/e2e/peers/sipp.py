@@ -183,6 +183,7 @@ def uas_scenario(
     hangup: Hangup = "caller",
     hold_s: float = 3.0,
     bye_timeout_s: float = 60.0,
+    refer_to: str | None = None,
     callee: str = "uas",
     linger_s: float = 0.0,
 ) -> Path:
@@ -192,19 +193,29 @@ def uas_scenario(
         dest: Output file.
         codecs: Payload types put in the SDP answer, in order (keep it to the one the caller sends).
         hangup: ``caller`` waits for the caller's BYE; ``callee`` sends BYE after ``hold_s``.
-        hold_s: ``hangup="callee"``: seconds from the ACK to our BYE.
-        bye_timeout_s: ``hangup="caller"``: the call fails if no BYE arrives in this time.
+        hold_s: ``hangup="callee"``: seconds from the ACK to our BYE (or to the REFER).
+        bye_timeout_s: How long to wait for the caller's BYE (or for its final NOTIFY).
+        refer_to: Blind-transfer the caller to this URI ``hold_s`` after the ACK (REFER, 202,
+            two NOTIFYs answered 200), then hang up at once (implies ``hangup="callee"``).
         callee: User part of our Contact.
         linger_s: Keep the finished call around this long.
     """
     values = {
         "CALLEE": callee,
         "HOLD_MS": _ms(hold_s),
+        "BYE_PAUSE_MS": "0" if refer_to else _ms(hold_s),
+        "BYE_CSEQ": "103" if refer_to else "101",  # the REFER used 102
         "BYE_TIMEOUT_MS": _ms(bye_timeout_s),
+        "REFER_TO": refer_to or "",
         "LINGER_MS": _ms(linger_s),
         **sdp_media(codecs),
     }
-    blocks = {"recv_bye" if hangup == "caller" else "send_bye"}
+    if refer_to:
+        blocks = {"dialog_vars", "refer", "send_bye"}
+    elif hangup == "callee":
+        blocks = {"dialog_vars", "send_bye"}
+    else:
+        blocks = {"recv_bye"}
     return render_scenario("uas.xml", dest, values, blocks)
 
 
