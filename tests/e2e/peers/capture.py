@@ -10,12 +10,15 @@ tshark's RTP heuristics, so every UDP packet to/from the given ports counts, exa
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import shutil
 import statistics
 import struct
 import subprocess
+import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ from tests.e2e.peers.process import ManagedProcess, PeerError
 
 DUMPCAP = "dumpcap"
 READY_TIMEOUT_S = 10.0
+PERMISSION_CHECK_S = 0.05
 MAX_CAPTURE_S = 600  # dumpcap stops by itself after this, whatever happens to us
 BUFFER_MIB = 64  # kernel capture buffer: 200 calls x 100 packets/s must not drop
 SILENCE_DBFS = -50.0
@@ -78,16 +82,22 @@ class StreamStats:
     duration_s: float
 
 
+@functools.cache
 def capture_unavailable() -> str | None:
-    """Why loopback capture cannot work here, or None if it can."""
+    """Why loopback capture cannot work here, or None if it can (tried once per process)."""
     if shutil.which(DUMPCAP) is None:
         return "dumpcap is not installed (Debian package tshark / wireshark-common)"
-    try:
-        out = subprocess.run([DUMPCAP, "-D"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"dumpcap -D failed: {exc}"
-    if not any(line.split(". ", 1)[-1].startswith("lo") for line in out.stdout.splitlines()):
-        return "dumpcap cannot open lo: capture needs root or CAP_NET_RAW+CAP_NET_ADMIN on dumpcap"
+    with tempfile.TemporaryDirectory() as tmp:
+        # Listing interfaces works unprivileged: only a real (1 s) capture proves permission.
+        argv = [DUMPCAP, "-q", "-i", "lo", "-a", "duration:1", "-w", f"{tmp}/probe.pcapng"]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=15)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"dumpcap failed: {exc}"
+    if out.returncode != 0:
+        errors = [ln for ln in out.stderr.splitlines() if ln.startswith("dumpcap:")]
+        reason = errors[0] if errors else f"exit {out.returncode}"
+        return f"dumpcap cannot capture on lo (needs root or CAP_NET_RAW+CAP_NET_ADMIN): {reason}"
     return None
 
 
@@ -113,8 +123,12 @@ class RtpCapture:
         argv = [DUMPCAP, "-q", "-i", "lo", "-P", "-B", str(BUFFER_MIB), "-f", bpf, "-w", str(pcap)]
         argv += ["-a", f"duration:{int(max_s)}"]
         proc = ManagedProcess.start(name, argv, log_dir)
-        # dumpcap prints this once the interface is open and the filter is installed.
+        # dumpcap prints this once the interface is open and the filter is installed, but also
+        # just before failing for lack of permission: check that it is still alive after it.
         proc.wait_for_line(r"^Capturing on ", READY_TIMEOUT_S, stream="stderr")
+        time.sleep(PERMISSION_CHECK_S)
+        if not proc.running():
+            raise PeerError(f"dumpcap stopped at once: {proc.read_log('stderr').strip()}")
         return cls(proc, pcap, ports)
 
     def stop(self) -> Path:
