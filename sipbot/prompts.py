@@ -6,6 +6,7 @@ matter (the real-time path uses the stateful FIR resampler in :mod:`sipbot.media
 
 from __future__ import annotations
 
+import functools
 import wave
 from importlib import resources
 from pathlib import Path
@@ -14,8 +15,11 @@ import numpy as np
 import soxr
 
 from sipbot.errors import MediaError
+from sipbot.media.codecs import make_encoder
+from sipbot.media.formats import AudioFormat
 
 APOLOGY_PROMPT = "apology.wav"
+FILLER_PROMPT = "filler.wav"
 
 
 def read_wav(path: str | Path) -> tuple[bytes, int]:
@@ -67,3 +71,12 @@ def load_prompt(name: str, rate_hz: int) -> bytes:
     """A prompt shipped in ``sipbot/data`` as mono PCM16 at ``rate_hz``."""
     with resources.as_file(resources.files("sipbot.data").joinpath(name)) as path:
         return load_wav(path, rate_hz)
+
+
+@functools.lru_cache(maxsize=32)
+def render(pcm: bytes, rate_hz: int, fmt: AudioFormat) -> bytes:
+    """Convert PCM16 audio at ``rate_hz`` into ``fmt`` (PCM16 at its rate, or G.711)."""
+    if fmt.encoding == "pcm16":
+        return convert_rate(pcm, rate_hz, fmt.rate_hz)
+    narrow = convert_rate(pcm, rate_hz, fmt.rate_hz)
+    return make_encoder(fmt.encoding.upper()).encode(narrow)

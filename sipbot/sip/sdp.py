@@ -22,6 +22,7 @@ Rules of :func:`negotiate` (sipbot answers an offer):
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -362,3 +363,48 @@ def _combine(ours: str, theirs: str) -> str:
     if we_send:
         return "sendonly"
     return "recvonly" if we_receive else "inactive"
+
+
+class SdpAnswerer:
+    """Our side of one call's offer/answer exchanges (the INVITE, then re-INVITEs/UPDATEs).
+
+    Keeps the ``o=`` session id, bumps the version for every answer (RFC 3264 §8), and prefers
+    the codec already in use when a re-offer still contains it, so a hold/resume never switches
+    codecs under the media session.
+
+    Args:
+        codecs: our codecs in preference order.
+        address: the address we advertise for RTP.
+        port: our RTP port (set once the media session is bound).
+    """
+
+    def __init__(self, codecs: Sequence[str], address: str, port: int = 0) -> None:
+        self.codecs = tuple(codecs)
+        self.address = address
+        self.port = port
+        self.session_id = secrets.randbelow(2**31)
+        self.version = 0
+        self.current: Codec | None = None
+
+    def answer(self, offer: bytes) -> Negotiated:
+        """Answer an SDP offer.
+
+        Raises:
+            SdpError: the offer cannot be parsed.
+            SdpNegotiationError: nothing in it we can accept.
+        """
+        codecs = list(self.codecs)
+        if self.current is not None and self.current.name in codecs:
+            codecs.remove(self.current.name)
+            codecs.insert(0, self.current.name)
+        negotiated = negotiate(
+            parse_sdp(offer),
+            codecs,
+            address=self.address,
+            port=self.port,
+            session_id=self.session_id,
+            session_version=self.version + 1,
+        )
+        self.version += 1
+        self.current = negotiated.codec
+        return negotiated

@@ -1,0 +1,360 @@
+"""The composition root: SIP user agent → dialplan → calls (media + provider + tools).
+
+:class:`Server` owns the process-wide pieces — the :class:`~sipbot.sip.ua.UserAgent`, the
+:class:`~sipbot.media.session.MediaEngine` (shared 20 ms ticker, RTP ports), the dialplan
+watcher and one provider per agent — and makes a :class:`~sipbot.call.Call` for each INVITE the
+dialplan answers.
+
+Rules:
+
+* Rule 1: admission first: while shutting down, or at ``limits.max_calls``, a new INVITE gets
+  503 with Retry-After and nothing else is allocated.
+* Rule 2: routing uses the dialplan current when the INVITE arrives; a reload never touches
+  calls in progress.
+* Rule 3: one call's failure (a bug included) is logged and ends that call only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from sipbot.call import Call, CallPlan
+from sipbot.config import Config
+from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
+from sipbot.dialplan.watch import DialplanWatcher
+from sipbot.errors import ConfigError, SipParseError
+from sipbot.media.session import MediaEngine, MediaSettings
+from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt
+from sipbot.providers.base import CallInfo, Provider
+from sipbot.providers.registry import make_provider
+from sipbot.sip.address import parse_name_addr, parse_uri
+from sipbot.sip.sdp import SdpAnswerer
+from sipbot.sip.ua import ServerCall, SipSettings, UserAgent
+from sipbot.tools.http import aclose_http_clients
+
+log = logging.getLogger(__name__)
+cdr_log = logging.getLogger("sipbot.cdr")
+
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+STOP_TIMEOUT_S = 5.0
+# Headers a prompt template or a route may use ({header.X-Customer-Id}); all are kept.
+PROMPT_RATE_HZ = 16_000
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Command-line overrides of the config file (``sipbot run`` flags)."""
+
+    local_mode: str | None = None  # force every local agent into echo/loopback
+    ring_s: float = 0.0  # ring this long (180) before answering
+    max_duration_s: float | None = None  # end every call after this long
+
+
+class Server:
+    """A running sipbot: answers calls per the dialplan until stopped.
+
+    Args:
+        config: the loaded configuration.
+        options: command-line overrides.
+    """
+
+    def __init__(self, config: Config, options: RunOptions | None = None) -> None:
+        self.config = config
+        self.options = options or RunOptions()
+        settings = config.server
+        timers = settings.sip.timers
+        public = settings.sip.public_address
+        self.ua = UserAgent(
+            SipSettings(
+                listen=(),  # bound in start(): TCP shares UDP's port when both ask for 0
+                public_address=None if public is None else _join_hostport(*public),
+                user_agent=settings.sip.user_agent,
+                t1=timers.t1_ms / 1000,
+                t2=timers.t2_ms / 1000,
+                t4=timers.t4_ms / 1000,
+            ),
+            self._on_invite,
+        )
+        low, high = settings.media.rtp_ports
+        self.rtp_host = settings.media.rtp_address or _first_listen_host(config)
+        self.engine = MediaEngine(
+            MediaSettings(
+                rtp_host=self.rtp_host,
+                port_min=low,
+                port_max=high,
+                inactivity_timeout_s=settings.media.inactivity_timeout_s,
+                prebuffer_ms=settings.media.prebuffer_ms,
+            )
+        )
+        self.watcher = DialplanWatcher(config, on_reload=self._on_reload)
+        self.calls: dict[str, Call] = {}
+        self._providers: dict[int, tuple[Agent, Provider]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self.apology = load_prompt(APOLOGY_PROMPT, PROMPT_RATE_HZ)
+        self.filler = load_prompt(FILLER_PROMPT, PROMPT_RATE_HZ)
+        self.calls_total = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Bind the SIP transports and start watching the dialplan."""
+        await self.ua.start()
+        await bind_listeners(self.ua, self.config.server.sip.listen)
+        self._spawn(self.watcher.run())
+        for warning in self.config.warnings:
+            log.warning("%s", warning)
+
+    @property
+    def ready_line(self) -> str:
+        """``sipbot ready udp:H:P tcp:H:P`` — printed once the server is bound."""
+        bound = " ".join(f"{t}:{h}:{p}" for t, h, p in self.ua.bound)
+        return f"sipbot ready {bound}"
+
+    async def wait_stopped(self) -> None:
+        """Return once :meth:`stop` has finished."""
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        """End every call with BYE (bounded), then close everything. Idempotent."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        log.info("shutting down: %d call(s) in progress", len(self.calls))
+        for call in list(self.calls.values()):
+            call.hang_up_now("shutdown")
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_wait_all(self._call_tasks()), STOP_TIMEOUT_S)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.ua.close(STOP_TIMEOUT_S)
+        await self.engine.close()
+        await aclose_http_clients()
+        self._stopped.set()
+
+    # ------------------------------------------------------------------ calls
+
+    def _on_invite(self, dialog: ServerCall) -> None:
+        if self._stopping:
+            dialog.reject(503, "Service Unavailable", [("Retry-After", "30")])
+            return
+        if len(self.calls) >= self.config.server.limits.max_calls:
+            log.warning(
+                "call %s rejected: %d calls in progress (limits.max_calls)",
+                dialog.call_id,
+                len(self.calls),
+            )
+            dialog.reject(503, "Service Unavailable", [("Retry-After", "5")])
+            return
+        self._spawn(self._handle(dialog), name=f"call:{dialog.call_id}")
+
+    async def _handle(self, dialog: ServerCall) -> None:
+        info = call_info(dialog)
+        try:
+            plan = self._plan(dialog, info)
+        except Exception:
+            log.exception("call %s: routing failed", info.call_id)
+            dialog.reject(500, "Server Internal Error")
+            return
+        if plan is None:
+            return
+        call = Call(dialog, plan)
+        self.calls[info.call_id] = call
+        self.calls_total += 1
+        try:
+            answered = await call.answer(
+                self.engine, self._answerer(plan, dialog), ring_s=self.options.ring_s
+            )
+            if answered:
+                reason = await call.run()
+                self._cdr(call, reason)
+        except Exception:  # Rule 3
+            log.exception("call %s failed", info.call_id)
+            with contextlib.suppress(Exception):
+                await call.dialog.bye()
+        finally:
+            self.calls.pop(info.call_id, None)
+
+    def _plan(self, dialog: ServerCall, info: CallInfo) -> CallPlan | None:
+        """Route the call; answer non-agent outcomes here. None: nothing more to do."""
+        now = datetime.now(UTC)
+        request = RouteRequest(
+            info.did, info.caller, info.display_name, dialog.source[1], info.headers, now
+        )
+        decision = route(self.watcher.current, request)
+        action = decision.action
+        log.info(
+            "call %s from %s to %s via %s: route %s → %s",
+            info.call_id,
+            info.caller,
+            info.did,
+            dialog.source[1],
+            decision.route_name,
+            action,
+        )
+        if isinstance(action, Reject):
+            dialog.reject(action.status, action.reason)
+            return None
+        if isinstance(action, Transfer):
+            dialog.reject(302, "Moved Temporarily", [("Contact", f"<{action.uri}>")])
+            return None
+        assert isinstance(action, Answer)
+        agent = self._agent_overrides(action.agent)
+        try:
+            provider = self._provider(agent)
+        except ConfigError as exc:
+            log.error("call %s: agent %s cannot start: %s", info.call_id, agent.name, exc)
+            dialog.reject(503, "Service Unavailable")
+            return None
+        recordings = self.config.server.recordings_dir
+        recording = None
+        if agent.recording and recordings:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            recording = os.path.join(recordings, f"{stamp}-{_safe(info.call_id)}.wav")
+        return CallPlan(
+            info=info,
+            agent=agent,
+            provider=provider,
+            session_config=agent.session_config(info, now),
+            dtmf=decision.dtmf,
+            recording_path=recording,
+            apology=self.apology,
+            filler=self.filler,
+        )
+
+    def _agent_overrides(self, agent: Agent) -> Agent:
+        if self.options.max_duration_s is not None:
+            agent = replace(agent, max_duration_s=self.options.max_duration_s)
+        if self.options.local_mode and agent.provider == "local":
+            agent = replace(agent, local_mode=self.options.local_mode)  # type: ignore[arg-type]
+        return agent
+
+    def _provider(self, agent: Agent) -> Provider:
+        """One provider per agent (providers are factories; sessions are per call)."""
+        key = hash((agent.name, agent.provider, agent.model, agent.base_url, agent.local_mode))
+        cached = self._providers.get(key)
+        if cached is None:
+            cached = (agent, make_provider(agent))
+            self._providers[key] = cached
+        return cached[1]
+
+    def _answerer(self, plan: CallPlan, dialog: ServerCall) -> SdpAnswerer:
+        codecs = plan.agent.codecs or self.config.server.media.codecs
+        public = self.config.server.sip.public_address
+        if public is not None:
+            address = public[0]
+        elif self.rtp_host not in WILDCARDS:
+            address = self.rtp_host
+        else:
+            address = self.ua.advertised_host(dialog.source[1])
+        return SdpAnswerer(codecs, address)
+
+    def _on_reload(self, config: Config) -> None:
+        log.info("dialplan reloaded from %s: new calls use it", config.source)
+        self._providers.clear()
+
+    def _cdr(self, call: Call, reason: str) -> None:
+        r = call.record
+        stats = call.media.stats if call.media is not None else None
+        cdr_log.info(
+            json.dumps(
+                {
+                    "call_id": r.call_id,
+                    "caller": r.caller,
+                    "did": r.did,
+                    "agent": r.agent,
+                    "start": round(r.started, 3),
+                    "duration_s": round((r.ended or time.time()) - r.started, 3),
+                    "reason": reason,
+                    "turns": r.turns,
+                    "tool_calls": r.tool_calls,
+                    "interruptions": r.interruptions,
+                    "rtp_in": stats.packets_in if stats else 0,
+                    "rtp_out": stats.packets_out if stats else 0,
+                    "rtp_lost": stats.lost if stats else 0,
+                }
+            )
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _spawn(self, coro: object, name: str | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _call_tasks(self) -> list[asyncio.Task[None]]:
+        return [t for t in self._tasks if t.get_name().startswith("call:")]
+
+
+def call_info(dialog: ServerCall) -> CallInfo:
+    """What providers, prompts and tools may know about an incoming call."""
+    invite = dialog.invite
+    caller = display = did = ""
+    with contextlib.suppress(SipParseError):
+        sender = parse_name_addr(invite.headers.get("From") or "")
+        display = sender.display_name or ""
+        caller = parse_uri(sender.uri).user or ""
+    with contextlib.suppress(SipParseError):
+        did = parse_uri(invite.uri).user or ""
+    if not did:
+        with contextlib.suppress(SipParseError):
+            did = parse_uri(parse_name_addr(invite.headers.get("To") or "").uri).user or ""
+    headers: dict[str, str] = {}
+    for name, value in invite.headers.items():
+        headers.setdefault(name, value)
+    _, host, port = dialog.source
+    return CallInfo(
+        call_id=dialog.call_id,
+        caller=caller,
+        did=did,
+        display_name=display,
+        headers=headers,
+        remote_address=f"{host}:{port}",
+    )
+
+
+async def bind_listeners(ua: UserAgent, listen: Sequence[tuple[str, str, int]]) -> None:
+    """Bind each listen address; TCP asking for port 0 takes UDP's port on the same host.
+
+    Raises:
+        OSError: an address cannot be bound.
+    """
+    udp_ports: dict[str, int] = {}
+    for transport, host, port in listen:
+        if transport == "tcp" and port == 0 and host in udp_ports:
+            with contextlib.suppress(OSError):
+                await ua.listen("tcp", host, udp_ports[host])
+                continue
+        bound = await ua.listen(transport, host, port)
+        if transport == "udp":
+            udp_ports[host] = bound[2]
+
+
+async def _wait_all(tasks: list[asyncio.Task[None]]) -> None:
+    if tasks:
+        await asyncio.wait(tasks)
+
+
+def _first_listen_host(config: Config) -> str:
+    return config.server.sip.listen[0].host if config.server.sip.listen else "127.0.0.1"
+
+
+def _join_hostport(host: str, port: int | None) -> str:
+    host = f"[{host}]" if ":" in host else host
+    return host if port is None else f"{host}:{port}"
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:64]
