@@ -81,7 +81,17 @@ class SipUri:
 
 
 _URI_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*):(.*)", re.DOTALL)
-_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::(\d{1,5}))?$")
+# RFC 3261 §25.1: unreserved, escaped, and the extra characters each URI part allows.
+_UNRESERVED = r"A-Za-z0-9\-_.!~*'()"
+_ESCAPED = r"%[0-9A-Fa-f]{2}"
+_USER_RE = re.compile(rf"(?:[{_UNRESERVED}&=+$,;?/]|{_ESCAPED})+")
+_PASSWORD_RE = re.compile(rf"(?:[{_UNRESERVED}&=+$,]|{_ESCAPED})*")
+_PARAM_RE = re.compile(rf"(?:[{_UNRESERVED}\[\]/:&+$]|{_ESCAPED})+")
+_HEADERS_RE = re.compile(rf"(?:[{_UNRESERVED}\[\]/?:+$=&]|{_ESCAPED})+")
+_HOST_RE = re.compile(
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?)(?::(\d{1,5}))?"
+)
+_SPACE = frozenset(" \t\r\n")
 
 
 def format_host(host: str) -> str:
@@ -90,43 +100,51 @@ def format_host(host: str) -> str:
 
 
 def parse_uri(text: str) -> SipUri:
-    """Parse a URI. SIP/SIPS URIs are parsed fully; other schemes are kept opaque.
+    """Parse a URI. SIP/SIPS URIs are parsed fully (RFC 3261 §19.1, §25.1); others stay opaque.
+
+    Escapes (``%41``) are kept as received: comparing or unescaping is the caller's business.
 
     Raises:
-        SipParseError: (400) the text is not a URI, or a SIP URI has no valid host.
+        SipParseError: (400) the text is not a URI, or a SIP URI part has a character its
+            grammar does not allow (whitespace anywhere, no host, a bad port, ...).
     """
-    m = _URI_SCHEME_RE.fullmatch(text.strip())
-    if not m or any(c in text for c in " \t\r\n<>"):
+    m = _URI_SCHEME_RE.fullmatch(text)
+    if not m or not _SPACE.isdisjoint(text) or "<" in text or ">" in text:
         raise SipParseError(400, f"Malformed URI {text!r}")
     scheme = m.group(1).lower()
     rest = m.group(2)
     if scheme not in ("sip", "sips"):
+        if not rest:
+            raise SipParseError(400, f"Malformed URI {text!r}")
         return SipUri(scheme=scheme, opaque=rest)
-    headers = None
-    if "?" in rest:
-        rest, headers = rest.split("?", 1)
     user = password = None
-    if "@" in rest:
-        userinfo, rest = rest.rsplit("@", 1)
-        if ":" in userinfo:
-            user, password = userinfo.split(":", 1)
-        else:
-            user = userinfo
-    hostport, *param_parts = rest.split(";")
+    # "@" is allowed in no SIP URI part but userinfo's end, so the first one ends userinfo.
+    userinfo, at, hostpart = rest.partition("@")
+    if not at:
+        userinfo, hostpart = "", rest
+    else:
+        user, colon, pw = userinfo.partition(":")
+        if not _USER_RE.fullmatch(user) or not _PASSWORD_RE.fullmatch(pw):
+            raise SipParseError(400, f"Malformed user part in URI {text!r}")
+        password = pw if colon else None
+    hostpart, qmark, headers = hostpart.partition("?")
+    if qmark and not _HEADERS_RE.fullmatch(headers):
+        raise SipParseError(400, f"Malformed headers in URI {text!r}")
+    hostport, *param_parts = hostpart.split(";")
     hm = _HOST_RE.fullmatch(hostport)
     if not hm:
         raise SipParseError(400, f"Malformed host in URI {text!r}")
-    host = hm.group(1).strip("[]")
     port = int(hm.group(2)) if hm.group(2) else None
     if port is not None and not 0 < port < 65536:
         raise SipParseError(400, f"Port out of range in URI {text!r}")
     params: list[tuple[str, str | None]] = []
     for part in param_parts:
-        if not part:
-            continue
         k, eq, v = part.partition("=")
+        if not _PARAM_RE.fullmatch(k) or (eq and not _PARAM_RE.fullmatch(v)):
+            raise SipParseError(400, f"Malformed parameter in URI {text!r}")
         params.append((k.lower(), v if eq else None))
-    return SipUri(scheme, host, user, password, port, tuple(params), headers)
+    host = hm.group(1).strip("[]")
+    return SipUri(scheme, host, user, password, port, tuple(params), headers if qmark else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,99 +188,129 @@ class NameAddress:
         return out
 
 
-_TOKEN_WORDS_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+( [A-Za-z0-9\-.!%*_+`'~]+)*")
+_TOKEN_WORDS_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~]+)*")
+_QUOTED_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_PARAM_VALUE_RE = re.compile(TOKEN + r'|"(?:[^"\\]|\\.)*"|\[[0-9A-Fa-f:.]+\]', re.DOTALL)
 
 
 def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _parse_params(text: str, what: str) -> tuple[tuple[str, str | None], ...]:
-    """Parse ``;a=b;c`` header parameters (quoted values allowed)."""
+def parse_params(text: str, what: str) -> tuple[tuple[str, str | None], ...]:
+    """Parse ``;a=b;c`` generic parameters (RFC 3261 §25.1 generic-param).
+
+    LWS around ``;`` and ``=`` is allowed; names are tokens (lower-cased); values are tokens,
+    quoted strings (kept with their quotes) or IPv6 references.
+    """
     params: list[tuple[str, str | None]] = []
-    for part in split_params(text):
+    text = text.strip()
+    if not text:
+        return ()
+    if text[0] != ";":
+        raise SipParseError(400, f"Malformed {what}: text after the address")
+    for part in split_params(text[1:], what):
         k, eq, v = part.partition("=")
-        k = k.strip().lower()
-        if not k or not TOKEN_RE.fullmatch(k):
+        k = k.strip()
+        v = v.strip()
+        if not TOKEN_RE.fullmatch(k) or (eq and not _PARAM_VALUE_RE.fullmatch(v)):
             raise SipParseError(400, f"Malformed parameter in {what}")
-        params.append((k, v.strip() if eq else None))
+        params.append((k.lower(), v if eq else None))
     return tuple(params)
 
 
-def split_params(text: str) -> list[str]:
-    """Split ``;a=b;c="x;y"`` into ``['a=b', 'c="x;y"']``, respecting quotes."""
-    parts: list[str] = []
-    quoted = False
-    buf: list[str] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if quoted:
-            buf.append(ch)
-            if ch == "\\" and i + 1 < len(text):
-                buf.append(text[i + 1])
-                i += 1
+def split_params(text: str, what: str = "header") -> list[str]:
+    """Split ``a=b;c="x;y"`` at the semicolons outside quoted strings.
+
+    Raises:
+        SipParseError: (400) an empty parameter (``a;;b``) or an unterminated quoted string.
+    """
+    if '"' not in text:
+        parts = [p.strip() for p in text.split(";")]
+    else:
+        parts = []
+        quoted = False
+        start = 0
+        i = 0
+        n = len(text)
+        while i < n:
+            ch = text[i]
+            if quoted:
+                if ch == "\\":
+                    i += 1
+                elif ch == '"':
+                    quoted = False
             elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-            buf.append(ch)
-        elif ch == ";":
-            parts.append("".join(buf).strip())
-            buf = []
-        else:
-            buf.append(ch)
+                quoted = True
+            elif ch == ";":
+                parts.append(text[start:i].strip())
+                start = i + 1
+            i += 1
+        if quoted:
+            raise SipParseError(400, f"Unterminated quoted string in {what}")
+        parts.append(text[start:].strip())
+    if not all(parts):
+        raise SipParseError(400, f"Empty parameter in {what}")
+    return parts
+
+
+def _unquote(quoted: str) -> str:
+    """The content of a quoted string, quoted-pairs resolved."""
+    inner = quoted[1:-1]
+    if "\\" not in inner:
+        return inner
+    out: list[str] = []
+    i = 0
+    while i < len(inner):
+        if inner[i] == "\\" and i + 1 < len(inner):
+            i += 1
+        out.append(inner[i])
         i += 1
-    if quoted:
-        raise SipParseError(400, "Unterminated quoted string")
-    parts.append("".join(buf).strip())
-    return [p for p in parts if p]
+    return "".join(out)
 
 
 def parse_name_addr(text: str, what: str = "address") -> NameAddress:
-    """Parse a From/To/Contact/Route value.
+    """Parse a From/To/Contact/Route value: ``name-addr`` or ``addr-spec`` plus parameters.
+
+    ``display-name`` is a quoted string or unquoted tokens separated by LWS (RFC 3261 §25.1;
+    no LWS is needed before ``<``, see RFC 4475 §3.1.1.6). An ``addr-spec`` outside ``<>``
+    must not contain ``,``, ``;`` or ``?`` (§20.10): its parameters are header parameters.
 
     Raises:
-        SipParseError: (400) the value is not a name-addr or addr-spec.
+        SipParseError: (400) with a reason naming ``what`` and the fault.
     """
     s = text.strip()
     display: str | None = None
     if s.startswith('"'):
-        i = 1
-        chars: list[str] = []
-        while i < len(s) and s[i] != '"':
-            if s[i] == "\\" and i + 1 < len(s):
-                i += 1
-            chars.append(s[i])
-            i += 1
-        if i >= len(s):
+        m = _QUOTED_RE.match(s)
+        if not m:
             raise SipParseError(400, f"Unterminated quoted string in {what}")
-        display = "".join(chars)
-        s = s[i + 1 :].lstrip()
+        display = _unquote(m.group())
+        s = s[m.end() :].lstrip()
         if not s.startswith("<"):
-            raise SipParseError(400, f"Malformed {what}: display name without <URI>")
-    if "<" in s:
-        lt = s.index("<")
+            raise SipParseError(400, f"Malformed {what}: quoted display name without <URI>")
+    lt = s.find("<")
+    if lt >= 0:
         before = s[:lt].strip()
         if before:
-            if display is not None or not _TOKEN_WORDS_RE.fullmatch(" ".join(before.split())):
+            if display is not None or not _TOKEN_WORDS_RE.fullmatch(before):
                 raise SipParseError(400, f"Malformed display name in {what}")
             display = " ".join(before.split())
         gt = s.find(">", lt)
         if gt < 0:
             raise SipParseError(400, f"Unterminated <URI> in {what}")
         uri = s[lt + 1 : gt]
-        rest = s[gt + 1 :].strip()
-        if rest and not rest.startswith(";"):
-            raise SipParseError(400, f"Malformed {what}: text after <URI>")
-        params = _parse_params(rest, what)
+        params = parse_params(s[gt + 1 :], what)
     else:
-        uri, _, rest = s.partition(";")
+        uri, semi, rest = s.partition(";")
         uri = uri.strip()
         if any(c in uri for c in " \t,?"):
-            raise SipParseError(400, f"Malformed {what}: URI with spaces or header parts needs <>")
-        params = _parse_params(rest, what)
-    parse_uri(uri)  # validates
+            raise SipParseError(400, f"Malformed {what}: a URI with spaces or headers needs <>")
+        params = parse_params(semi + rest, what)
+    try:
+        parse_uri(uri)
+    except SipParseError:
+        raise SipParseError(400, f"Malformed URI in {what}") from None
     return NameAddress(uri, display, params)
 
 
@@ -310,25 +358,24 @@ class Via:
 
 
 _VIA_RE = re.compile(
-    r"SIP\s*/\s*2\.0\s*/\s*(" + TOKEN + r")\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)"
-    r"(?:\s*:\s*(\d{1,5}))?\s*(.*)",
+    r"SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*(" + TOKEN + r")[ \t]+"
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?)"
+    r"(?:[ \t]*:[ \t]*(\d{1,5}))?[ \t]*(.*)",
     re.IGNORECASE | re.DOTALL,
 )
 
 
 def parse_via(text: str) -> Via:
-    """Parse one Via element.
+    """Parse one Via element (``sent-protocol LWS sent-by *( SEMI via-params )``).
 
     Raises:
-        SipParseError: (400) the value is not a Via.
+        SipParseError: (400) the value is not a Via element, or a parameter is malformed.
     """
     m = _VIA_RE.fullmatch(text.strip())
     if not m:
-        raise SipParseError(400, f"Malformed Via header {text!r}")
-    rest = m.group(4).strip()
-    if rest and not rest.startswith(";"):
-        raise SipParseError(400, f"Malformed Via header {text!r}")
+        raise SipParseError(400, "Malformed Via header")
     port = int(m.group(3)) if m.group(3) else None
     if port is not None and not 0 < port < 65536:
         raise SipParseError(400, "Via port out of range")
-    return Via(m.group(1).upper(), m.group(2).strip("[]"), port, _parse_params(rest, "Via"))
+    params = parse_params(m.group(4), "Via")
+    return Via(m.group(1).upper(), m.group(2).strip("[]"), port, params)

@@ -138,8 +138,19 @@ def canonical_name(name: str) -> str:
     return CANONICAL.get(name.lower(), name)
 
 
-def split_list(value: str) -> list[str]:
-    """Split a comma-list header value, respecting quotes and ``<...>``."""
+def split_list(value: str, *, strict: bool = False) -> list[str]:
+    """Split a comma-list header value, respecting quoted strings and ``<...>``.
+
+    Args:
+        value: the header value.
+        strict: raise ``ValueError`` on an empty element (``a,,b``) instead of dropping it;
+            RFC 3261's grammar has no null list elements.
+    """
+    if "," not in value:
+        stripped = value.strip()
+        if not stripped and strict:
+            raise ValueError("empty list element")
+        return [stripped] if stripped else []
     parts: list[str] = []
     depth = 0
     quoted = False
@@ -164,22 +175,38 @@ def split_list(value: str) -> list[str]:
             start = i + 1
         i += 1
     parts.append(value[start:].strip())
+    if strict and not all(parts):
+        raise ValueError("empty list element")
     return [p for p in parts if p]
 
 
 class Headers:
-    """An ordered multi-map of SIP headers with case-insensitive, compact-aware names."""
+    """An ordered multi-map of SIP headers with case-insensitive, compact-aware names.
+
+    Each header line is kept as one entry, in order, with its canonical name. ``get`` and
+    ``get_all`` split the values of comma-list headers (:data:`LIST_HEADERS`) into elements;
+    ``count`` counts lines. Values are stored as given (the parser strips surrounding
+    whitespace and unfolds continuation lines).
+    """
 
     __slots__ = ("_items",)
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str]] = [(canonical_name(k), v) for k, v in items]
+        # (lower-cased canonical name, canonical name, value): the key avoids lower() per lookup.
+        self._items: list[tuple[str, str, str]] = []
+        for name, value in items:
+            self.add(name, value)
+
+    @staticmethod
+    def _key(name: str) -> tuple[str, str]:
+        canonical = CANONICAL.get(name.lower(), name)
+        return canonical.lower(), canonical
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name`` (the first list element for list headers)."""
-        key = canonical_name(name).lower()
-        for k, v in self._items:
-            if k.lower() == key:
+        key, _ = self._key(name)
+        for k, _n, v in self._items:
+            if k == key:
                 if key in LIST_HEADERS:
                     parts = split_list(v)
                     return parts[0] if parts else v
@@ -188,60 +215,62 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name`` in order; list headers are split into elements."""
-        key = canonical_name(name).lower()
+        key, _ = self._key(name)
         out: list[str] = []
-        for k, v in self._items:
-            if k.lower() == key:
+        for k, _n, v in self._items:
+            if k == key:
                 if key in LIST_HEADERS:
                     out.extend(split_list(v))
                 else:
                     out.append(v)
         return out
 
+    def get_lines(self, name: str) -> list[str]:
+        """The raw value of every line named ``name``, unsplit."""
+        key, _ = self._key(name)
+        return [v for k, _n, v in self._items if k == key]
+
     def count(self, name: str) -> int:
         """How many header lines named ``name`` there are (not list elements)."""
-        key = canonical_name(name).lower()
-        return sum(1 for k, _ in self._items if k.lower() == key)
+        key, _ = self._key(name)
+        return sum(1 for k, _n, _v in self._items if k == key)
 
     def add(self, name: str, value: str) -> None:
         """Append a header line."""
-        self._items.append((canonical_name(name), value))
+        key, canonical = self._key(name)
+        self._items.append((key, canonical, value))
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a header line before all others (e.g. a new top Via)."""
-        self._items.insert(0, (canonical_name(name), value))
+        key, canonical = self._key(name)
+        self._items.insert(0, (key, canonical, value))
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of ``name`` by one line (kept at the first one's position)."""
-        key = canonical_name(name).lower()
-        for i, (k, _) in enumerate(self._items):
-            if k.lower() == key:
-                self._items[i] = (canonical_name(name), value)
-                self._items[i + 1 :] = [kv for kv in self._items[i + 1 :] if kv[0].lower() != key]
-                return
-        self._items.append((canonical_name(name), value))
+        self.replace_all(name, (value,))
 
     def remove(self, name: str) -> None:
         """Remove every line of ``name``."""
-        key = canonical_name(name).lower()
-        self._items = [kv for kv in self._items if kv[0].lower() != key]
+        key, _ = self._key(name)
+        self._items = [item for item in self._items if item[0] != key]
 
     def replace_all(self, name: str, values: Iterable[str]) -> None:
         """Replace every line of ``name`` by one line per value, where the first one stood."""
-        key = canonical_name(name).lower()
-        values = list(values)
-        for i, (k, _) in enumerate(self._items):
-            if k.lower() == key:
-                rest = [kv for kv in self._items[i:] if kv[0].lower() != key]
-                self._items[i:] = [(canonical_name(name), v) for v in values] + rest
+        key, canonical = self._key(name)
+        new = [(key, canonical, v) for v in values]
+        for i, item in enumerate(self._items):
+            if item[0] == key:
+                rest = [it for it in self._items[i:] if it[0] != key]
+                self._items[i:] = new + rest
                 return
-        self._items.extend((canonical_name(name), v) for v in values)
+        self._items.extend(new)
 
     def items(self) -> list[tuple[str, str]]:
         """All header lines as (canonical name, value) pairs, in order."""
-        return list(self._items)
+        return [(n, v) for _k, n, v in self._items]
 
     def copy(self) -> Headers:
+        """A shallow copy (values are strings, so an independent one)."""
         h = Headers()
         h._items = list(self._items)
         return h
@@ -249,14 +278,19 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = canonical_name(name).lower()
-        return any(k.lower() == key for k, _ in self._items)
+        key, _ = self._key(name)
+        return any(k == key for k, _n, _v in self._items)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(list(self._items))
+        return iter(self.items())
 
     def __len__(self) -> int:
         return len(self._items)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return self.items() == other.items()
+
     def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+        return f"Headers({self.items()!r})"
