@@ -93,7 +93,7 @@ URI_SCHEMES = frozenset({"sip", "sips", "tel"})
 SDP_TYPE = "application/sdp"
 DEFAULT_REQUEST_STATUS = {"INFO": 200, "NOTIFY": 200, "MESSAGE": 200, "REFER": 603}
 CONTACT_METHODS = frozenset({"INVITE", "UPDATE", "REFER", "SUBSCRIBE", "NOTIFY"})
-REQUIRED_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+SDP_RANGES = frozenset({SDP_TYPE, "application/*", "*/*"})
 
 Timed = CallLeg | Entry
 
@@ -393,20 +393,19 @@ class Core:
     # ----------------------------------------------------------------- receiving
 
     def _answer_parse_error(self, exc: SipParseError, source: Peer) -> None:
+        """Answer a malformed request with the parser's status and reason when it has a Via
+        (RFC 4475 §3.1.2); an unusable Via is echoed and the answer goes to the source."""
         request = exc.request
-        if request is None or request.method == "ACK":
+        if request is None or request.method == "ACK" or "Via" not in request.headers:
             log.info("dropped a malformed message from %s: %s", source, exc)
             return
-        if any(name not in request.headers for name in REQUIRED_HEADERS):
-            log.info("dropped a malformed request from %s: %s", source, exc)
-            return
+        log.info("answering a malformed request from %s: %s", source, exc)
         try:
-            via = self._stamp_via(request, source)
+            peer = self._response_peer(self._stamp_via(request, source), source)
         except SipParseError:
-            log.info("dropped a request with a bad Via from %s: %s", source, exc)
-            return
+            peer = source
         response = self._response(request, exc.status, exc.reason, tag=generate_tag())
-        self._send(response, self._response_peer(via, source))
+        self._send(response, peer)
 
     def _receive_request(self, request: SipRequest, source: Peer, now: float) -> None:
         try:
@@ -477,11 +476,22 @@ class Core:
             response = self._response(request, 420, tag=generate_tag())
             response.headers.add("Unsupported", ", ".join(unsupported))
             return response
-        if method in ("INVITE", "UPDATE") and request.body and not self._is_plain_sdp(request):
-            response = self._response(request, 415, tag=generate_tag())
-            response.headers.add("Accept", SDP_TYPE)
-            return response
+        if method in ("INVITE", "UPDATE"):
+            if request.body and not self._is_plain_sdp(request):
+                response = self._response(request, 415, tag=generate_tag())
+                response.headers.add("Accept", SDP_TYPE)
+                return response
+            if not self._accepts_sdp(request):
+                return self._response(request, 406, tag=generate_tag())
         return None
+
+    @staticmethod
+    def _accepts_sdp(request: SipRequest) -> bool:
+        """§8.2.3 / §20.1: our answer is SDP; an Accept without it (or empty) rules it out."""
+        if "Accept" not in request.headers:
+            return True
+        ranges = (r.split(";", 1)[0].strip().lower() for r in request.headers.get_all("Accept"))
+        return any(r in SDP_RANGES for r in ranges)
 
     @staticmethod
     def _is_plain_sdp(request: SipRequest) -> bool:
@@ -1012,17 +1022,20 @@ class Core:
             request.headers.replace_all("Via", [str(stamped), *vias[1:]])
         return stamped
 
-    @staticmethod
-    def _response_peer(via: Via, source: Peer) -> Peer:
+    def _response_peer(self, via: Via, source: Peer) -> Peer:
         """§18.2.2 + RFC 3581: where responses to a request (with a stamped Via) go.
 
         Reliable: the connection it came on; if that is gone, received + sent-by port.
-        Unreliable: maddr, else received (the source), at rport (the source port) if asked.
+        Unreliable: maddr, else received (the source), at rport (the source port) if asked —
+        or always at the source port with ``force_rport``.
         """
         received = via.param("received")
         if is_reliable(source.transport):
             port = via.port or 5060
             return Peer(source.transport, received or via.host, port, source.connection)
+        maddr = via.param("maddr")
+        if self.settings.force_rport and not maddr:
+            return Peer(source.transport, source.host, source.port)
         rport = via.param("rport")
         port = int(rport) if rport else (via.port or 5060)
-        return Peer(source.transport, via.param("maddr") or received or via.host, port)
+        return Peer(source.transport, maddr or received or via.host, port)

@@ -42,12 +42,18 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class CoreSettings:
-    """Endpoint behaviour. ``answer_timeout``: seconds the app has to answer an INVITE."""
+    """Endpoint behaviour.
+
+    ``answer_timeout``: seconds the app has to answer an INVITE (then 480).
+    ``force_rport``: answer UDP requests at their source port even without ``rport`` in the
+    Via (NAT-friendly, Asterisk's default); False follows RFC 3261 §18.2.2 literally.
+    """
 
     user_agent: str = "sipbot/0.1"
     timers: TimerSettings = field(default_factory=TimerSettings)
     answer_timeout: float = 60.0
     contact_user: str = "sipbot"
+    force_rport: bool = True
 
 
 # (transport, peer host) → (host, port) to advertise in Via / Contact for that peer

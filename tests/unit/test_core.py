@@ -23,6 +23,8 @@ from sipbot.sip.core import (
     RequestCompleted,
 )
 from sipbot.sip.message import SipRequest, SipResponse, parse_message
+from tests.data.rfc4475 import load as load_rfc4475
+from tests.data.rfc4475.expected import EXPECTED
 
 PHONE = Peer("udp", "10.0.0.1", 5070)
 SDP_OFFER = b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
@@ -149,8 +151,19 @@ def test_invite_gets_100_with_received_rport_and_an_incoming_call():
     assert call.source == Peer("udp", "203.0.113.5", 40000)
 
 
-def test_response_without_rport_goes_to_received_and_via_port():
+def test_response_without_rport_goes_to_source_port_with_force_rport():
     h = Harness()
+    via = "SIP/2.0/UDP 10.0.0.1:5070;branch={branch}"
+    h.feed(request("OPTIONS", via=via), source=Peer("udp", "203.0.113.5", 40000))
+    [(ok, dest)] = h.sent()
+    assert (
+        ok.headers.get("Via") == "SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK-i1;received=203.0.113.5"
+    )
+    assert dest == Peer("udp", "203.0.113.5", 40000)
+
+
+def test_response_without_rport_goes_to_received_and_via_port():
+    h = Harness(force_rport=False)
     via = "SIP/2.0/UDP 10.0.0.1:5070;branch={branch}"
     h.feed(request("OPTIONS", via=via), source=Peer("udp", "203.0.113.5", 40000))
     [(ok, dest)] = h.sent()
@@ -161,7 +174,7 @@ def test_response_without_rport_goes_to_received_and_via_port():
 
 
 def test_response_same_host_no_received_and_default_port():
-    h = Harness()
+    h = Harness(force_rport=False)
     via = "SIP/2.0/UDP 10.0.0.1;branch={branch}"
     h.feed(request("OPTIONS", via=via))
     [(ok, dest)] = h.sent()
@@ -402,7 +415,40 @@ def test_unanswerable_garbage_is_dropped():
         request("OPTIONS").replace("Via: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK-i1;rport\r\n", "")
     )
     h.feed(request("ACK", to_tag="x").replace("CSeq: 1 ACK", "CSeq: x ACK"))
+    h.feed("SIP/2.0 2000 OK\r\n" + request("OPTIONS").split("\r\n", 1)[1])  # bad response
     assert h.sent() == []
+
+
+def test_malformed_via_is_echoed_and_answered_at_the_source():
+    h = Harness(force_rport=False)
+    h.feed(request("OPTIONS", via="SIP/2.0/UDP 10.0.0.1:5999;;branch={branch}"))
+    [out] = h.core.data_to_send()
+    raw = out.data.decode()
+    assert raw.startswith("SIP/2.0 400 Empty parameter in Via\r\n")
+    assert "Via: SIP/2.0/UDP 10.0.0.1:5999;;branch=z9hG4bK-i1\r\n" in raw
+    assert out.destination == PHONE
+
+
+def test_request_without_from_to_call_id_gets_400_with_what_there_is():
+    h = Harness()
+    text = request("OPTIONS")
+    for name in ("From", "To", "Call-ID"):
+        text = "\r\n".join(line for line in text.split("\r\n") if not line.startswith(name + ":"))
+    h.feed(text)
+    [raw] = h.sent_raw()
+    assert raw.startswith("SIP/2.0 400 Missing required headers: From, To, Call-ID\r\n")
+    assert "CSeq: 1 OPTIONS\r\n" in raw
+    assert "From:" not in raw
+
+
+def test_invite_accepting_no_sdp_is_406():
+    h = Harness()
+    h.feed(request("INVITE", body=SDP_OFFER, extra="Accept: text/nobodyKnowsThis\r\n"))
+    [(resp, _)] = h.sent()
+    assert (resp.status, resp.reason) == (406, "Not Acceptable")
+    accept = "Accept: application/sdp;level=1, application/isup\r\n"
+    h.feed(request("INVITE", branch="z9hG4bK-2", call_id="c2", body=SDP_OFFER, extra=accept))
+    assert h.summary() == ["100"]
 
 
 def test_no_answer_from_app_is_480_at_answer_timeout():
@@ -849,3 +895,29 @@ def test_shutdown_ends_every_call():
         CallTerminated(incoming, "shutdown"),
         CallTerminated(confirmed, "shutdown"),
     ]
+
+
+# --------------------------------------------------------------------------- RFC 4475
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_rfc4475_answers(name: str):
+    """Each torture message gets the final answer in tests/data/rfc4475/expected.py, at the
+    datagram's source; INVITEs the app would take are accepted (200)."""
+    expected = EXPECTED[name]
+    h = Harness()
+    source = Peer("udp", "127.0.0.1", 5999)
+    h.core.receive(load_rfc4475(name), source, 0.0)
+    for event in h.events():
+        if isinstance(event, IncomingCall):
+            h.core.accept(event.call, SDP_ANSWER, now=0.0)
+    # raw bytes: a 400 echoes the malformed headers, so our answer may not parse either
+    finals = [o for o in h.core.data_to_send() if not o.data.startswith(b"SIP/2.0 100 ")]
+    if expected.answer is None:
+        assert finals == []
+        return
+    [out] = finals
+    assert out.data.startswith(f"SIP/2.0 {expected.answer} ".encode())
+    assert out.destination == source
+    names = {line.split(b":", 1)[0].decode() for line in out.data.split(b"\r\n")[1:]}
+    assert set(expected.headers) <= names
