@@ -25,6 +25,7 @@ import itertools
 import logging
 import socket
 from collections.abc import Callable
+from typing import cast
 
 from sipbot.errors import SipParseError
 from sipbot.sip.legs import Peer
@@ -65,8 +66,7 @@ class _Tcp(asyncio.Protocol):
         self.last_active = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = Peer("tcp", host, port, next(self.owner.connection_ids))
         self.owner.connection_opened(self)

@@ -252,7 +252,25 @@ class UserAgent:
             self.settings.tcp_idle_timeout,
         )
         for transport, host, port in self.settings.listen:
-            self.bound.append(await self._transports.listen(transport, host, port))
+            await self.listen(transport, host, port)
+
+    async def listen(self, transport: str, host: str, port: int) -> tuple[str, str, int]:
+        """Bind one more listener (after :meth:`start`); return what was bound.
+
+        Raises:
+            OSError: the address cannot be bound.
+            ValueError: an unknown transport.
+        """
+        if self._transports is None:
+            raise LocalSipError("listen() before start()")
+        bound = await self._transports.listen(transport, host, port)
+        self.bound.append(bound)
+        return bound
+
+    @property
+    def calls(self) -> list[Dialog]:
+        """Calls that have not ended yet."""
+        return list(self._calls.values())
 
     async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (the agreed API)
         """BYE every confirmed call, 503 every unanswered one, wait (bounded), close sockets."""
