@@ -8,6 +8,8 @@ import pytest
 
 from sipbot.errors import LocalSipError
 from sipbot.sip import core as core_module
+from sipbot.sip import endpoint as endpoint_module
+from sipbot.sip import uac as uac_module
 from sipbot.sip.core import (
     CallAnswered,
     CallConfirmed,
@@ -22,7 +24,7 @@ from sipbot.sip.core import (
     Peer,
     RequestCompleted,
 )
-from sipbot.sip.message import SipRequest, SipResponse, parse_message
+from sipbot.sip.message import SipRequest, SipResponse, make_response, parse_message
 from tests.data.rfc4475 import load as load_rfc4475
 from tests.data.rfc4475.expected import EXPECTED
 
@@ -35,9 +37,11 @@ SDP_ANSWER = b"v=0\r\no=- 2 2 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\nm=audio 5000 R
 def deterministic_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     tags = itertools.count(1)
     branches = itertools.count(1)
-    monkeypatch.setattr(core_module, "generate_tag", lambda: f"tag{next(tags)}")
-    monkeypatch.setattr(core_module, "generate_branch", lambda: f"z9hG4bK-b{next(branches)}")
-    monkeypatch.setattr(core_module, "generate_call_id", lambda host: f"cid@{host}")
+    for module in (core_module, endpoint_module, uac_module):
+        if hasattr(module, "generate_tag"):
+            monkeypatch.setattr(module, "generate_tag", lambda: f"tag{next(tags)}")
+    monkeypatch.setattr(endpoint_module, "generate_branch", lambda: f"z9hG4bK-b{next(branches)}")
+    monkeypatch.setattr(uac_module, "generate_call_id", lambda host: f"cid@{host}")
 
 
 def address_for(transport: str, peer_host: str) -> tuple[str, int]:
@@ -686,7 +690,7 @@ def response_to(
     body: bytes = b"",
     extra: tuple[tuple[str, str], ...] = (),
 ) -> str:
-    resp = core_module.make_response(req, status, to_tag=tag)
+    resp = make_response(req, status, to_tag=tag)
     for name, value in extra:
         resp.headers.add(name, value)
     if body:
