@@ -177,13 +177,6 @@ class ServerCall(Dialog):
         """The SDP offer of the INVITE (b"" for a late offer: ours goes in the 200)."""
         return self._leg.invite.body
 
-    @property
-    def remote_tag(self) -> str | None:
-        try:
-            return parse_name_addr(self._leg.invite.headers.get("From") or "", "From").tag
-        except SipParseError:
-            return None
-
     def progress(self, status: int = 180, sdp: bytes | None = None) -> None:
         """Send a provisional response (18x); no-op once the call is answered or gone."""
         self._ua._core.progress(self._leg, status, sdp, now=self._ua.loop.time())
@@ -234,7 +227,17 @@ class UserAgent:
         self._probe_cache: dict[str, str] = {}
         self._idle = asyncio.Event()
         self._public_host, self._public_port = _split_public(settings.public_address)
-        self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None  # set by start()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the agent runs on (known once started)."""
+        if self._loop is None:
+            raise LocalSipError("the UserAgent is not started")
+        return self._loop
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -244,7 +247,7 @@ class UserAgent:
         Raises:
             OSError: an address cannot be bound.
         """
-        self.loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self._transports = Transports(
             self._on_message,
             self._on_transport_error,

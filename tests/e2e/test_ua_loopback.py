@@ -185,3 +185,42 @@ async def test_unanswered_call_gets_503_on_shutdown(pair):
     await b.close(timeout=2.0)
     with pytest.raises(RequestFailed, match=r"\(503\)"):
         await asyncio.wait_for(task, 2)
+
+
+async def test_wildcard_listen_never_advertises_0_0_0_0():
+    callee = Callee()
+    a = UserAgent(SipSettings(listen=(("udp", "0.0.0.0", 0),)), lambda call: None)
+    b = UserAgent(SipSettings(listen=(("udp", "127.0.0.1", 0),)), callee.on_invite)
+    await a.start()
+    await b.start()
+    try:
+        assert a.advertised_host("127.0.0.1") == "127.0.0.1"  # the OS route to the peer
+        client = await a.call(uri(b), OFFER)
+        headers = callee.calls[0].invite.headers
+        a_port = port_of(a, "udp")
+        assert (headers.get("Via") or "").startswith(f"SIP/2.0/UDP 127.0.0.1:{a_port};")
+        assert headers.get("Contact") == f"<sip:sipbot@127.0.0.1:{a_port}>"
+        assert "0.0.0.0" not in (headers.get("From") or "")
+        await client.bye()
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_public_address_is_advertised():
+    callee = Callee()
+    settings = SipSettings(listen=(("udp", "127.0.0.1", 0),), public_address="203.0.113.9:5099")
+    a = UserAgent(settings, lambda call: None)
+    b = UserAgent(SipSettings(listen=(("udp", "127.0.0.1", 0),)), callee.on_invite)
+    await a.start()
+    await b.start()
+    try:
+        assert a.advertised_host() == "203.0.113.9"
+        client = await a.call(uri(b), OFFER)  # answers still come back: received/rport
+        headers = callee.calls[0].invite.headers
+        assert (headers.get("Via") or "").startswith("SIP/2.0/UDP 203.0.113.9:5099;")
+        assert headers.get("Contact") == "<sip:sipbot@203.0.113.9:5099>"
+        await client.bye()
+    finally:
+        await a.close(timeout=0.5)
+        await b.close(timeout=0.5)
