@@ -88,9 +88,10 @@ _USER_RE = re.compile(rf"(?:[{_UNRESERVED}&=+$,;?/]|{_ESCAPED})+")
 _PASSWORD_RE = re.compile(rf"(?:[{_UNRESERVED}&=+$,]|{_ESCAPED})*")
 _PARAM_RE = re.compile(rf"(?:[{_UNRESERVED}\[\]/:&+$]|{_ESCAPED})+")
 _HEADERS_RE = re.compile(rf"(?:[{_UNRESERVED}\[\]/?:+$=&]|{_ESCAPED})+")
-_HOST_RE = re.compile(
-    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?)(?::(\d{1,5}))?"
-)
+# Hostnames as RFC 3261 §25.1 has them, plus "_": container and cluster names carry it and
+# peers send them; rejecting a call for it would help nobody.
+_HOSTNAME = r"[A-Za-z0-9_](?:[A-Za-z0-9_\-.]*[A-Za-z0-9_.])?"
+_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|" + _HOSTNAME + r")(?::(\d{1,5}))?")
 _SPACE = frozenset(" \t\r\n")
 
 
@@ -359,7 +360,7 @@ class Via:
 
 _VIA_RE = re.compile(
     r"SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*(" + TOKEN + r")[ \t]+"
-    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?)"
+    r"(\[[0-9A-Fa-f:.]+\]|" + _HOSTNAME + r")"
     r"(?:[ \t]*:[ \t]*(\d{1,5}))?[ \t]*(.*)",
     re.IGNORECASE | re.DOTALL,
 )

@@ -103,11 +103,12 @@ def check_request_headers(headers: Headers, method: str) -> None:
     Raises:
         SipParseError: (400) naming the first fault found.
     """
-    missing = [name for name in REQUIRED_HEADERS if name not in headers]
+    counts = headers.counts()
+    missing = [name for name in REQUIRED_HEADERS if name.lower() not in counts]
     if missing:
         raise SipParseError(400, "Missing required headers: " + ", ".join(missing))
     for name in SINGLE_HEADERS:
-        if headers.count(name) > 1:
+        if counts.get(name.lower(), 0) > 1:
             raise SipParseError(400, f"Multiple {name} headers")
     _check_vias(headers)
     from_ = parse_name_addr(headers.get("From") or "", "From")
@@ -127,11 +128,12 @@ def check_response_headers(headers: Headers) -> None:
     Raises:
         SipParseError: (400) naming the first fault found.
     """
-    missing = [name for name in REQUIRED_HEADERS if name not in headers]
+    counts = headers.counts()
+    missing = [name for name in REQUIRED_HEADERS if name.lower() not in counts]
     if missing:
         raise SipParseError(400, "Missing required headers: " + ", ".join(missing))
     for name in ("Call-ID", "CSeq", "From", "To"):
-        if headers.count(name) > 1:
+        if counts.get(name.lower(), 0) > 1:
             raise SipParseError(400, f"Multiple {name} headers")
     parse_via(headers.get("Via") or "")
     parse_name_addr(headers.get("From") or "", "From")

@@ -102,6 +102,10 @@ _CANONICAL_NAMES = [
 ]
 CANONICAL = {name.lower(): name for name in _CANONICAL_NAMES}
 CANONICAL.update({short: long for short, long in COMPACT_FORMS.items()})
+# (key, canonical) for names as commonly spelled, so the hot path skips str.lower().
+_KEYS = {name: (name.lower(), name) for name in _CANONICAL_NAMES}
+_KEYS.update({k: (v.lower(), v) for k, v in CANONICAL.items()})
+_KEYS.update({k.upper(): (v.lower(), v) for k, v in COMPACT_FORMS.items()})
 
 # Headers whose grammar is a comma-separated list: get_all() returns one value per element.
 LIST_HEADERS = frozenset(
@@ -199,6 +203,9 @@ class Headers:
 
     @staticmethod
     def _key(name: str) -> tuple[str, str]:
+        known = _KEYS.get(name)
+        if known is not None:
+            return known
         canonical = CANONICAL.get(name.lower(), name)
         return canonical.lower(), canonical
 
@@ -234,6 +241,13 @@ class Headers:
         """How many header lines named ``name`` there are (not list elements)."""
         key, _ = self._key(name)
         return sum(1 for k, _n, _v in self._items if k == key)
+
+    def counts(self) -> dict[str, int]:
+        """Lines per header, keyed by the lower-cased canonical name (one pass)."""
+        out: dict[str, int] = {}
+        for k, _n, _v in self._items:
+            out[k] = out.get(k, 0) + 1
+        return out
 
     def add(self, name: str, value: str) -> None:
         """Append a header line."""

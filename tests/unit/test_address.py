@@ -39,6 +39,7 @@ def test_parse_full_sip_uri() -> None:
 
 def test_parse_uri_without_user_and_with_escapes() -> None:
     assert parse_uri("sip:example.com") == SipUri("sip", "example.com")
+    assert parse_uri("sip:bot@sipbot_worker_1:5070").host == "sipbot_worker_1"
     uri = parse_uri("sip:user;par=u%40example.net@example.com")  # RFC 4475 §3.1.1.9
     assert (uri.user, uri.host) == ("user;par=u%40example.net", "example.com")
     uri = parse_uri("sip:+19725552222@gw1.example.net;unknownparam")
@@ -72,7 +73,8 @@ def test_other_schemes_are_opaque() -> None:
         ("<sip:a@b>", "Malformed URI '<sip:a@b>'"),
         ("sip:", "Malformed host in URI 'sip:'"),
         ("sip:a@", "Malformed host in URI 'sip:a@'"),
-        ("sip:a@b_c", "Malformed host in URI 'sip:a@b_c'"),
+        ("sip:a@b-", "Malformed host in URI 'sip:a@b-'"),
+        ("sip:a@b!c", "Malformed host in URI 'sip:a@b!c'"),
         ("sip:a@b:0", "Port out of range in URI 'sip:a@b:0'"),
         ("sip:a@b:65536", "Port out of range in URI 'sip:a@b:65536'"),
         ("sip:a@b:x", "Malformed host in URI 'sip:a@b:x'"),
@@ -173,6 +175,7 @@ def test_parse_via_with_lws_and_params() -> None:
         "SIP/2.0/UDP [2001:db8::9]:5070;rport=40000;received=192.0.2.1;branch=z9hG4bKx;alias"
     )
     assert parse_via("SIP/2.0/UDP iftgw.example.com").branch is None
+    assert parse_via("SIP/2.0/TCP sipbot_worker_1:5070").sent_by == ("sipbot_worker_1", 5070)
 
 
 @pytest.mark.parametrize(

@@ -136,3 +136,11 @@ def test_contains_with_non_string() -> None:
     assert 3 not in make()
     assert "from" in make()
     assert "F" in make()
+
+
+def test_counts_per_canonical_name() -> None:
+    assert make().counts() == {"via": 2, "from": 1, "subject": 2}
+    assert Headers([("I", "a"), ("call-id", "b"), ("X-Y", "c")]).counts() == {
+        "call-id": 2,
+        "x-y": 1,
+    }

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipbot.errors import LocalSipError, SipParseError
 from sipbot.sip.address import parse_name_addr, parse_uri, parse_via
@@ -483,3 +487,56 @@ def test_generators() -> None:
     assert len(branch) == 27
     assert call_id.endswith("@127.0.0.1")
     assert len(call_id) == 34
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_every_rfc4475_request_can_be_answered(name: str) -> None:
+    try:
+        message = parse_message(load(name))
+    except SipParseError as exc:
+        if exc.request is None:
+            return
+        message = exc.request
+    if isinstance(message, SipRequest):
+        response = make_response(message, 400, "Bad Request", to_tag="t")
+        assert bytes(response).startswith(b"SIP/2.0 400 Bad Request\r\nVia: ")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_random_bytes_only_raise_sip_parse_error(data: bytes) -> None:
+    with contextlib.suppress(SipParseError):
+        parse_message(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(list(EXPECTED)), st.integers(0, 3000), st.binary(max_size=3))
+def test_mutated_torture_messages_only_raise_sip_parse_error(
+    name: str, cut: int, noise: bytes
+) -> None:
+    data = load(name)
+    cut %= len(data) + 1
+    for mutated in (data[:cut], data[:cut] + noise + data[cut:]):
+        try:
+            message = parse_message(mutated)
+        except SipParseError as exc:
+            if exc.request is not None:
+                make_response(exc.request, exc.status, exc.reason)
+            continue
+        bytes(message)  # what parses also serializes
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 200), max_size=20))
+def test_stream_framer_any_chunking(sizes: list[int]) -> None:
+    stream = (INVITE + b"\r\n\r\n") * 3
+    framer = StreamFramer()
+    out: list[bytes] = []
+    pos = 0
+    for size in [*sizes, len(stream)]:
+        out += framer.feed(stream[pos : pos + size])
+        pos += size
+    assert out == [INVITE, INVITE, INVITE]
