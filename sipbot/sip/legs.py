@@ -10,6 +10,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sipbot.sip.auth import Credentials
 from sipbot.sip.dialog import DialogState
 from sipbot.sip.message import SipRequest, SipResponse
 from sipbot.sip.transaction import (
@@ -111,8 +112,8 @@ class CallLeg:
         self.cancel_deadline: float | None = None
         self.timeout_deadline: float | None = None
         self.reinvite_out: ClientRequest | None = None
-        self.credentials: object | None = None
-        self.auth_tried = False
+        self.credentials: Credentials | None = None
+        self.auth_attempts: dict[str, int] = {}  # realm → answers sent
 
     def next_deadline(self) -> float | None:
         times = (

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from sipbot.errors import LocalSipError, RequestFailed, SipParseError
 from sipbot.sip.address import parse_name_addr, parse_uri
+from sipbot.sip.auth import Credentials
 from sipbot.sip.core import Core
 from sipbot.sip.legs import (
     CallAnswered,
@@ -300,7 +301,7 @@ class UserAgent:
         *,
         from_user: str = "sipbot",
         headers: Sequence[tuple[str, str]] = (),
-        credentials: object | None = None,
+        credentials: Credentials | None = None,
         transport: str = "udp",
         timeout: float = 32.0,  # noqa: ASYNC109 (a SIP timer: CANCEL is sent when it expires)
     ) -> ClientCall:

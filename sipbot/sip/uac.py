@@ -7,8 +7,9 @@ Rules:
 * Rule 2: an abandoned INVITE (app gave up, timeout, shutdown) is reported once and CANCELled
   as soon as a provisional response allows it (§9.1); a 2xx that still arrives is ACKed and
   BYEd; without a final response 64·T1 after the CANCEL the INVITE is given up.
-* Rule 3: a 401/407 is answered once with the call's credentials (same Call-ID and From tag,
-  next CSeq, new branch).
+* Rule 3: a 401/407 is answered with the call's credentials (same Call-ID and From tag, next
+  CSeq, new branch): once per realm, and once more only when the challenge says
+  ``stale=true``.
 * Rule 4: a 408/481 (or no answer) to an in-dialog request ends the dialog (§12.2.1.2).
 """
 
@@ -17,8 +18,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from sipbot.errors import LocalSipError, SipParseError
+from sipbot.errors import AuthError, LocalSipError, SipParseError
 from sipbot.sip.address import format_host, parse_uri
+from sipbot.sip.auth import Credentials, authorization_header, select_challenge
 from sipbot.sip.compose import ALLOW_VALUE, SDP_TYPE, tag_of
 from sipbot.sip.dialog import DialogState
 from sipbot.sip.endpoint import Endpoint
@@ -58,7 +60,7 @@ class UacEndpoint(Endpoint):
         now: float,
         from_user: str = "sipbot",
         headers: Sequence[tuple[str, str]] = (),
-        credentials: object | None = None,
+        credentials: Credentials | None = None,
         timeout: float = 32.0,
     ) -> CallLeg:
         """Start an outgoing call: send an INVITE with ``sdp`` to ``destination``.
@@ -249,8 +251,35 @@ class UacEndpoint(Endpoint):
             self.bye(call, now=now, why="timeout")
 
     def _retry_with_auth(self, call: CallLeg, response: SipResponse, now: float) -> bool:
-        """Answer a 401/407 once with credentials (filled in with sipbot.sip.auth)."""
-        return False
+        """Answer a 401/407 to our INVITE (RFC 3261 §22.2); False when we cannot."""
+        entry = call.invite_entry
+        if call.credentials is None or entry is None or call.abandoned:
+            return False
+        proxy = response.status == 407
+        challenges = response.headers.get_all("Proxy-Authenticate" if proxy else "WWW-Authenticate")
+        try:
+            challenge = select_challenge(challenges)
+        except AuthError as exc:
+            log.info("cannot answer the challenge to %r: %s", call, exc)
+            return False
+        tries = call.auth_attempts.get(challenge.realm, 0)
+        if tries >= (2 if challenge.stale else 1):
+            return False  # our answer for this realm was refused: wrong credentials
+        old = entry.txn.request
+        try:
+            answer = authorization_header(challenge, call.credentials, "INVITE", old.uri)
+        except AuthError as exc:
+            log.info("cannot answer the challenge to %r: %s", call, exc)
+            return False
+        call.auth_attempts[challenge.realm] = tries + 1
+        headers = old.headers.copy()
+        headers.set("Via", self._new_via(entry.peer))
+        headers.set("CSeq", f"{old.cseq[0] + 1} INVITE")
+        headers.set("Proxy-Authorization" if proxy else "Authorization", answer)
+        request = SipRequest("INVITE", old.uri, headers, old.body)
+        call.invite = request
+        call.invite_entry = self._start_client(request, entry.peer, "invite", now, call)
+        return True
 
     def _abandon(self, call: CallLeg, why: str, now: float) -> None:
         call.abandoned = True

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
 
 from sipbot.errors import RequestFailed
+from sipbot.sip.auth import Credentials, DigestVerifier
 from sipbot.sip.message import SipRequest
 from sipbot.sip.ua import ServerCall, SipSettings, UserAgent
 
@@ -224,3 +226,31 @@ async def test_public_address_is_advertised():
     finally:
         await a.close(timeout=0.5)
         await b.close(timeout=0.5)
+
+
+async def test_digest_challenge(pair):
+    a, b, callee = pair
+    verifier = DigestVerifier("sipbot.test")
+    passwords = {"alice": "secret"}.get
+    verdicts: list[str] = []
+
+    def challenge(call: ServerCall) -> None:
+        answer = call.invite.headers.get("Authorization")
+        if answer is None:
+            call.reject(401, headers=[("WWW-Authenticate", verifier.challenge(time.monotonic()))])
+            return
+        verdicts.append(verifier.verify(answer, "INVITE", passwords, time.monotonic()))
+        if verdicts[-1] == "ok":
+            call.accept(ANSWER)
+        else:
+            call.reject(403)
+
+    callee.behaviour = challenge
+    client = await a.call(uri(b), OFFER, credentials=Credentials("alice", "secret"))
+    assert verdicts == ["ok"]
+    assert len(callee.calls) == 2  # the challenged INVITE, then the answered one
+    await client.bye()
+    with pytest.raises(RequestFailed, match=r"call rejected \(403\)"):
+        await a.call(uri(b), OFFER, credentials=Credentials("alice", "wrong"))
+    with pytest.raises(RequestFailed, match=r"call rejected \(401\)"):
+        await a.call(uri(b), OFFER)  # no credentials

@@ -10,6 +10,7 @@ from sipbot.errors import LocalSipError
 from sipbot.sip import core as core_module
 from sipbot.sip import endpoint as endpoint_module
 from sipbot.sip import uac as uac_module
+from sipbot.sip.auth import Credentials, DigestVerifier
 from sipbot.sip.core import (
     CallAnswered,
     CallConfirmed,
@@ -925,3 +926,126 @@ def test_rfc4475_answers(name: str):
     assert out.destination == source
     names = {line.split(b":", 1)[0].decode() for line in out.data.split(b"\r\n")[1:]}
     assert set(expected.headers) <= names
+
+
+# --------------------------------------------------------------------------- digest
+
+
+def challenged(h: Harness, inv: SipRequest, status: int, verifier: DigestVerifier) -> SipRequest:
+    name = "Proxy-Authenticate" if status == 407 else "WWW-Authenticate"
+    h.feed(response_to(inv, status, extra=((name, verifier.challenge(0.0)),)), 0.1, source=SERVER)
+    sent = h.sent()
+    assert [m.method for m, _ in sent] == ["ACK", "INVITE"]
+    retry = sent[1][0]
+    assert isinstance(retry, SipRequest)
+    return retry
+
+
+@pytest.mark.parametrize(
+    ("status", "header"), [(401, "Authorization"), (407, "Proxy-Authorization")]
+)
+def test_digest_challenge_answered_once(status: int, header: str):
+    h = Harness()
+    verifier = DigestVerifier("sipbot.test")
+    call = h.core.invite(
+        "sip:echo@10.0.0.2:5080",
+        SDP_OFFER,
+        destination=SERVER,
+        now=0.0,
+        credentials=Credentials("alice", "secret"),
+    )
+    [(inv, _)] = h.sent()
+    retry = challenged(h, inv, status, verifier)
+    assert retry.cseq == (2, "INVITE")
+    assert retry.call_id == inv.call_id
+    assert retry.headers.get("From") == inv.headers.get("From")
+    assert retry.headers.get("Via") != inv.headers.get("Via")  # a new transaction
+    assert retry.body == SDP_OFFER
+    answer = retry.headers.get(header) or ""
+    assert verifier.verify(answer, "INVITE", {"alice": "secret"}.get, 0.5) == "ok"
+    assert h.events() == []
+    # refused again (wrong password, same realm): no second answer, the call fails
+    h.feed(
+        response_to(
+            retry,
+            status,
+            extra=(
+                ("WWW-Authenticate", verifier.challenge(0.6)),
+                ("Proxy-Authenticate", verifier.challenge(0.6)),
+            ),
+        ),
+        0.6,
+        source=SERVER,
+    )
+    assert h.summary() == ["ACK"]
+    [failed] = h.events()
+    assert isinstance(failed, CallFailed)
+    assert (failed.reason, failed.response.status) == ("rejected", status)
+    assert call.state is CallState.TERMINATED
+
+
+def test_digest_answered_invite_is_acked_with_credentials():
+    h = Harness()
+    verifier = DigestVerifier("sipbot.test")
+    h.core.invite(
+        "sip:echo@10.0.0.2:5080",
+        SDP_OFFER,
+        destination=SERVER,
+        now=0.0,
+        credentials=Credentials("alice", "secret"),
+    )
+    [(inv, _)] = h.sent()
+    retry = challenged(h, inv, 401, verifier)
+    h.feed(response_to(retry, 200, body=SDP_ANSWER), 0.2, source=SERVER)
+    [(ack, _)] = h.sent()
+    assert ack.cseq == (2, "ACK")
+    assert ack.headers.get("Authorization") == retry.headers.get("Authorization")
+    [answered] = h.events()
+    assert isinstance(answered, CallAnswered)
+
+
+def test_digest_without_credentials_or_for_another_realm_fails():
+    h = Harness()
+    verifier = DigestVerifier("sipbot.test")
+    _call, inv = outgoing(h)  # no credentials
+    h.feed(
+        response_to(inv, 401, extra=(("WWW-Authenticate", verifier.challenge(0.0)),)),
+        0.1,
+        source=SERVER,
+    )
+    assert h.summary() == ["ACK"]
+    assert [e.reason for e in h.events()] == ["rejected"]
+    h.core.invite(
+        "sip:echo@10.0.0.2:5080",
+        SDP_OFFER,
+        destination=SERVER,
+        now=1.0,
+        credentials=Credentials("alice", "secret", realm="elsewhere"),
+    )
+    [(inv, _)] = h.sent()
+    h.feed(
+        response_to(inv, 401, extra=(("WWW-Authenticate", verifier.challenge(1.0)),)),
+        1.1,
+        source=SERVER,
+    )
+    assert h.summary() == ["ACK"]
+    assert [e.reason for e in h.events()] == ["rejected"]
+
+
+def test_stale_nonce_is_answered_again():
+    h = Harness()
+    verifier = DigestVerifier("sipbot.test")
+    h.core.invite(
+        "sip:echo@10.0.0.2:5080",
+        SDP_OFFER,
+        destination=SERVER,
+        now=0.0,
+        credentials=Credentials("alice", "secret"),
+    )
+    [(inv, _)] = h.sent()
+    retry = challenged(h, inv, 401, verifier)
+    stale = verifier.challenge(0.3, stale=True)
+    h.feed(response_to(retry, 401, extra=(("WWW-Authenticate", stale),)), 0.3, source=SERVER)
+    sent = h.sent()
+    assert [m.method for m, _ in sent] == ["ACK", "INVITE"]
+    assert sent[1][0].cseq == (3, "INVITE")
