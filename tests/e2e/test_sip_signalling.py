@@ -247,3 +247,37 @@ def test_through_kamailio_record_route_both_directions(tmp_path: Path):
         assert result.returncode == 0, explain(result, tmp_path, server, proxy)
         assert relayed(proxy, "ACK", sipp_port) == 1, proxy.log
         assert relayed(proxy, "BYE", bot_port) == 1, proxy.log
+
+
+def test_sigterm_byes_every_call_and_exits_0(tmp_path: Path):
+    port = free_port()
+    args = [sys.executable, "-m", "sipbot", "run", "--listen", f"127.0.0.1:{port}"]
+    server = Process(args, ROOT)
+    sipp = None
+    try:
+        server.wait_for("sipbot ready", 15)
+        sipp_port, media = free_port(), free_port(span=4)
+        sipp_args = [
+            "sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIOS / "uac_wait_bye.xml"),
+            "-s", "bot", "-i", "127.0.0.1", "-p", str(sipp_port), "-mi", "127.0.0.1",
+            "-mp", str(media), "-m", "3", "-r", "10", "-l", "3", "-nostdin",
+            "-timeout", "30s", "-timeout_error",
+        ]  # fmt: skip
+        sipp = subprocess.Popen(
+            sipp_args,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 10
+        while len(re.findall(r"sipbot\.server: call ", server.log)) < 3:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.05)
+        time.sleep(0.3)  # the ACKs arrive
+    finally:
+        code = server.stop()
+    assert code == 0, server.log
+    assert "shutting down: ending 3 call(s)" in server.log
+    out, _ = sipp.communicate(timeout=30)
+    assert sipp.returncode == 0, out[-3000:] + server.log
