@@ -113,7 +113,7 @@ class Core(UacEndpoint):
         try:
             message = parse_message(data)
         except SipParseError as exc:
-            self._answer_parse_error(exc, source)
+            self._answer_parse_error(exc, source, now)
             return
         if isinstance(message, SipResponse):
             self._receive_response(message, source, now)
@@ -210,14 +210,14 @@ class Core(UacEndpoint):
         for call in list(self._calls.values()):
             self.bye(call, now=now, why="shutdown", force=True)
 
-    def _answer_parse_error(self, exc: SipParseError, source: Peer) -> None:
+    def _answer_parse_error(self, exc: SipParseError, source: Peer, now: float) -> None:
         """Answer a malformed request with the parser's status and reason when it has a Via
         (RFC 4475 §3.1.2); an unusable Via is echoed and the answer goes to the source."""
         request = exc.request
         if request is None or request.method == "ACK" or "Via" not in request.headers:
-            log.info("dropped a malformed message from %s: %s", source, exc)
+            self._packet_log.info(now, "dropped a malformed message from %s: %s", source, exc)
             return
-        log.info("answering a malformed request from %s: %s", source, exc)
+        self._packet_log.info(now, "answering a malformed request from %s: %s", source, exc)
         try:
             peer = self._response_peer(stamp_via(request, source), source)
         except SipParseError:
@@ -230,7 +230,7 @@ class Core(UacEndpoint):
             via = stamp_via(request, source)
             key = server_key(request)
         except SipParseError as exc:  # the parser validated these: only odd corner cases
-            log.info("dropped a request from %s: %s", source, exc)
+            self._packet_log.info(now, "dropped a request from %s: %s", source, exc)
             return
         entry = self._server.get(key)
         if entry is not None:

@@ -60,6 +60,30 @@ from sipbot.sip.transaction import (
 log = logging.getLogger(__name__)
 
 Timed = CallLeg | Entry
+LOG_BURST = 10  # per-packet log lines per window; the rest are counted
+LOG_WINDOW_S = 10.0
+
+
+class LogLimiter:
+    """Rate-limits per-packet log lines (a flood of garbage must not flood the log)."""
+
+    def __init__(self, burst: int = LOG_BURST, window: float = LOG_WINDOW_S) -> None:
+        self.burst = burst
+        self.window = window
+        self._start = float("-inf")
+        self._count = 0
+        self._suppressed = 0
+
+    def info(self, now: float, message: str, *args: object) -> None:
+        if now - self._start >= self.window:
+            if self._suppressed:
+                log.info("%d similar messages suppressed", self._suppressed)
+            self._start, self._count, self._suppressed = now, 0, 0
+        self._count += 1
+        if self._count <= self.burst:
+            log.info(message, *args)
+        else:
+            self._suppressed += 1
 
 
 class Endpoint:
@@ -85,6 +109,7 @@ class Endpoint:
         self._ids = itertools.count(1)
         self._out: list[Outgoing] = []
         self._events: list[Event] = []
+        self._packet_log = LogLimiter()
 
     def data_to_send(self) -> list[Outgoing]:
         """Return and clear the messages to put on the wire."""

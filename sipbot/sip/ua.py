@@ -310,9 +310,11 @@ class UserAgent:
         The INVITE goes to the first ``Route`` in ``headers`` if any, else to ``uri``.
 
         Raises:
-            LocalSipError: ``uri`` is not a SIP URI.
+            LocalSipError: ``uri`` is not a SIP URI, or the agent is not started.
             RequestFailed: a final non-2xx response, or no answer within ``timeout``.
         """
+        if self._transports is None:
+            raise LocalSipError("call() before start()")
         destination = await self._destination(uri, headers, transport)
         leg = self._core.invite(
             uri,

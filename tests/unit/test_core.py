@@ -1049,3 +1049,14 @@ def test_stale_nonce_is_answered_again():
     sent = h.sent()
     assert [m.method for m, _ in sent] == ["ACK", "INVITE"]
     assert sent[1][0].cseq == (3, "INVITE")
+
+
+def test_garbage_flood_is_logged_rate_limited(caplog: pytest.LogCaptureFixture):
+    h = Harness()
+    with caplog.at_level("INFO", logger="sipbot.sip"):
+        for i in range(50):
+            h.feed("\x00garbage", now=i * 0.01)
+        h.feed("\x00garbage", now=20.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 12  # 10, then the summary, then the first of the next window
+    assert lines[10] == "40 similar messages suppressed"
