@@ -75,8 +75,27 @@ class UacEndpoint(Endpoint):
             parse_uri(uri)
         except SipParseError:
             raise LocalSipError(f"not a URI: {uri!r}") from None
-        host, _port = self._address_for(destination.transport, destination.host)
         tag = generate_tag()
+        request = self._initial_invite(uri, sdp, destination, from_user, tag, headers)
+        call = CallLeg(next(self._ids), "uac", request, destination, tag)
+        call.local_sdp = sdp
+        call.credentials = credentials
+        call.timeout_deadline = now + timeout
+        self._calls[call.id] = call
+        call.invite_entry = self._start_client(request, destination, "invite", now, call)
+        self._schedule(call)
+        return call
+
+    def _initial_invite(
+        self,
+        uri: str,
+        sdp: bytes,
+        destination: Peer,
+        from_user: str,
+        tag: str,
+        headers: Sequence[tuple[str, str]],
+    ) -> SipRequest:
+        host, _port = self._address_for(destination.transport, destination.host)
         user = from_user if "@" in from_user else f"{from_user}@{format_host(host)}"
         h = Headers()
         h.add("Via", self._new_via(destination))
@@ -92,15 +111,7 @@ class UacEndpoint(Endpoint):
             h.add(name, value)
         if sdp:
             h.add("Content-Type", SDP_TYPE)
-        request = SipRequest("INVITE", uri, h, sdp)
-        call = CallLeg(next(self._ids), "uac", request, destination, tag)
-        call.local_sdp = sdp
-        call.credentials = credentials
-        call.timeout_deadline = now + timeout
-        self._calls[call.id] = call
-        call.invite_entry = self._start_client(request, destination, "invite", now, call)
-        self._schedule(call)
-        return call
+        return SipRequest("INVITE", uri, h, sdp)
 
     def cancel(self, call: CallLeg, *, now: float, why: str = "cancelled") -> None:
         """Abandon an outgoing call that has no final response yet (CANCEL per §9.1)."""
