@@ -23,28 +23,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-Encoding = Literal["pcm16", "pcmu", "pcma"]
-
-
-@dataclass(frozen=True, slots=True)
-class AudioFormat:
-    """Raw audio as a provider sends or takes it: mono, little-endian for pcm16."""
-
-    encoding: Encoding
-    rate_hz: int
-
-    @property
-    def bytes_per_ms(self) -> int:
-        """Bytes per millisecond (pcm16: 2 bytes a sample; G.711: 1)."""
-        width = 2 if self.encoding == "pcm16" else 1
-        return width * self.rate_hz // 1000
-
-
-PCM16_16K = AudioFormat("pcm16", 16_000)
-PCM16_24K = AudioFormat("pcm16", 24_000)
-PCMU_8K = AudioFormat("pcmu", 8_000)
-PCMA_8K = AudioFormat("pcma", 8_000)
-
+from sipbot.media.formats import PCM16_16K as PCM16_16K
+from sipbot.media.formats import PCM16_24K as PCM16_24K
+from sipbot.media.formats import PCMA_8K as PCMA_8K
+from sipbot.media.formats import PCMU_8K as PCMU_8K
+from sipbot.media.formats import AudioFormat as AudioFormat
 
 # --------------------------------------------------------------------------- what a call is
 
