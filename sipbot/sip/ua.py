@@ -64,6 +64,7 @@ class SipSettings:
     t4: float = 5.0
     answer_timeout: float = 60.0  # no accept/reject by then → 480
     tcp_idle_timeout: float = 300.0
+    force_rport: bool = True  # UDP answers to the source port even without rport (NAT)
 
 
 def _mark_retrieved(future: asyncio.Future[None]) -> None:
@@ -217,6 +218,7 @@ class UserAgent:
             user_agent=settings.user_agent,
             timers=timers,
             answer_timeout=settings.answer_timeout,
+            force_rport=settings.force_rport,
         )
         self._core = Core(core_settings, self._address_for)
         self._transports: Transports | None = None
