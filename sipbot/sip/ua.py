@@ -1,0 +1,515 @@
+"""The asyncio user agent: the API the rest of sipbot uses for calls.
+
+:class:`UserAgent` is a thin shell around :class:`~sipbot.sip.core.Core`: it owns the sockets
+(:class:`~sipbot.sip.transport.Transports`), feeds the core with ``loop.time()`` as ``now``,
+keeps one timer armed at ``core.next_deadline()`` and turns core events into futures on
+:class:`ServerCall` / :class:`ClientCall` objects.
+
+Rules:
+
+* Rule 1: every entry into the core is followed by :meth:`UserAgent._pump`: send what the core
+  produced, dispatch its events, re-arm the one timer.
+* Rule 2: ``on_invite`` is called synchronously once per new INVITE (never for
+  retransmissions); the application answers later with ``progress``/``accept``/``reject``.
+* Rule 3: ``Dialog.terminated`` resolves exactly once with the reason the call ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sipbot.errors import LocalSipError, RequestFailed, SipParseError
+from sipbot.sip.address import parse_name_addr, parse_uri
+from sipbot.sip.auth import Credentials
+from sipbot.sip.core import Core
+from sipbot.sip.legs import (
+    CallAnswered,
+    CallConfirmed,
+    CallFailed,
+    CallLeg,
+    CallTerminated,
+    CoreSettings,
+    Event,
+    IncomingCall,
+    Peer,
+    RequestCompleted,
+)
+from sipbot.sip.message import SipRequest, SipResponse
+from sipbot.sip.transaction import TimerSettings
+from sipbot.sip.transport import Transports, is_ip
+
+log = logging.getLogger(__name__)
+
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+@dataclass(frozen=True)
+class SipSettings:
+    """Where to listen and how to behave.
+
+    ``listen`` entries are (transport, host, port); port 0 picks a free port.
+    ``public_address`` ("host" or "host:port") is advertised in Via/Contact/SDP when set.
+    """
+
+    listen: tuple[tuple[str, str, int], ...] = (("udp", "127.0.0.1", 5060),)
+    public_address: str | None = None
+    user_agent: str = "sipbot/0.1"
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    answer_timeout: float = 60.0  # no accept/reject by then → 480
+    tcp_idle_timeout: float = 300.0
+    force_rport: bool = True  # UDP answers to the source port even without rport (NAT)
+
+
+def _mark_retrieved(future: asyncio.Future[None]) -> None:
+    future.exception()  # nobody may await it: do not log "exception was never retrieved"
+
+
+class Dialog:
+    """One call (incoming or answered outgoing). Base of :class:`ServerCall`/:class:`ClientCall`."""
+
+    def __init__(self, ua: UserAgent, leg: CallLeg) -> None:
+        self._ua = ua
+        self._leg = leg
+        self.terminated: asyncio.Future[str] = ua.loop.create_future()
+
+    @property
+    def call_id(self) -> str:
+        return self._leg.invite.call_id
+
+    @property
+    def local_tag(self) -> str:
+        return self._leg.local_tag
+
+    @property
+    def remote_tag(self) -> str | None:
+        if self._leg.dialog is not None:
+            return self._leg.dialog.remote_tag
+        return None
+
+    @property
+    def invite(self) -> SipRequest:
+        return self._leg.invite
+
+    @property
+    def remote_sdp(self) -> bytes:
+        return self._leg.remote_sdp
+
+    @property
+    def local_sdp(self) -> bytes:
+        return self._leg.local_sdp
+
+    @property
+    def on_reoffer(self) -> Callable[[bytes], bytes | int] | None:
+        """Called with the SDP of a re-INVITE/UPDATE; returns the answer SDP or a status."""
+        return self._leg.on_reoffer
+
+    @on_reoffer.setter
+    def on_reoffer(self, hook: Callable[[bytes], bytes | int] | None) -> None:
+        self._leg.on_reoffer = hook
+
+    @property
+    def on_request(self) -> Callable[[SipRequest], int] | None:
+        """Called with INFO / NOTIFY / REFER / other in-dialog requests; returns a status."""
+        return self._leg.on_request
+
+    @on_request.setter
+    def on_request(self, hook: Callable[[SipRequest], int] | None) -> None:
+        self._leg.on_request = hook
+
+    async def bye(self) -> None:
+        """End the call: BYE (retransmitted, bounded by 64·T1); ``terminated`` → "bye-sent"."""
+        handle = self._ua._core.bye(self._leg, now=self._ua.loop.time())
+        future = self._ua._watch(handle.id) if handle is not None else None
+        self._ua._pump()
+        if future is not None:
+            with contextlib.suppress(RequestFailed):
+                await future
+
+    async def request(
+        self,
+        method: str,
+        *,
+        body: bytes = b"",
+        content_type: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> SipResponse:
+        """Send an in-dialog request (REFER, INFO, re-INVITE, ...) and return its final response.
+
+        Raises:
+            LocalSipError: the dialog is not confirmed, or an INVITE is already in progress.
+            RequestFailed: no final response (timeout / transport error).
+        """
+        handle = self._ua._core.request(
+            self._leg,
+            method,
+            now=self._ua.loop.time(),
+            body=body,
+            content_type=content_type,
+            headers=headers,
+        )
+        future = self._ua._watch(handle.id)
+        self._ua._pump()
+        return await future
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.call_id} {self._leg.state.value}>"
+
+
+class ServerCall(Dialog):
+    """An incoming call. Answer it with :meth:`accept` or :meth:`reject`."""
+
+    def __init__(self, ua: UserAgent, leg: CallLeg) -> None:
+        super().__init__(ua, leg)
+        self.confirmed: asyncio.Future[None] = ua.loop.create_future()
+
+    @property
+    def source(self) -> tuple[str, str, int]:
+        s = self._leg.source
+        return (s.transport, s.host, s.port)
+
+    @property
+    def offer(self) -> bytes:
+        """The SDP offer of the INVITE (b"" for a late offer: ours goes in the 200)."""
+        return self._leg.invite.body
+
+    def progress(self, status: int = 180, sdp: bytes | None = None) -> None:
+        """Send a provisional response (18x); no-op once the call is answered or gone."""
+        self._ua._core.progress(self._leg, status, sdp, now=self._ua.loop.time())
+        self._ua._pump()
+
+    def accept(self, sdp: bytes) -> None:
+        """Answer 200 OK with ``sdp`` (retransmitted until ACK; ``confirmed`` resolves then)."""
+        self._ua._core.accept(self._leg, sdp, now=self._ua.loop.time())
+        self._ua._pump()
+
+    def reject(
+        self, status: int, reason: str | None = None, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """Answer with a final 3xx-6xx; ``terminated`` resolves "rejected"."""
+        self._ua._core.reject(self._leg, status, reason, headers, now=self._ua.loop.time())
+        self._ua._pump()
+
+
+class ClientCall(Dialog):
+    """An outgoing call that was answered; ``remote_sdp`` holds the answer."""
+
+
+class UserAgent:
+    """A SIP user agent on asyncio: listens, answers and places calls.
+
+    Args:
+        settings: listen addresses, public address, timers.
+        on_invite: called synchronously for each new incoming INVITE.
+    """
+
+    def __init__(self, settings: SipSettings, on_invite: Callable[[ServerCall], None]) -> None:
+        self.settings = settings
+        self.on_invite = on_invite
+        self.bound: list[tuple[str, str, int]] = []
+        timers = TimerSettings(t1=settings.t1, t2=settings.t2, t4=settings.t4)
+        core_settings = CoreSettings(
+            user_agent=settings.user_agent,
+            timers=timers,
+            answer_timeout=settings.answer_timeout,
+            force_rport=settings.force_rport,
+        )
+        self._core = Core(core_settings, self._address_for)
+        self._transports: Transports | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._calls: dict[int, Dialog] = {}
+        self._pending: dict[int, asyncio.Future[ClientCall]] = {}
+        self._requests: dict[int, asyncio.Future[SipResponse]] = {}
+        self._probe_cache: dict[str, str] = {}
+        self._idle = asyncio.Event()
+        self._public_host, self._public_port = _split_public(settings.public_address)
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None  # set by start()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the agent runs on (known once started)."""
+        if self._loop is None:
+            raise LocalSipError("the UserAgent is not started")
+        return self._loop
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Bind every listen address; ``bound`` then lists what was actually bound.
+
+        Raises:
+            OSError: an address cannot be bound.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._transports = Transports(
+            self._on_message,
+            self._on_transport_error,
+            self._core.connections_in_use,
+            self.settings.tcp_idle_timeout,
+        )
+        for transport, host, port in self.settings.listen:
+            await self.listen(transport, host, port)
+
+    async def listen(self, transport: str, host: str, port: int) -> tuple[str, str, int]:
+        """Bind one more listener (after :meth:`start`); return what was bound.
+
+        Raises:
+            OSError: the address cannot be bound.
+            ValueError: an unknown transport.
+        """
+        if self._transports is None:
+            raise LocalSipError("listen() before start()")
+        bound = await self._transports.listen(transport, host, port)
+        self.bound.append(bound)
+        return bound
+
+    @property
+    def calls(self) -> list[Dialog]:
+        """Calls that have not ended yet."""
+        return list(self._calls.values())
+
+    async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (the agreed API)
+        """BYE every confirmed call, 503 every unanswered one, wait (bounded), close sockets."""
+        self._core.shutdown(now=self.loop.time())
+        self._pump()
+        if self._core.calls:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout)
+        for dialog in list(self._calls.values()):
+            if not dialog.terminated.done():
+                dialog.terminated.set_result("shutdown")
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transports is not None:
+            await self._transports.close()
+
+    # ----------------------------------------------------------------- outgoing calls
+
+    async def call(
+        self,
+        uri: str,
+        sdp_offer: bytes,
+        *,
+        from_user: str = "sipbot",
+        headers: Sequence[tuple[str, str]] = (),
+        credentials: Credentials | None = None,
+        transport: str = "udp",
+        timeout: float = 32.0,  # noqa: ASYNC109 (a SIP timer: CANCEL is sent when it expires)
+    ) -> ClientCall:
+        """Place a call and wait for the answer.
+
+        The INVITE goes to the first ``Route`` in ``headers`` if any, else to ``uri``.
+
+        Raises:
+            LocalSipError: ``uri`` is not a SIP URI, or the agent is not started.
+            RequestFailed: a final non-2xx response, or no answer within ``timeout``.
+        """
+        if self._transports is None:
+            raise LocalSipError("call() before start()")
+        destination = await self._destination(uri, headers, transport)
+        leg = self._core.invite(
+            uri,
+            sdp_offer,
+            destination=destination,
+            now=self.loop.time(),
+            from_user=from_user,
+            headers=headers,
+            credentials=credentials,
+            timeout=timeout,
+        )
+        future: asyncio.Future[ClientCall] = self.loop.create_future()
+        self._pending[leg.id] = future
+        self._pump()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._core.cancel(leg, now=self.loop.time())
+            self._pump()
+            raise
+        finally:
+            self._pending.pop(leg.id, None)
+
+    async def _destination(
+        self, uri: str, headers: Sequence[tuple[str, str]], transport: str
+    ) -> Peer:
+        target = uri
+        for name, value in headers:
+            if name.lower() == "route":
+                target = parse_name_addr(value.split(",")[0], "Route").uri
+                break
+        try:
+            hop = parse_uri(target)
+        except SipParseError:
+            raise LocalSipError(f"not a SIP URI: {target!r}") from None
+        if not hop.is_sip:
+            raise LocalSipError(f"not a SIP URI: {target!r}")
+        chosen = (hop.param("transport") or transport).lower()
+        port = hop.port or (5061 if hop.scheme == "sips" else 5060)
+        host = hop.host
+        if not is_ip(host):
+            infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            host = str(infos[0][4][0])
+        return Peer(chosen, host, port)
+
+    # ----------------------------------------------------------------- addresses
+
+    def advertised_host(self, for_peer: str | None = None) -> str:
+        """The host to put in Via, Contact and SDP ``c=`` for ``for_peer`` — never a wildcard.
+
+        The public address when configured; else the listen address when it is specific;
+        else the local address the OS would use to reach ``for_peer`` (a UDP connect probe).
+        """
+        if self._public_host:
+            return self._public_host
+        listen = self.bound or [(t, h, p) for t, h, p in self.settings.listen]
+        for _transport, host, _port in listen:
+            if host not in WILDCARDS:
+                return host
+        return self._probe(for_peer or "192.0.2.1")
+
+    def _probe(self, peer: str) -> str:
+        cached = self._probe_cache.get(peer)
+        if cached is not None:
+            return cached
+        family = socket.AF_INET6 if ":" in peer else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((peer, 9))  # no packet is sent: this only picks a route
+                host = str(probe.getsockname()[0])
+        except OSError:
+            host = "127.0.0.1" if family == socket.AF_INET else "::1"
+        if len(self._probe_cache) > 1024:
+            self._probe_cache.clear()
+        self._probe_cache[peer] = host
+        return host
+
+    def _address_for(self, transport: str, peer_host: str) -> tuple[str, int]:
+        host = self.advertised_host(peer_host if is_ip(peer_host) else None)
+        if self._public_port is not None:
+            return host, self._public_port
+        ports = [p for t, _h, p in self.bound if t == transport] or [p for _t, _h, p in self.bound]
+        return host, ports[0] if ports else 5060
+
+    # ----------------------------------------------------------------- the pump
+
+    def _on_message(self, data: bytes, peer: Peer) -> None:
+        try:
+            self._core.receive(data, peer, self.loop.time())
+        except Exception:  # a bug in the core must not kill the socket
+            log.exception("SIP core failed on a message from %s:%s", peer.host, peer.port)
+        self._pump()
+
+    def _on_transport_error(self, peer: Peer) -> None:
+        self._core.transport_error(peer, self.loop.time())
+        self._pump()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self._core.handle_timers(self.loop.time())
+        except Exception:
+            log.exception("SIP core failed in a timer")
+        self._pump()
+
+    def _pump(self) -> None:
+        transports = self._transports
+        for out in self._core.data_to_send():
+            if transports is not None:
+                transports.send(out.data, out.destination)
+        for event in self._core.events():
+            try:
+                self._dispatch(event)
+            except Exception:
+                log.exception("failed to dispatch %r", event)
+        self._arm()
+        if not self._core.calls:
+            self._idle.set()
+        else:
+            self._idle.clear()
+
+    def _arm(self) -> None:
+        deadline = self._core.next_deadline()
+        if deadline is None:
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
+            return  # an earlier wake-up is armed; it re-arms for this one
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _watch(self, request_id: int) -> asyncio.Future[SipResponse]:
+        future: asyncio.Future[SipResponse] = self.loop.create_future()
+        self._requests[request_id] = future
+        return future
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, IncomingCall):
+            call = ServerCall(self, event.call)
+            self._calls[event.call.id] = call
+            try:
+                self.on_invite(call)
+            except Exception:
+                log.exception("on_invite failed")
+                call.reject(500)
+        elif isinstance(event, CallConfirmed):
+            dialog = self._calls.get(event.call.id)
+            if isinstance(dialog, ServerCall) and not dialog.confirmed.done():
+                dialog.confirmed.set_result(None)
+        elif isinstance(event, CallTerminated):
+            self._terminated(event.call, event.reason)
+        elif isinstance(event, CallAnswered):
+            client = ClientCall(self, event.call)
+            self._calls[event.call.id] = client
+            pending = self._pending.get(event.call.id)
+            if pending is not None and not pending.done():
+                pending.set_result(client)
+            else:  # the caller stopped waiting: hang up
+                self._core.bye(event.call, now=self.loop.time())
+        elif isinstance(event, CallFailed):
+            pending = self._pending.get(event.call.id)
+            if pending is not None and not pending.done():
+                status = f" ({event.response.status})" if event.response is not None else ""
+                pending.set_exception(RequestFailed(f"call {event.reason}{status}", event.response))
+        elif isinstance(event, RequestCompleted):
+            future = self._requests.pop(event.request.id, None)
+            if future is not None and not future.done():
+                if event.response is None:
+                    future.set_exception(RequestFailed(f"{event.request.method} timed out"))
+                else:
+                    future.set_result(event.response)
+
+    def _terminated(self, leg: CallLeg, reason: str) -> None:
+        dialog = self._calls.get(leg.id)
+        if dialog is None:
+            return
+        if not dialog.terminated.done():
+            dialog.terminated.set_result(reason)
+        if isinstance(dialog, ServerCall) and not dialog.confirmed.done():
+            dialog.confirmed.set_exception(RequestFailed(f"call ended before the ACK: {reason}"))
+            _mark_retrieved(dialog.confirmed)
+        self._calls.pop(leg.id, None)
+
+
+def _split_public(address: str | None) -> tuple[str | None, int | None]:
+    if not address:
+        return None, None
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else None
+    if address.count(":") == 1:
+        host, port = address.split(":")
+        return host, int(port)
+    return address, None
