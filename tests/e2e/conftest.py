@@ -27,7 +27,7 @@ import pytest
 
 from tests.e2e.peers import audio
 from tests.e2e.peers.capture import capture_unavailable
-from tests.e2e.peers.ports import free_port
+from tests.e2e.peers.ports import E2E_RTP_PORTS, free_port
 from tests.e2e.peers.process import ManagedProcess, live_processes
 from tests.e2e.peers.sipp import dtmf_unavailable
 
@@ -154,7 +154,7 @@ def sipbot_server(peers_tmp: Path) -> Iterator[StartServer]:
         ready_timeout: float = SERVER_READY_TIMEOUT_S,
     ) -> SipbotServer:
         port = free_port("both")
-        argv = [*SERVER_COMMAND, "--listen", f"127.0.0.1:{port}", *extra_args]
+        argv = [*SERVER_COMMAND, "--listen", f"127.0.0.1:{port}", *E2E_RTP_PORTS, *extra_args]
         name = f"sipbot-{len(servers)}" if servers else "sipbot"
         proc = ManagedProcess.start(name, argv, peers_tmp, cwd=REPO_ROOT, env=env)
         server = SipbotServer("127.0.0.1", port, proc)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.peers.kamailio import start_proxy
-from tests.e2e.peers.ports import free_port, free_port_block
+from tests.e2e.peers.ports import E2E_RTP_PORTS, free_port, free_port_block
 from tests.e2e.peers.process import ManagedProcess
 
 pytestmark = [
@@ -41,7 +41,16 @@ def calls_logged(server: ManagedProcess) -> int:
 def start_sipbot(tmp_path: Path, *extra: str) -> tuple[ManagedProcess, int]:
     """A ``sipbot run`` on 127.0.0.1:<free port> (UDP + TCP), ready."""
     port = free_port()
-    args = [sys.executable, "-m", "sipbot", "run", "--listen", f"127.0.0.1:{port}", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "sipbot",
+        "run",
+        "--listen",
+        f"127.0.0.1:{port}",
+        *E2E_RTP_PORTS,
+        *extra,
+    ]
     server = ManagedProcess.start(f"sipbot-{port}", args, tmp_path, cwd=ROOT)
     ready = rf"sipbot ready udp:127\.0\.0\.1:{port} tcp:127\.0\.0\.1:{port}"
     server.wait_for_line(ready, 15, stream="stderr")
@@ -135,7 +144,7 @@ def test_tcp(tmp_path: Path):
 
 
 def test_bot_hangs_up_over_tcp(tmp_path: Path):
-    with sipbot(tmp_path, "--hangup-after", "0.3") as (server, port):
+    with sipbot(tmp_path, "--max-duration", "0.3") as (server, port):
         result, _ = run_sipp(tmp_path, "uac_wait_bye.xml", f"127.0.0.1:{port}", transport="t1")
         assert result.returncode == 0, explain(result, tmp_path, server)
 
@@ -159,7 +168,7 @@ def in_dialog(proxy_log: str, method: str, target: str) -> int:
 def test_through_kamailio_record_route_both_directions(tmp_path: Path):
     if shutil.which("kamailio") is None:
         pytest.skip("kamailio not installed")
-    with sipbot(tmp_path, "--hangup-after", "0.3") as (server, bot_port):
+    with sipbot(tmp_path, "--max-duration", "0.3") as (server, bot_port):
         proxy = start_proxy(tmp_path, bot_port)
         try:
             bot = f"bot@127.0.0.1:{bot_port}"

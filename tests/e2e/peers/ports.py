@@ -28,6 +28,10 @@ Proto = Literal["udp", "tcp", "both"]
 PORT_RANGE = (20_000, 32_000)  # [low, high): below the ephemeral range, above common services
 LOCK_DIR = Path(tempfile.gettempdir()) / "sipbot-test-ports"
 MAX_ATTEMPTS = 500
+# sipbot's RTP ports in tests: below the peers' range (20000-32000) and the kernel's ephemeral
+# range, so a server never takes a port a test reserved for SIPp/baresip (servers running in
+# parallel share it safely: the allocator binds, and skips ports in use).
+E2E_RTP_PORTS = ("--rtp-ports", "10000-19999")
 SIPP_MEDIA_BLOCK = 4  # SIPp binds -mp and -mp+2 (RTP and RTCP-ish): keep parallel blocks 4 apart
 
 _TCP_LISTEN = "0A"  # /proc/net/tcp state code for LISTEN
