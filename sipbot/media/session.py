@@ -13,10 +13,11 @@ Rules:
   a slot. Inbound work is done as it arrives and never waits for a tick.
 * Rule 2 (symmetric RTP): we send to :attr:`RtpReceiver.peer`, the latched source of the
   caller's RTP; the latching policy is documented in :mod:`sipbot.media.receiver`.
-* Rule 3 (direction): ``direction`` is the *peer's* SDP direction. We send while it is
-  ``sendrecv``/``recvonly`` (and the address is not 0.0.0.0); otherwise slots pass silently
-  (timestamps still advance, queued audio waits). The inactivity timeout runs only while it is
-  ``sendrecv``: a peer that holds the call may well be silent.
+* Rule 3 (direction): ``direction`` is OUR direction, as ``sip.sdp.Negotiated.direction`` gives
+  it. We send while it is ``sendrecv``/``sendonly`` (and the address is not 0.0.0.0);
+  otherwise slots pass silently (timestamps still advance, queued audio waits). The inactivity
+  timeout runs only while it is ``sendrecv``: a peer that holds the call (our ``recvonly`` or
+  ``inactive``) may well be silent.
 * Rule 4 (bad input): each kind of problem is counted in :attr:`MediaSession.stats` and logged
   at most once per 10 s per call; callbacks that raise are logged the same way.
 """
@@ -218,8 +219,9 @@ class MediaSession:
     ) -> None:
         """Apply the negotiated SDP (again on a re-INVITE).
 
-        ``direction`` is the *peer's* SDP direction (Rule 3). We always send 20 ms packets:
-        ``ptime_ms`` is the peer's preference, and inbound packets of any duration are accepted.
+        ``remote`` is the SDP's connection address (an IP literal) and port; ``direction`` is
+        OUR direction (Rule 3). We always send 20 ms packets: ``ptime_ms`` is the peer's
+        preference, and inbound packets of any duration are accepted.
 
         Raises:
             CodecError: an unsupported codec.
@@ -229,8 +231,10 @@ class MediaSession:
         remote_addr = (remote[0], int(remote[1]))
         self._rx.configure(payload_type, dtmf_payload_type, remote_addr)
         self._payload_type, self._dtmf_pt = payload_type, dtmf_payload_type
+        if dtmf_payload_type is None and self._dtmf_tx.active:
+            self._dtmf_tx = DtmfSender()  # telephone-event was dropped: nothing can be sent
         null_address = remote_addr[0] in ("0.0.0.0", "::") or remote_addr[1] == 0
-        self._sending = direction in ("sendrecv", "recvonly") and not null_address
+        self._sending = direction in ("sendrecv", "sendonly") and not null_address
         expect = direction == "sendrecv"
         if expect and not self._expect_rx:
             self._rx.last_rx = self._loop.time()
@@ -443,20 +447,24 @@ class MediaSession:
             event = self._dtmf_tx.next_packet(stream.timestamp)
             if event is not None:
                 payload, timestamp, marker = event
-                self._transport.sendto(
-                    stream.event_packet(self._dtmf_pt, payload, timestamp, marker), self._rx.peer
-                )
-                self._counters.packets_out += 1
+                self._send(stream.event_packet(self._dtmf_pt, payload, timestamp, marker))
                 self._counters.dtmf_out += marker
                 return
         frame = pacer.pull()
         marker = pacer.talkspurt_start or self._marker_next
         self._marker_next = False
-        packet = stream.packet(self._payload_type, outbound.encode(frame), marker)
-        self._transport.sendto(packet, self._rx.peer)
-        self._counters.packets_out += 1
+        self._send(stream.packet(self._payload_type, outbound.encode(frame), marker))
         if self._recorder is not None:
             self._recorder.bot(outbound.to_pcm(frame), outbound.pcm_rate_hz)
+
+    def _send(self, packet: bytes) -> None:
+        assert self._transport is not None
+        try:
+            self._transport.sendto(packet, self._rx.peer)
+        except (OSError, ValueError) as error:  # e.g. an unroutable address from the SDP
+            self._on_send_error(error)
+            return
+        self._counters.packets_out += 1
 
     def _wake_drain_waiters(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []

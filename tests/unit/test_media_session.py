@@ -222,7 +222,7 @@ def test_hold_stops_sending_and_resume_keeps_the_clock() -> None:
         configure(session, peer)
         session.start()
         await wait_until(lambda: len(peer.packets) >= 3)
-        configure(session, peer, direction="sendonly")  # the peer holds the call
+        configure(session, peer, direction="recvonly")  # the peer holds the call (a=sendonly)
         await asyncio.sleep(0.03)
         held_count = len(peer.packets)
         await asyncio.sleep(0.2)
@@ -301,12 +301,23 @@ def test_inactivity_timeout_fires_once_and_not_on_hold() -> None:
         await asyncio.sleep(0.4)
         assert calls.timeouts == 1
 
-        held = Calls()
-        other = await held.open(engine)
-        configure(other, peer, direction="sendonly")
-        other.start()
-        await asyncio.sleep(0.6)
-        assert held.timeouts == 0
+        held, sending = Calls(), Calls()
+        listener, talker = await open_peer(), await open_peer()
+        try:
+            other = await held.open(engine)
+            configure(other, listener, direction="recvonly")  # the peer holds us: a=sendonly
+            other.start()
+            third = await sending.open(engine)
+            configure(third, talker, direction="sendonly")  # the peer only listens: a=recvonly
+            third.start()
+            await asyncio.sleep(0.6)
+            assert (held.timeouts, sending.timeouts) == (0, 0)
+            assert listener.packets == []  # we must not send while held
+            assert len(talker.packets) > 20
+        finally:
+            for extra in (listener, talker):
+                assert extra.transport is not None
+                extra.transport.close()
 
     run(lambda: with_session(body, inactivity_timeout_s=0.25))
 
