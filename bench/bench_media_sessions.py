@@ -354,6 +354,13 @@ def main() -> None:
         import uvloop
 
         args.calls = int(args.calls)
+        if os.environ.get("BENCH_PROFILE"):  # a cProfile of the server, for development
+            import cProfile
+
+            cProfile.runctx(
+                "uvloop.run(serve(args))", globals(), locals(), os.environ["BENCH_PROFILE"]
+            )
+            return
         uvloop.run(serve(args))
         return
     if args.role == "caller":

@@ -90,7 +90,8 @@ class Resampler:
         self._fill = self._history
         self._cache_groups = -1
         self._view = self._buffer[:0]
-        self._out = np.empty(0, dtype=np.float32)
+        self._out = np.empty((0, self.up), dtype=np.float32)
+        self._flat = self._out.reshape(-1)
         self._pcm = np.empty(0, dtype=np.int16)
 
     @property
@@ -120,10 +121,13 @@ class Resampler:
             return b""
         if groups != self._cache_groups:
             self._prepare(groups)
-        np.dot(self._view, self._matrix, out=self._out)
-        np.rint(self._out, out=self._out)
-        np.clip(self._out, -32768.0, 32767.0, out=self._out)
-        np.copyto(self._pcm, self._out.reshape(-1), casting="unsafe")
+        out = self._out
+        np.dot(self._view, self._matrix, out=out)
+        # ufuncs with out=, not np.clip: its Python-level dispatch costs more than the work
+        np.rint(out, out=out)
+        np.minimum(out, 32767.0, out=out)
+        np.maximum(out, -32768.0, out=out)
+        self._pcm[:] = self._flat
         consumed = groups * self.down
         keep = total - consumed
         self._buffer[:keep] = self._buffer[consumed:total]
@@ -140,6 +144,7 @@ class Resampler:
             writeable=False,
         )
         self._out = np.empty((groups, self.up), dtype=np.float32)
+        self._flat = self._out.reshape(-1)
         self._pcm = np.empty(groups * self.up, dtype=np.int16)
         self._cache_groups = groups
 

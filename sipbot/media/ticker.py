@@ -74,7 +74,8 @@ class Ticker:
         self._loop = loop
         self.period_s = period_s
         self._base = loop.time()
-        self._groups = [_Group(i * period_s / groups) for i in range(groups)]
+        # Whole-millisecond offsets: uvloop's clock and timers have millisecond resolution.
+        self._groups = [_Group(round(i * period_s / groups, 3)) for i in range(groups)]
         self.stats = TickerStats()
         self._errors = RateLimitedLog(log)
 

@@ -16,7 +16,7 @@ def pcm(values: list[int]) -> bytes:
 
 
 def samples(data: bytes) -> list[int]:
-    return np.frombuffer(data, dtype="<i2").tolist()
+    return [int(v) for v in np.frombuffer(data, dtype="<i2")]
 
 
 def tone(rate_hz: int, count: int, *parts: tuple[float, float]) -> bytes:

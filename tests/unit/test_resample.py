@@ -12,7 +12,7 @@ PAIRS = list(SUPPORTED_RATES)
 
 
 def as_bytes(x: np.ndarray) -> bytes:
-    return np.rint(x).astype("<i2").tobytes()
+    return bytes(np.rint(x).astype("<i2").tobytes())
 
 
 def as_array(data: bytes) -> np.ndarray:

@@ -14,7 +14,7 @@ FRAME = RATE // 50
 def tone(dbfs: float, ms: int = 20, freq: float = 440.0) -> bytes:
     amplitude = 32768 * 10 ** (dbfs / 20) * np.sqrt(2)  # RMS = dbfs
     t = np.arange(RATE * ms // 1000) / RATE
-    return np.rint(amplitude * np.sin(2 * np.pi * freq * t)).astype("<i2").tobytes()
+    return bytes(np.rint(amplitude * np.sin(2 * np.pi * freq * t)).astype("<i2").tobytes())
 
 
 def noise(dbfs: float, seed: int, ms: int = 20) -> bytes:
@@ -27,7 +27,7 @@ SILENCE = bytes(2 * FRAME)
 
 
 def feed(vad: EnergyVad, frames: list[bytes]) -> list[tuple[int, str]]:
-    events = []
+    events: list[tuple[int, str]] = []
     for index, frame in enumerate(frames):
         event = vad.process(frame)
         if event is not None:
