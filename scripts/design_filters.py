@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import signal
+from scipy import signal  # type: ignore[import-untyped]
 
 RIPPLE_DB = 0.1
 STOP_DB = 66.0
