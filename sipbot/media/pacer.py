@@ -205,7 +205,8 @@ class Pacer:
 
     def inherit_accounting(self, previous: Pacer) -> None:
         """Continue the played-ms accounting of ``previous`` (replaced on a codec change)."""
-        self._played.update(previous._played)
+        for item_id, size in previous._played.items():
+            self._played[item_id] = size * self.bytes_per_ms // previous.bytes_per_ms
         self._last_item = previous._last_item
 
     def played_ms(self, item_id: str) -> int:

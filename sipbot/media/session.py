@@ -4,7 +4,7 @@
 Ticker`; ``MediaSession`` (one per call) owns the socket and the sans-I/O cores::
 
     datagram → RtpReceiver (latch, parse, check, reorder, DTMF) → InboundChain → on_audio
-    play(audio) → OutboundChain.convert → Pacer ─(tick, every 20 ms)→ DtmfSender | encode → RTP
+    play(audio) → RtpSender (convert → Pacer) ─(tick, every 20 ms)→ next_packet() → sendto
 
 Rules:
 
@@ -33,20 +33,16 @@ from typing import cast
 
 from sipbot.errors import MediaError
 from sipbot.media._ratelimit import RateLimitedLog
-from sipbot.media.chain import InboundChain, OutboundChain
+from sipbot.media.chain import InboundChain
 from sipbot.media.codecs import CodecInfo, codec_info
-from sipbot.media.dtmf import DtmfSender, check_digits, dtmf_tone
-from sipbot.media.formats import PCM16_16K, PCM16_24K, AudioFormat
-from sipbot.media.pacer import Pacer
+from sipbot.media.formats import PCM16_16K, AudioFormat
 from sipbot.media.ports import PortAllocator
 from sipbot.media.receiver import Address, RtpReceiver
 from sipbot.media.recorder import CallRecorder
-from sipbot.media.rtp import OutboundStream
+from sipbot.media.sender import RtpSender
 from sipbot.media.ticker import Ticker
 
 log = logging.getLogger(__name__)
-
-_PENDING_PLAY_MAX = 256  # chunks kept if play() comes before configure()
 
 
 @dataclass(frozen=True)
@@ -172,7 +168,7 @@ class MediaSession:
         on_timeout: Callable[[], None],
     ) -> None:
         self._engine = engine
-        self._settings = engine.settings
+        settings = self._settings = engine.settings
         self._loop = asyncio.get_running_loop()
         self.local_port: int = sock.getsockname()[1]
         self._transport: asyncio.DatagramTransport | None = None
@@ -185,22 +181,16 @@ class MediaSession:
             on_restart=self._on_restart,
             log=self._log,
             name=f"rtp:{self.local_port}",
-            jitter_max_s=self._settings.jitter_max_ms / 1000.0,
+            jitter_max_s=settings.jitter_max_ms / 1000.0,
         )
-        self._dtmf_tx = DtmfSender()
-        self._inbound_format, self._outbound_format = PCM16_16K, PCM16_24K
+        self._tx = RtpSender(prebuffer_ms=settings.prebuffer_ms, max_hold_ms=settings.max_hold_ms)
+        self._inbound_format = PCM16_16K
         self._codec: CodecInfo | None = None
-        self._payload_type = -1
-        self._dtmf_pt: int | None = None
-        self._sending = self._expect_rx = False
         self._inbound: InboundChain | None = None
-        self._outbound: OutboundChain | None = None
-        self._pacer: Pacer | None = None
-        self._stream: OutboundStream | None = None
-        self._pending_play: list[tuple[bytes, str]] = []
         self._recorder: CallRecorder | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
-        self._started = self._closed = self._timed_out = self._marker_next = False
+        self._sending = self._expect_rx = False
+        self._started = self._closed = self._timed_out = False
 
     def __repr__(self) -> str:
         return f"<MediaSession port={self.local_port} peer={self._rx.peer}>"
@@ -230,9 +220,7 @@ class MediaSession:
         info = codec_info(codec)
         remote_addr = (remote[0], int(remote[1]))
         self._rx.configure(payload_type, dtmf_payload_type, remote_addr)
-        self._payload_type, self._dtmf_pt = payload_type, dtmf_payload_type
-        if dtmf_payload_type is None and self._dtmf_tx.active:
-            self._dtmf_tx = DtmfSender()  # telephone-event was dropped: nothing can be sent
+        self._tx.configure(info, payload_type, dtmf_payload_type)
         null_address = remote_addr[0] in ("0.0.0.0", "::") or remote_addr[1] == 0
         self._sending = direction in ("sendrecv", "sendonly") and not null_address
         expect = direction == "sendrecv"
@@ -241,9 +229,7 @@ class MediaSession:
         self._expect_rx = expect
         if info is not self._codec:
             self._codec = info
-            if self._stream is None:
-                self._stream = OutboundStream(info.samples_per_frame)
-            self._build_chains()
+            self._inbound = InboundChain(info, self._inbound_format, self._deliver_audio)
 
     def set_formats(self, inbound: AudioFormat, outbound: AudioFormat) -> None:
         """Set what ``on_audio`` delivers and what :meth:`play` takes (see the module docs).
@@ -251,36 +237,10 @@ class MediaSession:
         Raises:
             CodecError: a format the codec cannot be converted to or from.
         """
-        self._inbound_format, self._outbound_format = inbound, outbound
+        self._inbound_format = inbound
         if self._codec is not None:
-            self._build_chains()
-
-    def _build_chains(self) -> None:
-        codec = self._codec
-        assert codec is not None
-        self._inbound = InboundChain(codec, self._inbound_format, self._deliver_audio)
-        outbound = OutboundChain(codec, self._outbound_format)
-        old = self._pacer
-        if old is not None and self._outbound is not None:
-            if (outbound.frame_bytes, outbound.silence) == (old.frame_bytes, old.silence):
-                self._outbound = outbound  # same pacer format: keep the queue
-                return
-            dropped = old.flush()
-            log.info("%r: codec/format change dropped queued audio of %s", self, sorted(dropped))
-        self._outbound = outbound
-        settings = self._settings
-        self._pacer = Pacer(
-            outbound.frame_bytes,
-            outbound.silence,
-            outbound.bytes_per_ms,
-            prebuffer_ms=settings.prebuffer_ms,
-            max_hold_ms=settings.max_hold_ms,
-        )
-        if old is not None:
-            self._pacer.inherit_accounting(old)
-        pending, self._pending_play = self._pending_play, []
-        for audio, item_id in pending:
-            self.play(audio, item_id)
+            self._inbound = InboundChain(self._codec, inbound, self._deliver_audio)
+        self._tx.set_source(outbound)
 
     def start(self) -> None:
         """Send one silence packet at once (for trunks that wait for media), then every 20 ms.
@@ -288,26 +248,19 @@ class MediaSession:
         Raises:
             MediaError: the session is not configured, or closed.
         """
-        if self._closed or self._pacer is None:
+        if self._closed or self._codec is None:
             raise MediaError("configure() must be called before start(), and not after close()")
         if self._started:
             return
         self._started = True
         self._rx.last_rx = self._loop.time()
-        self._marker_next = True
-        if self._sending:
-            self._send_slot()
+        self._send_slot()
         self._engine.ticker.add(self)
 
     def play(self, audio: bytes, item_id: str) -> None:
         """Queue provider audio (outbound format, any whole number of samples)."""
-        if self._closed or not audio:
-            return
-        if self._outbound is None or self._pacer is None:
-            if len(self._pending_play) < _PENDING_PLAY_MAX:
-                self._pending_play.append((audio, item_id))
-            return
-        self._pacer.push(self._outbound.convert(audio), item_id)
+        if not self._closed:
+            self._tx.play(audio, item_id)
 
     def flush(self) -> dict[str, int]:
         """Barge-in: drop queued audio so the next packet is silence.
@@ -315,35 +268,23 @@ class MediaSession:
         Returns:
             ``{item_id: ms played}`` for each item the caller may have heard only partly.
         """
-        self._pending_play.clear()
-        if self._pacer is None or self._outbound is None:
-            return {}
-        self._outbound.reset()
-        return self._pacer.flush()
+        return self._tx.flush()
 
     def played_ms(self, item_id: str) -> int:
         """Milliseconds of ``item_id`` sent so far."""
-        return 0 if self._pacer is None else self._pacer.played_ms(item_id)
+        return self._tx.played_ms(item_id)
 
     def queued_ms(self) -> int:
         """Milliseconds of audio waiting in the pacer."""
-        return 0 if self._pacer is None else self._pacer.queued_ms
+        return self._tx.queued_ms()
 
     async def drained(self) -> None:
         """Return once everything queued (audio and DTMF) has been sent, or the session closed."""
-        if self._is_drained():
+        if self._closed or self._tx.idle:
             return
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._drain_waiters.append(waiter)
         await waiter
-
-    def _is_drained(self) -> bool:
-        pacer = self._pacer
-        return self._closed or (
-            not self._pending_play
-            and (pacer is None or pacer.queued_bytes == 0)
-            and not self._dtmf_tx.active
-        )
 
     def send_dtmf(self, digits: str, duration_ms: int = 100) -> None:
         """Send ``digits`` as RFC 4733 events, or as in-band tones if the peer offered none.
@@ -352,15 +293,7 @@ class MediaSession:
             ValueError: an invalid digit or duration.
             MediaError: the session is not configured.
         """
-        digits = check_digits(digits)
-        if self._codec is None or self._outbound is None:
-            raise MediaError("configure() must be called before send_dtmf()")
-        if self._dtmf_pt is not None:
-            self._dtmf_tx.queue(digits, duration_ms)
-            return
-        assert self._pacer is not None
-        tones = dtmf_tone(digits, self._codec.pcm_rate_hz, duration_ms)
-        self._pacer.push(self._outbound.from_pcm(tones), "dtmf")
+        self._tx.send_dtmf(digits, duration_ms)
 
     def start_recording(self, path: str) -> None:
         """Record the call to a stereo WAV (caller left, bot right) until close.
@@ -391,6 +324,7 @@ class MediaSession:
             wrong_payload_type=rx.wrong_payload_type,
             comfort_noise=rx.comfort_noise,
             dtmf_in=rx.dtmf_in,
+            dtmf_out=self._tx.dtmf_sent,
             relatches=rx.relatches,
         )
 
@@ -410,18 +344,17 @@ class MediaSession:
 
     def tick(self, now: float, frames: int, skipped: int) -> None:
         """Called by the ticker: send ``frames`` packets (Rule 1), then housekeeping."""
-        stream = self._stream
-        if self._closed or stream is None:
+        if self._closed:
             return
         if skipped:
-            stream.skip(skipped)
+            self._tx.skip(skipped)
             self._counters.skipped_frames += skipped
         if frames > 1:
             self._counters.late_ticks += frames - 1
         for _ in range(frames):
             self._send_slot()
         self._rx.poll(now)
-        if self._drain_waiters and self._is_drained():
+        if self._drain_waiters and self._tx.idle:
             self._wake_drain_waiters()
         if (
             self._expect_rx
@@ -436,35 +369,20 @@ class MediaSession:
                 self._log.exception("on_timeout", now, "%r: on_timeout failed", self)
 
     def _send_slot(self) -> None:
-        stream, pacer, outbound = self._stream, self._pacer, self._outbound
-        assert stream is not None
-        assert pacer is not None
-        assert outbound is not None
-        if not self._sending or self._transport is None:
-            stream.skip(1)
+        transport = self._transport
+        if not self._sending or transport is None:
+            self._tx.skip(1)
             return
-        if self._dtmf_tx.active and self._dtmf_pt is not None:
-            event = self._dtmf_tx.next_packet(stream.timestamp)
-            if event is not None:
-                payload, timestamp, marker = event
-                self._send(stream.event_packet(self._dtmf_pt, payload, timestamp, marker))
-                self._counters.dtmf_out += marker
-                return
-        frame = pacer.pull()
-        marker = pacer.talkspurt_start or self._marker_next
-        self._marker_next = False
-        self._send(stream.packet(self._payload_type, outbound.encode(frame), marker))
-        if self._recorder is not None:
-            self._recorder.bot(outbound.to_pcm(frame), outbound.pcm_rate_hz)
-
-    def _send(self, packet: bytes) -> None:
-        assert self._transport is not None
+        recorder = self._recorder
+        packet = self._tx.next_packet(want_pcm=recorder is not None)
         try:
-            self._transport.sendto(packet, self._rx.peer)
+            transport.sendto(packet, self._rx.peer)
         except (OSError, ValueError) as error:  # e.g. an unroutable address from the SDP
             self._on_send_error(error)
-            return
-        self._counters.packets_out += 1
+        else:
+            self._counters.packets_out += 1
+        if recorder is not None and self._codec is not None:
+            recorder.bot(self._tx.last_pcm, self._codec.pcm_rate_hz)
 
     def _wake_drain_waiters(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []

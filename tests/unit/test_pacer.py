@@ -181,6 +181,9 @@ def test_inherit_accounting() -> None:
     new = make()
     new.inherit_accounting(old)
     assert new.played_ms("a") == 20
+    wider = Pacer(640, bytes(640), 32)  # another format (16 kHz): bytes are converted
+    wider.inherit_accounting(old)
+    assert wider.played_ms("a") == 20
 
 
 def test_silence_must_be_one_frame() -> None:
