@@ -67,6 +67,14 @@ def parse_rtp(data: bytes) -> RtpPacket:
         raise RtpParseError(f"RTP version {first >> 6} is not 2")
     if first == 0x80:  # the common case: no padding, no extension, no CSRC
         return RtpPacket(second & 0x7F, sequence, timestamp, ssrc, data[12:], second >= 0x80)
+    return _parse_extended(data, first, second, sequence, timestamp, ssrc)
+
+
+def _parse_extended(
+    data: bytes, first: int, second: int, sequence: int, timestamp: int, ssrc: int
+) -> RtpPacket:
+    """The rest of :func:`parse_rtp`: CSRC list, header extension, padding."""
+    size = len(data)
     offset = HEADER_BYTES
     csrc: tuple[int, ...] = ()
     count = first & 0x0F
@@ -96,15 +104,9 @@ def parse_rtp(data: bytes) -> RtpPacket:
                 f"RTP padding length {padding} invalid for {size - offset} bytes after the header"
             )
         end = size - padding
+    payload = bytes(data[offset:end])
     return RtpPacket(
-        second & 0x7F,
-        sequence,
-        timestamp,
-        ssrc,
-        bytes(data[offset:end]),
-        second >= 0x80,
-        csrc,
-        extension,
+        second & 0x7F, sequence, timestamp, ssrc, payload, second >= 0x80, csrc, extension
     )
 
 
