@@ -6,7 +6,10 @@ caller talks over the bot) and by the provider emulators (server-side turn detec
 Rules:
 
 * Rule 1: a frame is *loud* when its RMS level is above ``max(threshold_dbfs, noise floor +
-  margin_db)``; the noise floor follows quiet frames slowly, so steady line noise is not speech.
+  margin_db)``. The noise floor drops at once to a quieter frame, rises towards a louder quiet
+  frame by ``FLOOR_RISE_DB_PER_S``, and creeps up under loud audio by ``FLOOR_CREEP_DB_PER_S``:
+  steady line noise is not speech, and a steady loud sound (music, a tone) stops being speech
+  after a while instead of holding the detector in "speaking" forever.
 * Rule 2: speech *starts* after ``start_ms`` of consecutive loud frames and *ends* after
   ``hangover_ms`` of consecutive quiet frames. Each transition is reported exactly once.
 * Rule 3: time is counted from the audio itself (samples), never from a clock.
@@ -23,6 +26,8 @@ VadEvent = Literal["speech_start", "speech_end"]
 
 SILENCE_DBFS = -96.0  # level reported for digital silence
 FULL_SCALE = 32768.0
+FLOOR_RISE_DB_PER_S = 25.0  # 0.5 dB per 20 ms frame
+FLOOR_CREEP_DB_PER_S = 2.5
 
 
 def level_dbfs(pcm: bytes) -> float:
@@ -77,12 +82,8 @@ class EnergyVad:
         duration_ms = 1000.0 * (len(pcm) // 2) / self.sample_rate_hz
         level = level_dbfs(pcm)
         loud = level > max(self.threshold_dbfs, self.noise_floor_dbfs + self.margin_db)
-        if not loud:
-            # Follow the floor down quickly, up slowly (0.5 dB a frame).
-            if level < self.noise_floor_dbfs:
-                self.noise_floor_dbfs = level
-            else:
-                self.noise_floor_dbfs = min(level, self.noise_floor_dbfs + 0.5)
+        rise_db = (FLOOR_CREEP_DB_PER_S if loud else FLOOR_RISE_DB_PER_S) * duration_ms / 1000.0
+        self.noise_floor_dbfs = min(level, self.noise_floor_dbfs + rise_db)
         if loud:
             self._loud_ms += duration_ms
             self._quiet_ms = 0.0

@@ -1,0 +1,171 @@
+"""The DSP chains of one call, between RTP payloads and the provider's audio formats (sync).
+
+* :class:`InboundChain`: payload → decode → resample → (re-encode) → exact 20 ms frames in the
+  provider's input format, handed to a sink. A G.711 provider format that matches the codec is
+  passed through untouched.
+* :class:`OutboundChain`: provider audio → (decode) → resample → the *pacer format* (PCM16 at the
+  codec's rate, or the G.711 bytes themselves in pass-through), and pacer frames → payloads.
+  Encoding happens per slot, after the pacer, so a stateful encoder (G.722) sees one continuous
+  signal, silence included, and a barge-in flush discards audio that was never encoded.
+
+One chain per call and direction: each owns its codec and resampler state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sipbot.errors import CodecError
+from sipbot.media.codecs import CodecInfo, Decoder, make_decoder, make_encoder, silence_payload
+from sipbot.media.formats import FRAME_MS, AudioFormat
+from sipbot.media.resample import Resampler
+
+G711_RATE_HZ = 8_000
+
+
+def _check_format(fmt: AudioFormat) -> None:
+    if fmt.encoding != "pcm16" and fmt.rate_hz != G711_RATE_HZ:
+        raise CodecError(f"{fmt.encoding} audio must be 8000 Hz, not {fmt.rate_hz} Hz")
+
+
+def _passthrough(codec: CodecInfo, fmt: AudioFormat) -> bool:
+    return fmt.encoding != "pcm16" and fmt.encoding.upper() == codec.name
+
+
+class InboundChain:
+    """RTP payloads of ``codec`` → 20 ms frames of ``target`` handed to ``sink``.
+
+    Raises:
+        CodecError: an unsupported codec or format combination.
+    """
+
+    def __init__(
+        self, codec: CodecInfo, target: AudioFormat, sink: Callable[[bytes], None]
+    ) -> None:
+        _check_format(target)
+        self.codec = codec
+        self.target = target
+        self.passthrough = _passthrough(codec, target)
+        self._sink = sink
+        self._decoder = make_decoder(codec.name)
+        linear_rate = target.rate_hz if target.encoding == "pcm16" else G711_RATE_HZ
+        try:
+            self._resampler = Resampler(codec.pcm_rate_hz, linear_rate)
+        except ValueError as error:
+            raise CodecError(str(error)) from None
+        self._encoder = (
+            None
+            if target.encoding == "pcm16" or self.passthrough
+            else make_encoder(target.encoding)
+        )
+        self._frame_bytes = target.frame_bytes
+        self._partial = bytearray()
+        self.last_pcm = b""  # PCM16 at the codec's rate of the last payload (for recording)
+
+    def restart(self) -> None:
+        """A new inbound stream (SSRC): fresh decoder state; a partial frame is dropped."""
+        self._decoder = make_decoder(self.codec.name)
+        self._partial.clear()
+
+    def feed(self, payload: bytes, want_pcm: bool = False) -> None:
+        """Convert one payload; every complete frame goes to the sink.
+
+        ``want_pcm`` makes ``last_pcm`` valid in pass-through too (decoding only for the recorder).
+        """
+        if self.passthrough:
+            audio = payload
+            if want_pcm:
+                self.last_pcm = self._decoder.decode(payload)
+        else:
+            pcm = self._decoder.decode(payload)
+            self.last_pcm = pcm
+            audio = self._resampler.process(pcm)
+            if self._encoder is not None:
+                audio = self._encoder.encode(audio)
+        frame_bytes = self._frame_bytes
+        if not self._partial and len(audio) == frame_bytes:
+            self._sink(audio)  # the common case: 20 ms in, 20 ms out
+            return
+        self._partial += audio
+        while len(self._partial) >= frame_bytes:
+            frame = bytes(self._partial[:frame_bytes])
+            del self._partial[:frame_bytes]
+            self._sink(frame)
+
+
+class OutboundChain:
+    """Provider audio in ``source`` format → pacer frames → ``codec`` payloads.
+
+    Attributes:
+        frame_bytes, silence, bytes_per_ms: the pacer format (see the module docstring).
+
+    Raises:
+        CodecError: an unsupported codec or format combination.
+    """
+
+    def __init__(self, codec: CodecInfo, source: AudioFormat) -> None:
+        _check_format(source)
+        self.codec = codec
+        self.source = source
+        self.passthrough = _passthrough(codec, source)
+        self._encoder = make_encoder(codec.name)
+        self._to_linear: Decoder | None = None
+        self._resampler: Resampler | None = None
+        self._record_decoder: Decoder | None = None
+        if self.passthrough:
+            constant = silence_payload(codec.name)
+            assert constant is not None  # pass-through is G.711 only
+            self.silence = constant
+            self.frame_bytes = codec.payload_bytes_per_frame
+            self.bytes_per_ms = self.frame_bytes // FRAME_MS
+            self._record_decoder = make_decoder(codec.name)
+            self._silence_payload: bytes | None = constant
+            return
+        if source.encoding != "pcm16":
+            self._to_linear = make_decoder(source.encoding)
+        linear_rate = source.rate_hz if source.encoding == "pcm16" else G711_RATE_HZ
+        try:
+            self._resampler = Resampler(linear_rate, codec.pcm_rate_hz)
+        except ValueError as error:
+            raise CodecError(str(error)) from None
+        self.frame_bytes = codec.pcm_bytes_per_frame
+        self.bytes_per_ms = self.frame_bytes // FRAME_MS
+        self.silence = bytes(self.frame_bytes)
+        self._silence_payload = silence_payload(codec.name)
+
+    @property
+    def pcm_rate_hz(self) -> int:
+        """Rate of :meth:`to_pcm` output (the codec's PCM rate)."""
+        return self.codec.pcm_rate_hz
+
+    def convert(self, audio: bytes) -> bytes:
+        """Provider audio → pacer format (any length; a resampler remainder waits)."""
+        if self.passthrough:
+            return audio
+        if self._to_linear is not None:
+            audio = self._to_linear.decode(audio)
+        assert self._resampler is not None
+        return self._resampler.process(audio)
+
+    def encode(self, frame: bytes) -> bytes:
+        """A pacer frame → its RTP payload."""
+        if self.passthrough:
+            return frame
+        if frame is self.silence and self._silence_payload is not None:
+            return self._silence_payload  # G.711 silence is a constant
+        return self._encoder.encode(frame)
+
+    def from_pcm(self, pcm: bytes) -> bytes:
+        """PCM16 at the codec's rate (in-band DTMF tones) → pacer format."""
+        return pcm if self._record_decoder is None else self._encoder.encode(pcm)
+
+    def to_pcm(self, frame: bytes) -> bytes:
+        """A pacer frame as PCM16 at the codec's rate (for the recorder)."""
+        if self._record_decoder is not None:
+            return self._record_decoder.decode(frame)
+        return frame
+
+    def reset(self) -> None:
+        """Forget resampler history and remainder (after a flush)."""
+        if self._resampler is not None:
+            self._resampler.reset()

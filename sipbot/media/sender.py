@@ -1,0 +1,181 @@
+"""The outbound side of one call's RTP, sans-I/O: provider audio in, one packet per slot out.
+
+``play()`` converts provider audio into the pacer format at once (bursts are resampled as they
+come); :meth:`RtpSender.next_packet` is called once per 20 ms slot by the shell and returns the
+slot's packet: a telephone-event while DTMF is being sent, else the pacer's frame (audio or
+silence), encoded. Encoding per slot keeps a stateful encoder (G.722) on one continuous signal.
+
+Rules:
+
+* Rule 1: one call of ``next_packet`` = one slot = one packet; ``skip`` lets slots pass unsent
+  (hold, a stall) with the RTP timestamp running on.
+* Rule 2: the first packet and the first audio after silence carry the marker bit.
+* Rule 3: audio played before :meth:`configure` is kept (bounded) and queued once it is.
+* Rule 4: a codec change keeps the queue when the pacer format is unchanged (PCMU ↔ PCMA),
+  else drops it; the played-ms accounting always carries over.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sipbot.errors import MediaError
+from sipbot.media.chain import OutboundChain
+from sipbot.media.codecs import CodecInfo
+from sipbot.media.dtmf import DtmfSender, check_digits, dtmf_tone
+from sipbot.media.formats import PCM16_24K, AudioFormat
+from sipbot.media.pacer import Pacer
+from sipbot.media.rtp import OutboundStream
+
+log = logging.getLogger(__name__)
+
+PENDING_PLAY_MAX = 256  # chunks kept if play() comes before configure()
+
+
+class RtpSender:
+    """Outbound RTP of one call.
+
+    Args:
+        prebuffer_ms, max_hold_ms: the pacer's pre-buffer (see :class:`Pacer`).
+        source: the format :meth:`play` takes (the provider's output).
+    """
+
+    def __init__(
+        self, *, prebuffer_ms: int = 60, max_hold_ms: int = 40, source: AudioFormat = PCM16_24K
+    ) -> None:
+        self.prebuffer_ms = prebuffer_ms
+        self.max_hold_ms = max_hold_ms
+        self.source = source
+        self.codec: CodecInfo | None = None
+        self.stream: OutboundStream | None = None
+        self.chain: OutboundChain | None = None
+        self.pacer: Pacer | None = None
+        self.dtmf = DtmfSender()
+        self.payload_type = -1
+        self.dtmf_payload_type: int | None = None
+        self.dtmf_sent = 0
+        self.last_pcm = b""  # PCM16 at the codec's rate of the last audio slot (recording)
+        self._pending: list[tuple[bytes, str]] = []
+        self._marker_next = True
+
+    def configure(self, codec: CodecInfo, payload_type: int, dtmf_payload_type: int | None) -> None:
+        """Use ``codec`` from now on (the stream's SSRC, sequence and timestamp continue)."""
+        self.payload_type, self.dtmf_payload_type = payload_type, dtmf_payload_type
+        if dtmf_payload_type is None and self.dtmf.active:
+            self.dtmf = DtmfSender()  # telephone-event was dropped: nothing can be sent
+        if codec is not self.codec:
+            self.codec = codec
+            if self.stream is None:
+                self.stream = OutboundStream(codec.samples_per_frame)
+            self._build()
+
+    def set_source(self, source: AudioFormat) -> None:
+        """Take :meth:`play` audio in ``source`` format from now on."""
+        self.source = source
+        if self.codec is not None:
+            self._build()
+
+    def _build(self) -> None:
+        assert self.codec is not None
+        chain = OutboundChain(self.codec, self.source)
+        old = self.pacer
+        if old is not None and (chain.frame_bytes, chain.silence) == (old.frame_bytes, old.silence):
+            self.chain = chain  # same pacer format: keep the queue
+            return
+        if old is not None and old.queued_bytes:
+            log.info("codec/format change dropped queued audio of %s", sorted(old.flush()))
+        self.chain = chain
+        self.pacer = Pacer(
+            chain.frame_bytes,
+            chain.silence,
+            chain.bytes_per_ms,
+            prebuffer_ms=self.prebuffer_ms,
+            max_hold_ms=self.max_hold_ms,
+        )
+        if old is not None:
+            self.pacer.inherit_accounting(old)
+        pending, self._pending = self._pending, []
+        for audio, item_id in pending:
+            self.play(audio, item_id)
+
+    # ------------------------------------------------------------------ audio in
+
+    def play(self, audio: bytes, item_id: str) -> None:
+        """Queue provider audio (``source`` format, any whole number of samples)."""
+        if not audio:
+            return
+        if self.chain is None or self.pacer is None:
+            if len(self._pending) < PENDING_PLAY_MAX:
+                self._pending.append((audio, item_id))
+            return
+        self.pacer.push(self.chain.convert(audio), item_id)
+
+    def flush(self) -> dict[str, int]:
+        """Drop queued audio (barge-in); returns ``{item_id: ms played}`` (see Pacer.flush)."""
+        self._pending.clear()
+        if self.pacer is None or self.chain is None:
+            return {}
+        self.chain.reset()
+        return self.pacer.flush()
+
+    def played_ms(self, item_id: str) -> int:
+        """Milliseconds of ``item_id`` sent so far."""
+        return 0 if self.pacer is None else self.pacer.played_ms(item_id)
+
+    def queued_ms(self) -> int:
+        """Milliseconds of audio waiting in the pacer."""
+        return 0 if self.pacer is None else self.pacer.queued_ms
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued: no audio, no DTMF."""
+        return (
+            not self._pending
+            and (self.pacer is None or self.pacer.queued_bytes == 0)
+            and not self.dtmf.active
+        )
+
+    def send_dtmf(self, digits: str, duration_ms: int = 100) -> None:
+        """Queue ``digits`` as RFC 4733 events, or as in-band tones without telephone-event.
+
+        Raises:
+            ValueError: an invalid digit or duration.
+            MediaError: not configured yet.
+        """
+        digits = check_digits(digits)
+        if self.codec is None or self.chain is None or self.pacer is None:
+            raise MediaError("configure() must be called before send_dtmf()")
+        if self.dtmf_payload_type is not None:
+            self.dtmf.queue(digits, duration_ms)
+            return
+        tones = dtmf_tone(digits, self.codec.pcm_rate_hz, duration_ms)
+        self.pacer.push(self.chain.from_pcm(tones), "dtmf")
+
+    # ------------------------------------------------------------------ packets out
+
+    def next_packet(self, want_pcm: bool = False) -> bytes:
+        """The packet for this slot. ``want_pcm`` fills ``last_pcm`` (for the recorder).
+
+        Raises:
+            MediaError: not configured yet.
+        """
+        stream, pacer, chain = self.stream, self.pacer, self.chain
+        if stream is None or pacer is None or chain is None:
+            raise MediaError("configure() must be called before sending")
+        if self.dtmf.active and self.dtmf_payload_type is not None:
+            event = self.dtmf.next_packet(stream.timestamp)
+            if event is not None:
+                payload, timestamp, marker = event
+                self.dtmf_sent += marker
+                return stream.event_packet(self.dtmf_payload_type, payload, timestamp, marker)
+        frame = pacer.pull()
+        marker = pacer.talkspurt_start or self._marker_next
+        self._marker_next = False
+        if want_pcm:
+            self.last_pcm = chain.to_pcm(frame)
+        return stream.packet(self.payload_type, chain.encode(frame), marker)
+
+    def skip(self, frames: int = 1) -> None:
+        """Let ``frames`` slots pass without a packet."""
+        if self.stream is not None:
+            self.stream.skip(frames)

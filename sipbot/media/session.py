@@ -1,0 +1,425 @@
+"""The asyncio shell of the media path: one RTP socket per call, one shared ticker per process.
+
+``MediaEngine`` (one per process) owns the port allocator and the :class:`~sipbot.media.ticker.
+Ticker`; ``MediaSession`` (one per call) owns the socket and the sans-I/O cores::
+
+    datagram → RtpReceiver (latch, parse, check, reorder, DTMF) → InboundChain → on_audio
+    play(audio) → RtpSender (convert → Pacer) ─(tick, every 20 ms)→ next_packet() → sendto
+
+Rules:
+
+* Rule 1 (cadence): packets leave only from :meth:`MediaSession.tick`, exactly one per slot the
+  ticker reports; nothing that arrives (garbage, floods, bursts, provider stalls) adds or removes
+  a slot. Inbound work is done as it arrives and never waits for a tick.
+* Rule 2 (symmetric RTP): we send to :attr:`RtpReceiver.peer`, the latched source of the
+  caller's RTP; the latching policy is documented in :mod:`sipbot.media.receiver`.
+* Rule 3 (direction): ``direction`` is OUR direction, as ``sip.sdp.Negotiated.direction`` gives
+  it. We send while it is ``sendrecv``/``sendonly`` (and the address is not 0.0.0.0);
+  otherwise slots pass silently (timestamps still advance, queued audio waits). The inactivity
+  timeout runs only while it is ``sendrecv``: a peer that holds the call (our ``recvonly`` or
+  ``inactive``) may well be silent.
+* Rule 4 (bad input): each kind of problem is counted in :attr:`MediaSession.stats` and logged
+  at most once per 10 s per call; callbacks that raise are logged the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import cast
+
+from sipbot.errors import MediaError
+from sipbot.media._ratelimit import RateLimitedLog
+from sipbot.media.chain import InboundChain
+from sipbot.media.codecs import CodecInfo, codec_info
+from sipbot.media.formats import PCM16_16K, AudioFormat
+from sipbot.media.ports import PortAllocator
+from sipbot.media.receiver import Address, RtpReceiver
+from sipbot.media.recorder import CallRecorder
+from sipbot.media.sender import RtpSender
+from sipbot.media.ticker import Ticker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MediaSettings:
+    """Process-wide media settings (from the config file's ``server:`` section)."""
+
+    rtp_host: str = "127.0.0.1"
+    port_min: int = 20000
+    port_max: int = 29999
+    inactivity_timeout_s: float = 30.0
+    prebuffer_ms: int = 60
+    jitter_max_ms: int = 60
+    max_hold_ms: int = 40  # longest the pre-buffer holds a short reply back
+    phase_groups: int = 4  # ticker groups the calls are spread over
+
+
+@dataclass(slots=True)
+class MediaStats:
+    """Counters of one session (a snapshot from :attr:`MediaSession.stats`)."""
+
+    packets_in: int = 0
+    packets_out: int = 0
+    lost: int = 0
+    late: int = 0  # inbound packets that came after their slot was skipped
+    duplicates: int = 0
+    restarts: int = 0  # inbound stream restarts (SSRC change, sequence jump)
+    bad_packets: int = 0  # not RTP
+    foreign_packets: int = 0  # from a source other than the latched peer
+    wrong_payload_type: int = 0
+    comfort_noise: int = 0
+    late_ticks: int = 0  # slots sent as a catch-up burst after a stall
+    skipped_frames: int = 0  # slots skipped after a long stall
+    send_errors: int = 0
+    dtmf_in: int = 0
+    dtmf_out: int = 0
+    relatches: int = 0
+
+
+class MediaEngine:
+    """One per process: the shared 20 ms ticker and the RTP port allocator."""
+
+    def __init__(self, settings: MediaSettings) -> None:
+        self.settings = settings
+        self.ports = PortAllocator(settings.rtp_host, settings.port_min, settings.port_max)
+        self._ticker: Ticker | None = None
+        self._sessions: set[MediaSession] = set()
+
+    @property
+    def ticker(self) -> Ticker:
+        """The shared ticker (made on first use, on the running loop)."""
+        if self._ticker is None:
+            loop = asyncio.get_running_loop()
+            self._ticker = Ticker(loop, groups=self.settings.phase_groups)
+        return self._ticker
+
+    @property
+    def sessions(self) -> int:
+        """Open sessions."""
+        return len(self._sessions)
+
+    async def open_session(
+        self,
+        *,
+        on_audio: Callable[[bytes], None],
+        on_dtmf: Callable[[str], None],
+        on_timeout: Callable[[], None],
+    ) -> MediaSession:
+        """Bind a port and make a session (not sending until configured and started).
+
+        Raises:
+            PortRangeExhausted: no free port in the range.
+        """
+        loop = asyncio.get_running_loop()
+        sock = self.ports.bind()
+        session = MediaSession(self, sock, on_audio, on_dtmf, on_timeout)
+        try:
+            await loop.create_datagram_endpoint(lambda: _RtpProtocol(session), sock=sock)
+        except BaseException:
+            sock.close()
+            self.ports.release(session.local_port)
+            raise
+        self._sessions.add(session)
+        return session
+
+    def _forget(self, session: MediaSession) -> None:
+        self._sessions.discard(session)
+        self.ports.release(session.local_port)
+        if self._ticker is not None:
+            self._ticker.remove(session)
+
+    async def close(self) -> None:
+        """Close every session and stop the ticker."""
+        for session in list(self._sessions):
+            await session.close()
+        if self._ticker is not None:
+            self._ticker.close()
+
+
+class _RtpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, session: MediaSession) -> None:
+        self._session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDPTransport does not subclass asyncio.DatagramTransport; it has sendto.
+        self._session._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self._session._on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self._session._on_send_error(exc)
+
+
+class MediaSession:
+    """One call's RTP media. Made by :meth:`MediaEngine.open_session`; see the module rules."""
+
+    def __init__(
+        self,
+        engine: MediaEngine,
+        sock: socket.socket,
+        on_audio: Callable[[bytes], None],
+        on_dtmf: Callable[[str], None],
+        on_timeout: Callable[[], None],
+    ) -> None:
+        self._engine = engine
+        settings = self._settings = engine.settings
+        self._loop = asyncio.get_running_loop()
+        self.local_port: int = sock.getsockname()[1]
+        self._transport: asyncio.DatagramTransport | None = None
+        self._on_audio, self._on_dtmf, self._on_timeout = on_audio, on_dtmf, on_timeout
+        self._counters = MediaStats()
+        self._log = RateLimitedLog(log)
+        self._rx = RtpReceiver(
+            on_payload=self._on_payload,
+            on_dtmf=self._deliver_dtmf,
+            on_restart=self._on_restart,
+            log=self._log,
+            name=f"rtp:{self.local_port}",
+            jitter_max_s=settings.jitter_max_ms / 1000.0,
+        )
+        self._tx = RtpSender(prebuffer_ms=settings.prebuffer_ms, max_hold_ms=settings.max_hold_ms)
+        self._inbound_format = PCM16_16K
+        self._codec: CodecInfo | None = None
+        self._inbound: InboundChain | None = None
+        self._recorder: CallRecorder | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._sending = self._expect_rx = False
+        self._started = self._closed = self._timed_out = False
+
+    def __repr__(self) -> str:
+        return f"<MediaSession port={self.local_port} peer={self._rx.peer}>"
+
+    # ------------------------------------------------------------------ control (call.py)
+
+    def configure(
+        self,
+        *,
+        codec: str,
+        payload_type: int,
+        dtmf_payload_type: int | None,
+        remote: tuple[str, int],
+        direction: str = "sendrecv",
+        ptime_ms: int = 20,
+    ) -> None:
+        """Apply the negotiated SDP (again on a re-INVITE).
+
+        ``remote`` is the SDP's connection address (an IP literal) and port; ``direction`` is
+        OUR direction (Rule 3). We always send 20 ms packets: ``ptime_ms`` is the peer's
+        preference, and inbound packets of any duration are accepted.
+
+        Raises:
+            CodecError: an unsupported codec.
+        """
+        del ptime_ms  # documented above: outbound is always 20 ms
+        info = codec_info(codec)
+        remote_addr = (remote[0], int(remote[1]))
+        self._rx.configure(payload_type, dtmf_payload_type, remote_addr)
+        self._tx.configure(info, payload_type, dtmf_payload_type)
+        null_address = remote_addr[0] in ("0.0.0.0", "::") or remote_addr[1] == 0
+        self._sending = direction in ("sendrecv", "sendonly") and not null_address
+        expect = direction == "sendrecv"
+        if expect and not self._expect_rx:
+            self._rx.last_rx = self._loop.time()
+        self._expect_rx = expect
+        if info is not self._codec:
+            self._codec = info
+            self._inbound = InboundChain(info, self._inbound_format, self._deliver_audio)
+
+    def set_formats(self, inbound: AudioFormat, outbound: AudioFormat) -> None:
+        """Set what ``on_audio`` delivers and what :meth:`play` takes (see the module docs).
+
+        Raises:
+            CodecError: a format the codec cannot be converted to or from.
+        """
+        self._inbound_format = inbound
+        if self._codec is not None:
+            self._inbound = InboundChain(self._codec, inbound, self._deliver_audio)
+        self._tx.set_source(outbound)
+
+    def start(self) -> None:
+        """Send one silence packet at once (for trunks that wait for media), then every 20 ms.
+
+        Raises:
+            MediaError: the session is not configured, or closed.
+        """
+        if self._closed or self._codec is None:
+            raise MediaError("configure() must be called before start(), and not after close()")
+        if self._started:
+            return
+        self._started = True
+        self._rx.last_rx = self._loop.time()
+        self._send_slot()
+        self._engine.ticker.add(self)
+
+    def play(self, audio: bytes, item_id: str) -> None:
+        """Queue provider audio (outbound format, any whole number of samples)."""
+        if not self._closed:
+            self._tx.play(audio, item_id)
+
+    def flush(self) -> dict[str, int]:
+        """Barge-in: drop queued audio so the next packet is silence.
+
+        Returns:
+            ``{item_id: ms played}`` for each item the caller may have heard only partly.
+        """
+        return self._tx.flush()
+
+    def played_ms(self, item_id: str) -> int:
+        """Milliseconds of ``item_id`` sent so far."""
+        return self._tx.played_ms(item_id)
+
+    def queued_ms(self) -> int:
+        """Milliseconds of audio waiting in the pacer."""
+        return self._tx.queued_ms()
+
+    async def drained(self) -> None:
+        """Return once everything queued (audio and DTMF) has been sent, or the session closed."""
+        if self._closed or self._tx.idle:
+            return
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+
+    def send_dtmf(self, digits: str, duration_ms: int = 100) -> None:
+        """Send ``digits`` as RFC 4733 events, or as in-band tones if the peer offered none.
+
+        Raises:
+            ValueError: an invalid digit or duration.
+            MediaError: the session is not configured.
+        """
+        self._tx.send_dtmf(digits, duration_ms)
+
+    def start_recording(self, path: str) -> None:
+        """Record the call to a stereo WAV (caller left, bot right) until close.
+
+        Raises:
+            MediaError: the session is not configured.
+            OSError: the file cannot be created.
+        """
+        if self._codec is None:
+            raise MediaError("configure() must be called before start_recording()")
+        if self._recorder is not None:
+            self._recorder.close()
+        self._recorder = CallRecorder(path, self._codec.pcm_rate_hz)
+
+    @property
+    def stats(self) -> MediaStats:
+        """A snapshot of the counters."""
+        jitter, rx = self._rx.jitter.stats, self._rx.stats
+        return replace(
+            self._counters,
+            packets_in=rx.packets_in,
+            lost=jitter.lost,
+            late=jitter.late,
+            duplicates=jitter.duplicates,
+            restarts=jitter.restarts,
+            bad_packets=rx.bad_packets,
+            foreign_packets=rx.foreign_packets,
+            wrong_payload_type=rx.wrong_payload_type,
+            comfort_noise=rx.comfort_noise,
+            dtmf_in=rx.dtmf_in,
+            dtmf_out=self._tx.dtmf_sent,
+            relatches=rx.relatches,
+        )
+
+    async def close(self) -> None:
+        """Stop sending, release the port, finish the recording (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._engine._forget(self)
+        if self._transport is not None:
+            self._transport.close()
+        if self._recorder is not None:
+            self._recorder.close()
+        self._wake_drain_waiters()
+
+    # ------------------------------------------------------------------ outbound (ticker)
+
+    def tick(self, now: float, frames: int, skipped: int) -> None:
+        """Called by the ticker: send ``frames`` packets (Rule 1), then housekeeping."""
+        if self._closed:
+            return
+        if skipped:
+            self._tx.skip(skipped)
+            self._counters.skipped_frames += skipped
+        if frames > 1:
+            self._counters.late_ticks += frames - 1
+        for _ in range(frames):
+            self._send_slot()
+        self._rx.poll(now)
+        if self._drain_waiters and self._tx.idle:
+            self._wake_drain_waiters()
+        if (
+            self._expect_rx
+            and not self._timed_out
+            and now - self._rx.last_rx > self._settings.inactivity_timeout_s
+        ):
+            self._timed_out = True
+            log.info("%r: no RTP for %.0f s", self, now - self._rx.last_rx)
+            try:
+                self._on_timeout()
+            except Exception:
+                self._log.exception("on_timeout", now, "%r: on_timeout failed", self)
+
+    def _send_slot(self) -> None:
+        transport = self._transport
+        if not self._sending or transport is None:
+            self._tx.skip(1)
+            return
+        recorder = self._recorder
+        packet = self._tx.next_packet(want_pcm=recorder is not None)
+        try:
+            transport.sendto(packet, self._rx.peer)
+        except (OSError, ValueError) as error:  # e.g. an unroutable address from the SDP
+            self._on_send_error(error)
+        else:
+            self._counters.packets_out += 1
+        if recorder is not None and self._codec is not None:
+            recorder.bot(self._tx.last_pcm, self._codec.pcm_rate_hz)
+
+    def _wake_drain_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _on_send_error(self, exc: Exception) -> None:
+        self._counters.send_errors += 1
+        self._log.warning("send", self._loop.time(), "%r: RTP socket error: %s", self, exc)
+
+    # ------------------------------------------------------------------ inbound (socket)
+
+    def _on_datagram(self, data: bytes, addr: Address) -> None:
+        if not self._closed and self._codec is not None:
+            self._rx.receive(data, addr, self._loop.time())
+
+    def _on_payload(self, payload: bytes) -> None:
+        inbound = self._inbound
+        assert inbound is not None
+        recorder = self._recorder
+        inbound.feed(payload, want_pcm=recorder is not None)
+        if recorder is not None:
+            recorder.caller(inbound.last_pcm, inbound.codec.pcm_rate_hz)
+
+    def _on_restart(self) -> None:
+        if self._inbound is not None:
+            self._inbound.restart()
+
+    def _deliver_audio(self, frame: bytes) -> None:
+        try:
+            self._on_audio(frame)
+        except Exception:
+            self._log.exception("on_audio", self._loop.time(), "%r: on_audio failed", self)
+
+    def _deliver_dtmf(self, digit: str) -> None:
+        try:
+            self._on_dtmf(digit)
+        except Exception:
+            self._log.exception("on_dtmf", self._loop.time(), "%r: on_dtmf failed", self)

@@ -1,0 +1,142 @@
+"""The outbound RTP core: one packet per slot, markers, DTMF, codec changes, pending audio."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sipbot.errors import MediaError
+from sipbot.media.codecs import G722, PCMA, PCMU
+from sipbot.media.formats import PCMU_8K
+from sipbot.media.rtp import RtpPacket, parse_rtp
+from sipbot.media.sender import RtpSender
+
+
+def loud(ms: int, rate: int = 24_000) -> bytes:
+    t = np.arange(rate * ms // 1000) / rate
+    return bytes(np.rint(12_000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes())
+
+
+def sender(prebuffer_ms: int = 0) -> RtpSender:
+    tx = RtpSender(prebuffer_ms=prebuffer_ms, max_hold_ms=40)
+    tx.configure(PCMU, 0, 101)
+    return tx
+
+
+def slots(tx: RtpSender, count: int) -> list[RtpPacket]:
+    return [parse_rtp(tx.next_packet()) for _ in range(count)]
+
+
+def silent(packet: RtpPacket) -> bool:
+    return packet.payload == b"\xff" * 160
+
+
+def test_one_packet_per_slot_with_continuous_numbering() -> None:
+    tx = sender()
+    packets = slots(tx, 5)
+    assert [p.marker for p in packets] == [True, False, False, False, False]  # stream start
+    assert all(silent(p) and p.payload_type == 0 for p in packets)
+    assert [(p.sequence - packets[0].sequence) & 0xFFFF for p in packets] == [0, 1, 2, 3, 4]
+    assert [(p.timestamp - packets[0].timestamp) & 0xFFFFFFFF for p in packets] == [
+        0, 160, 320, 480, 640,
+    ]  # fmt: skip
+
+
+def test_audio_gets_a_talkspurt_marker_and_accounting() -> None:
+    tx = sender()
+    slots(tx, 2)
+    tx.play(loud(50), "a")
+    assert tx.queued_ms() == 50
+    packets = slots(tx, 4)
+    assert [silent(p) for p in packets] == [False, False, False, True]
+    assert [p.marker for p in packets] == [True, False, False, False]
+    assert tx.played_ms("a") == 50
+    assert tx.idle
+
+
+def test_skip_advances_the_timestamp_only() -> None:
+    tx = sender()
+    first = slots(tx, 1)[0]
+    tx.skip(3)
+    second = slots(tx, 1)[0]
+    assert second.sequence == (first.sequence + 1) & 0xFFFF
+    assert (second.timestamp - first.timestamp) & 0xFFFFFFFF == 4 * 160
+
+
+def test_audio_before_configure_is_kept() -> None:
+    tx = RtpSender(prebuffer_ms=0)
+    tx.play(loud(40), "early")
+    with pytest.raises(MediaError, match="configure"):
+        tx.next_packet()
+    assert not tx.idle
+    tx.configure(PCMU, 0, None)
+    assert tx.queued_ms() == 40
+
+
+def test_rfc4733_dtmf_replaces_audio_slots_and_delays_the_audio() -> None:
+    tx = sender()
+    slots(tx, 1)
+    tx.play(loud(100), "a")
+    tx.send_dtmf("7", 60)
+    packets = slots(tx, 8)
+    events = [p for p in packets if p.payload_type == 101]
+    assert len(events) == 5  # 60 ms: 2 updates + 3 end packets
+    assert {p.timestamp for p in events} == {packets[0].timestamp}
+    assert events[0].marker
+    assert tx.dtmf_sent == 1
+    assert tx.played_ms("a") == 60  # the audio waited: only the 3 slots after the events
+
+
+def test_inband_dtmf_without_telephone_event() -> None:
+    tx = RtpSender(prebuffer_ms=0)
+    tx.configure(PCMU, 0, None)
+    tx.send_dtmf("1", 100)
+    packets = slots(tx, 10)
+    assert {p.payload_type for p in packets} == {0}
+    assert sum(not silent(p) for p in packets) == 5
+    assert tx.played_ms("dtmf") == 160  # tone + gap
+
+
+def test_dropping_telephone_event_discards_pending_dtmf() -> None:
+    tx = sender()
+    tx.send_dtmf("123", 100)
+    slots(tx, 2)
+    tx.configure(PCMU, 0, None)
+    assert tx.idle
+    assert all(p.payload_type == 0 for p in slots(tx, 3))
+
+
+def test_codec_change_keeps_or_drops_the_queue_but_keeps_accounting() -> None:
+    tx = sender()
+    tx.play(loud(100), "a")
+    slots(tx, 1)
+    tx.configure(PCMA, 8, 101)  # same pacer format (PCM16 8 kHz): the queue survives
+    assert tx.queued_ms() == 80
+    packet = slots(tx, 1)[0]
+    assert packet.payload_type == 8
+    tx.configure(G722, 9, 101)  # PCM16 16 kHz: the queue is dropped
+    assert tx.queued_ms() == 0
+    assert tx.played_ms("a") == 40
+    assert len(slots(tx, 1)[0].payload) == 160
+
+
+def test_passthrough_source_and_flush() -> None:
+    tx = sender()
+    tx.set_source(PCMU_8K)
+    tx.play(b"\x42" * 480, "u")
+    assert slots(tx, 1)[0].payload == b"\x42" * 160
+    assert tx.flush() == {"u": 20}
+    assert silent(slots(tx, 1)[0])
+
+
+def test_want_pcm_gives_the_frame_for_the_recorder() -> None:
+    tx = sender()
+    tx.set_source(PCMU_8K)
+    tx.play(b"\xff" * 160, "u")
+    tx.next_packet(want_pcm=True)
+    assert tx.last_pcm == bytes(320)
+
+
+def test_send_dtmf_before_configure() -> None:
+    with pytest.raises(MediaError, match="configure"):
+        RtpSender().send_dtmf("1")
