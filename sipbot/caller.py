@@ -81,8 +81,10 @@ async def place_call(
         print(f"sipbot call: answered, {negotiated.codec.name}", file=sys.stderr)
         if dtmf:
             asyncio.get_running_loop().call_later(DTMF_DELAY_S, media.send_dtmf, dtmf)
-        waiters = [asyncio.ensure_future(hung_up.wait()), call.terminated]
-        await asyncio.wait(waiters, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
+        hung_up.clear()
+        call.terminated.add_done_callback(lambda _: hung_up.set())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hung_up.wait(), duration_s)
         reason = call.terminated.result() if call.terminated.done() else "duration"
         if not call.terminated.done():
             await call.bye()

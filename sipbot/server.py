@@ -22,9 +22,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from sipbot.call import Call, CallPlan
 from sipbot.config import Config
@@ -289,8 +290,8 @@ class Server:
 
     # ------------------------------------------------------------------ helpers
 
-    def _spawn(self, coro: object, name: str | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -169,7 +169,7 @@ class G722Encoder:
     """A stateful G.722 encoder (64 kbit/s, 16 kHz PCM in)."""
 
     def __init__(self) -> None:
-        import G722 as _g722  # type: ignore[import-not-found]
+        import G722 as _g722
 
         self._codec = _g722.G722(16_000, G722_BITRATE)
 
