@@ -59,8 +59,11 @@ async def place_call(
             on_audio=received.extend, on_dtmf=_print_dtmf, on_timeout=hung_up.set
         )
         offer = build_offer(
-            [codec_name], address=ua.advertised_host(target.host), port=media.local_port,
-            session_id=1, session_version=1,
+            [codec_name],
+            address=ua.advertised_host(target.host),
+            port=media.local_port,
+            session_id=1,
+            session_version=1,
         )
         try:
             call = await ua.call(uri, bytes(offer), from_user=from_user, transport=transport)
@@ -69,7 +72,8 @@ async def place_call(
             return 1
         negotiated = accept_answer(offer, parse_sdp(call.remote_sdp))
         media.configure(
-            codec=negotiated.codec.name, payload_type=negotiated.codec.payload_type,
+            codec=negotiated.codec.name,
+            payload_type=negotiated.codec.payload_type,
             dtmf_payload_type=negotiated.dtmf_payload_type,
             remote=(negotiated.remote_host, negotiated.remote_port),
             direction=negotiated.direction,

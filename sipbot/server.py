@@ -97,7 +97,7 @@ class Server:
         )
         self.watcher = DialplanWatcher(config, on_reload=self._on_reload)
         self.calls: dict[str, Call] = {}
-        self._providers: dict[int, tuple[Agent, Provider]] = {}
+        self._providers: dict[tuple[object, ...], Provider] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -111,6 +111,7 @@ class Server:
         """Bind the SIP transports and start watching the dialplan."""
         await self.ua.start()
         await bind_listeners(self.ua, self.config.server.sip.listen)
+        self._warm_providers()
         self._spawn(self.watcher.run())
         for warning in self.config.warnings:
             log.warning("%s", warning)
@@ -243,12 +244,22 @@ class Server:
 
     def _provider(self, agent: Agent) -> Provider:
         """One provider per agent (providers are factories; sessions are per call)."""
-        key = hash((agent.name, agent.provider, agent.model, agent.base_url, agent.local_mode))
-        cached = self._providers.get(key)
-        if cached is None:
-            cached = (agent, make_provider(agent))
-            self._providers[key] = cached
-        return cached[1]
+        key = _provider_key(agent)
+        provider = self._providers.get(key)
+        if provider is None:
+            provider = self._providers[key] = make_provider(agent)
+        return provider
+
+    def _warm_providers(self) -> None:
+        """Make every agent's provider now: importing an SDK takes ~0.3 s, which must not
+        happen on the event loop while calls are flowing."""
+        for route_ in self.watcher.current.routes:
+            action = route_.action
+            if isinstance(action, Answer):
+                try:
+                    self._provider(self._agent_overrides(action.agent))
+                except ConfigError as exc:
+                    log.error("agent %s cannot start: %s", action.agent.name, exc)
 
     def _answerer(self, plan: CallPlan, dialog: ServerCall) -> SdpAnswerer:
         codecs = plan.agent.codecs or self.config.server.media.codecs
@@ -264,6 +275,7 @@ class Server:
     def _on_reload(self, config: Config) -> None:
         log.info("dialplan reloaded from %s: new calls use it", config.source)
         self._providers.clear()
+        self._warm_providers()
 
     def _cdr(self, call: Call, reason: str) -> None:
         r = call.record
@@ -323,6 +335,19 @@ def call_info(dialog: ServerCall) -> CallInfo:
         display_name=display,
         headers=headers,
         remote_address=f"{host}:{port}",
+    )
+
+
+def _provider_key(agent: Agent) -> tuple[object, ...]:
+    key = agent.api_key if isinstance(agent.api_key, str | None) else agent.api_key.reveal()
+    return (
+        agent.name,
+        agent.provider,
+        agent.model,
+        agent.base_url,
+        agent.ca_file,
+        agent.local_mode,
+        key,
     )
 
 
