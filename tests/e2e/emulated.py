@@ -14,7 +14,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,10 +157,6 @@ def message_type(frame: Frame) -> str:
     if "type" in message:
         return str(message["type"])
     return next(iter(message), "")
-
-
-def first_frame(frames: Iterable[Frame], predicate: Callable[[Frame], bool]) -> Frame | None:
-    return next((f for f in frames if predicate(f)), None)
 
 
 def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:

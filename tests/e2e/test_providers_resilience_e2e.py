@@ -8,13 +8,14 @@ on the RTP captured at the caller, independently of sipbot's own logs.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sipbot.emulators.script import EmulatorScript
 from tests.e2e.conftest import StartServer
-from tests.e2e.emulated import EmulatorThread, Kind
+from tests.e2e.emulated import EmulatorThread, Kind, wait_until
 from tests.e2e.peers import audio
 from tests.e2e.peers.ports import free_port
 from tests.e2e.provider_calls import (
@@ -77,11 +78,20 @@ def interruption_time(emu: EmulatorThread, kind: str, after: float) -> float:
     return times[0]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("kind", "speed"),
+    [
+        ("gemini", 4.0),
+        # the response is over when the caller interrupts (sipbot knows what is still playing)
+        ("openai", 4.0),
+        # the response is still streaming: the emulator cancels it, sipbot drops what is in flight
+        ("openai", 1.0),
+    ],
+)
 def test_barge_in_stops_the_agent_and_reports_what_was_heard(
-    rig: Rigs, short_speech: audio.Speech, second_speech: audio.Speech, kind: Kind
+    rig: Rigs, short_speech: audio.Speech, second_speech: audio.Speech, kind: Kind, speed: float
 ) -> None:
-    r = rig(kind, EmulatorScript(reply="tone", tone_hz=700.0, reply_ms=REPLY_MS, speed=4.0))
+    r = rig(kind, EmulatorScript(reply="tone", tone_hz=700.0, reply_ms=REPLY_MS, speed=speed))
     talk_over_at = short_speech.duration_s + 1.5  # about 1.5 s into the agent's reply
     parts = [
         (talk_over_at, short_speech.pcm(8000)),
@@ -113,6 +123,11 @@ def test_barge_in_stops_the_agent_and_reports_what_was_heard(
         print(f"openai: audio_end_ms {truncate['audio_end_ms']}, caller heard {heard_ms} ms")
         assert abs(truncate["audio_end_ms"] - heard_ms) <= 20
         [truncated] = [f.message for f in out_frames(r.emu, "conversation.item.truncated")]
+        [done] = [f.message["response"] for f in out_frames(r.emu, "response.done")]
+        cancelled = {"type": "cancelled", "reason": "turn_detected"}
+        assert (done["status"], done.get("status_details")) == (
+            ("cancelled", cancelled) if speed == 1.0 else ("completed", None)
+        )
         assert truncated["audio_end_ms"] == truncate["audio_end_ms"]
         assert out_frames(r.emu, "error") == []
 
@@ -228,3 +243,31 @@ def test_unreachable_provider_and_bad_key_apologise_and_hang_up(
     assert "Connection refused" in down
     assert f"provider {kind} unavailable" in bad
     assert ("HTTP 401" if kind == "openai" else "API key not valid") in bad
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_provider_lost_for_good_mid_call_apologises_and_hangs_up(
+    rig: Rigs, short_speech: audio.Speech, kind: Kind
+) -> None:
+    # the socket drops after reply 1, and from then on the service refuses our key
+    script = EmulatorScript(reply="echo", drop_after_turns=1)
+    r = rig(kind, script)
+    caller = r.dial(
+        "bot",
+        [(short_speech.duration_s, short_speech.pcm(8000)), (20.0, None)],
+        hold_s=20.0,
+        hangup="callee",
+    )
+    wait_until(lambda: r.emu.sessions, 10.0, "the call's provider session")
+    r.emu.set_script(replace(r.emu.emulator.script, api_keys=frozenset({"another-key"})))
+    heard = r.finish(caller)
+
+    pcm, rate = heard.pcm()
+    assert audio.correlation(short_speech.pcm(8000), pcm, 8000, rate) >= 0.9  # reply 1
+    apology, apology_rate = audio.read_wav(APOLOGY)
+    assert audio.correlation(apology, pcm, apology_rate, rate) >= 0.9  # then the apology
+    assert '"reason": "provider-failed"' in r.cdr("bot")  # and BYE (SIPp waited for it)
+    lines = r.call_log("bot")
+    assert any(f"provider failed: {kind}: gave up reconnecting" in line for line in lines)
+    attempts = [line for line in lines if f"resilience: call {r.call_ids()['bot']}" in line]
+    assert len(attempts) == 5, lines  # the adapters' MAX_ATTEMPTS, each refused
