@@ -253,7 +253,7 @@ class Call:
     async def hang_up(self) -> None:
         """End the call after the sentence now playing (see :meth:`_hang_up_after_speech`)."""
         log.info("call %s: hang-up requested by the agent", self.info.call_id)
-        self._spawn(self._hang_up_after_speech())
+        self._spawn(self._hang_up_after_speech(self._loop.time()))
 
     async def transfer(self, uri: str) -> None:
         """Blind transfer (RFC 3515 REFER); returns once the peer accepted the REFER.
@@ -453,12 +453,18 @@ class Call:
         if pcm16k:
             self._media.play(prompts.render(pcm16k, 16_000, self._outbound), item_id)
 
-    async def _hang_up_after_speech(self) -> None:
-        """BYE once the agent has finished its sentence and it has played out."""
-        deadline = self._loop.time() + HANGUP_WAIT_S
+    async def _hang_up_after_speech(self, requested: float) -> None:
+        """BYE once the agent has finished speaking and its audio has played out.
+
+        The agent has finished when a turn in which it spoke after the request is complete
+        (the goodbye a model says once the tool result is in), or when it has been quiet for
+        HANGUP_QUIET_S since the request and since its last audio (it said goodbye first).
+        """
+        deadline = requested + HANGUP_WAIT_S
         while self._loop.time() < deadline and not self._ended.done():
-            quiet = self._loop.time() - self._last_agent_audio >= HANGUP_QUIET_S
-            if (self._turn_done.is_set() or quiet) and self._media.queued_ms() == 0:
+            spoke = self._last_agent_audio > requested
+            quiet = self._loop.time() - max(self._last_agent_audio, requested) >= HANGUP_QUIET_S
+            if ((spoke and self._turn_done.is_set()) or quiet) and self._media.queued_ms() == 0:
                 break
             await asyncio.sleep(0.05)
         with contextlib.suppress(TimeoutError):
