@@ -56,7 +56,8 @@ def test_serve_answers_with_a_python_dialplan(peers_tmp: Path, speech):
     )
     code = server.stop(signum=signal.SIGTERM)
     assert result.returncode == 0, result.stderr + server.read_log("stderr")
-    assert refused.returncode == 1 and "403" in refused.stderr, refused.stderr
+    assert refused.returncode == 1, refused.stderr
+    assert "403" in refused.stderr, refused.stderr
     assert code == 0
     sent, rate = read_wav(speech.wav_8k)
     heard, heard_rate = read_wav(out)
