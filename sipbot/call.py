@@ -141,6 +141,7 @@ class Call:
         self._turn_done = asyncio.Event()
         self._notify_final: asyncio.Future[int] | None = None
         self._sdp: SdpAnswerer | None = None
+        self._configured = False  # media configured from a negotiated SDP at least once
         self.runner = ToolRunner(
             ToolContext(self, self.transcript),
             plan.agent.resolved_tools,
@@ -242,7 +243,8 @@ class Call:
 
     def _apply(self, negotiated: Negotiated, host: str) -> None:
         assert self.media is not None
-        if not self.plan.info.codec:
+        if not self._configured:
+            self._configured = True
             # providers choose their audio format by codec (OpenAI takes G.711 as is)
             info = replace(self.plan.info, codec=negotiated.codec.name)
             self.plan = replace(self.plan, info=info)
