@@ -141,6 +141,7 @@ class Call:
         self._turn_done = asyncio.Event()
         self._notify_final: asyncio.Future[int] | None = None
         self._sdp: SdpAnswerer | None = None
+        self._configured = False  # media configured from a negotiated SDP at least once
         self.runner = ToolRunner(
             ToolContext(self, self.transcript),
             plan.agent.resolved_tools,
@@ -167,32 +168,19 @@ class Call:
             self.dialog.reject(503, "Service Unavailable", [("Retry-After", "5")])
             return False
         sdp.port = media.local_port
-        status = 0
+        self.media, self._sdp = media, sdp
+        if not self.dialog.offer:
+            return await self._answer_late_offer(media, sdp, ring_s)
         try:
             negotiated = sdp.answer(self.dialog.offer)
             host = await _resolve(negotiated.remote_host)
         except SdpNegotiationError as exc:
-            log.info("call %s: 488: %s", call_id, exc)
-            status, reason = 488, "Not Acceptable Here"
+            return await self._refuse(488, "Not Acceptable Here", exc)
         except (SdpError, OSError) as exc:
-            log.info("call %s: 400: %s", call_id, exc)
-            status, reason = 400, "Malformed SDP"
-        if status:
-            self.dialog.reject(status, reason)
-            await media.close()
-            return False
-        self.media, self._sdp = media, sdp
-        # providers choose their audio format by codec (OpenAI takes G.711 as is)
-        self.plan = replace(self.plan, info=replace(self.plan.info, codec=negotiated.codec.name))
+            return await self._refuse(400, "Malformed SDP", exc)
         self._apply(negotiated, host)
-        media.set_formats(PCM16_16K, self._outbound)
-        self.dialog.on_reoffer = self._on_reoffer
-        if ring_s > 0:
-            self.dialog.progress(180)
-            done, _ = await asyncio.wait([self.dialog.terminated], timeout=ring_s)
-            if done:
-                await media.close()
-                return False
+        if not await self._ring(ring_s):
+            return False
         assert negotiated.answer is not None
         self.dialog.accept(bytes(negotiated.answer))
         media.start()  # an early silence packet at once, for trunks that wait for media
@@ -206,8 +194,62 @@ class Call:
         )
         return True
 
+    async def _answer_late_offer(
+        self, media: MediaSession, sdp: SdpAnswerer, ring_s: float
+    ) -> bool:
+        """An INVITE without SDP: our offer goes in the 200, the answer comes in the ACK."""
+        if not await self._ring(ring_s):
+            return False
+        self.dialog.accept(sdp.offer())
+        try:
+            await self.dialog.confirmed
+            negotiated = sdp.take_answer(self.dialog.remote_sdp)
+            host = await _resolve(negotiated.remote_host)
+        except (SipbotError, OSError) as exc:
+            log.info("call %s: late offer failed: %s", self.info.call_id, exc)
+            if not self.dialog.terminated.done():
+                with contextlib.suppress(SipbotError):
+                    await self.dialog.bye()
+            await media.close()
+            return False
+        self._apply(negotiated, host)
+        media.start()
+        log.info(
+            "call %s: answered (late offer) by agent %s, %s",
+            self.info.call_id,
+            self.plan.agent.name,
+            negotiated.codec.name,
+        )
+        return True
+
+    async def _refuse(self, status: int, reason: str, exc: Exception) -> bool:
+        log.info("call %s: %d: %s", self.info.call_id, status, exc)
+        self.dialog.reject(status, reason)
+        assert self.media is not None
+        await self.media.close()
+        return False
+
+    async def _ring(self, ring_s: float) -> bool:
+        """Ring (180) for ``ring_s`` first; False when the caller gave up meanwhile."""
+        if ring_s <= 0:
+            return True
+        self.dialog.progress(180)
+        done, _ = await asyncio.wait([self.dialog.terminated], timeout=ring_s)
+        if done:
+            assert self.media is not None
+            await self.media.close()
+            return False
+        return True
+
     def _apply(self, negotiated: Negotiated, host: str) -> None:
         assert self.media is not None
+        if not self._configured:
+            self._configured = True
+            # providers choose their audio format by codec (OpenAI takes G.711 as is)
+            info = replace(self.plan.info, codec=negotiated.codec.name)
+            self.plan = replace(self.plan, info=info)
+            self.media.set_formats(PCM16_16K, self._outbound)
+            self.dialog.on_reoffer = self._on_reoffer
         self.media.configure(
             codec=negotiated.codec.name,
             payload_type=negotiated.codec.payload_type,
