@@ -17,6 +17,9 @@ Rules:
 * Rule 2: comfort noise (PT 13) is dropped quietly; other payload types that were not
   negotiated are dropped and counted (a codec switch without a re-INVITE).
 * Rule 3: a new SSRC calls ``on_restart`` before its first payload (decoder state is per stream).
+  Telephone-events under an SSRC other than the audio's (SIPp's DTMF pcaps, some gateways) are a
+  stream beside the audio, not a new one: they go straight to the digit decoder, bypassing the
+  jitter buffer, and restart nothing.
 * Rule 4: ``last_rx`` is the time of the last valid packet (the inactivity timer's input).
 """
 
@@ -124,6 +127,9 @@ class RtpReceiver:
             self._latch(addr, now)
         self.stats.packets_in += 1
         self.last_rx = now
+        if payload_type == self._dtmf_pt and self._ssrc not in (None, packet.ssrc):
+            self._digit(packet)  # Rule 3: events beside the audio stream
+            return
         for released in self.jitter.push(packet, now):
             self._deliver(released, now)
 
@@ -153,9 +159,12 @@ class RtpReceiver:
                 self._on_restart()
             self._ssrc = packet.ssrc
         if packet.payload_type == self._dtmf_pt:
-            digit = self._dtmf.receive(packet)
-            if digit is not None:
-                self.stats.dtmf_in += 1
-                self._on_dtmf(digit)
+            self._digit(packet)
             return
         self._on_payload(packet.payload)
+
+    def _digit(self, packet: RtpPacket) -> None:
+        digit = self._dtmf.receive(packet)
+        if digit is not None:
+            self.stats.dtmf_in += 1
+            self._on_dtmf(digit)

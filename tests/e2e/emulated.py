@@ -1,28 +1,37 @@
-"""Helpers for end-to-end calls routed to the emulated Gemini Live / OpenAI Realtime providers.
+"""Helpers for end-to-end tests of dialplans and tools: emulated models and a tool HTTP service.
 
-The emulator runs inside the test process, on its own event loop in a background thread
-(:class:`EmulatorThread`), so a test can read what it received (``sessions[i].received``) and
-when each frame went in or out (:attr:`EmulatorThread.frames`, wall-clock times comparable with
-an RTP capture's). The sipbot server is a real ``python -m sipbot run -c FILE`` whose agents
-point at the emulator (:func:`write_config`); the real google-genai / openai SDKs inside
-sipbot's adapters speak to it. Every wait here is bounded.
+A real ``sipbot run`` process talks to the emulators (real google-genai / openai SDKs inside
+sipbot, protocol-faithful servers here) and to the test's HTTP tool service. Both servers run in
+background threads of the test process, so the (synchronous) peer helpers can block while the
+emulators keep serving.
+
+- :class:`EmulatorThread`: a :class:`~sipbot.emulators.gemini.GeminiEmulator` or
+  :class:`~sipbot.emulators.openai.OpenAIEmulator` on its own event loop;
+  :meth:`EmulatorThread.agent` gives the dialplan keys that point an agent at it, and
+  :meth:`EmulatorThread.received` what the model received (parsed client frames).
+- :class:`ToolService`: an HTTP server recording each POST (JSON body, headers) and answering
+  with a fixed JSON result.
+- :func:`write_dialplan`: a config dict dumped as YAML.
+- :func:`wait_until`: bounded polling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from types import TracebackType
+from typing import IO, Any, Literal, Self, TypeVar
 
 import yaml
 
-from sipbot.emulators.common import EmulatedSession, EmulatorServer
+from sipbot.emulators.common import EmulatorServer
 from sipbot.emulators.gemini import GeminiEmulator
 from sipbot.emulators.openai import OpenAIEmulator
 from sipbot.emulators.script import EmulatorScript
@@ -30,171 +39,240 @@ from sipbot.emulators.script import EmulatorScript
 Kind = Literal["gemini", "openai"]
 T = TypeVar("T")
 
+API_KEY_ENV = "SIPBOT_E2E_KEY"  # the dialplans read the emulators' key from here
+API_KEY = "e2e-key"
 START_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 10.0
-KEY_ENV = {"gemini": "E2E_GEMINI_KEY", "openai": "E2E_OPENAI_KEY"}
-KEYS = {"gemini": "e2e-gemini-key", "openai": "sk-e2e-openai-key"}
+POLL_S = 0.05
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One frame the emulator received (``in``) or sent (``out``), audio summarised."""
+def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll ``predicate`` every 50 ms until it returns something truthy; return that.
 
-    time: float  # epoch seconds, when the emulator recorded it
-    session: int
-    direction: str  # "in", "out" or "event"
-    message: dict[str, Any]
-
-
-class _FrameLog:
-    """A text file stand-in for the emulator's JSONL recorder that timestamps every line."""
-
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-        self._lock = threading.Lock()
-
-    def write(self, text: str) -> int:
-        now = time.time()
-        for line in text.splitlines():
-            if line.strip():
-                record = json.loads(line)
-                frame = Frame(now, record["session"], record["direction"], record["message"])
-                with self._lock:
-                    self.frames.append(frame)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def snapshot(self) -> list[Frame]:
-        with self._lock:
-            return list(self.frames)
+    Raises:
+        AssertionError: still falsy after ``timeout`` seconds (the message names ``what``).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(POLL_S)
 
 
 class EmulatorThread:
-    """A Gemini or OpenAI emulator serving from a background thread (its own event loop).
+    """An emulated Gemini Live or OpenAI Realtime service on a background event loop.
 
-    Use as a context manager. ``script`` applies to sessions opened later; ``set_script``
-    also changes the sessions already open (from their next decision on).
+    Use as a context manager; every accessor is safe to call from the test's thread.
+
+    Args:
+        kind: ``gemini`` (TLS, own CA file) or ``openai`` (plain ws).
+        script: what the emulated model does (replies, tool calls).
+        record: a text file the emulator appends every frame to (JSONL, see its ``Recorder``).
     """
 
-    def __init__(self, kind: Kind, script: EmulatorScript) -> None:
+    def __init__(self, kind: Kind, script: EmulatorScript, record: IO[str] | None = None) -> None:
         self.kind = kind
-        self._log = _FrameLog()
-        cls = GeminiEmulator if kind == "gemini" else OpenAIEmulator
-        self.emulator: EmulatorServer = cls(script, port=0, record=self._log)  # type: ignore[arg-type]
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"emu-{kind}")
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        keyed = replace(script, api_keys=frozenset({API_KEY}))
+        self.emulator: EmulatorServer = (
+            GeminiEmulator(keyed, record=record)
+            if kind == "gemini"
+            else OpenAIEmulator(keyed, record=record)
+        )
 
-    def __enter__(self) -> EmulatorThread:
+    def __enter__(self) -> Self:
         self._thread.start()
-        self.call(self.emulator.start())
+        self._run(self.emulator.start())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._run(self.emulator.stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(START_TIMEOUT_S)
+            self._loop.close()
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(START_TIMEOUT_S)
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        async def call() -> T:
+            return fn()
+
+        result: T = self._run(call())
+        return result
+
+    def agent(self, **keys: Any) -> dict[str, Any]:
+        """Dialplan keys of an agent served by this emulator, plus ``keys``."""
+        agent: dict[str, Any] = {
+            "provider": self.kind,
+            "api_key": "${" + API_KEY_ENV + "}",
+            "base_url": self.emulator.base_url,
+        }
+        if isinstance(self.emulator, GeminiEmulator):
+            agent["ca_file"] = self.emulator.ca_file
+        agent.update(keys)
+        return agent
+
+    @property
+    def session_count(self) -> int:
+        """Connections so far (one per call, unless a session was resumed)."""
+        return self._call(lambda: len(self.emulator.sessions))
+
+    def received(self, index: int = -1) -> list[dict[str, Any]]:
+        """A copy of the frames session ``index`` received from sipbot (parsed JSON)."""
+        return self._call(lambda: list(self.emulator.sessions[index].received))
+
+    def sent(self, index: int = -1) -> list[dict[str, Any]]:
+        """A copy of the frames session ``index`` sent to sipbot (parsed JSON)."""
+        return self._call(lambda: list(self.emulator.sessions[index].sent))
+
+    def closed(self, index: int = -1) -> bool:
+        """Whether session ``index`` has ended."""
+        return self._call(lambda: self.emulator.sessions[index].closed.is_set())
+
+    def tool_results(self, index: int = -1) -> list[dict[str, Any]]:
+        """The tool results sipbot sent in session ``index``: ``{"id", "name", "output"}``.
+
+        ``output`` is the result as the model got it (Gemini ``response``, OpenAI's ``output``
+        parsed from its JSON text when it is JSON).
+        """
+        return tool_results(self.kind, self.received(index))
+
+    def texts(self, index: int = -1) -> list[str]:
+        """Text turns sipbot sent in session ``index`` (e.g. the caller's DTMF as words)."""
+        return texts(self.kind, self.received(index))
+
+
+def tool_results(kind: Kind, received: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool results among a session's received frames (see :meth:`EmulatorThread.tool_results`)."""
+    results: list[dict[str, Any]] = []
+    for frame in received:
+        if kind == "gemini":
+            for response in (frame.get("toolResponse") or {}).get("functionResponses") or []:
+                results.append(
+                    {
+                        "id": response.get("id"),
+                        "name": response.get("name"),
+                        "output": response.get("response"),
+                    }
+                )
+        elif frame.get("type") == "conversation.item.create":
+            item = frame.get("item") or {}
+            if item.get("type") == "function_call_output":
+                output = item.get("output")
+                with contextlib.suppress(TypeError, ValueError):
+                    output = json.loads(str(output))
+                results.append({"id": item.get("call_id"), "name": None, "output": output})
+    return results
+
+
+def texts(kind: Kind, received: list[dict[str, Any]]) -> list[str]:
+    """Text turns among a session's received frames (Gemini realtimeInput.text, OpenAI
+    ``input_text`` user messages)."""
+    out: list[str] = []
+    for frame in received:
+        if kind == "gemini":
+            text = (frame.get("realtimeInput") or {}).get("text")
+            if isinstance(text, str):
+                out.append(text)
+        elif frame.get("type") == "conversation.item.create":
+            item = frame.get("item") or {}
+            if item.get("type") == "message" and item.get("role") == "user":
+                out += [
+                    c["text"]
+                    for c in item.get("content") or []
+                    if isinstance(c, dict) and c.get("type") == "input_text"
+                ]
+    return out
+
+
+# --------------------------------------------------------------------------- HTTP tool service
+
+
+@dataclass
+class ToolRequest:
+    """One POST the tool service received."""
+
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class ToolService:
+    """An HTTP service for HTTP tools: records each POST, answers ``response`` as JSON.
+
+    Use as a context manager; ``url(path)`` is where a dialplan's ``http: {url: ...}`` points.
+
+    Attributes:
+        response: the JSON body of every answer.
+        delay_s: how long each answer takes.
+        requests: what it received, in order.
+    """
+
+    response: Any = field(default_factory=lambda: {"ticket": "T-42", "status": "noted"})
+    delay_s: float = 0.0
+    requests: list[ToolRequest] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = raw.decode("utf-8", "replace")
+                service.requests.append(ToolRequest(self.path, dict(self.headers), body))
+                time.sleep(service.delay_s)
+                data = json.dumps(service.response).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def url(self, path: str = "/tool") -> str:
+        """``http://127.0.0.1:PORT<path>``."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+
+    def __enter__(self) -> Self:
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            self.call(self.emulator.stop(), STOP_TIMEOUT_S)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(STOP_TIMEOUT_S)
-            self._loop.close()
-
-    def call(self, coro: Any, timeout: float = START_TIMEOUT_S) -> Any:
-        """Run a coroutine on the emulator's loop and return its result (bounded)."""
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result(timeout)
-
-    @property
-    def base_url(self) -> str:
-        return self.emulator.base_url
-
-    @property
-    def ca_file(self) -> str | None:
-        return self.emulator.ca_file if isinstance(self.emulator, GeminiEmulator) else None
-
-    @property
-    def sessions(self) -> list[EmulatedSession]:
-        return list(self.emulator.sessions)
-
-    def set_script(self, script: EmulatorScript) -> None:
-        """Give ``script`` to new sessions and to every open one."""
-
-        async def apply() -> None:
-            self.emulator.script = script
-            for session in self.emulator.sessions:
-                session.script = script
-
-        self.call(apply())
-
-    def frames(self, session: int | None = None, direction: str | None = None) -> list[Frame]:
-        """Recorded frames so far (optionally one session's, one direction's)."""
-        return [
-            f
-            for f in self._log.snapshot()
-            if (session is None or f.session == session)
-            and (direction is None or f.direction == direction)
-        ]
-
-    def agent_config(self, **extra: Any) -> dict[str, Any]:
-        """An agent of this provider pointing at the emulator (key from the environment)."""
-        agent: dict[str, Any] = {
-            "provider": self.kind,
-            "api_key": "${" + KEY_ENV[self.kind] + "}",
-            "base_url": self.base_url,
-        }
-        if self.ca_file is not None:
-            agent["ca_file"] = self.ca_file
-        agent.update(extra)
-        return agent
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(START_TIMEOUT_S)
 
 
-# --------------------------------------------------------------------------- reading frames
+# --------------------------------------------------------------------------- dialplans
 
 
-def message_type(frame: Frame) -> str:
-    """A frame's kind: OpenAI ``type``, or Gemini's top-level key (``serverContent``, ...)."""
-    message = frame.message
-    if "type" in message:
-        return str(message["type"])
-    return next(iter(message), "")
-
-
-def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
-    """Poll ``condition`` until it returns something truthy (bounded); returns that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-def write_config(
-    path: Path,
-    agents: Mapping[str, Mapping[str, Any]],
-    *,
-    tools: Mapping[str, Any] | None = None,
-    routes: Sequence[Mapping[str, Any]] | None = None,
-) -> Path:
-    """A ``sipbot run -c`` file: each agent answers the calls to the DID of its name."""
-    config: dict[str, Any] = {
-        "server": {"media": {"codecs": ["PCMU", "PCMA", "G722"]}, "log_level": "info"},
-        "agents": {name: dict(agent) for name, agent in agents.items()},
-        "routes": list(routes)
-        if routes is not None
-        else [{"name": name, "match": {"did": name}, "answer": name} for name in agents],
-    }
-    if tools:
-        config["tools"] = dict(tools)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+def write_dialplan(path: Path, config: Mapping[str, Any]) -> Path:
+    """Dump ``config`` (a dialplan as plain data) to ``path`` as YAML; return ``path``."""
+    path.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
     return path
 
 
 def server_env() -> dict[str, str]:
-    """Environment variables holding the emulators' keys (the config names them)."""
-    return {KEY_ENV[kind]: KEYS[kind] for kind in KEY_ENV}
+    """Environment for a sipbot whose agents use :class:`EmulatorThread` emulators."""
+    return {API_KEY_ENV: API_KEY}

@@ -1,35 +1,35 @@
 """SIPp calls into a ``sipbot run`` whose agents use an emulated provider, and what they heard.
 
-:class:`Rigs` (behind each provider test module's ``rig`` fixture) starts an
-:class:`~tests.e2e.emulated.EmulatorThread`, writes a config whose agents point at it and starts
+:class:`Rigs` (behind each provider test module's ``rig`` fixture) starts a
+:class:`RecordedEmulator`, writes a config whose agents point at it and starts
 the server with the ``sipbot_server`` fixture. :meth:`Rig.dial` places a SIPp call that sends
 scripted caller audio and captures the RTP at its media port; :meth:`Rig.finish` returns a
 :class:`Heard`. The rest reads captures: loud runs of agent audio, PCM in arrival order, tones.
+
+:class:`RecordedEmulator` is the shared :class:`~tests.e2e.emulated.EmulatorThread` plus a
+record of every frame with the wall-clock time it went in or out (comparable with a capture).
 """
 
 from __future__ import annotations
 
 import importlib
+import io
 import itertools
+import json
 import re
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sipbot.emulators.common import EmulatedSession
 from sipbot.emulators.script import EmulatorScript
 from tests.e2e.conftest import SipbotServer
-from tests.e2e.emulated import (
-    KEYS,
-    EmulatorThread,
-    Frame,
-    Kind,
-    message_type,
-    server_env,
-    write_config,
-)
+from tests.e2e.emulated import EmulatorThread, Kind, server_env, write_dialplan
 from tests.e2e.peers import audio, sipp
 from tests.e2e.peers.audio import decode_payloads
 from tests.e2e.peers.capture import RtpPacket, select
@@ -38,6 +38,82 @@ FRAME_MS = 20
 TURN = {"silence_ms": 500, "prefix_ms": 300}  # the agents' turn detection (the emulator's VAD)
 SIPP_SLACK_S = 20.0  # SIPp's own timeout beyond the call's planned length
 Parts = Sequence[tuple[float, "audio.Pcm | None"]]
+
+
+# --------------------------------------------------------------------------- the emulator
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame the emulator received (``in``) or sent (``out``), audio summarised."""
+
+    time: float  # epoch seconds, when the emulator recorded it
+    session: int
+    direction: str  # "in", "out" or "event"
+    message: dict[str, Any]
+
+
+class FrameLog(io.StringIO):
+    """Stands in for the emulator's JSONL record file and timestamps every line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._frames: list[Frame] = []
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        now = time.time()
+        for line in text.splitlines():
+            if line.strip():
+                record = json.loads(line)
+                frame = Frame(now, record["session"], record["direction"], record["message"])
+                with self._lock:
+                    self._frames.append(frame)
+        return len(text)
+
+    def frames(self) -> list[Frame]:
+        with self._lock:
+            return list(self._frames)
+
+
+class RecordedEmulator(EmulatorThread):
+    """An :class:`EmulatorThread` that keeps every frame with its time (see :meth:`frames`)."""
+
+    def __init__(self, kind: Kind, script: EmulatorScript) -> None:
+        self._log = FrameLog()
+        super().__init__(kind, script, record=self._log)
+
+    @property
+    def sessions(self) -> list[EmulatedSession]:
+        """The sessions so far (one per connection)."""
+        return self._call(lambda: list(self.emulator.sessions))
+
+    def set_script(self, script: EmulatorScript) -> None:
+        """Give ``script`` to new sessions and to the open ones (from their next decision)."""
+
+        def apply() -> None:
+            self.emulator.script = script
+            for session in self.emulator.sessions:
+                session.script = script
+
+        self._call(apply)
+
+    def frames(self, session: int | None = None, direction: str | None = None) -> list[Frame]:
+        """Frames so far (optionally one session's, one direction's)."""
+        return [
+            f
+            for f in self._log.frames()
+            if (session is None or f.session == session)
+            and (direction is None or f.direction == direction)
+        ]
+
+
+def message_type(frame: Frame) -> str:
+    """A frame's kind: OpenAI ``type``, or Gemini's top-level key (``serverContent``, ...)."""
+    message = frame.message
+    if "type" in message:
+        return str(message["type"])
+    return next(iter(message), "")
 
 
 # --------------------------------------------------------------------------- calls
@@ -70,7 +146,7 @@ class Heard:
 class Rig:
     """An emulator, a running sipbot whose agents use it, and the SIPp calls made to it."""
 
-    emu: EmulatorThread
+    emu: RecordedEmulator
     server: SipbotServer
     tmp: Path
     callers: list[sipp.Sipp] = field(default_factory=list)
@@ -143,7 +219,7 @@ class Rigs:
     def __init__(self, start_server: Callable[..., SipbotServer], tmp: Path) -> None:
         self._start_server = start_server
         self._tmp = tmp
-        self._emulators: list[EmulatorThread] = []
+        self._emulators: list[RecordedEmulator] = []
 
     def __call__(
         self,
@@ -153,20 +229,24 @@ class Rigs:
         tools: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> Rig:
-        """An emulator running ``script`` (accepting only our key) and a server using it.
+        """An emulator running ``script`` (accepting only the e2e key) and a server using it.
 
         Every agent (default: one, ``bot``) points at the emulator and answers the DID of its
         name; ``env`` adds environment variables for the server (e.g. another key).
         """
-        emu = EmulatorThread(kind, replace(script, api_keys=frozenset({KEYS[kind]})))
+        emu = RecordedEmulator(kind, script)
         self._emulators.append(emu.__enter__())
         specs = agents if agents is not None else {"bot": {}}
-        config = write_config(
-            self._tmp / "sipbot.yaml",
-            {name: emu.agent_config(**{"turn": TURN, **spec}) for name, spec in specs.items()},
-            tools=tools,
-        )
-        server = self._start_server("-c", str(config), env={**server_env(), **(env or {})})
+        config: dict[str, Any] = {
+            "server": {"media": {"codecs": ["PCMU", "PCMA", "G722"]}},
+            "agents": {name: emu.agent(**{"turn": TURN, **spec}) for name, spec in specs.items()},
+            "routes": [{"name": name, "match": {"did": name}, "answer": name} for name in specs],
+        }
+        if tools:
+            config["tools"] = dict(tools)
+        write_dialplan(self._tmp / "sipbot.yaml", config)
+        path = str(self._tmp / "sipbot.yaml")
+        server = self._start_server("-c", path, env={**server_env(), **(env or {})})
         return Rig(emu, server, self._tmp)
 
     def __enter__(self) -> Rigs:
@@ -180,12 +260,12 @@ class Rigs:
 # --------------------------------------------------------------------------- emulator frames
 
 
-def out_frames(emu: EmulatorThread, kind: str, session: int | None = None) -> list[Frame]:
+def out_frames(emu: RecordedEmulator, kind: str, session: int | None = None) -> list[Frame]:
     """Frames of type ``kind`` the emulator sent."""
     return [f for f in emu.frames(session, "out") if message_type(f) == kind]
 
 
-def in_frames(emu: EmulatorThread, kind: str, session: int | None = None) -> list[Frame]:
+def in_frames(emu: RecordedEmulator, kind: str, session: int | None = None) -> list[Frame]:
     """Frames of type ``kind`` the emulator received."""
     return [f for f in emu.frames(session, "in") if message_type(f) == kind]
 

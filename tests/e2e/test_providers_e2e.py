@@ -2,7 +2,7 @@
 
 Every call goes SIPp → sipbot (SIP, RTP) → sipbot's Gemini / OpenAI adapter → the real
 google-genai / openai SDK → the emulator, which runs in this process
-(:mod:`tests.e2e.emulated`). What the caller heard is the RTP captured at SIPp's media port;
+(:mod:`tests.e2e.provider_calls`). What the caller heard is the RTP captured at SIPp's media port;
 what the model got is the emulator's record. Each test runs for both providers. This module:
 conversation, tools, greeting; ``test_providers_resilience_e2e`` has barge-in, reconnection
 and failures.
@@ -21,10 +21,11 @@ import pytest
 
 from sipbot.emulators.script import EmulatorScript, ToolCallRule
 from tests.e2e.conftest import StartServer
-from tests.e2e.emulated import EmulatorThread, Kind
+from tests.e2e.emulated import Kind
 from tests.e2e.peers import audio
 from tests.e2e.provider_calls import (
     FRAME_MS,
+    RecordedEmulator,
     Rigs,
     dominant_hz,
     in_frames,
@@ -102,7 +103,7 @@ def lookup_order(order_id: str) -> dict:
 '''
 
 
-def tool_exchange(emu: EmulatorThread, kind: str) -> tuple[dict[str, str], dict[str, Any], float]:
+def tool_exchange(emu: RecordedEmulator, kind: str) -> tuple[dict[str, str], dict[str, Any], float]:
     """(call id → tool name asked by the emulator, call id → result it got, time of the last)."""
     if kind == "gemini":
         asked = {
@@ -186,7 +187,7 @@ def test_tool_call_result_reaches_the_model_and_the_reply_follows(
 GREETING = "Thanks for calling the test line."
 
 
-def greeting_request(emu: EmulatorThread, kind: str) -> str:
+def greeting_request(emu: RecordedEmulator, kind: str) -> str:
     """The text turn sipbot sent to make the model speak first."""
     if kind == "gemini":
         [content] = [f.message["clientContent"] for f in in_frames(emu, "clientContent")]

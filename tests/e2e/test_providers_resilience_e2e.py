@@ -15,11 +15,12 @@ import pytest
 
 from sipbot.emulators.script import EmulatorScript
 from tests.e2e.conftest import StartServer
-from tests.e2e.emulated import EmulatorThread, Kind, wait_until
+from tests.e2e.emulated import Kind, wait_until
 from tests.e2e.peers import audio
 from tests.e2e.peers.ports import free_port
 from tests.e2e.provider_calls import (
     FRAME_MS,
+    RecordedEmulator,
     Rigs,
     in_frames,
     loud_runs,
@@ -63,7 +64,7 @@ REPLY_MS = 4000
 FLUSH_SLACK_S = 0.015  # scheduling and loopback delivery on a busy machine
 
 
-def interruption_time(emu: EmulatorThread, kind: str, after: float) -> float:
+def interruption_time(emu: RecordedEmulator, kind: str, after: float) -> float:
     """When the emulator told sipbot that the caller interrupted (epoch seconds)."""
     if kind == "gemini":
         frames = [
@@ -135,7 +136,7 @@ def test_barge_in_stops_the_agent_and_reports_what_was_heard(
 # --------------------------------------------------------------------------- continuity
 
 
-def reconnection_checks(emu: EmulatorThread, kind: str) -> None:
+def reconnection_checks(emu: RecordedEmulator, kind: str) -> None:
     """The second session continues the first: resumed (Gemini) or seeded (OpenAI)."""
     if kind == "gemini":
         assert len(out_frames(emu, "goAway", session=0)) == 1
