@@ -133,7 +133,7 @@ class Server:
             await self._stopped.wait()
             return
         self._stopping = True
-        log.info("shutting down: %d call(s) in progress", len(self.calls))
+        log.info("shutting down: ending %d call(s)", len(self.calls))
         for call in list(self.calls.values()):
             call.hang_up_now("shutdown")
         if self._tasks:
