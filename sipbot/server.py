@@ -32,6 +32,7 @@ from sipbot.config import Config
 from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
 from sipbot.dialplan.watch import DialplanWatcher
 from sipbot.errors import ConfigError, SipParseError
+from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
 from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt
 from sipbot.providers.base import CallInfo, Provider
@@ -278,8 +279,14 @@ class Server:
         self._warm_providers()
 
     def _cdr(self, call: Call, reason: str) -> None:
+        """Log the call's record as one JSON line on ``sipbot.cdr``.
+
+        ``latency_ms`` holds ``inbound``, ``first_audio`` and ``barge_in``, each ``{"n", "p50",
+        "p99", "max"}`` in ms (see :mod:`sipbot.media.latency` for what each measures).
+        """
         r = call.record
         stats = call.media.stats if call.media is not None else None
+        latency = call.media.latency if call.media is not None else MediaLatency()
         cdr_log.info(
             json.dumps(
                 {
@@ -296,6 +303,7 @@ class Server:
                     "rtp_in": stats.packets_in if stats else 0,
                     "rtp_out": stats.packets_out if stats else 0,
                     "rtp_lost": stats.lost if stats else 0,
+                    "latency_ms": latency.as_dict(),
                 }
             )
         )

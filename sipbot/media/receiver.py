@@ -18,6 +18,8 @@ Rules:
   negotiated are dropped and counted (a codec switch without a re-INVITE).
 * Rule 3: a new SSRC calls ``on_restart`` before its first payload (decoder state is per stream).
 * Rule 4: ``last_rx`` is the time of the last valid packet (the inactivity timer's input).
+* Rule 5: :attr:`RtpReceiver.latency` gets, per audio payload handed on, the time since its
+  packet arrived (:mod:`sipbot.media.latency`: 0 in sequence, the jitter wait otherwise).
 """
 
 from __future__ import annotations
@@ -30,11 +32,16 @@ from sipbot.errors import RtpParseError
 from sipbot.media._ratelimit import RateLimitedLog
 from sipbot.media.dtmf import DtmfReceiver
 from sipbot.media.jitter import JitterBuffer
+from sipbot.media.latency import LatencyHistogram
 from sipbot.media.rtp import RtpPacket, parse_rtp
 
 Address = tuple[Any, ...]
 COMFORT_NOISE_PT = 13  # RFC 3389
 RELATCH_AFTER_S = 1.0
+# Arrival times by sequence number modulo this (a power of two larger than the jitter buffer's
+# max_packets): no per-packet allocation, and a held packet's slot is never reused before it
+# is released.
+ARRIVAL_SLOTS = 64
 
 
 @dataclass(slots=True)
@@ -89,6 +96,8 @@ class RtpReceiver:
         self.latched = False
         self.last_rx = float("-inf")
         self._ssrc: int | None = None
+        self.latency = LatencyHistogram()  # arrival → on_payload (Rule 5)
+        self._arrivals = [0.0] * ARRIVAL_SLOTS
 
     def configure(self, payload_type: int, dtmf_payload_type: int | None, remote: Address) -> None:
         """Accept ``payload_type`` (+ telephone-event); a new ``remote`` restarts latching."""
@@ -124,6 +133,7 @@ class RtpReceiver:
             self._latch(addr, now)
         self.stats.packets_in += 1
         self.last_rx = now
+        self._arrivals[packet.sequence & (ARRIVAL_SLOTS - 1)] = now
         for released in self.jitter.push(packet, now):
             self._deliver(released, now)
 
@@ -158,4 +168,5 @@ class RtpReceiver:
                 self.stats.dtmf_in += 1
                 self._on_dtmf(digit)
             return
+        self.latency.record(now - self._arrivals[packet.sequence & (ARRIVAL_SLOTS - 1)])
         self._on_payload(packet.payload)
