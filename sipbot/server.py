@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -261,6 +262,11 @@ class Server:
                     self._provider(self._agent_overrides(action.agent))
                 except ConfigError as exc:
                     log.error("agent %s cannot start: %s", action.agent.name, exc)
+        # Move everything imported so far out of the collector's reach: with the SDKs loaded a
+        # full (generation 2) pass over ~150k objects took 40-57 ms, stalling every call's RTP
+        # (gaps of 60-80 ms); frozen, a pass scans only what calls made since.
+        gc.collect()
+        gc.freeze()
 
     def _answerer(self, plan: CallPlan, dialog: ServerCall) -> SdpAnswerer:
         codecs = plan.agent.codecs or self.config.server.media.codecs
