@@ -264,8 +264,10 @@ class Server:
                     log.error("agent %s cannot start: %s", action.agent.name, exc)
         # Move everything imported so far out of the collector's reach: with the SDKs loaded a
         # full (generation 2) pass over ~150k objects took 40-57 ms, stalling every call's RTP
-        # (gaps of 60-80 ms); frozen, a pass scans only what calls made since.
-        gc.collect()
+        # (gaps of 60-80 ms); frozen, a pass scans only what calls made since. (freeze() is
+        # cheap; the collect() before it is not, so only at start, before any call.)
+        if not self.calls:
+            gc.collect()
         gc.freeze()
 
     def _answerer(self, plan: CallPlan, dialog: ServerCall) -> SdpAnswerer:
