@@ -311,6 +311,7 @@ class Server:
                     "rtp_in": stats.packets_in if stats else 0,
                     "rtp_out": stats.packets_out if stats else 0,
                     "rtp_lost": stats.lost if stats else 0,
+                    "rtp_underruns": stats.underruns if stats else 0,
                     "latency_ms": latency.as_dict(),
                 }
             )

@@ -17,6 +17,8 @@ Rules:
   :meth:`RtpSender.play`, :meth:`RtpSender.flush` and :meth:`RtpSender.next_packet`,
   ``first_audio_latency`` gets play-into-an-empty-queue → the first audio packet after it, and
   ``barge_in_latency`` gets flush → the next packet. Without ``now`` nothing is measured.
+* Rule 6 (underruns): ``underruns`` counts the times an item's audio resumed after silence was
+  sent in its middle (the queue ran dry: the caller heard a gap). A flush starts afresh.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class RtpSender:
         self.barge_in_latency = LatencyHistogram()
         self._audio_since: float | None = None  # play() into an empty queue, not yet sent
         self._flushed_at: float | None = None  # flush(), no packet sent since
+        self.underruns = 0  # Rule 6
+        self._spurt_item: str | None = None  # item of the last audio frame sent
 
     def configure(self, codec: CodecInfo, payload_type: int, dtmf_payload_type: int | None) -> None:
         """Use ``codec`` from now on (the stream's SSRC, sequence and timestamp continue)."""
@@ -132,6 +136,7 @@ class RtpSender:
         """
         self._pending.clear()
         self._audio_since = None  # that audio will never be sent
+        self._spurt_item = None
         if now is not None:
             self._flushed_at = now
         if self.pacer is None or self.chain is None:
@@ -195,6 +200,10 @@ class RtpSender:
                 self.dtmf_sent += marker
                 return stream.event_packet(self.dtmf_payload_type, payload, timestamp, marker)
         frame = pacer.pull()
+        if pacer.last_was_audio:
+            if pacer.talkspurt_start and pacer.last_item == self._spurt_item:
+                self.underruns += 1
+            self._spurt_item = pacer.last_item
         if now is not None and self._audio_since is not None and pacer.last_was_audio:
             self.first_audio_latency.record(now - self._audio_since)
             self._audio_since = None

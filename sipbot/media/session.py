@@ -82,6 +82,7 @@ class MediaStats:
     dtmf_in: int = 0
     dtmf_out: int = 0
     relatches: int = 0
+    underruns: int = 0  # an item's audio resumed after a gap of silence (the queue ran dry)
 
 
 class MediaEngine:
@@ -329,6 +330,7 @@ class MediaSession:
             dtmf_in=rx.dtmf_in,
             dtmf_out=self._tx.dtmf_sent,
             relatches=rx.relatches,
+            underruns=self._tx.underruns,
         )
 
     @property

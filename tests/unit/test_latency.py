@@ -222,3 +222,36 @@ def test_without_now_nothing_is_measured(call: str) -> None:
     tx.next_packet(now=None if call == "next_packet" else 1.01)
     recorded = tx.first_audio_latency.count + tx.barge_in_latency.count
     assert recorded == {"play": 1, "flush": 1, "next_packet": 0}[call]
+
+
+# --------------------------------------------------------------------------- underruns
+
+
+def test_audio_resuming_after_a_gap_in_one_item_is_an_underrun() -> None:
+    tx = sender(prebuffer_ms=0)
+    tx.play(loud_24k(40), "a")
+    assert [send(tx, 0.0) for _ in range(3)] == [True, True, False]  # ran dry
+    tx.play(loud_24k(20), "a")  # the rest of the same item
+    assert send(tx, 0.0)
+    assert tx.underruns == 1
+
+
+def test_a_new_item_after_silence_is_not_an_underrun() -> None:
+    tx = sender(prebuffer_ms=0)
+    tx.play(loud_24k(20), "a")
+    assert [send(tx, 0.0) for _ in range(2)] == [True, False]
+    tx.play(loud_24k(20), "b")
+    tx.play(loud_24k(20), "b")  # back to back with no gap: nothing either
+    assert [send(tx, 0.0) for _ in range(3)] == [True, True, False]
+    assert tx.underruns == 0
+
+
+def test_after_a_flush_the_same_item_starts_afresh() -> None:
+    tx = sender(prebuffer_ms=0)
+    tx.play(loud_24k(100), "a")
+    assert send(tx, 0.0)
+    tx.flush()
+    assert not send(tx, 0.0)
+    tx.play(loud_24k(20), "a")
+    assert send(tx, 0.0)
+    assert tx.underruns == 0
