@@ -15,7 +15,7 @@ Figures and where they come from:
 * RSS: ``VmRSS`` of the fresh server 2 s after it is ready (idle), ``VmHWM`` after the calls.
 * Machine load: all CPUs' busy time (``/proc/stat``) over the window minus that of the processes
   of the benchmark (server, SIPp, dumpcap, emulators): what other sessions used meanwhile.
-* The machine: see :mod:`bench._probe` (a probe thread's stalls, CPU pressure).
+* The machine: see :mod:`bench._probe` (per-CPU probe threads' stalls, CPU pressure).
 * GC pauses: the server runs through ``bench/_gc_trace.py`` (``sipbot.cli.main`` with a
   ``gc.callbacks`` hook that logs generation-2 passes and passes over 5 ms).
 """

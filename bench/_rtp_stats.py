@@ -12,7 +12,7 @@ port, so in a capture of UDP to and from SIPp's port a call is the sipbot port o
   buffer, DSP, pacer queue and slot wait).
 
 * **machine-wide stalls**: times when SIPp sent nothing at all for :data:`STALL_S` although
-  every call sends every 20 ms, and the stalls of the benchmark's probe thread
+  every call sends every 20 ms, and the stalls of the benchmark's per-CPU probe threads
   (:mod:`bench._probe`). An outbound gap over 30 ms that overlaps one happened while another
   process was frozen too (the shared machine, not sipbot); both counts are printed.
 

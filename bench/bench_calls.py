@@ -121,7 +121,7 @@ def format_run(f: dict[str, Any]) -> str:
             f"{g['stream_p99_worst']:.1f}, max median {g['stream_max_median']:.1f}, streams "
             f"with max > 30 ms: {g['streams_max_over_30']}",
             f"  gaps > 30 ms: {g['long_gaps']}, {g['long_gaps_in_stalls']} of them during machine"
-            f" stalls (SIPp silent {g['sipp_silences']}x, probe thread frozen "
+            f" stalls (SIPp silent {g['sipp_silences']}x, a probe thread frozen "
             f"{g['probe_stalls']}x, longest {g['machine_stall_max_ms']:.0f} ms); max gap outside"
             f" those {g['max_outside_stalls']:.1f}",
             f"  steady window: mean {s.get('mean', 0):.2f} stdev {s.get('stdev', 0):.2f} "
