@@ -17,6 +17,9 @@ Rules:
 * Rule 2: comfort noise (PT 13) is dropped quietly; other payload types that were not
   negotiated are dropped and counted (a codec switch without a re-INVITE).
 * Rule 3: a new SSRC calls ``on_restart`` before its first payload (decoder state is per stream).
+  Telephone-events under an SSRC other than the audio's (SIPp's DTMF pcaps, some gateways) are a
+  stream beside the audio, not a new one: they go straight to the digit decoder, bypassing the
+  jitter buffer, and restart nothing.
 * Rule 4: ``last_rx`` is the time of the last valid packet (the inactivity timer's input).
 * Rule 5: :attr:`RtpReceiver.latency` gets, per audio payload handed on, the time since its
   packet arrived (:mod:`sipbot.media.latency`: 0 in sequence, the jitter wait otherwise).
@@ -133,6 +136,9 @@ class RtpReceiver:
             self._latch(addr, now)
         self.stats.packets_in += 1
         self.last_rx = now
+        if payload_type == self._dtmf_pt and self._ssrc not in (None, packet.ssrc):
+            self._digit(packet)  # Rule 3: events beside the audio stream
+            return
         self._arrivals[packet.sequence & (ARRIVAL_SLOTS - 1)] = now
         for released in self.jitter.push(packet, now):
             self._deliver(released, now)
@@ -163,10 +169,13 @@ class RtpReceiver:
                 self._on_restart()
             self._ssrc = packet.ssrc
         if packet.payload_type == self._dtmf_pt:
-            digit = self._dtmf.receive(packet)
-            if digit is not None:
-                self.stats.dtmf_in += 1
-                self._on_dtmf(digit)
+            self._digit(packet)
             return
         self.latency.record(now - self._arrivals[packet.sequence & (ARRIVAL_SLOTS - 1)])
         self._on_payload(packet.payload)
+
+    def _digit(self, packet: RtpPacket) -> None:
+        digit = self._dtmf.receive(packet)
+        if digit is not None:
+            self.stats.dtmf_in += 1
+            self._on_dtmf(digit)

@@ -20,9 +20,9 @@ def rtp(seq: int, pt: int = 0, ssrc: int = 1, payload: bytes = b"\xff" * 160) ->
     return RtpPacket(pt, seq, seq * 160, ssrc, payload).serialize()
 
 
-def dtmf(seq: int, ts: int, end: bool = False) -> bytes:
+def dtmf(seq: int, ts: int, end: bool = False, ssrc: int = 1) -> bytes:
     payload = struct.pack("!BBH", 3, (0x80 if end else 0) | 10, 160)
-    return RtpPacket(101, seq, ts, 1, payload).serialize()
+    return RtpPacket(101, seq, ts, ssrc, payload).serialize()
 
 
 class Sink:
@@ -117,6 +117,19 @@ def test_dtmf_events_share_the_sequence_space() -> None:
     assert len(sink.payloads) == 2
     assert rx.stats.dtmf_in == 1
     assert rx.jitter.stats.lost == 0
+
+
+def test_dtmf_events_under_their_own_ssrc_beside_the_audio() -> None:
+    # SIPp's play_pcap_audio interleaves its pcap's events (own SSRC) with the audio stream
+    sink = Sink()
+    rx = sink.receiver()
+    rx.receive(rtp(1), SDP, 1.0)
+    for i in range(4):
+        rx.receive(dtmf(8155 + i, 43200, end=i == 3, ssrc=0x0E05384E), SDP, 1.01 + i * 0.02)
+        rx.receive(rtp(2 + i), SDP, 1.02 + i * 0.02)
+    assert sink.digits == ["3"]
+    assert len(sink.payloads) == 5
+    assert (sink.restarts, rx.stats.ssrc_changes, rx.jitter.stats.lost) == (0, 0, 0)
 
 
 def test_ssrc_change_restarts_the_decoder_once() -> None:
