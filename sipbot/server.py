@@ -218,7 +218,7 @@ class Server:
         agent = self._agent_overrides(action.agent)
         try:
             provider = self._provider(agent)
-        except ConfigError as exc:
+        except (ConfigError, OSError) as exc:
             log.error("call %s: agent %s cannot start: %s", info.call_id, agent.name, exc)
             dialog.reject(503, "Service Unavailable")
             return None
@@ -261,7 +261,7 @@ class Server:
             if isinstance(action, Answer):
                 try:
                     self._provider(self._agent_overrides(action.agent))
-                except ConfigError as exc:
+                except (ConfigError, OSError) as exc:
                     log.error("agent %s cannot start: %s", action.agent.name, exc)
         # Move everything imported so far out of the collector's reach: with the SDKs loaded a
         # full (generation 2) pass over ~150k objects took 40-57 ms, stalling every call's RTP
