@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import socket
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -32,15 +30,13 @@ from typing import Any
 from sipbot import prompts
 from sipbot.dialplan import Agent, DtmfAction, HangUp, Transfer
 from sipbot.errors import (
-    PortRangeExhausted,
     ProviderError,
     RequestFailed,
-    SdpError,
-    SdpNegotiationError,
     SipbotError,
 )
 from sipbot.media.formats import PCM16_16K, PCM16_24K
 from sipbot.media.session import MediaEngine, MediaSession
+from sipbot.media_leg import MediaLeg
 from sipbot.providers.base import (
     AudioOut,
     CallInfo,
@@ -57,7 +53,7 @@ from sipbot.providers.base import (
     TurnComplete,
 )
 from sipbot.sip.message import SipRequest
-from sipbot.sip.sdp import Negotiated, SdpAnswerer
+from sipbot.sip.sdp import SdpAnswerer
 from sipbot.sip.ua import ServerCall
 from sipbot.tools import ToolContext, ToolRunner
 from sipbot.tools.runner import ToolResult
@@ -140,8 +136,6 @@ class Call:
         self._last_agent_audio = 0.0
         self._turn_done = asyncio.Event()
         self._notify_final: asyncio.Future[int] | None = None
-        self._sdp: SdpAnswerer | None = None
-        self._configured = False  # media configured from a negotiated SDP at least once
         self.runner = ToolRunner(
             ToolContext(self, self.transcript),
             plan.agent.resolved_tools,
@@ -153,132 +147,32 @@ class Call:
     # ------------------------------------------------------------------ answering
 
     async def answer(self, engine: MediaEngine, sdp: SdpAnswerer, *, ring_s: float = 0.0) -> bool:
-        """Open the media session, negotiate the offer and answer 200 OK.
+        """Open the media session, negotiate the offer and answer 200 OK (see :class:`MediaLeg`).
 
-        Rejects the INVITE itself (488 no common codec, 400 malformed SDP, 503 no RTP port)
-        and returns False when the call cannot be answered or was cancelled while ringing.
+        Returns False when the call could not be answered (the INVITE was rejected) or was
+        cancelled while ringing.
         """
-        call_id = self.info.call_id
-        try:
-            media = await engine.open_session(
-                on_audio=self.on_audio, on_dtmf=self.on_dtmf, on_timeout=self.on_timeout
-            )
-        except PortRangeExhausted:
-            log.error("call %s: 503: no free RTP port", call_id)
-            self.dialog.reject(503, "Service Unavailable", [("Retry-After", "5")])
-            return False
-        sdp.port = media.local_port
-        self.media, self._sdp = media, sdp
-        if not self.dialog.offer:
-            return await self._answer_late_offer(media, sdp, ring_s)
-        try:
-            negotiated = sdp.answer(self.dialog.offer)
-            host = await _resolve(negotiated.remote_host)
-        except SdpNegotiationError as exc:
-            return await self._refuse(488, "Not Acceptable Here", exc)
-        except (SdpError, OSError) as exc:
-            return await self._refuse(400, "Malformed SDP", exc)
-        self._apply(negotiated, host)
-        if not await self._ring(ring_s):
-            return False
-        assert negotiated.answer is not None
-        self.dialog.accept(bytes(negotiated.answer))
-        media.start()  # an early silence packet at once, for trunks that wait for media
-        log.info(
-            "call %s: answered by agent %s, %s, RTP %s:%d",
-            call_id,
-            self.plan.agent.name,
-            negotiated.codec.name,
-            host,
-            negotiated.remote_port,
+        leg = MediaLeg(self.dialog, sdp, self.info.call_id)
+        negotiated = await leg.open(
+            engine,
+            on_audio=self.on_audio,
+            on_dtmf=self.on_dtmf,
+            on_timeout=self.on_timeout,
+            formats=(PCM16_16K, self._outbound),
+            ring_s=ring_s,
         )
-        return True
-
-    async def _answer_late_offer(
-        self, media: MediaSession, sdp: SdpAnswerer, ring_s: float
-    ) -> bool:
-        """An INVITE without SDP: our offer goes in the 200, the answer comes in the ACK."""
-        if not await self._ring(ring_s):
+        if negotiated is None:
             return False
-        self.dialog.accept(sdp.offer())
-        try:
-            await self.dialog.confirmed
-            negotiated = sdp.take_answer(self.dialog.remote_sdp)
-            host = await _resolve(negotiated.remote_host)
-        except (SipbotError, OSError) as exc:
-            log.info("call %s: late offer failed: %s", self.info.call_id, exc)
-            if not self.dialog.terminated.done():
-                with contextlib.suppress(SipbotError):
-                    await self.dialog.bye()
-            await media.close()
-            return False
-        self._apply(negotiated, host)
-        media.start()
+        self.media = leg.media
+        # providers choose their audio format by codec (OpenAI takes G.711 as is)
+        self.plan = replace(self.plan, info=replace(self.plan.info, codec=negotiated.codec.name))
         log.info(
-            "call %s: answered (late offer) by agent %s, %s",
+            "call %s: answered by agent %s, %s",
             self.info.call_id,
             self.plan.agent.name,
             negotiated.codec.name,
         )
         return True
-
-    async def _refuse(self, status: int, reason: str, exc: Exception) -> bool:
-        log.info("call %s: %d: %s", self.info.call_id, status, exc)
-        self.dialog.reject(status, reason)
-        assert self.media is not None
-        await self.media.close()
-        return False
-
-    async def _ring(self, ring_s: float) -> bool:
-        """Ring (180) for ``ring_s`` first; False when the caller gave up meanwhile."""
-        if ring_s <= 0:
-            return True
-        self.dialog.progress(180)
-        done, _ = await asyncio.wait([self.dialog.terminated], timeout=ring_s)
-        if done:
-            assert self.media is not None
-            await self.media.close()
-            return False
-        return True
-
-    def _apply(self, negotiated: Negotiated, host: str) -> None:
-        assert self.media is not None
-        if not self._configured:
-            self._configured = True
-            # providers choose their audio format by codec (OpenAI takes G.711 as is)
-            info = replace(self.plan.info, codec=negotiated.codec.name)
-            self.plan = replace(self.plan, info=info)
-            self.media.set_formats(PCM16_16K, self._outbound)
-            self.dialog.on_reoffer = self._on_reoffer
-        self.media.configure(
-            codec=negotiated.codec.name,
-            payload_type=negotiated.codec.payload_type,
-            dtmf_payload_type=negotiated.dtmf_payload_type,
-            remote=(host, negotiated.remote_port),
-            direction=negotiated.direction,
-            ptime_ms=negotiated.ptime_ms,
-        )
-
-    def _on_reoffer(self, offer: bytes) -> bytes | int:
-        """A re-INVITE/UPDATE offer (hold, resume, codec change): answer it, reconfigure media."""
-        if self._sdp is None or self.media is None:
-            return 488
-        try:
-            negotiated = self._sdp.answer(offer)
-        except SdpError as exc:
-            log.info("call %s: re-offer refused: %s", self.info.call_id, exc)
-            return 488
-        if not _is_ip(negotiated.remote_host):
-            return 488  # a name would need an await here; no PBX sends one in a re-offer
-        self._apply(negotiated, negotiated.remote_host)
-        log.info(
-            "call %s: re-offer: %s %s",
-            self.info.call_id,
-            negotiated.codec.name,
-            negotiated.direction,
-        )
-        assert negotiated.answer is not None
-        return bytes(negotiated.answer)
 
     @property
     def _media(self) -> MediaSession:
@@ -588,19 +482,3 @@ def _sipfrag_status(body: bytes) -> int | None:
     if len(first) >= 2 and first[0].upper().startswith(b"SIP/") and first[1].isdigit():
         return int(first[1])
     return None
-
-
-async def _resolve(host: str) -> str:
-    """An IP literal for an SDP connection address (resolving a name if a peer sent one)."""
-    if _is_ip(host):
-        return host
-    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_DGRAM)
-    return str(infos[0][4][0])
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

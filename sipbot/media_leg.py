@@ -1,0 +1,175 @@
+"""The media side of an incoming call: its RTP session and its SDP offer/answer exchanges.
+
+:class:`MediaLeg` answers an INVITE (offer in the INVITE, or a late offer answered in the ACK),
+opens and configures the call's :class:`~sipbot.media.session.MediaSession`, and answers the
+re-offers that follow (hold, resume, codec or address change).
+
+Rules:
+
+* Rule 1: an INVITE that cannot be answered is rejected here — 488 when nothing in the offer is
+  acceptable, 400 for malformed SDP, 503 + Retry-After when no RTP port is free — and the RTP
+  port is released.
+* Rule 2: media is configured before the 200 OK leaves, and starts sending (an early silence
+  packet, for trunks that wait for media) as the 200 leaves; with a late offer, once the ACK's
+  answer is in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+
+from sipbot.errors import PortRangeExhausted, SdpError, SdpNegotiationError, SipbotError
+from sipbot.media.formats import AudioFormat
+from sipbot.media.session import MediaEngine, MediaSession
+from sipbot.sip.sdp import Negotiated, SdpAnswerer
+from sipbot.sip.ua import ServerCall
+
+log = logging.getLogger(__name__)
+
+
+class MediaLeg:
+    """One incoming call's media and offer/answer state.
+
+    Args:
+        dialog: the incoming call, not answered yet.
+        sdp: our side of the call's offer/answer exchanges.
+        label: how log lines name the call (its Call-ID).
+    """
+
+    def __init__(self, dialog: ServerCall, sdp: SdpAnswerer, label: str) -> None:
+        self.dialog = dialog
+        self.sdp = sdp
+        self.label = label
+        self.media: MediaSession | None = None
+
+    async def open(
+        self,
+        engine: MediaEngine,
+        *,
+        on_audio: Callable[[bytes], None],
+        on_dtmf: Callable[[str], None],
+        on_timeout: Callable[[], None],
+        formats: tuple[AudioFormat, AudioFormat],
+        ring_s: float = 0.0,
+    ) -> Negotiated | None:
+        """Answer the INVITE (Rules 1-2); the negotiated media, or None if not answered."""
+        try:
+            media = await engine.open_session(
+                on_audio=on_audio, on_dtmf=on_dtmf, on_timeout=on_timeout
+            )
+        except PortRangeExhausted:
+            log.error("call %s: 503: no free RTP port", self.label)
+            self.dialog.reject(503, "Service Unavailable", [("Retry-After", "5")])
+            return None
+        self.media = media
+        self.sdp.port = media.local_port
+        media.set_formats(*formats)
+        if not self.dialog.offer:
+            return await self._late_offer(media, ring_s)
+        try:
+            negotiated = self.sdp.answer(self.dialog.offer)
+            host = await _resolve(negotiated.remote_host)
+        except SdpNegotiationError as exc:
+            await self._refuse(488, "Not Acceptable Here", exc)
+            return None
+        except (SdpError, OSError) as exc:
+            await self._refuse(400, "Malformed SDP", exc)
+            return None
+        self._apply(negotiated, host)
+        if not await self._ring(ring_s):
+            return None
+        assert negotiated.answer is not None
+        self.dialog.accept(bytes(negotiated.answer))
+        media.start()
+        log.info("call %s: RTP %s:%d", self.label, host, negotiated.remote_port)
+        return negotiated
+
+    async def _late_offer(self, media: MediaSession, ring_s: float) -> Negotiated | None:
+        """An INVITE without SDP: our offer goes in the 200, the answer comes in the ACK."""
+        if not await self._ring(ring_s):
+            return None
+        self.dialog.accept(self.sdp.offer())
+        try:
+            await self.dialog.confirmed
+            negotiated = self.sdp.take_answer(self.dialog.remote_sdp)
+            host = await _resolve(negotiated.remote_host)
+        except (SipbotError, OSError) as exc:
+            log.info("call %s: late offer failed: %s", self.label, exc)
+            if not self.dialog.terminated.done():
+                with contextlib.suppress(SipbotError):
+                    await self.dialog.bye()
+            await media.close()
+            return None
+        self._apply(negotiated, host)
+        media.start()
+        log.info(
+            "call %s: answered (late offer), RTP %s:%d", self.label, host, negotiated.remote_port
+        )
+        return negotiated
+
+    async def _refuse(self, status: int, reason: str, exc: Exception) -> None:
+        log.info("call %s: %d: %s", self.label, status, exc)
+        self.dialog.reject(status, reason)
+        assert self.media is not None
+        await self.media.close()
+
+    async def _ring(self, ring_s: float) -> bool:
+        """Ring (180) for ``ring_s`` first; False when the caller gave up meanwhile."""
+        if ring_s <= 0:
+            return True
+        self.dialog.progress(180)
+        done, _ = await asyncio.wait([self.dialog.terminated], timeout=ring_s)
+        if done:
+            assert self.media is not None
+            await self.media.close()
+            return False
+        return True
+
+    def _apply(self, negotiated: Negotiated, host: str) -> None:
+        assert self.media is not None
+        self.media.configure(
+            codec=negotiated.codec.name,
+            payload_type=negotiated.codec.payload_type,
+            dtmf_payload_type=negotiated.dtmf_payload_type,
+            remote=(host, negotiated.remote_port),
+            direction=negotiated.direction,
+            ptime_ms=negotiated.ptime_ms,
+        )
+        self.dialog.on_reoffer = self.on_reoffer
+
+    def on_reoffer(self, offer: bytes) -> bytes | int:
+        """A re-INVITE/UPDATE offer (hold, resume, codec change): answer it, reconfigure media."""
+        try:
+            negotiated = self.sdp.answer(offer)
+        except SdpError as exc:
+            log.info("call %s: re-offer refused: %s", self.label, exc)
+            return 488
+        if not _is_ip(negotiated.remote_host):
+            return 488  # a name would need an await here; no PBX sends one in a re-offer
+        self._apply(negotiated, negotiated.remote_host)
+        log.info(
+            "call %s: re-offer: %s %s", self.label, negotiated.codec.name, negotiated.direction
+        )
+        assert negotiated.answer is not None
+        return bytes(negotiated.answer)
+
+
+async def _resolve(host: str) -> str:
+    """An IP literal for an SDP connection address (resolving a name if a peer sent one)."""
+    if _is_ip(host):
+        return host
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    return str(infos[0][4][0])
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
