@@ -20,9 +20,9 @@ def rtp(seq: int, pt: int = 0, ssrc: int = 1, payload: bytes = b"\xff" * 160) ->
     return RtpPacket(pt, seq, seq * 160, ssrc, payload).serialize()
 
 
-def dtmf(seq: int, ts: int, end: bool = False) -> bytes:
+def dtmf(seq: int, ts: int, end: bool = False, ssrc: int = 1) -> bytes:
     payload = struct.pack("!BBH", 3, (0x80 if end else 0) | 10, 160)
-    return RtpPacket(101, seq, ts, 1, payload).serialize()
+    return RtpPacket(101, seq, ts, ssrc, payload).serialize()
 
 
 class Sink:
@@ -117,6 +117,18 @@ def test_dtmf_events_share_the_sequence_space() -> None:
     assert len(sink.payloads) == 2
     assert rx.stats.dtmf_in == 1
     assert rx.jitter.stats.lost == 0
+
+
+def test_dtmf_on_its_own_ssrc_beside_the_audio_is_one_digit_and_no_restart() -> None:
+    sink = Sink()
+    rx = sink.receiver()
+    for i in range(6):  # SIPp's DTMF pcaps: events on SSRC 7, interleaved with the audio
+        rx.receive(rtp(1 + i), SDP, 1.0 + i * 0.02)
+        rx.receive(dtmf(8219 + i, 54720, end=i >= 3, ssrc=7), SDP, 1.01 + i * 0.02)
+    assert sink.digits == ["3"]
+    assert len(sink.payloads) == 6
+    assert sink.restarts == 0
+    assert (rx.stats.dtmf_in, rx.stats.ssrc_changes, rx.jitter.stats.lost) == (1, 0, 0)
 
 
 def test_ssrc_change_restarts_the_decoder_once() -> None:
