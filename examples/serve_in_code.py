@@ -62,7 +62,7 @@ def build_dialplan() -> Dialplan:
 
 def main() -> int:
     """Serve the dialplan on loopback (``sipbot.serve`` returns the exit code)."""
-    from sipbot import serve  # type: ignore[attr-defined]  # the server's public entry point
+    from sipbot import serve
 
     return int(serve(build_dialplan(), listen=["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]))
 

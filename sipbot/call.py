@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 PROVIDER_OPEN_TIMEOUT_S = 15.0
 PENDING_AUDIO_FRAMES = 100  # 2 s of caller audio kept while the provider connects
 APOLOGY_TIMEOUT_S = 10.0  # longest the apology may take to play out
-HANGUP_QUIET_S = 1.0  # agent audio quiet this long after hang_up → the sentence is over
+HANGUP_QUIET_S = 2.0  # no agent audio this long after hang_up: it said goodbye before the tool
 HANGUP_WAIT_S = 15.0  # longest hang_up waits for the agent to finish speaking
 TRANSFER_NOTIFY_TIMEOUT_S = 10.0  # longest we wait for the REFER's final NOTIFY before BYE
 CLOSE_TIMEOUT_S = 3.0
@@ -141,6 +141,7 @@ class Call:
         self._turn_done = asyncio.Event()
         self._notify_final: asyncio.Future[int] | None = None
         self._sdp: SdpAnswerer | None = None
+        self._configured = False  # media configured from a negotiated SDP at least once
         self.runner = ToolRunner(
             ToolContext(self, self.transcript),
             plan.agent.resolved_tools,
@@ -167,32 +168,19 @@ class Call:
             self.dialog.reject(503, "Service Unavailable", [("Retry-After", "5")])
             return False
         sdp.port = media.local_port
-        status = 0
+        self.media, self._sdp = media, sdp
+        if not self.dialog.offer:
+            return await self._answer_late_offer(media, sdp, ring_s)
         try:
             negotiated = sdp.answer(self.dialog.offer)
             host = await _resolve(negotiated.remote_host)
         except SdpNegotiationError as exc:
-            log.info("call %s: 488: %s", call_id, exc)
-            status, reason = 488, "Not Acceptable Here"
+            return await self._refuse(488, "Not Acceptable Here", exc)
         except (SdpError, OSError) as exc:
-            log.info("call %s: 400: %s", call_id, exc)
-            status, reason = 400, "Malformed SDP"
-        if status:
-            self.dialog.reject(status, reason)
-            await media.close()
-            return False
-        self.media, self._sdp = media, sdp
-        # providers choose their audio format by codec (OpenAI takes G.711 as is)
-        self.plan = replace(self.plan, info=replace(self.plan.info, codec=negotiated.codec.name))
+            return await self._refuse(400, "Malformed SDP", exc)
         self._apply(negotiated, host)
-        media.set_formats(PCM16_16K, self._outbound)
-        self.dialog.on_reoffer = self._on_reoffer
-        if ring_s > 0:
-            self.dialog.progress(180)
-            done, _ = await asyncio.wait([self.dialog.terminated], timeout=ring_s)
-            if done:
-                await media.close()
-                return False
+        if not await self._ring(ring_s):
+            return False
         assert negotiated.answer is not None
         self.dialog.accept(bytes(negotiated.answer))
         media.start()  # an early silence packet at once, for trunks that wait for media
@@ -206,8 +194,62 @@ class Call:
         )
         return True
 
+    async def _answer_late_offer(
+        self, media: MediaSession, sdp: SdpAnswerer, ring_s: float
+    ) -> bool:
+        """An INVITE without SDP: our offer goes in the 200, the answer comes in the ACK."""
+        if not await self._ring(ring_s):
+            return False
+        self.dialog.accept(sdp.offer())
+        try:
+            await self.dialog.confirmed
+            negotiated = sdp.take_answer(self.dialog.remote_sdp)
+            host = await _resolve(negotiated.remote_host)
+        except (SipbotError, OSError) as exc:
+            log.info("call %s: late offer failed: %s", self.info.call_id, exc)
+            if not self.dialog.terminated.done():
+                with contextlib.suppress(SipbotError):
+                    await self.dialog.bye()
+            await media.close()
+            return False
+        self._apply(negotiated, host)
+        media.start()
+        log.info(
+            "call %s: answered (late offer) by agent %s, %s",
+            self.info.call_id,
+            self.plan.agent.name,
+            negotiated.codec.name,
+        )
+        return True
+
+    async def _refuse(self, status: int, reason: str, exc: Exception) -> bool:
+        log.info("call %s: %d: %s", self.info.call_id, status, exc)
+        self.dialog.reject(status, reason)
+        assert self.media is not None
+        await self.media.close()
+        return False
+
+    async def _ring(self, ring_s: float) -> bool:
+        """Ring (180) for ``ring_s`` first; False when the caller gave up meanwhile."""
+        if ring_s <= 0:
+            return True
+        self.dialog.progress(180)
+        done, _ = await asyncio.wait([self.dialog.terminated], timeout=ring_s)
+        if done:
+            assert self.media is not None
+            await self.media.close()
+            return False
+        return True
+
     def _apply(self, negotiated: Negotiated, host: str) -> None:
         assert self.media is not None
+        if not self._configured:
+            self._configured = True
+            # providers choose their audio format by codec (OpenAI takes G.711 as is)
+            info = replace(self.plan.info, codec=negotiated.codec.name)
+            self.plan = replace(self.plan, info=info)
+            self.media.set_formats(PCM16_16K, self._outbound)
+            self.dialog.on_reoffer = self._on_reoffer
         self.media.configure(
             codec=negotiated.codec.name,
             payload_type=negotiated.codec.payload_type,
@@ -253,7 +295,7 @@ class Call:
     async def hang_up(self) -> None:
         """End the call after the sentence now playing (see :meth:`_hang_up_after_speech`)."""
         log.info("call %s: hang-up requested by the agent", self.info.call_id)
-        self._spawn(self._hang_up_after_speech())
+        self._spawn(self._hang_up_after_speech(self._loop.time()))
 
     async def transfer(self, uri: str) -> None:
         """Blind transfer (RFC 3515 REFER); returns once the peer accepted the REFER.
@@ -453,12 +495,18 @@ class Call:
         if pcm16k:
             self._media.play(prompts.render(pcm16k, 16_000, self._outbound), item_id)
 
-    async def _hang_up_after_speech(self) -> None:
-        """BYE once the agent has finished its sentence and it has played out."""
-        deadline = self._loop.time() + HANGUP_WAIT_S
+    async def _hang_up_after_speech(self, requested: float) -> None:
+        """BYE once the agent has finished speaking and its audio has played out.
+
+        The agent has finished when a turn in which it spoke after the request is complete
+        (the goodbye a model says once the tool result is in), or when it has been quiet for
+        HANGUP_QUIET_S since the request and since its last audio (it said goodbye first).
+        """
+        deadline = requested + HANGUP_WAIT_S
         while self._loop.time() < deadline and not self._ended.done():
-            quiet = self._loop.time() - self._last_agent_audio >= HANGUP_QUIET_S
-            if (self._turn_done.is_set() or quiet) and self._media.queued_ms() == 0:
+            spoke = self._last_agent_audio > requested
+            quiet = self._loop.time() - max(self._last_agent_audio, requested) >= HANGUP_QUIET_S
+            if ((spoke and self._turn_done.is_set()) or quiet) and self._media.queued_ms() == 0:
                 break
             await asyncio.sleep(0.05)
         with contextlib.suppress(TimeoutError):

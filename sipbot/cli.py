@@ -173,12 +173,17 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
-    _logging(args.log_level or config.server.log_level)
     from sipbot.server import RunOptions
 
     options = RunOptions(
         local_mode=args.local_mode, ring_s=args.answer_after, max_duration_s=args.max_duration
     )
+    return run_config(config, options, log_level=args.log_level)
+
+
+def run_config(config: Any, options: Any = None, *, log_level: str | None = None) -> int:
+    """Run a server for a loaded :class:`~sipbot.config.Config` until SIGTERM/SIGINT."""
+    _logging(log_level or config.server.log_level)
     return _run_async(_run_server(config, options))
 
 

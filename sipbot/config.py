@@ -250,6 +250,30 @@ def load_config(path: str | None, *, environ: Mapping[str, str] | None = None) -
     return Config(model.server, dialplan, source, path, tuple(warnings))
 
 
+def config_from_objects(
+    dialplan: Dialplan, server: Mapping[str, Any] | None = None, source: str = "<python>"
+) -> Config:
+    """A :class:`Config` for a dialplan built in Python (``sipbot.serve``).
+
+    Args:
+        dialplan: the agents and routes.
+        server: ``server:`` settings as in the YAML file.
+
+    Raises:
+        ConfigError: a server setting is invalid (``field`` names it).
+    """
+    try:
+        settings = ServerSettings.model_validate(dict(server or {}))
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        field = "server." + ".".join(str(part) for part in error["loc"])
+        raise ConfigError(error["msg"].removeprefix("Value error, "), field=field) from None
+    warnings = tuple(
+        f"{source}: {path}: warning: {message}" for path, message in dialplan_warnings(dialplan)
+    )
+    return Config(settings, dialplan, source, None, warnings)
+
+
 def _unused_definitions(model: ConfigModel) -> list[tuple[Path, str]]:
     used_tools = {name for agent in model.agents.values() for name in agent.tools}
     used_trunks = {route.match.trunk for route in model.routes}

@@ -37,6 +37,7 @@ from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt
 from sipbot.providers.base import CallInfo, Provider
 from sipbot.providers.registry import make_provider
 from sipbot.sip.address import parse_name_addr, parse_uri
+from sipbot.sip.message import SipRequest
 from sipbot.sip.sdp import SdpAnswerer
 from sipbot.sip.ua import ServerCall, SipSettings, UserAgent
 from sipbot.tools.http import aclose_http_clients
@@ -162,7 +163,7 @@ class Server:
         self._spawn(self._handle(dialog), name=f"call:{dialog.call_id}")
 
     async def _handle(self, dialog: ServerCall) -> None:
-        info = call_info(dialog)
+        info = call_info(dialog.invite, dialog.source)
         try:
             plan = self._plan(dialog, info)
         except Exception:
@@ -311,9 +312,13 @@ class Server:
         return [t for t in self._tasks if t.get_name().startswith("call:")]
 
 
-def call_info(dialog: ServerCall) -> CallInfo:
-    """What providers, prompts and tools may know about an incoming call."""
-    invite = dialog.invite
+def call_info(invite: SipRequest, source: tuple[str, str, int]) -> CallInfo:
+    """What providers, prompts and tools may know about an incoming call.
+
+    Args:
+        invite: the INVITE.
+        source: (transport, host, port) it came from.
+    """
     caller = display = did = ""
     with contextlib.suppress(SipParseError):
         sender = parse_name_addr(invite.headers.get("From") or "")
@@ -327,13 +332,14 @@ def call_info(dialog: ServerCall) -> CallInfo:
     headers: dict[str, str] = {}
     for name, value in invite.headers.items():
         headers.setdefault(name, value)
-    _, host, port = dialog.source
+    _, host, port = source
     return CallInfo(
-        call_id=dialog.call_id,
+        call_id=invite.call_id,
         caller=caller,
         did=did,
         display_name=display,
         headers=headers,
+        codec="",  # set once the offer is answered
         remote_address=f"{host}:{port}",
     )
 

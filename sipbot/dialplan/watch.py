@@ -66,6 +66,9 @@ class DialplanWatcher:
     def reload(self) -> bool:
         """Load the file now. Returns True if a new dialplan became current (Rules 1-3)."""
         path = self._config.path
+        if path is None:
+            log.info("%s: no file to reload", self._config.source)
+            return False
         self._signature = _signature(path)
         try:
             new = load_config(path)

@@ -17,8 +17,9 @@ Rules:
 * Rule 2: comfort noise (PT 13) is dropped quietly; other payload types that were not
   negotiated are dropped and counted (a codec switch without a re-INVITE).
 * Rule 3: a new SSRC calls ``on_restart`` before its first payload (decoder state is per stream).
-  Telephone-events on an SSRC of their own beside a running audio stream (SIPp's DTMF pcaps,
-  some gateways) are a second stream, not a restart: they bypass the audio's jitter buffer.
+  Telephone-events under an SSRC other than the audio's (SIPp's DTMF pcaps, some gateways) are a
+  stream beside the audio, not a new one: they go straight to the digit decoder, bypassing the
+  jitter buffer, and restart nothing.
 * Rule 4: ``last_rx`` is the time of the last valid packet (the inactivity timer's input).
 """
 
@@ -91,7 +92,6 @@ class RtpReceiver:
         self.latched = False
         self.last_rx = float("-inf")
         self._ssrc: int | None = None
-        self._audio_ssrc: int | None = None  # SSRC of the last audio payload delivered
 
     def configure(self, payload_type: int, dtmf_payload_type: int | None, remote: Address) -> None:
         """Accept ``payload_type`` (+ telephone-event); a new ``remote`` restarts latching."""
@@ -127,8 +127,8 @@ class RtpReceiver:
             self._latch(addr, now)
         self.stats.packets_in += 1
         self.last_rx = now
-        if payload_type == self._dtmf_pt and self._audio_ssrc not in (None, packet.ssrc):
-            self._dtmf_event(packet)  # Rule 3: its own sequence space, no restart
+        if payload_type == self._dtmf_pt and self._ssrc not in (None, packet.ssrc):
+            self._digit(packet)  # Rule 3: events beside the audio stream
             return
         for released in self.jitter.push(packet, now):
             self._deliver(released, now)
@@ -159,12 +159,11 @@ class RtpReceiver:
                 self._on_restart()
             self._ssrc = packet.ssrc
         if packet.payload_type == self._dtmf_pt:
-            self._dtmf_event(packet)
+            self._digit(packet)
             return
-        self._audio_ssrc = packet.ssrc
         self._on_payload(packet.payload)
 
-    def _dtmf_event(self, packet: RtpPacket) -> None:
+    def _digit(self, packet: RtpPacket) -> None:
         digit = self._dtmf.receive(packet)
         if digit is not None:
             self.stats.dtmf_in += 1

@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sipbot.errors import LocalSipError, SdpNegotiationError
+from sipbot.errors import LocalSipError, SdpError, SdpNegotiationError
 from sipbot.sip.sdp_syntax import (
     DIRECTIONS,
     MediaDescription,
@@ -385,6 +385,7 @@ class SdpAnswerer:
         self.session_id = secrets.randbelow(2**31)
         self.version = 0
         self.current: Codec | None = None
+        self._offer: SessionDescription | None = None
 
     def answer(self, offer: bytes) -> Negotiated:
         """Answer an SDP offer.
@@ -406,5 +407,30 @@ class SdpAnswerer:
             session_version=self.version + 1,
         )
         self.version += 1
+        self.current = negotiated.codec
+        return negotiated
+
+    def offer(self) -> bytes:
+        """Our offer, for an INVITE that came without SDP (late offer: the answer is in the ACK)."""
+        self.version += 1
+        self._offer = build_offer(
+            self.codecs,
+            address=self.address,
+            port=self.port,
+            session_id=self.session_id,
+            session_version=self.version,
+        )
+        return bytes(self._offer)
+
+    def take_answer(self, answer: bytes) -> Negotiated:
+        """The peer's answer to :meth:`offer`.
+
+        Raises:
+            SdpError: no offer was made, or the answer cannot be parsed.
+            SdpNegotiationError: the answer accepts nothing we offered.
+        """
+        if self._offer is None:
+            raise SdpError("no offer was made")
+        negotiated = accept_answer(self._offer, parse_sdp(answer))
         self.current = negotiated.codec
         return negotiated

@@ -254,7 +254,11 @@ def load_python_tool(reference: str, search_paths: Iterable[str] = ()) -> Python
     try:
         target = getattr(module, attribute)
     except AttributeError:
-        raise ToolDefinitionError(f"module {module_name} has no {attribute!r}") from None
+        from sipbot.dialplan.fields import did_you_mean  # here: dialplan imports this module
+
+        names = [n for n in vars(module) if not n.startswith("_")]
+        hint = did_you_mean(attribute, names)
+        raise ToolDefinitionError(f"module {module_name} has no {attribute!r}{hint}") from None
     if isinstance(target, PythonTool):
         return target
     if callable(target):

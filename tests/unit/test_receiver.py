@@ -119,16 +119,17 @@ def test_dtmf_events_share_the_sequence_space() -> None:
     assert rx.jitter.stats.lost == 0
 
 
-def test_dtmf_on_its_own_ssrc_beside_the_audio_is_one_digit_and_no_restart() -> None:
+def test_dtmf_events_under_their_own_ssrc_beside_the_audio() -> None:
+    # SIPp's play_pcap_audio interleaves its pcap's events (own SSRC) with the audio stream
     sink = Sink()
     rx = sink.receiver()
-    for i in range(6):  # SIPp's DTMF pcaps: events on SSRC 7, interleaved with the audio
-        rx.receive(rtp(1 + i), SDP, 1.0 + i * 0.02)
-        rx.receive(dtmf(8219 + i, 54720, end=i >= 3, ssrc=7), SDP, 1.01 + i * 0.02)
+    rx.receive(rtp(1), SDP, 1.0)
+    for i in range(4):
+        rx.receive(dtmf(8155 + i, 43200, end=i == 3, ssrc=0x0E05384E), SDP, 1.01 + i * 0.02)
+        rx.receive(rtp(2 + i), SDP, 1.02 + i * 0.02)
     assert sink.digits == ["3"]
-    assert len(sink.payloads) == 6
-    assert sink.restarts == 0
-    assert (rx.stats.dtmf_in, rx.stats.ssrc_changes, rx.jitter.stats.lost) == (1, 0, 0)
+    assert len(sink.payloads) == 5
+    assert (sink.restarts, rx.stats.ssrc_changes, rx.jitter.stats.lost) == (0, 0, 0)
 
 
 def test_ssrc_change_restarts_the_decoder_once() -> None:

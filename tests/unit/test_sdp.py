@@ -8,6 +8,7 @@ from sipbot.errors import LocalSipError, SdpError, SdpNegotiationError
 from sipbot.sip.sdp import (
     Codec,
     Negotiated,
+    SdpAnswerer,
     accept_answer,
     build_offer,
     negotiate,
@@ -443,3 +444,43 @@ def test_parse_details_bare_lf_port_count_and_flags() -> None:
     assert sdp.serialize().endswith(
         b"m=audio 49170/2 RTP/AVP 0\r\nb=AS:64\r\na=ptime:20\r\na=rtcp-mux\r\n"
     )
+
+
+# ---------------------------------------------------------------------------- SdpAnswerer
+
+
+def test_answerer_bumps_the_version_and_keeps_the_session_id() -> None:
+    answerer = SdpAnswerer(["G722", "PCMU"], "192.0.2.10", 40000)
+    first = answerer.answer(BARESIP)
+    second = answerer.answer(BARESIP)
+    assert first.answer is not None
+    assert second.answer is not None
+    o1, o2 = first.answer.origin, second.answer.origin
+    assert (o1.session_id, o1.session_version) == (str(answerer.session_id), "1")
+    assert (o2.session_id, o2.session_version) == (str(answerer.session_id), "2")
+    assert b"m=audio 40000 RTP/AVP 9 101" in bytes(second.answer)
+    assert b"c=IN IP4 192.0.2.10" in bytes(second.answer)
+
+
+def test_answerer_keeps_the_codec_in_use_on_a_reoffer() -> None:
+    answerer = SdpAnswerer(["G722", "PCMU", "PCMA"], "192.0.2.10", 40000)
+    pcmu_only = SIPP.replace(b"RTP/AVP 0 8 9 101", b"RTP/AVP 0 101")
+    assert answerer.answer(pcmu_only).codec.name == "PCMU"
+    # the re-offer has G722 too (our first preference), but switching codecs mid-call is avoided
+    assert answerer.answer(SIPP).codec.name == "PCMU"
+
+
+def test_answerer_late_offer_takes_the_answer_from_the_ack() -> None:
+    answerer = SdpAnswerer(["G722", "PCMU", "PCMA"], "192.0.2.10", 40000)
+    offer = answerer.offer()
+    assert b"m=audio 40000 RTP/AVP 9 0 8 101" in offer
+    answer = SIPP.replace(b"RTP/AVP 0 8 9 101", b"RTP/AVP 0 101")
+    negotiated = answerer.take_answer(answer)
+    assert negotiated.codec.name == "PCMU"
+    assert (negotiated.remote_host, negotiated.remote_port) == ("127.0.0.1", 6000)
+    assert negotiated.dtmf_payload_type == 101
+
+
+def test_answerer_without_an_offer_refuses_an_answer() -> None:
+    with pytest.raises(SdpError, match="no offer was made"):
+        SdpAnswerer(["PCMU"], "192.0.2.10").take_answer(SIPP)

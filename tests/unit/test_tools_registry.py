@@ -270,6 +270,10 @@ def test_load_python_tool(tmp_path: Any) -> None:
             ("my_tools_mod", "'my_tools_mod' is not 'module:function'"),
             ("no_such_mod_xyz:f", "cannot import no_such_mod_xyz: No module named"),
             ("my_tools_mod:missing", "module my_tools_mod has no 'missing'"),
+            (
+                "my_tools_mod:decorate",
+                "module my_tools_mod has no 'decorate'; did you mean 'decorated'?",
+            ),
             ("my_tools_mod:NOT_A_FUNCTION", "my_tools_mod:NOT_A_FUNCTION is not a function"),
         ]:
             with pytest.raises(ToolDefinitionError) as info:
