@@ -38,6 +38,7 @@ from tests.e2e.test_call_path import (
     caller_packets,
     cdr_lines,
     echo_score,
+    paced_server,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -110,7 +111,7 @@ def media_scenario(
 def test_early_silence_goes_to_the_sdp_port_then_replies_follow_the_rtp_source(
     speech: audio.Speech, sipbot_server: StartServer, peers_tmp: Path
 ) -> None:
-    server = sipbot_server()
+    server = paced_server(sipbot_server)
     # The caller's SDP names a port SIPp does not send from (a NAT in between); a socket of
     # ours takes what arrives there. SIPp stays silent for 1.5 s after its ACK.
     sdp_port = free_port("udp")
@@ -300,7 +301,7 @@ def spray(bot_port: int, caller_port: int) -> dict[str, int]:
 def test_bad_input_at_a_live_call_disturbs_neither_its_cadence_nor_its_echo_nor_other_calls(
     speech: audio.Speech, sipbot_server: StartServer, peers_tmp: Path
 ) -> None:
-    server = sipbot_server()
+    server = paced_server(sipbot_server)
     # Call A: 3 s of silence (the spray lands in it), then the speech; call B: just the speech.
     lead_s = 3.0
     padded = peers_tmp / "lead-in.ulaw"

@@ -38,6 +38,7 @@ from tests.e2e.test_call_path import (
     assert_steady,
     bot_packets,
     echo_score,
+    paced_server,
 )
 from tests.e2e.test_media_robustness import wait_answer
 
@@ -352,7 +353,7 @@ def barrage(server: SipbotServer, rtp_port: int, rng: random.Random) -> int:
 def test_a_malformed_message_barrage_leaves_a_live_call_and_the_answers_intact(
     speech: audio.Speech, sipbot_server: StartServer, peers_tmp: Path, rtp_sink: int
 ) -> None:
-    server = sipbot_server()
+    server = paced_server(sipbot_server)
     witness = StallWitness(peers_tmp)
     scenario = sipp.uac_scenario(peers_tmp / "uac.xml", speech.ulaw, hold_s=ECHO_HOLD_S)
     uac = sipp.start_uac(server.address, scenario, peers_tmp, capture=True)
