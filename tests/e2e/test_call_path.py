@@ -37,6 +37,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 ECHO_MIN_CORRELATION = 0.9
 ECHO_HOLD_S = 9.0  # the echo of the speech fixture has played out ~8 s after the answer
+RATE_PER_S = 1000  # SIPp starts all calls at once: utterances end together, a worst case
 # Outbound pacing bounds, with headroom for a shared 2-core machine (measured idle here:
 # p99 20.5-20.7 ms, max 20.9-23.6 ms).
 GAP_P99_MAX_MS = 25.0
@@ -226,7 +227,7 @@ def sipp_echo_call(
         scenario,
         log_dir,
         calls=calls,
-        rate=40,
+        rate=RATE_PER_S,
         limit=calls,
         timeout_s=hold_s + 30,
         capture=True,
