@@ -299,7 +299,14 @@ def test_loopback_mode_sends_the_audio_straight_back(
     result.assert_ok(calls=1)
     sent, heard = caller_packets(result), bot_packets(result)
     assert_steady(heard, audio.PT_PCMU, int(speech.duration_s * 50), stalls)
-    assert echo_score(speech, heard) >= ECHO_MIN_CORRELATION
+    # Every half second of the speech comes back intact. Frames go out just in time here, so
+    # when the machine stalls both SIPp and sipbot, the pacer fills the late slots with silence:
+    # a slip, after which the utterance no longer matches as one piece.
+    pcm, rate = capture.received_audio(heard)
+    pieces = audio.segment_correlations(speech.pcm(rate), pcm, rate)
+    assert min(p for p in pieces if p is not None) >= ECHO_MIN_CORRELATION, pieces
+    if not stalls:
+        assert echo_score(speech, heard) >= ECHO_MIN_CORRELATION
     # Straight back: the caller's first word returns within a few packets (jitter buffer,
     # resampling both ways and the pacer's 60 ms pre-buffer), not after the utterance.
     first_sent, first_heard = capture.first_audible(sent), capture.first_audible(heard)
