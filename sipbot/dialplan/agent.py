@@ -6,6 +6,7 @@ early and as clearly as one loaded from YAML (the loader adds file and line to t
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -126,6 +127,8 @@ class Agent:
         _set(self, "_zone", with_field("timezone", zone, self.timezone))
         if self.api_key is not None:
             _set(self, "api_key", to_secret(self.api_key))
+        if self.ca_file is not None and not os.path.isfile(self.ca_file):
+            fail("ca_file", f"no such file {self.ca_file!r}")
         self._check_numbers()
 
     def _resolve_tools(self) -> tuple[Tool, ...]:

@@ -209,6 +209,11 @@ class Pacer:
             self._played[item_id] = size * self.bytes_per_ms // previous.bytes_per_ms
         self._last_item = previous._last_item
 
+    @property
+    def last_item(self) -> str | None:
+        """The item of the last audio frame pulled (None before any)."""
+        return self._last_item
+
     def played_ms(self, item_id: str) -> int:
         """Milliseconds of ``item_id`` sent so far (0 for an unknown item), rounded down."""
         return self._played.get(item_id, 0) // self.bytes_per_ms

@@ -21,6 +21,8 @@ Rules:
   stream beside the audio, not a new one: they go straight to the digit decoder, bypassing the
   jitter buffer, and restart nothing.
 * Rule 4: ``last_rx`` is the time of the last valid packet (the inactivity timer's input).
+* Rule 5: :attr:`RtpReceiver.latency` gets, per audio payload handed on, the time since its
+  packet arrived (:mod:`sipbot.media.latency`: 0 in sequence, the jitter wait otherwise).
 """
 
 from __future__ import annotations
@@ -33,11 +35,16 @@ from sipbot.errors import RtpParseError
 from sipbot.media._ratelimit import RateLimitedLog
 from sipbot.media.dtmf import DtmfReceiver
 from sipbot.media.jitter import JitterBuffer
+from sipbot.media.latency import LatencyHistogram
 from sipbot.media.rtp import RtpPacket, parse_rtp
 
 Address = tuple[Any, ...]
 COMFORT_NOISE_PT = 13  # RFC 3389
 RELATCH_AFTER_S = 1.0
+# Arrival times by sequence number modulo this (a power of two larger than the jitter buffer's
+# max_packets): no per-packet allocation, and a held packet's slot is never reused before it
+# is released.
+ARRIVAL_SLOTS = 64
 
 
 @dataclass(slots=True)
@@ -92,6 +99,8 @@ class RtpReceiver:
         self.latched = False
         self.last_rx = float("-inf")
         self._ssrc: int | None = None
+        self.latency = LatencyHistogram()  # arrival → on_payload (Rule 5)
+        self._arrivals = [0.0] * ARRIVAL_SLOTS
 
     def configure(self, payload_type: int, dtmf_payload_type: int | None, remote: Address) -> None:
         """Accept ``payload_type`` (+ telephone-event); a new ``remote`` restarts latching."""
@@ -130,6 +139,7 @@ class RtpReceiver:
         if payload_type == self._dtmf_pt and self._ssrc not in (None, packet.ssrc):
             self._digit(packet)  # Rule 3: events beside the audio stream
             return
+        self._arrivals[packet.sequence & (ARRIVAL_SLOTS - 1)] = now
         for released in self.jitter.push(packet, now):
             self._deliver(released, now)
 
@@ -161,6 +171,7 @@ class RtpReceiver:
         if packet.payload_type == self._dtmf_pt:
             self._digit(packet)
             return
+        self.latency.record(now - self._arrivals[packet.sequence & (ARRIVAL_SLOTS - 1)])
         self._on_payload(packet.payload)
 
     def _digit(self, packet: RtpPacket) -> None:

@@ -13,6 +13,12 @@ Rules:
 * Rule 3: audio played before :meth:`configure` is kept (bounded) and queued once it is.
 * Rule 4: a codec change keeps the queue when the pacer format is unchanged (PCMU ↔ PCMA),
   else drops it; the played-ms accounting always carries over.
+* Rule 5 (latency, :mod:`sipbot.media.latency`): when the shell passes ``now`` to
+  :meth:`RtpSender.play`, :meth:`RtpSender.flush` and :meth:`RtpSender.next_packet`,
+  ``first_audio_latency`` gets play-into-an-empty-queue → the first audio packet after it, and
+  ``barge_in_latency`` gets flush → the next packet. Without ``now`` nothing is measured.
+* Rule 6 (underruns): ``underruns`` counts the times an item's audio resumed after silence was
+  sent in its middle (the queue ran dry: the caller heard a gap). A flush starts afresh.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from sipbot.media.chain import OutboundChain
 from sipbot.media.codecs import CodecInfo
 from sipbot.media.dtmf import DtmfSender, check_digits, dtmf_tone
 from sipbot.media.formats import PCM16_24K, AudioFormat
+from sipbot.media.latency import LatencyHistogram
 from sipbot.media.pacer import Pacer
 from sipbot.media.rtp import OutboundStream
 
@@ -57,6 +64,12 @@ class RtpSender:
         self.last_pcm = b""  # PCM16 at the codec's rate of the last audio slot (recording)
         self._pending: list[tuple[bytes, str]] = []
         self._marker_next = True
+        self.first_audio_latency = LatencyHistogram()
+        self.barge_in_latency = LatencyHistogram()
+        self._audio_since: float | None = None  # play() into an empty queue, not yet sent
+        self._flushed_at: float | None = None  # flush(), no packet sent since
+        self.underruns = 0  # Rule 6
+        self._spurt_item: str | None = None  # item of the last audio frame sent
 
     def configure(self, codec: CodecInfo, payload_type: int, dtmf_payload_type: int | None) -> None:
         """Use ``codec`` from now on (the stream's SSRC, sequence and timestamp continue)."""
@@ -84,6 +97,7 @@ class RtpSender:
             return
         if old is not None and old.queued_bytes:
             log.info("codec/format change dropped queued audio of %s", sorted(old.flush()))
+            self._audio_since = None
         self.chain = chain
         self.pacer = Pacer(
             chain.frame_bytes,
@@ -100,19 +114,31 @@ class RtpSender:
 
     # ------------------------------------------------------------------ audio in
 
-    def play(self, audio: bytes, item_id: str) -> None:
-        """Queue provider audio (``source`` format, any whole number of samples)."""
+    def play(self, audio: bytes, item_id: str, now: float | None = None) -> None:
+        """Queue provider audio (``source`` format, any whole number of samples).
+
+        ``now`` (monotonic seconds) times the first-audio latency (Rule 5).
+        """
         if not audio:
             return
         if self.chain is None or self.pacer is None:
             if len(self._pending) < PENDING_PLAY_MAX:
                 self._pending.append((audio, item_id))
             return
+        if now is not None and self._audio_since is None and not self.pacer.queued_bytes:
+            self._audio_since = now
         self.pacer.push(self.chain.convert(audio), item_id)
 
-    def flush(self) -> dict[str, int]:
-        """Drop queued audio (barge-in); returns ``{item_id: ms played}`` (see Pacer.flush)."""
+    def flush(self, now: float | None = None) -> dict[str, int]:
+        """Drop queued audio (barge-in); returns ``{item_id: ms played}`` (see Pacer.flush).
+
+        ``now`` (monotonic seconds) times the barge-in latency (Rule 5).
+        """
         self._pending.clear()
+        self._audio_since = None  # that audio will never be sent
+        self._spurt_item = None
+        if now is not None:
+            self._flushed_at = now
         if self.pacer is None or self.chain is None:
             return {}
         self.chain.reset()
@@ -153,8 +179,10 @@ class RtpSender:
 
     # ------------------------------------------------------------------ packets out
 
-    def next_packet(self, want_pcm: bool = False) -> bytes:
+    def next_packet(self, want_pcm: bool = False, now: float | None = None) -> bytes:
         """The packet for this slot. ``want_pcm`` fills ``last_pcm`` (for the recorder).
+
+        ``now`` (monotonic seconds, when the packet is sent) closes latency measures (Rule 5).
 
         Raises:
             MediaError: not configured yet.
@@ -162,6 +190,9 @@ class RtpSender:
         stream, pacer, chain = self.stream, self.pacer, self.chain
         if stream is None or pacer is None or chain is None:
             raise MediaError("configure() must be called before sending")
+        if now is not None and self._flushed_at is not None:
+            self.barge_in_latency.record(now - self._flushed_at)
+            self._flushed_at = None
         if self.dtmf.active and self.dtmf_payload_type is not None:
             event = self.dtmf.next_packet(stream.timestamp)
             if event is not None:
@@ -169,6 +200,13 @@ class RtpSender:
                 self.dtmf_sent += marker
                 return stream.event_packet(self.dtmf_payload_type, payload, timestamp, marker)
         frame = pacer.pull()
+        if pacer.last_was_audio:
+            if pacer.talkspurt_start and pacer.last_item == self._spurt_item:
+                self.underruns += 1
+            self._spurt_item = pacer.last_item
+        if now is not None and self._audio_since is not None and pacer.last_was_audio:
+            self.first_audio_latency.record(now - self._audio_since)
+            self._audio_since = None
         marker = pacer.talkspurt_start or self._marker_next
         self._marker_next = False
         if want_pcm:

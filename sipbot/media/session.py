@@ -20,6 +20,8 @@ Rules:
   ``inactive``) may well be silent.
 * Rule 4 (bad input): each kind of problem is counted in :attr:`MediaSession.stats` and logged
   at most once per 10 s per call; callbacks that raise are logged the same way.
+* Rule 5 (latency): :attr:`MediaSession.latency` summarises the call's inbound, first-audio and
+  barge-in latencies (:mod:`sipbot.media.latency`), timed with the loop's clock readings.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from sipbot.media._ratelimit import RateLimitedLog
 from sipbot.media.chain import InboundChain
 from sipbot.media.codecs import CodecInfo, codec_info
 from sipbot.media.formats import PCM16_16K, AudioFormat
+from sipbot.media.latency import MediaLatency
 from sipbot.media.ports import PortAllocator
 from sipbot.media.receiver import Address, RtpReceiver
 from sipbot.media.recorder import CallRecorder
@@ -79,6 +82,7 @@ class MediaStats:
     dtmf_in: int = 0
     dtmf_out: int = 0
     relatches: int = 0
+    underruns: int = 0  # an item's audio resumed after a gap of silence (the queue ran dry)
 
 
 class MediaEngine:
@@ -253,14 +257,14 @@ class MediaSession:
         if self._started:
             return
         self._started = True
-        self._rx.last_rx = self._loop.time()
-        self._send_slot()
+        self._rx.last_rx = now = self._loop.time()
+        self._send_slot(now)
         self._engine.ticker.add(self)
 
     def play(self, audio: bytes, item_id: str) -> None:
         """Queue provider audio (outbound format, any whole number of samples)."""
         if not self._closed:
-            self._tx.play(audio, item_id)
+            self._tx.play(audio, item_id, self._loop.time())
 
     def flush(self) -> dict[str, int]:
         """Barge-in: drop queued audio so the next packet is silence.
@@ -268,7 +272,7 @@ class MediaSession:
         Returns:
             ``{item_id: ms played}`` for each item the caller may have heard only partly.
         """
-        return self._tx.flush()
+        return self._tx.flush(self._loop.time())
 
     def played_ms(self, item_id: str) -> int:
         """Milliseconds of ``item_id`` sent so far."""
@@ -326,6 +330,16 @@ class MediaSession:
             dtmf_in=rx.dtmf_in,
             dtmf_out=self._tx.dtmf_sent,
             relatches=rx.relatches,
+            underruns=self._tx.underruns,
+        )
+
+    @property
+    def latency(self) -> MediaLatency:
+        """The call's latency summaries so far (Rule 5)."""
+        return MediaLatency(
+            inbound=self._rx.latency.summary(),
+            first_audio=self._tx.first_audio_latency.summary(),
+            barge_in=self._tx.barge_in_latency.summary(),
         )
 
     async def close(self) -> None:
@@ -352,7 +366,7 @@ class MediaSession:
         if frames > 1:
             self._counters.late_ticks += frames - 1
         for _ in range(frames):
-            self._send_slot()
+            self._send_slot(now)
         self._rx.poll(now)
         if self._drain_waiters and self._tx.idle:
             self._wake_drain_waiters()
@@ -368,13 +382,13 @@ class MediaSession:
             except Exception:
                 self._log.exception("on_timeout", now, "%r: on_timeout failed", self)
 
-    def _send_slot(self) -> None:
+    def _send_slot(self, now: float) -> None:
         transport = self._transport
         if not self._sending or transport is None:
             self._tx.skip(1)
             return
         recorder = self._recorder
-        packet = self._tx.next_packet(want_pcm=recorder is not None)
+        packet = self._tx.next_packet(recorder is not None, now)
         try:
             transport.sendto(packet, self._rx.peer)
         except (OSError, ValueError) as error:  # e.g. an unroutable address from the SDP

@@ -37,6 +37,25 @@ DEFAULT_MODEL = "gemini-3.8-live"
 CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + websocket handshake + setupComplete
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the SDK's websocket default (1 MiB) is too small
 MAX_ATTEMPTS = 5
+# One message of each shape the live API sends: parsing a shape the first time builds the
+# SDK's pydantic validators (~10 ms each), which must happen at start, not during calls.
+_WARM_UP_MESSAGES: tuple[dict[str, Any], ...] = (
+    {"setupComplete": {}},
+    {"serverContent": {"inputTranscription": {"text": "a"}}},
+    {"serverContent": {"outputTranscription": {"text": "a"}}},
+    {
+        "serverContent": {
+            "modelTurn": {"parts": [{"inlineData": {"mimeType": "audio/pcm", "data": "AAAA"}}]}
+        }
+    },
+    {"serverContent": {"interrupted": True, "turnComplete": True, "generationComplete": True}},
+    {"toolCall": {"functionCalls": [{"id": "1", "name": "f", "args": {"a": 1}}]}},
+    {"toolCallCancellation": {"ids": ["1"]}},
+    {"goAway": {"timeLeft": "1s"}},
+    {"sessionResumptionUpdate": {"newHandle": "h", "resumable": True}},
+    {"usageMetadata": {"promptTokenCount": 1}},
+)
+_warmed_up = False
 
 
 class GeminiProvider:
@@ -82,6 +101,7 @@ class GeminiProvider:
             base_url=base_url, api_version=api_version, async_client_args=socket_args
         )
         self._client = genai.Client(api_key=api_key, http_options=options)
+        _warm_up_sdk()
         self.model = model
         self.connect_timeout_s = connect_timeout_s
         self.max_attempts = max_attempts
@@ -123,6 +143,27 @@ class GeminiProvider:
             await bounded(stack.aclose())
             raise ProviderConnectError(f"gemini: cannot connect: {describe(error)}") from error
         return stack, session
+
+
+def _warm_up_sdk() -> None:
+    """Parse one message of each shape the way ``AsyncSession.receive`` does (once a process).
+
+    Uses the SDK's private converter; any failure only means no warm-up.
+    """
+    global _warmed_up
+    if _warmed_up:
+        return
+    _warmed_up = True
+    try:
+        from google.genai import _live_converters as converters
+
+        blank = types.LiveServerMessage().model_dump()
+        for message in _WARM_UP_MESSAGES:
+            converted = converters._LiveServerMessage_from_mldev(message)
+            types.LiveServerMessage._from_response(response=converted, kwargs=blank)
+        types.LiveSendRealtimeInputParameters(audio=types.Blob(data=b"", mime_type="audio/pcm"))
+    except Exception as error:  # the SDK's internals moved: lose the warm-up, nothing else
+        logger.debug("gemini: SDK warm-up skipped: %r", error)
 
 
 class GeminiSession(ResilientSession):

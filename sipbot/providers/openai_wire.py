@@ -208,6 +208,7 @@ class OpenAIConversation:
         self._response_item: str | None = None  # audio item of the current response
         self._last_item: str | None = None  # audio item that may still be playing
         self._cut_item: str | None = None  # item interrupted by the caller
+        self._cut_streaming = False  # ... while the server was still sending its audio
         self._playing_until = 0.0
 
     # ----------------------------------------------------------------- requests
@@ -258,8 +259,13 @@ class OpenAIConversation:
             return
         received_ms = received // self._bytes_per_ms
         end_ms = max(0, min(played_ms, received_ms))
-        if end_ms >= received_ms:
+        # Everything received was heard: nothing to cut, unless the server was still making
+        # the item (its conversation then holds audio that was in flight or never sent).
+        still_made = item_id == self._cut_item and self._cut_streaming
+        if end_ms >= received_ms and not still_made:
             return
+        if item_id == self._cut_item:
+            self._cut_streaming = False  # reported: a later report only cuts deeper
         self._outbox.append(
             {
                 "type": "conversation.item.truncate",
@@ -310,13 +316,12 @@ class OpenAIConversation:
         item = self._last_item
         if not self._barge_in or item is None:
             return []
-        playing = (self._active and self._response_item == item) or (
-            now < self._playing_until + PLAYOUT_MARGIN_S
-        )
+        streaming = self._active and self._response_item == item
+        playing = streaming or now < self._playing_until + PLAYOUT_MARGIN_S
         self._last_item = None
         if not playing:
             return []
-        self._cut_item = item
+        self._cut_item, self._cut_streaming = item, streaming
         return [Interrupted(item)]
 
     def _response_created(self, event: Mapping[str, Any], now: float) -> list[ProviderEvent]:

@@ -355,3 +355,22 @@ def test_failed_response_and_unknown_events() -> None:
     ]
     assert conv.receive({"type": "rate_limits.updated"}, now=0.0) == []
     assert conv.receive({"no": "type"}, now=0.0) == []
+
+
+def test_barge_in_while_streaming_truncates_even_when_all_received_was_heard() -> None:
+    # Real-time streaming: at the barge-in the caller had heard all 300 ms received so far, but
+    # the server's item holds what it was still making: it must be cut at 300 ms.
+    conv = OpenAIConversation(PCM16_24K)
+    conv.receive(CREATED, now=0.0)
+    conv.receive(delta("it_1", b"\x00" * 48 * 300), now=0.0)
+    assert conv.receive(SPEECH, now=0.3) == [Interrupted("it_1")]
+    conv.truncate("it_1", 300)
+    conv.truncate("it_1", 300)  # reported once
+    assert conv.data_to_send() == [
+        {
+            "type": "conversation.item.truncate",
+            "item_id": "it_1",
+            "content_index": 0,
+            "audio_end_ms": 300,
+        }
+    ]

@@ -1,0 +1,39 @@
+"""``python bench/_gc_trace.py run ARGS``: ``sipbot run ARGS`` that logs its long GC pauses.
+
+The benchmark runs the server through this wrapper so that its figures can say whether a stall
+seen on the wire was the garbage collector. Every generation-2 pass, and any pass longer than
+:data:`REPORT_MS`, prints one stderr line ``gc-pause gen=G ms=M at=EPOCH``. The callback costs
+~1 µs per collection; sipbot itself is unchanged (``sipbot.cli.main``).
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPORT_MS = 5.0
+_started = [0.0]
+
+
+def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _started[0] = time.perf_counter()
+        return
+    pause_ms = (time.perf_counter() - _started[0]) * 1000.0
+    if info["generation"] == 2 or pause_ms > REPORT_MS:
+        print(
+            f"gc-pause gen={info['generation']} ms={pause_ms:.1f} at={time.time():.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from sipbot.cli import main
+
+    gc.callbacks.append(_on_gc)
+    raise SystemExit(main(sys.argv[1:]))
