@@ -123,7 +123,7 @@ class LocalSession:
         self._preroll: deque[bytes] = deque(maxlen=max(1, turn.prefix_ms // 20))
         self._utterance: list[bytes] = []
         self._utterance_bytes = 0
-        self._chunk_bytes = PCM16_24K.bytes_per_ms * chunk_ms
+        self._chunk_in_bytes = PCM16_16K.bytes_per_ms * chunk_ms  # 16 kHz input per chunk
         self._chunk_interval_s = chunk_ms / 1000.0 / speed
         self._reply: asyncio.Task[None] | None = None
         self._reply_item: str | None = None
@@ -189,21 +189,31 @@ class LocalSession:
         utterance = utterance[: max(0, len(utterance) - trailing_quiet)]
         if not utterance:
             return
-        resampler = Resampler(PCM16_16K.rate_hz, PCM16_24K.rate_hz)
-        # Zeros after the speech push the filter's delay line out: the reply ends where it should.
-        audio = resampler.process(utterance + bytes(2 * 64))
         if self._reply is not None:
             self._reply.cancel()
         self._reply_item = f"echo-{next(_ids)}"
-        self._reply = asyncio.get_running_loop().create_task(self._speak(self._reply_item, audio))
+        self._reply = asyncio.get_running_loop().create_task(
+            self._speak(self._reply_item, utterance)
+        )
 
-    async def _speak(self, item_id: str, audio: bytes) -> None:
-        """Stream one reply in chunks, faster than real time, then TurnComplete."""
+    async def _speak(self, item_id: str, utterance: bytes) -> None:
+        """Stream one reply in chunks, faster than real time, then TurnComplete.
+
+        Each chunk is resampled to 24 kHz just before it goes out: resampling a whole
+        utterance at once held the event loop (every call's pacer) for 5-20 ms.
+        """
         loop = asyncio.get_running_loop()
-        duration_s = len(audio) / (PCM16_24K.bytes_per_ms * 1000)
+        duration_s = len(utterance) / (PCM16_16K.bytes_per_ms * 1000)
         self._audible_until = loop.time() + duration_s + AUDIBLE_SLACK_S
-        for offset in range(0, len(audio), self._chunk_bytes):
-            self._events.put(AudioOut(audio[offset : offset + self._chunk_bytes], item_id))
+        resampler = Resampler(PCM16_16K.rate_hz, PCM16_24K.rate_hz)
+        step = self._chunk_in_bytes
+        for offset in range(0, len(utterance), step):
+            chunk = utterance[offset : offset + step]
+            if offset + step >= len(utterance):
+                # Zeros after the speech push the filter's delay line out: the reply ends
+                # where it should.
+                chunk += bytes(2 * 64)
+            self._events.put(AudioOut(resampler.process(chunk), item_id))
             await asyncio.sleep(self._chunk_interval_s)
         self._events.put(TurnComplete(item_id))
 

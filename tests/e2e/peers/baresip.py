@@ -197,15 +197,24 @@ def start(
     quit_after = duration_s if duration_s is not None else lifetime_s
     _, rate = read_wav(audio)
     source = pad_wav(audio, config_dir / "source.wav", quit_after + 5.0)
+    # baresip cuts paths longer than ~127 characters (its audio source, its sndfile dumps: deep
+    # log dirs such as SIPBOT_E2E_LOG_DIR's): it runs in log_dir, and these are relative to it.
     (config_dir / "config").write_text(
-        _config(port, rtp.ports[0], rtp.ports[-1], source, rate, snd_dir)
+        _config(
+            port,
+            rtp.ports[0],
+            rtp.ports[-1],
+            source.relative_to(log_dir),
+            rate,
+            snd_dir.relative_to(log_dir),
+        )
     )
     aor = _aor(user, registration)
     (config_dir / "accounts").write_text(_account(aor, codecs, answer, registration) + "\n")
     argv = [BARESIP, "-4", "-f", str(config_dir), "-t", str(max(1, round(quit_after)))]
     if dial is not None:
         argv += ["-e", f"/dial {dial}"]
-    proc = ManagedProcess.start(name, argv, log_dir)
+    proc = ManagedProcess.start(name, argv, log_dir, cwd=log_dir)
     peer = Baresip(name, log_dir, proc, port, aor, rtp)
     try:
         proc.wait_for_line(r"^baresip is ready\.", ready_timeout)
