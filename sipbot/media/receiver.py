@@ -109,8 +109,9 @@ class RtpReceiver:
             self.remote = remote
             self.peer, self.latched = remote, False
 
-    def receive(self, data: bytes, addr: Address, now: float) -> None:
-        """Handle one datagram from ``addr`` that arrived at ``now``."""
+    def receive(self, data: bytes, addr: Address, now: float, arrived: float | None = None) -> None:
+        """Handle one datagram from ``addr`` at ``now`` (read from the socket at ``arrived``,
+        when it waited in a queue before this; the wait counts as latency, Rule 5)."""
         new_source = addr != self.peer
         if new_source and self.latched and now - self.last_rx < self.relatch_after_s:
             self.stats.foreign_packets += 1
@@ -139,7 +140,7 @@ class RtpReceiver:
         if payload_type == self._dtmf_pt and self._ssrc not in (None, packet.ssrc):
             self._digit(packet)  # Rule 3: events beside the audio stream
             return
-        self._arrivals[packet.sequence & (ARRIVAL_SLOTS - 1)] = now
+        self._arrivals[packet.sequence & (ARRIVAL_SLOTS - 1)] = now if arrived is None else arrived
         for released in self.jitter.push(packet, now):
             self._deliver(released, now)
 

@@ -10,7 +10,10 @@ Rules:
 
 * Rule 1 (cadence): packets leave only from :meth:`MediaSession.tick`, exactly one per slot the
   ticker reports; nothing that arrives (garbage, floods, bursts, provider stalls) adds or removes
-  a slot. Inbound work is done as it arrives and never waits for a tick.
+  a slot. Inbound work never waits for a tick, and a tick never waits for inbound work: datagrams
+  are queued as they are read and processed by a drain that steps aside whenever a tick is due
+  (the loop runs its timers before the drain resumes), so a burst of inbound packets cannot delay
+  the outbound cadence by more than a few packets' processing.
 * Rule 2 (symmetric RTP): we send to :attr:`RtpReceiver.peer`, the latched source of the
   caller's RTP; the latching policy is documented in :mod:`sipbot.media.receiver`.
 * Rule 3 (direction): ``direction`` is OUR direction, as ``sip.sdp.Negotiated.direction`` gives
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import cast
@@ -46,6 +50,8 @@ from sipbot.media.sender import RtpSender
 from sipbot.media.ticker import Ticker
 
 log = logging.getLogger(__name__)
+
+DRAIN_CHECK_EVERY = 8  # datagrams processed between looks at the ticker's next deadline
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,9 @@ class MediaEngine:
         self.ports = PortAllocator(settings.rtp_host, settings.port_min, settings.port_max)
         self._ticker: Ticker | None = None
         self._sessions: set[MediaSession] = set()
+        # Rule 1: datagrams wait here (session, data, source, read at) for the drain
+        self._inbox: deque[tuple[MediaSession, bytes, Address, float]] = deque()
+        self._draining = False
 
     @property
     def ticker(self) -> Ticker:
@@ -130,6 +139,29 @@ class MediaEngine:
             raise
         self._sessions.add(session)
         return session
+
+    def _received(self, session: MediaSession, data: bytes, addr: Address, now: float) -> None:
+        self._inbox.append((session, data, addr, now))
+        if not self._draining:
+            self._draining = True
+            session._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Process queued datagrams; step aside for a due tick (Rule 1)."""
+        inbox = self._inbox
+        ticker = self._ticker
+        due = ticker.next_deadline() if ticker is not None else None
+        processed = 0
+        while inbox:
+            session, data, addr, arrived = inbox.popleft()
+            loop = session._loop
+            if due is not None and processed % DRAIN_CHECK_EVERY == 0 and loop.time() >= due:
+                inbox.appendleft((session, data, addr, arrived))
+                loop.call_soon(self._drain)  # after the timers: the tick first
+                return
+            session._process(data, addr, arrived)
+            processed += 1
+        self._draining = False
 
     def _forget(self, session: MediaSession) -> None:
         self._sessions.discard(session)
@@ -412,7 +444,11 @@ class MediaSession:
 
     def _on_datagram(self, data: bytes, addr: Address) -> None:
         if not self._closed and self._codec is not None:
-            self._rx.receive(data, addr, self._loop.time())
+            self._engine._received(self, data, addr, self._loop.time())
+
+    def _process(self, data: bytes, addr: Address, arrived: float) -> None:
+        if not self._closed:
+            self._rx.receive(data, addr, self._loop.time(), arrived)
 
     def _on_payload(self, payload: bytes) -> None:
         inbound = self._inbound

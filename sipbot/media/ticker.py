@@ -84,6 +84,11 @@ class Ticker:
         """Targets currently ticking."""
         return sum(len(group.members) for group in self._groups)
 
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of any group (None when nothing ticks)."""
+        deadlines = [g.clock.next_deadline for g in self._groups if g.clock is not None]
+        return min(deadlines) if deadlines else None
+
     def add(self, target: TickTarget) -> None:
         """Start ticking ``target`` in the least-loaded group (from that group's next deadline)."""
         group = min(self._groups, key=lambda g: len(g.members))

@@ -469,3 +469,58 @@ def test_start_before_configure_is_an_error() -> None:
         assert session.queued_ms() == 40
 
     run(lambda: with_session(body))
+
+
+# --------------------------------------------------------------------------- the inbound drain
+
+
+class _RecordingLoop:
+    """A loop stand-in that records ``call_soon`` and reads a settable clock."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.soon: list[Callable[[], None]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self.soon.append(callback)
+
+
+class _RecordingSession:
+    def __init__(self, loop: _RecordingLoop) -> None:
+        self._loop = loop
+        self.processed: list[tuple[bytes, float]] = []
+
+    def _process(self, data: bytes, addr: tuple[str, int], arrived: float) -> None:
+        self.processed.append((data, arrived))
+        self._loop.now += 0.0005  # each datagram costs half a millisecond
+
+
+class _Deadline:
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def next_deadline(self) -> float:
+        return self.at
+
+
+def test_the_drain_steps_aside_for_a_due_tick_and_resumes_in_order() -> None:
+    engine = MediaEngine(MediaSettings())
+    loop = _RecordingLoop(now=10.0)
+    session = _RecordingSession(loop)
+    engine._ticker = cast(Any, _Deadline(10.010))  # the next tick is due in 10 ms
+    for i in range(40):
+        engine._received(cast(Any, session), bytes([i]), ("127.0.0.1", 4000), 10.0)
+    assert len(loop.soon) == 1  # one drain scheduled for the whole burst
+    loop.soon.pop()()
+    # 0.5 ms each: at 10 ms the tick is due; the drain stops at its next checkpoint (every 8)
+    assert [d for d, _ in session.processed] == [bytes([i]) for i in range(24)]
+    assert len(loop.soon) == 1  # it resumes after the loop's timers (the tick) have run
+    engine._ticker = cast(Any, _Deadline(10.030))
+    loop.soon.pop()()
+    assert [d for d, _ in session.processed] == [bytes([i]) for i in range(40)]
+    assert all(arrived == 10.0 for _, arrived in session.processed)  # arrival times kept
+    assert loop.soon == []
+    assert not engine._draining
