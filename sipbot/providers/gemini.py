@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import Any
+from typing import Any, Protocol, cast
 
 from google import genai
 from google.genai import types
@@ -177,6 +177,7 @@ class GeminiSession(ResilientSession):
         self._receiver = wire.GeminiReceiver()
         self._stack: contextlib.AsyncExitStack | None = None
         self._session: AsyncSession | None = None
+        self._socket: _TextSocket | None = None  # the SDK session's websocket (audio fast path)
         self._handle_failed = False
 
     # ----------------------------------------------------------------- ProviderSession
@@ -206,6 +207,7 @@ class GeminiSession(ResilientSession):
             seed = () if handle is not None else self.transcript.history()
         try:
             self._stack, self._session = await self._provider.connect(self.config, handle)
+            self._socket = _text_socket(self._session)
         except ProviderConnectError:
             # The handle may be why (expired, unknown): the next attempt starts afresh, seeded.
             self._handle_failed = handle is not None
@@ -228,11 +230,16 @@ class GeminiSession(ResilientSession):
 
     async def disconnect(self) -> None:
         stack, self._stack, self._session = self._stack, None, None
+        self._socket = None
         if stack is not None:
             await stack.aclose()
 
     async def send_batch(self, audio: bytes) -> None:
         assert self._session is not None
+        if self._socket is not None:
+            # the same frame send_realtime_input would send, on the SDK's own connection
+            await self._socket.send(wire.realtime_audio_message(audio))
+            return
         blob = types.Blob(data=audio, mime_type=wire.INPUT_MIME_TYPE)
         await self._session.send_realtime_input(audio=blob)
 
@@ -265,3 +272,18 @@ class GeminiSession(ResilientSession):
             logger.warning(
                 "call %s: gemini: %s not sent: %s", self.call.call_id, what, describe(error)
             )
+
+
+class _TextSocket(Protocol):
+    async def send(self, message: str) -> None: ...
+
+
+def _text_socket(session: AsyncSession) -> _TextSocket | None:
+    """The websocket inside an SDK session, if this SDK version has the one we know.
+
+    Only caller audio takes this path (see :func:`wire.realtime_audio_message`); everything
+    else, and every SDK that lays its session out differently, goes through the public API.
+    """
+    socket = getattr(session, "_ws", None)
+    send = getattr(socket, "send", None)
+    return cast(_TextSocket, socket) if callable(send) else None

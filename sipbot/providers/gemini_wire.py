@@ -22,6 +22,8 @@ Rules of :class:`GeminiReceiver`:
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -39,6 +41,19 @@ from sipbot.providers.base import (
 from sipbot.providers.continuity import greeting_prompt
 
 INPUT_MIME_TYPE = "audio/pcm;rate=16000"
+
+
+def realtime_audio_message(audio: bytes) -> str:
+    """The text frame the SDK's ``send_realtime_input(audio=Blob(audio, INPUT_MIME_TYPE))`` sends.
+
+    Built directly: the SDK validates and converts the blob through pydantic models on every
+    call (≈ 26 µs against ≈ 6 µs here, for each 40 ms of caller audio). The data is URL-safe
+    base64, as the SDK encodes it. tests/unit/test_gemini_wire.py pins this to the SDK's output.
+    """
+    data = base64.urlsafe_b64encode(audio).decode("ascii")
+    return json.dumps({"realtime_input": {"audio": {"data": data, "mime_type": INPUT_MIME_TYPE}}})
+
+
 ITEM_PREFIX = "gemini-turn-"
 LOW_THRESHOLD = 0.4  # TurnDetection.threshold at or below: start-of-speech sensitivity HIGH
 HIGH_THRESHOLD = 0.6  # at or above: sensitivity LOW (needs clearer speech to start a turn)

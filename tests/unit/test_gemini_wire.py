@@ -13,6 +13,7 @@ import base64
 import json
 from typing import Any
 
+import pytest
 from google import genai
 from google.genai import _common, types
 from google.genai import _live_converters as converters
@@ -31,8 +32,10 @@ from sipbot.providers.base import (
     TurnDetection,
 )
 from sipbot.providers.gemini_wire import (
+    INPUT_MIME_TYPE,
     GeminiReceiver,
     connect_config,
+    realtime_audio_message,
     seed_turns,
     tool_response,
     unknown_options,
@@ -315,3 +318,14 @@ def test_setup_complete_and_empty_parts_make_no_events() -> None:
     empty = {"serverContent": {"modelTurn": {"parts": [{"text": "thinking..."}]}}}
     assert receiver.receive(server_message(empty)) == []
     assert not receiver.in_turn
+
+
+@pytest.mark.parametrize("audio", [b"", b"\x01\x02\xff\xfe", PCM], ids=["empty", "4", "1k"])
+def test_realtime_audio_message_is_the_frame_the_sdk_sends(audio: bytes) -> None:
+    # What AsyncSession.send_realtime_input(audio=Blob(...)) puts on the socket (google-genai's
+    # own conversion, as in its send_realtime_input), compared with the fast path's text.
+    blob = types.Blob(data=audio, mime_type=INPUT_MIME_TYPE)
+    params = types.LiveSendRealtimeInputParameters.model_validate({"audio": blob})
+    converted = converters._LiveSendRealtimeInputParameters_to_mldev(from_object=params)
+    converted = _common.encode_unserializable_types(_common.convert_to_dict(converted))
+    assert realtime_audio_message(audio) == json.dumps({"realtime_input": converted})
