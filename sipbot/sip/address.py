@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 
 from sipbot.errors import SipParseError
-from sipbot.sip.headers import TOKEN, TOKEN_RE
+from sipbot.sip.headers import TOKEN, TOKEN_RE, split_unquoted
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,27 +229,9 @@ def split_params(text: str, what: str = "header") -> list[str]:
     if '"' not in text:
         parts = [p.strip() for p in text.split(";")]
     else:
-        parts = []
-        quoted = False
-        start = 0
-        i = 0
-        n = len(text)
-        while i < n:
-            ch = text[i]
-            if quoted:
-                if ch == "\\":
-                    i += 1
-                elif ch == '"':
-                    quoted = False
-            elif ch == '"':
-                quoted = True
-            elif ch == ";":
-                parts.append(text[start:i].strip())
-                start = i + 1
-            i += 1
-        if quoted:
+        parts, unterminated = split_unquoted(text, ";")
+        if unterminated:
             raise SipParseError(400, f"Unterminated quoted string in {what}")
-        parts.append(text[start:].strip())
     if not all(parts):
         raise SipParseError(400, f"Empty parameter in {what}")
     return parts

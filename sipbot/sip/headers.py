@@ -142,6 +142,39 @@ def canonical_name(name: str) -> str:
     return CANONICAL.get(name.lower(), name)
 
 
+def split_unquoted(text: str, separator: str) -> tuple[list[str], bool]:
+    """Split ``text`` at each ``separator`` that stands outside quoted strings and ``<...>``.
+
+    Returns:
+        The stripped parts (empty ones included), and True if a quoted string was left open.
+    """
+    parts: list[str] = []
+    depth = 0
+    quoted = False
+    start = 0
+    i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth = max(0, depth - 1)
+        elif ch == separator and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+        i += 1
+    parts.append(text[start:].strip())
+    return parts, quoted
+
+
 def split_list(value: str, *, strict: bool = False) -> list[str]:
     """Split a comma-list header value, respecting quoted strings and ``<...>``.
 
@@ -155,30 +188,7 @@ def split_list(value: str, *, strict: bool = False) -> list[str]:
         if not stripped and strict:
             raise ValueError("empty list element")
         return [stripped] if stripped else []
-    parts: list[str] = []
-    depth = 0
-    quoted = False
-    start = 0
-    i = 0
-    n = len(value)
-    while i < n:
-        ch = value[i]
-        if quoted:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch == "<":
-            depth += 1
-        elif ch == ">":
-            depth = max(0, depth - 1)
-        elif ch == "," and depth == 0:
-            parts.append(value[start:i].strip())
-            start = i + 1
-        i += 1
-    parts.append(value[start:].strip())
+    parts, _ = split_unquoted(value, ",")
     if strict and not all(parts):
         raise ValueError("empty list element")
     return [p for p in parts if p]

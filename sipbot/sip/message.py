@@ -128,15 +128,11 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CONTENT_LENGTH_RE = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$")
 
 
-@dataclass(slots=True)
-class SipRequest:
-    """A SIP request. ``uri`` is the Request-URI as text (see :func:`parse_uri`)."""
+class _Message:
+    """What requests and responses share: the headers every message has, and serializing."""
 
-    method: str
-    uri: str
-    headers: Headers = field(default_factory=Headers)
-    body: bytes = b""
-    version: str = SIP_VERSION
+    __slots__ = ()
+    headers: Headers
 
     @property
     def call_id(self) -> str:
@@ -148,11 +144,22 @@ class SipRequest:
         return parse_cseq(self.headers.get("CSeq") or "")
 
     def __bytes__(self) -> bytes:
-        return serialize(self)
+        return serialize(self)  # type: ignore[arg-type]  # a SipRequest or a SipResponse
 
 
 @dataclass(slots=True)
-class SipResponse:
+class SipRequest(_Message):
+    """A SIP request. ``uri`` is the Request-URI as text (see :func:`parse_uri`)."""
+
+    method: str
+    uri: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+    version: str = SIP_VERSION
+
+
+@dataclass(slots=True)
+class SipResponse(_Message):
     """A SIP response."""
 
     status: int
@@ -160,17 +167,6 @@ class SipResponse:
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
     version: str = SIP_VERSION
-
-    @property
-    def call_id(self) -> str:
-        return self.headers.get("Call-ID") or ""
-
-    @property
-    def cseq(self) -> tuple[int, str]:
-        return parse_cseq(self.headers.get("CSeq") or "")
-
-    def __bytes__(self) -> bytes:
-        return serialize(self)
 
 
 SipMessage = SipRequest | SipResponse
