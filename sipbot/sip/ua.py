@@ -12,6 +12,9 @@ Rules:
 * Rule 2: ``on_invite`` is called synchronously once per new INVITE (never for
   retransmissions); the application answers later with ``progress``/``accept``/``reject``.
 * Rule 3: ``Dialog.terminated`` resolves exactly once with the reason the call ended.
+* Rule 4: ``Dialog.refer`` sends a REFER and returns a :class:`Referral` once the peer accepted
+  it (2xx); the NOTIFYs of its subscription (``Event: refer``) are answered 200 here and the
+  first final sipfrag status (≥ 200) resolves :meth:`Referral.final`.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sipbot.errors import LocalSipError, RequestFailed, SipParseError
 from sipbot.sip.address import parse_name_addr, parse_uri
 from sipbot.sip.auth import Credentials
+from sipbot.sip.compose import DEFAULT_REQUEST_STATUS
 from sipbot.sip.core import Core
 from sipbot.sip.legs import (
     CallAnswered,
@@ -40,6 +45,7 @@ from sipbot.sip.legs import (
     RequestCompleted,
 )
 from sipbot.sip.message import SipRequest, SipResponse
+from sipbot.sip.sipfrag import refer_event, sipfrag_status
 from sipbot.sip.transaction import TimerSettings
 from sipbot.sip.transport import Transports, is_ip
 
@@ -67,8 +73,45 @@ class SipSettings:
     force_rport: bool = True  # UDP answers to the source port even without rport (NAT)
 
 
-def _mark_retrieved(future: asyncio.Future[None]) -> None:
-    future.exception()  # nobody may await it: do not log "exception was never retrieved"
+def _mark_retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():  # nobody may await it: no "exception was never retrieved"
+        future.exception()
+
+
+class Referral:
+    """A REFER the peer accepted (RFC 3515): :meth:`final` waits for the transfer's outcome.
+
+    ``response`` is the peer's 2xx to the REFER; ``cseq`` its CSeq number (the subscription id).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, cseq: int) -> None:
+        self.cseq = cseq
+        self.response: SipResponse | None = None
+        self._final: asyncio.Future[int] = loop.create_future()
+        self._final.add_done_callback(_mark_retrieved)
+
+    async def final(self) -> int:
+        """The first final status (≥ 200) a NOTIFY of this REFER reported.
+
+        Raises:
+            RequestFailed: the dialog ended (or another REFER replaced this one) first.
+        """
+        return await asyncio.shield(self._final)
+
+    @property
+    def done(self) -> bool:
+        return self._final.done()
+
+    def _progress(self, status: int | None) -> None:
+        if status is not None and status >= 200 and not self._final.done():
+            self._final.set_result(status)
+
+    def _fail(self, why: str) -> None:
+        if not self._final.done():
+            self._final.set_exception(RequestFailed(why))
+
+    def __repr__(self) -> str:
+        return f"<Referral cseq={self.cseq} done={self.done}>"
 
 
 class Dialog:
@@ -78,6 +121,9 @@ class Dialog:
         self._ua = ua
         self._leg = leg
         self.terminated: asyncio.Future[str] = ua.loop.create_future()
+        self._request_hook: Callable[[SipRequest], int] | None = None
+        self._referral: Referral | None = None
+        leg.on_request = self._on_request
 
     @property
     def call_id(self) -> str:
@@ -116,12 +162,29 @@ class Dialog:
 
     @property
     def on_request(self) -> Callable[[SipRequest], int] | None:
-        """Called with INFO / NOTIFY / REFER / other in-dialog requests; returns a status."""
-        return self._leg.on_request
+        """Called with INFO / NOTIFY / REFER / other in-dialog requests; returns a status.
+
+        NOTIFYs of a :meth:`refer` reach the :class:`Referral` whether or not a hook is set.
+        """
+        return self._request_hook
 
     @on_request.setter
     def on_request(self, hook: Callable[[SipRequest], int] | None) -> None:
-        self._leg.on_request = hook
+        self._request_hook = hook
+
+    def _on_request(self, request: SipRequest) -> int:
+        """An in-dialog request other than BYE / re-offer: the status to answer (Rule 4)."""
+        is_refer, event_id = refer_event(request)
+        referral = self._referral
+        if is_refer and referral is not None and event_id in (None, referral.cseq):
+            referral._progress(sipfrag_status(request.body))
+        if self._request_hook is not None:
+            return self._request_hook(request)
+        return 200 if is_refer else DEFAULT_REQUEST_STATUS.get(request.method, 200)
+
+    def _ended(self, reason: str) -> None:
+        if self._referral is not None:
+            self._referral._fail(f"the call ended ({reason}) before the transfer completed")
 
     async def bye(self) -> None:
         """End the call: BYE (retransmitted, bounded by 64·T1); ``terminated`` → "bye-sent"."""
@@ -157,6 +220,41 @@ class Dialog:
         future = self._ua._watch(handle.id)
         self._ua._pump()
         return await future
+
+    async def refer(self, uri: str) -> Referral:
+        """Blind transfer (RFC 3515): REFER the peer to ``uri`` (Rule 4).
+
+        Sends ``Refer-To: <uri>`` and ``Referred-By: <our INVITE's Request-URI>``; returns once
+        the peer accepted the REFER (2xx). A new REFER replaces an earlier :class:`Referral`.
+
+        Raises:
+            LocalSipError: the dialog is not confirmed.
+            RequestFailed: the peer refused the REFER or did not answer.
+        """
+        me = str(self.invite.uri)
+        headers = [("Refer-To", f"<{uri}>"), ("Referred-By", f"<{me}>")]
+        handle = self._ua._core.request(
+            self._leg, "REFER", now=self._ua.loop.time(), headers=headers
+        )
+        assert handle.request is not None
+        referral = Referral(self._ua.loop, handle.request.cseq[0])
+        if self._referral is not None:
+            self._referral._fail("replaced by a newer REFER")
+        self._referral = referral  # before the 202: a NOTIFY may overtake it
+        future = self._ua._watch(handle.id)
+        self._ua._pump()
+        try:
+            response = await future
+        except BaseException:
+            referral._fail("the REFER failed")
+            raise
+        if response.status >= 300:
+            referral._fail("the REFER was refused")
+            raise RequestFailed(
+                f"the transfer was refused ({response.status} {response.reason})", response
+            )
+        referral.response = response
+        return referral
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.call_id} {self._leg.state.value}>"
@@ -288,6 +386,7 @@ class UserAgent:
         for dialog in list(self._calls.values()):
             if not dialog.terminated.done():
                 dialog.terminated.set_result("shutdown")
+            dialog._ended("shutdown")
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -497,6 +596,7 @@ class UserAgent:
             return
         if not dialog.terminated.done():
             dialog.terminated.set_result(reason)
+        dialog._ended(reason)
         if isinstance(dialog, ServerCall) and not dialog.confirmed.done():
             dialog.confirmed.set_exception(RequestFailed(f"call ended before the ACK: {reason}"))
             _mark_retrieved(dialog.confirmed)
