@@ -49,6 +49,7 @@ class RecordWriter:
         queue_max: the most records held while the database is slow or away (Rule 1).
         keep_days: purge records older than this many days; 0 keeps them forever (Rule 4).
         clock: wall-clock seconds (tests pass a fake).
+        retry_s: the first and the longest pause between attempts while unavailable (Rule 2).
     """
 
     def __init__(
@@ -58,21 +59,25 @@ class RecordWriter:
         queue_max: int = 10_000,
         keep_days: int = 0,
         clock: Callable[[], float] = time.time,
+        retry_s: tuple[float, float] = (RETRY_MIN_S, RETRY_MAX_S),
     ) -> None:
         self.store = store
         self.queue_max = queue_max
         self.keep_days = keep_days
         self.clock = clock
+        self.retry_s = retry_s
         self.written = 0
         self.dropped = 0
         self.errors = 0  # failed write attempts (outages and refused batches)
         self.purged = 0
         self._queue: deque[CallRow] = deque()
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._outage_since: float | None = None
-        self._last_log = -LOG_EVERY_S
+        self._last_log: dict[str, float] = {}
         self._next_purge = 0.0
 
     @property
@@ -102,6 +107,7 @@ class RecordWriter:
         if self._closing or len(self._queue) >= self.queue_max:
             self.dropped += 1
             self._log_limited(
+                "full",
                 logging.WARNING,
                 "call record %s dropped: %d records queued (records.queue_max)",
                 row.call_id,
@@ -109,8 +115,14 @@ class RecordWriter:
             )
             return False
         self._queue.append(row)
+        self._idle.clear()
         self._wake.set()
         return True
+
+    async def flush(self) -> None:
+        """Return once every queued record has been written or dropped (waits while the
+        database is away: bound it with a timeout)."""
+        await self._idle.wait()
 
     async def aclose(self, flush_s: float = 5.0) -> None:
         """Write what is queued (for at most ``flush_s``), then stop and close the store."""
@@ -128,14 +140,16 @@ class RecordWriter:
             log.warning("call records: %d queued records not written at exit", len(self._queue))
             self.dropped += len(self._queue)
             self._queue.clear()
+        self._idle.set()
         await asyncio.to_thread(self.store.close)
 
     # ------------------------------------------------------------------ the writer task
 
     async def _run(self) -> None:
-        pause = RETRY_MIN_S
+        pause = self.retry_s[0]
         while True:
             if not self._queue:
+                self._idle.set()
                 if self._closing:
                     return
                 self._wake.clear()
@@ -148,11 +162,9 @@ class RecordWriter:
             try:
                 await asyncio.to_thread(self.store.write, batch)
             except RecordsUnavailable as exc:
-                self._outage(exc, len(batch))
-                if self._closing:
-                    return
+                self._outage(exc)
                 await self._sleep(pause)
-                pause = min(pause * 2, RETRY_MAX_S)
+                pause = min(pause * 2, self.retry_s[1])
                 continue
             except RecordsWriteFailed as exc:
                 self._lost(exc, batch)
@@ -161,7 +173,7 @@ class RecordWriter:
                 self._recovered()
             for _ in batch:
                 self._queue.popleft()
-            pause = RETRY_MIN_S
+            pause = self.retry_s[0]
 
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()
@@ -188,13 +200,13 @@ class RecordWriter:
 
     # ------------------------------------------------------------------ logging (Rules 2-3)
 
-    def _outage(self, exc: Exception, batch: int) -> None:
+    def _outage(self, exc: Exception) -> None:
         self.errors += 1
-        now = self.clock()
         if self._outage_since is None:
-            self._outage_since = now
-            self._last_log = -LOG_EVERY_S
+            self._outage_since = self.clock()
+            self._last_log.pop("outage", None)
         self._log_limited(
+            "outage",
             logging.WARNING,
             "call records: database unavailable (%s); %d records queued, retrying",
             exc,
@@ -214,14 +226,16 @@ class RecordWriter:
         self.errors += 1
         self.dropped += len(batch)
         self._log_limited(
+            "lost",
             logging.ERROR,
             "call records lost: %s (%d records lost so far)",
             exc,
             self.dropped,
         )
 
-    def _log_limited(self, level: int, message: str, *args: object) -> None:
+    def _log_limited(self, kind: str, level: int, message: str, *args: object) -> None:
         now = self.clock()
-        if now - self._last_log >= LOG_EVERY_S:
-            self._last_log = now
+        last = self._last_log.get(kind)
+        if last is None or now - last >= LOG_EVERY_S:
+            self._last_log[kind] = now
             log.log(level, message, *args)
