@@ -285,9 +285,8 @@ async def _run_server(config: Any, options: Any) -> int:
         return EXIT_USAGE
     try:
         await server.start()
-    except ConfigError as exc:  # the records database cannot be opened or reached
+    except ConfigError as exc:  # the records database: checked first, nothing else is started
         print(str(exc), file=sys.stderr)
-        await server.stop()
         return EXIT_USAGE
     except OSError as exc:
         print(f"sipbot: cannot listen: {exc}", file=sys.stderr)
