@@ -9,6 +9,7 @@ record arrives once the server is back. An unreachable PostgreSQL at start: exit
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -99,12 +100,12 @@ def place_calls(server: SipbotServer, tmp: Path) -> None:
 
 
 def wait_records(store: SqlStore, count: int) -> list[dict[str, Any]]:
-    def records() -> list[dict[str, Any]] | None:
+    def records() -> list[dict[str, Any]]:
         try:
             found = rows_of(store.export())
         except Exception:  # the database may still be coming up
-            return None
-        return found if len(found) >= count else None
+            return []
+        return found if len(found) >= count else []
 
     return wait_until(records, RECORDS_TIMEOUT_S, f"{count} call records")
 
@@ -223,3 +224,37 @@ def test_an_unreachable_postgresql_at_start_exits_2_with_one_line(tmp_path: Path
     assert "Connection refused" in lines[0]
     assert "secret" not in done.stderr
     assert done.stdout == ""
+
+
+@pytest.mark.requires_peers("sipp")
+def test_the_default_records_file_and_sipbot_calls(
+    sipbot_server: StartServer, peers_tmp: Path
+) -> None:
+    server = sipbot_server()  # the embedded default: local echo agent, SQLite in the data dir
+    talk = sipp.uac_scenario(peers_tmp / "talk.xml", caller_turns(peers_tmp / "t.ulaw"), hold_s=2)
+    sipp.run_uac(server.address, talk, peers_tmp, service="100", name="call").assert_ok(calls=1)
+    path = peers_tmp / "data" / "sipbot" / "records.sqlite3"  # XDG_DATA_HOME set by the fixture
+    store = open_store(f"sqlite:///{path}", "unused")
+    (record,) = wait_records(store, 1)
+    store.close()
+    assert (record["outcome"], record["agent"], record["provider"]) == ("answered", "echo", "local")
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    assert oct(path.parent.stat().st_mode & 0o777) == oct(0o700)
+    env = {**os.environ, "XDG_DATA_HOME": str(peers_tmp / "data")}
+    cli = [sys.executable, "-m", "sipbot", "calls"]
+    listed = subprocess.run(
+        [*cli, "list"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert record["id"] in listed.stdout
+    assert "answered" in listed.stdout
+    shown = subprocess.run(
+        [*cli, "show", record["id"][:8]],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"call_id:        {record['call_id']}\n" in shown.stdout
