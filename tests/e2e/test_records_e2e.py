@@ -258,3 +258,39 @@ def test_the_default_records_file_and_sipbot_calls(
     )
     assert shown.returncode == 0, shown.stderr
     assert f"call_id:        {record['call_id']}\n" in shown.stdout
+
+
+SCHEMA_PAGES = 8  # sqlite_master, schema_version, calls + 3 indexes, transcript_lines + its key
+
+
+@pytest.mark.requires_peers("sipp")
+def test_a_full_sqlite_loses_records_not_calls(sipbot_server: StartServer, peers_tmp: Path) -> None:
+    # The file is capped at the pages of the empty schema (the way a full disk refuses growth),
+    # and the agent's transcript line is longer than a page: a record cannot be stored.
+    script = EmulatorScript(reply="tone", reply_ms=600, reply_text="y" * 6000, vad_silence_ms=300)
+    path = peers_tmp / "full.sqlite3"
+    with EmulatorThread("openai", script) as emu:
+        config = plan(emu, {"url": f"sqlite:///{path}", "max_size_mb": SCHEMA_PAGES * 4096 / 2**20})
+        server = sipbot_server(
+            "-c",
+            str(write_dialplan(peers_tmp / "p.yaml", config)),
+            env={**server_env(), "E2E_BAD_KEY": "x"},
+        )
+        talk = sipp.uac_scenario(
+            peers_tmp / "talk.xml", caller_turns(peers_tmp / "t.ulaw"), hold_s=3
+        )
+        for n in range(2):
+            result = sipp.run_uac(server.address, talk, peers_tmp, service="100", name=f"c{n}")
+            result.assert_ok(calls=1)  # the calls go on
+        wait_until(lambda: "call records lost" in server.log(), 10.0, "the loss logged")
+        wait_until(lambda: _cdr_lines(server) == 2, 10.0, "two CDR lines")
+    log = server.log()
+    assert log.count("call records lost") == 1  # one line, not one per record
+    assert f"sqlite:///{path}: database or disk is full (1 records lost so far)" in log
+    store = open_store(f"sqlite:///{path}", "unused")
+    assert store.list_calls() == []
+    store.close()
+
+
+def _cdr_lines(server: SipbotServer) -> int:
+    return sum(1 for line in server.log().splitlines() if " sipbot.cdr: " in line)
