@@ -212,8 +212,11 @@ class Server:
                     await call.dialog.bye()
         finally:
             self.calls.pop(info.call_id, None)
-            media = cdr_media(call) if attempt.answered is not None and call else None
-            attempt.finish(call, reason=reason, media=media)  # Rule 4
+            try:  # Rule 4 (and Rule 3: a bad record must not escape the call's task)
+                media = cdr_media(call) if attempt.answered is not None and call else None
+                attempt.finish(call, reason=reason, media=media)
+            except Exception:
+                log.exception("call %s: its call record failed", info.call_id)
 
     def _attempt(self, dialog: ServerCall, info: CallInfo) -> Attempt:
         _, host, port = dialog.source

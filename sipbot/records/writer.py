@@ -104,7 +104,10 @@ class RecordWriter:
 
     def submit(self, row: CallRow) -> bool:
         """Queue ``row`` for writing (Rule 1); False when it was dropped."""
-        if self._closing or len(self._queue) >= self.queue_max:
+        if self._closing:  # shutting down: the INVITEs refused now are not worth a line each
+            self.dropped += 1
+            return False
+        if len(self._queue) >= self.queue_max:
             self.dropped += 1
             self._log_limited(
                 "full",

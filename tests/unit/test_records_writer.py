@@ -148,3 +148,19 @@ async def test_close_drops_what_it_cannot_write_in_time(tmp_path: Path) -> None:
     assert (writer.written, writer.dropped, writer.queued) == (0, 1, 0)
     assert writer.submit(row(2)) is False  # closed: counted as dropped
     assert writer.dropped == 2
+
+
+def test_the_server_makes_the_writer_the_config_asks_for(tmp_path: Path) -> None:
+    from sipbot.config import config_from_objects
+    from sipbot.dialplan.model import Dialplan
+    from sipbot.server import make_records
+
+    plan = Dialplan(routes=())
+    off = config_from_objects(plan, {"records": {"enabled": False}})
+    assert make_records(off) is None
+    settings = {"data_dir": str(tmp_path), "records": {"keep_days": 7, "queue_max": 5}}
+    writer = make_records(config_from_objects(plan, settings))
+    assert writer is not None
+    assert (writer.keep_days, writer.queue_max) == (7, 5)
+    assert isinstance(writer.store, SqliteStore)
+    assert writer.store.path == str(tmp_path / "records.sqlite3")
