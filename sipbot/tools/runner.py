@@ -31,8 +31,8 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
+from sipbot.domain import ToolCall, ToolSpec
 from sipbot.errors import SipbotError
-from sipbot.providers.base import ToolCall, ToolSpec
 from sipbot.tools.context import ToolContext
 from sipbot.tools.registry import Tool
 

@@ -12,7 +12,7 @@ import pytest
 
 from sipbot.config import load_config
 from sipbot.dialplan import Answer
-from sipbot.dialplan.watch import DialplanWatcher
+from sipbot.reload import DialplanWatcher
 
 PLAN = """\
 agents:
@@ -61,7 +61,7 @@ def test_valid_change_applies_broken_change_is_refused(
     assert action.agent.name == "echo"  # the call in progress is undisturbed
 
     write(plan, PLAN % "nobody")
-    with caplog.at_level(logging.INFO, logger="sipbot.dialplan.watch"):
+    with caplog.at_level(logging.INFO, logger="sipbot.reload"):
         assert watcher.poll() is False
     assert agent_of(watcher) == "loop"  # old one kept
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
@@ -81,7 +81,7 @@ def test_valid_change_applies_broken_change_is_refused(
 def test_deleted_file_keeps_the_dialplan(plan: Path, caplog: pytest.LogCaptureFixture) -> None:
     watcher = DialplanWatcher(load_config(str(plan)))
     plan.unlink()
-    with caplog.at_level(logging.ERROR, logger="sipbot.dialplan.watch"):
+    with caplog.at_level(logging.ERROR, logger="sipbot.reload"):
         assert watcher.poll() is False
         assert watcher.poll() is False
     assert [r.getMessage() for r in caplog.records] == [
@@ -93,7 +93,7 @@ def test_deleted_file_keeps_the_dialplan(plan: Path, caplog: pytest.LogCaptureFi
 def test_server_change_needs_a_restart(plan: Path, caplog: pytest.LogCaptureFixture) -> None:
     watcher = DialplanWatcher(load_config(str(plan)))
     write(plan, "server: {limits: {max_calls: 3}}\n" + PLAN % "loop")
-    with caplog.at_level(logging.WARNING, logger="sipbot.dialplan.watch"):
+    with caplog.at_level(logging.WARNING, logger="sipbot.reload"):
         assert watcher.poll() is True
     assert [r.getMessage() for r in caplog.records] == [
         f"{plan}: server settings changed: restart sipbot to apply them"

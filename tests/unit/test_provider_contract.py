@@ -16,22 +16,21 @@ from dataclasses import dataclass
 
 import pytest
 
+from sipbot.domain import (
+    AudioOut,
+    CallInfo,
+    ProviderEvent,
+    ProviderFailed,
+    SessionConfig,
+    TurnComplete,
+    TurnDetection,
+)
 from sipbot.emulators.audio import encode
 from sipbot.emulators.common import EmulatorServer
 from sipbot.emulators.gemini import GeminiEmulator
 from sipbot.emulators.openai import OpenAIEmulator
 from sipbot.emulators.script import EmulatorScript
-from sipbot.providers.base import (
-    AudioOut,
-    CallInfo,
-    Provider,
-    ProviderEvent,
-    ProviderFailed,
-    ProviderSession,
-    SessionConfig,
-    TurnComplete,
-    TurnDetection,
-)
+from sipbot.providers.base import Provider, ProviderSession
 from sipbot.providers.gemini import GeminiProvider
 from sipbot.providers.local import LocalProvider
 from sipbot.providers.openai import OpenAIProvider

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from sipbot.domain import CallInfo, ToolCall
 from sipbot.errors import ToolError
-from sipbot.providers.base import CallInfo, ToolCall
 from sipbot.tools import ToolContext, ToolRunner, tool
 from sipbot.tools.runner import TRUNCATED_MARK
 
