@@ -5,8 +5,8 @@ A :class:`Provider` is made once per configured agent; :meth:`Provider.open` mak
 :mod:`sipbot.domain`, re-exported here): raw audio bytes in a declared :class:`AudioFormat`, and
 the frozen events. Nothing past a provider module sees an SDK object.
 
-Contract of a session (every implementation keeps it; ``tests/unit/test_provider_contract.py``
-checks it for each provider):
+Contract of a session (every implementation keeps it;
+``tests/integration/test_provider_contract.py`` checks it for each provider):
 
 * Rule 1: ``send_audio`` never blocks and never raises: it queues (or drops, once closed).
   The media path calls it once per 20 ms frame.

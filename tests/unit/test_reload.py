@@ -1,11 +1,13 @@
-"""Hot reload: a valid change applies to new calls, a broken file is logged and the old kept."""
+"""Hot reload: a valid change applies to new calls, a broken file is logged and the old kept.
+
+No event loop, no clock: each test calls ``poll()`` itself. The polling loop and
+SIGHUP run in ``tests/integration/test_reload_loop.py``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -99,40 +101,3 @@ def test_server_change_needs_a_restart(plan: Path, caplog: pytest.LogCaptureFixt
         f"{plan}: server settings changed: restart sipbot to apply them"
     ]
     assert agent_of(watcher) == "loop"
-
-
-async def test_run_polls_the_file(plan: Path) -> None:
-    reloaded = asyncio.Event()
-    watcher = DialplanWatcher(
-        load_config(str(plan)), poll_interval_s=0.02, on_reload=lambda c: reloaded.set()
-    )
-    task = asyncio.create_task(watcher.run())
-    try:
-        await asyncio.sleep(0.05)
-        write(plan, PLAN % "loop")
-        await asyncio.wait_for(reloaded.wait(), 3)
-        assert agent_of(watcher) == "loop"
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-
-async def test_sighup_reloads(plan: Path) -> None:
-    before = signal.getsignal(signal.SIGHUP)
-    reloaded = asyncio.Event()
-    watcher = DialplanWatcher(
-        load_config(str(plan)), poll_interval_s=3600, on_reload=lambda c: reloaded.set()
-    )
-    task = asyncio.create_task(watcher.run())
-    try:
-        await asyncio.sleep(0.05)  # let run() install its handler
-        write(plan, PLAN % "loop")  # the poller would not look for an hour
-        os.kill(os.getpid(), signal.SIGHUP)
-        await asyncio.wait_for(reloaded.wait(), 3)
-        assert agent_of(watcher) == "loop"
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    assert signal.getsignal(signal.SIGHUP) == before  # the handler left with the task
