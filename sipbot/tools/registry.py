@@ -2,7 +2,7 @@
 loading ``module:function`` references from a dialplan.
 
 A decorated function stays callable as before (``lookup_order("A1")`` still works in your own
-tests); the decorator only adds a :class:`~sipbot.providers.base.ToolSpec` built from its
+tests); the decorator only adds a :class:`~sipbot.domain.ToolSpec` built from its
 signature and docstring, and argument validation for calls that come from a model.
 """
 

@@ -102,7 +102,7 @@ class ToolRunner:
 
     @property
     def specs(self) -> tuple[ToolSpec, ...]:
-        """The specs of the runner's tools, for :class:`~sipbot.providers.base.SessionConfig`."""
+        """The specs of the runner's tools, for :class:`~sipbot.domain.SessionConfig`."""
         return tuple(t.spec for t in self._tools.values())
 
     @property
