@@ -10,7 +10,8 @@ is resolved to a module name: ``from sipbot import prompts`` is ``sipbot.prompts
 * Rule 3: ``providers/`` import no ``sip/``.
 * Rule 4: only ``providers/gemini.py`` imports ``google.genai``; only ``providers/openai.py``
   imports ``openai``.
-* Rule 5: the sans-I/O cores (:data:`CORES`) import no ``asyncio``.
+* Rule 5: the sans-I/O cores (:data:`CORES`) import no ``asyncio`` and read no clock (no
+  ``time`` module, no ``datetime.now()``/``date.today()``): they take ``now``.
 * Rule 6: ``domain.py`` imports nothing from sipbot; ``dialplan/`` (pure routing) imports no
   config, provider, media, call or server module.
 * Rule 7: no import cycle between the top-level parts of sipbot (a folder such as ``sip/`` or a
@@ -242,6 +243,37 @@ def test_sans_io_cores_import_no_asyncio() -> None:
         if _within(imp.target, "asyncio")
     ]
     assert offenders == [], "Rule 5: a sans-I/O core imports asyncio"
+
+
+CLOCK_READS = frozenset({"now", "utcnow", "today"})  # datetime.now(), date.today(), ...
+
+
+def _clock_reads(path: str) -> list[str]:
+    """``path:line`` of each clock read in the module: the time module, datetime.now() and kin."""
+    module = next(m for m in MODULES.values() if m.path == path)
+    found = [
+        f"sipbot/{path}:{i.line} imports {i.target}"
+        for i in module.imports
+        if _within(i.target, "time")
+    ]
+    tree = ast.parse((PACKAGE_DIR / path).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in CLOCK_READS
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id in ("datetime", "date")
+        ):
+            found.append(
+                f"sipbot/{path}:{node.lineno} calls {node.func.value.id}.{node.func.attr}()"
+            )
+    return found
+
+
+def test_sans_io_cores_read_no_clock() -> None:
+    offenders = [found for path in _core_paths() for found in _clock_reads(path)]
+    assert offenders == [], "Rule 5: a sans-I/O core reads the clock; pass `now` in"
 
 
 # --------------------------------------------------------------------------- no cycles
