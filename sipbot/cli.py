@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return emulate_main(args_list[1:])
     args = _parser().parse_args(args_list)
     if args.command == "check":
-        from sipbot.dialplan.commands import check_command
+        from sipbot.commands import check_command
 
         return check_command(args.config, sys.stdout, sys.stderr)
     if args.command == "route":
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _route(args: argparse.Namespace) -> int:
-    from sipbot.dialplan.commands import route_command
+    from sipbot.commands import route_command
 
     headers: dict[str, str] = {}
     for item in args.header:

@@ -26,8 +26,8 @@ import logging
 import socket
 from collections.abc import Callable
 
+from sipbot.domain import AudioFormat
 from sipbot.errors import PortRangeExhausted, SdpError, SdpNegotiationError, SipbotError
-from sipbot.media.formats import AudioFormat
 from sipbot.media.session import MediaEngine, MediaSession
 from sipbot.sip.sdp import Negotiated, SdpAnswerer
 from sipbot.sip.ua import ServerCall

@@ -33,14 +33,15 @@ from typing import Any
 from sipbot.call import Call, CallPlan
 from sipbot.config import Config
 from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
-from sipbot.dialplan.watch import DialplanWatcher
+from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError, SipParseError
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
 from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt
-from sipbot.providers.base import CallInfo, Provider
+from sipbot.providers.base import Provider
 from sipbot.providers.registry import make_provider
 from sipbot.records import Attempt, RecordWriter, default_data_dir, open_store
+from sipbot.reload import DialplanWatcher
 from sipbot.sip.address import parse_name_addr, parse_uri
 from sipbot.sip.message import SipRequest
 from sipbot.sip.sdp import SdpAnswerer

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import wave
@@ -13,13 +12,13 @@ import numpy as np
 import pytest
 
 from tests.e2e.peers.audio import correlation, read_wav
-from tests.e2e.peers.capture import RtpCapture, capture_unavailable, select, stream_stats
+from tests.e2e.peers.capture import RtpCapture, select, stream_stats
 from tests.e2e.peers.ports import free_port, free_port_block
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.timeout(90),
-    pytest.mark.skipif(shutil.which("sipp") is None, reason="SIPp (sip-tester) not installed"),
+    pytest.mark.requires_peers("sipp"),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,10 +27,8 @@ HOSTNAME_SCENARIO = Path(__file__).parent / "scenarios" / "sip" / "uac_hold_resu
 HOLD_S = 1.5
 
 
+@pytest.mark.requires_peers("capture")
 def test_hold_stops_our_rtp_and_resume_restarts_it(sipbot_server, peers_tmp: Path):
-    unavailable = capture_unavailable()
-    if unavailable:
-        pytest.skip(unavailable)
     server = sipbot_server()
     sip_port, media_port = free_port(), free_port_block()
     capture = RtpCapture.start(peers_tmp, [media_port])
