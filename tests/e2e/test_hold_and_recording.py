@@ -53,12 +53,10 @@ def test_hold_stops_our_rtp_and_resume_restarts_it(sipbot_server, peers_tmp: Pat
     assert stats.seq_missing == 0
 
 
+@pytest.mark.requires_peers("capture")
 def test_a_resume_naming_its_host_by_name_is_answered_after_resolving_it(
     sipbot_server, peers_tmp: Path
 ):
-    unavailable = capture_unavailable()
-    if unavailable:
-        pytest.skip(unavailable)
     server = sipbot_server()
     sip_port, media_port = free_port(), free_port_block()
     capture = RtpCapture.start(peers_tmp, [media_port])
