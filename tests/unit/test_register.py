@@ -53,7 +53,8 @@ def answer(c: RegistrationClient, request: SipRequest, status: int, now: float, 
     for name, value in headers.items():
         response.headers.add(name.replace("_", "-"), value)
     raw = parse_message(bytes(response))
-    assert isinstance(raw, SipResponse) and c.owns(raw)
+    assert isinstance(raw, SipResponse)
+    assert c.owns(raw)
     c.receive(raw, now)
 
 
@@ -66,14 +67,18 @@ def test_digest_sha256_register_then_refresh_at_80_percent() -> None:
     c = client([A])
     c.start(0.0)
     [(first, peer)] = sent(c)
-    assert peer == A.peer and first.uri == "sip:pbx.test"
-    assert first.headers.get("Expires") == "600" and "Authorization" not in first.headers
+    assert peer == A.peer
+    assert first.uri == "sip:pbx.test"
+    assert first.headers.get("Expires") == "600"
+    assert "Authorization" not in first.headers
     assert first.headers.get("Contact") == "<sip:alice@127.0.0.9:5060>"
     answer(c, first, 401, 0.01, WWW_Authenticate=verifier.challenge(0.0))
     [(second, _)] = sent(c)
-    assert second.call_id == first.call_id and second.cseq[0] == first.cseq[0] + 1
+    assert second.call_id == first.call_id
+    assert second.cseq[0] == first.cseq[0] + 1
     auth = second.headers.get("Authorization") or ""
-    assert "algorithm=SHA-256" in auth and "qop=auth" in auth
+    assert "algorithm=SHA-256" in auth
+    assert "qop=auth" in auth
     assert verifier.verify(auth, "REGISTER", {"alice": "alicepw"}.get, 0.02) == "ok"
     answer(c, second, 200, 0.02, Contact="<sip:alice@127.0.0.9:5060>;expires=300")
     state = c.state
@@ -84,8 +89,10 @@ def test_digest_sha256_register_then_refresh_at_80_percent() -> None:
     assert sent(c) == []
     c.handle_timers(240.02)
     [(refresh, _)] = sent(c)
-    assert refresh.call_id == first.call_id and refresh.headers.get("Expires") == "600"
-    assert c.state.phase == "registered" and c.events() == []  # a refresh is not a change
+    assert refresh.call_id == first.call_id
+    assert refresh.headers.get("Expires") == "600"
+    assert c.state.phase == "registered"
+    assert c.events() == []
 
 
 def test_short_expiry_refreshes_30s_early_but_not_before_half() -> None:
@@ -157,7 +164,7 @@ def test_423_without_a_larger_min_expires_is_a_failure() -> None:
 def test_silent_registrar_times_out_then_the_next_target_is_used() -> None:
     c = client([A, B])
     c.start(0.0)
-    [(req, peer)] = sent(c)
+    [(_req, peer)] = sent(c)
     assert peer == A.peer
     now = 0.0
     retransmissions = 0
@@ -179,14 +186,15 @@ def test_silent_registrar_times_out_then_the_next_target_is_used() -> None:
 def test_whole_round_failing_waits_then_starts_at_the_first_target() -> None:
     c = client([A, B])
     c.start(0.0)
-    [(req, peer)] = sent(c)
+    [(req, _peer)] = sent(c)
     answer(c, req, 503, 0.1)
     [(req_b, peer_b)] = sent(c)
     assert peer_b == B.peer
     answer(c, req_b, 503, 0.2)
     state = c.state
     assert (state.phase, state.code, state.failures) == ("failed", 503, 1)
-    assert state.next_attempt is not None and 0.2 + 1.0 <= state.next_attempt <= 0.2 + 2.0
+    assert state.next_attempt is not None
+    assert 0.2 + 1.0 <= state.next_attempt <= 0.2 + 2.0
     c.handle_timers(state.next_attempt)
     [(_, first_again)] = sent(c)
     assert first_again == A.peer
@@ -200,7 +208,8 @@ def test_transport_error_while_registered_re_registers_at_once() -> None:
     c.events()
     c.transport_error(Peer("udp", "127.0.0.1", 5070), 10.0)
     [(again, peer)] = sent(c)
-    assert peer == A.peer and again.headers.get("Expires") == "600"
+    assert peer == A.peer
+    assert again.headers.get("Expires") == "600"
     assert [(e.new.phase, e.new.code) for e in c.events()] == [("registering", 503)]
 
 
@@ -231,14 +240,16 @@ def test_stop_removes_the_binding() -> None:
     assert bye.headers.get("Expires") == "0"
     assert c.state.phase == "unregistering"
     answer(c, bye, 200, 5.1)
-    assert c.state.phase == "stopped" and c.next_deadline() is None
+    assert c.state.phase == "stopped"
+    assert c.next_deadline() is None
 
 
 def test_no_targets_is_a_failure_with_backoff_not_a_loop() -> None:
     c = client([])
     c.start(0.0)
     assert sent(c) == []
-    assert c.state.phase == "failed" and c.state.next_attempt is not None
+    assert c.state.phase == "failed"
+    assert c.state.next_attempt is not None
     assert c.state.next_attempt >= 1.0
 
 
@@ -249,5 +260,6 @@ def test_proxy_challenge_is_answered_with_proxy_authorization() -> None:
     [(req, _)] = sent(c)
     answer(c, req, 407, 0.0, Proxy_Authenticate=verifier.challenge(0.0))
     [(again, _)] = sent(c)
-    assert "Proxy-Authorization" in again.headers and "Authorization" not in again.headers
+    assert "Proxy-Authorization" in again.headers
+    assert "Authorization" not in again.headers
     assert str(c.state) == "registering registrar=sip:pbx.test (starting)"
