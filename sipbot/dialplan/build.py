@@ -34,6 +34,7 @@ from sipbot.secret import EnvString, to_secret
 from sipbot.tools.builtin import BUILTIN_NAMES
 from sipbot.tools.http import HttpTool
 from sipbot.tools.registry import Tool, load_python_tool
+from sipbot.trunks import build_trunk
 from sipbot.yamlsource import Document, Path, source_text
 
 T = TypeVar("T")
@@ -75,16 +76,13 @@ def build_dialplan(model: DialplanModel, doc: Document, search_paths: Iterable[s
     agents = {
         name: _agent(doc, name, spec, tools, model.timezone) for name, spec in model.agents.items()
     }
-    trunks: dict[str, tuple[str, ...]] = {}
-    for name, trunk in model.trunks.items():
-        trunks[name] = at(doc, ("trunks", name), partial(_trunk_source, trunk.source))
+    built = {
+        name: at(doc, ("trunks", name), partial(build_trunk, name, spec))
+        for name, spec in model.trunks.items()
+    }
+    trunks = {name: trunk.source for name, trunk in built.items()}
     routes = [_route(doc, i, r, agents, trunks) for i, r in enumerate(model.routes)]
-    return at(doc, (), lambda: Dialplan(routes, agents, model.timezone))
-
-
-def _trunk_source(source: list[str]) -> tuple[str, ...]:
-    Match(source=source)  # checks every address
-    return tuple(source)
+    return at(doc, (), lambda: Dialplan(routes, agents, model.timezone, built))
 
 
 def _tool(name: str, spec: ToolModel, search_paths: Iterable[str]) -> Tool:
