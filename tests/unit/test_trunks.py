@@ -1,0 +1,135 @@
+"""``trunks:`` in a config file: registration settings, errors with file:line, routing by trunk."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from sipbot.config import load_config
+from sipbot.dialplan import RouteRequest, route
+from sipbot.errors import ConfigError
+
+ENV = {"TRUNK_PW": "s3cret", "BOT_PW": "botpw"}
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+BASE = """\
+agents:
+  echo: {provider: local}
+trunks:
+  carrier:
+    registrar: ["sip:reg1.example.net", "sip:reg2.example.net:5080"]
+    user: "+4930123"
+    auth_user: acct77
+    password: ${TRUNK_PW}
+    expires: 300
+    did_header: P-Called-Party-ID
+    contact_user: bot77
+  pbx:
+    source: ["192.0.2.10"]
+routes:
+  - name: carrier-calls
+    match: {trunk: carrier}
+    answer: echo
+  - name: pbx-calls
+    match: {trunk: pbx}
+    answer: echo
+  - name: others
+    reject: 403
+"""
+
+
+def load(tmp_path: Path, text: str):
+    path = tmp_path / "d.yaml"
+    path.write_text(textwrap.dedent(text))
+    return load_config(str(path), environ=ENV)
+
+
+def test_registration_settings_come_from_the_trunk(tmp_path: Path) -> None:
+    config = load(tmp_path, BASE)
+    carrier = config.dialplan.trunks["carrier"]
+    reg = carrier.registration
+    assert reg is not None
+    assert reg.registrars == ("sip:reg1.example.net", "sip:reg2.example.net:5080")
+    assert reg.aor == "sip:+4930123@reg1.example.net"
+    assert (reg.auth_user, reg.expires_s, reg.contact_user) == ("acct77", 300, "bot77")
+    assert str(reg.password) == "${TRUNK_PW}"  # masked
+    assert "s3cret" not in repr(carrier)
+    settings = reg.settings("sipbot/test")
+    assert settings.credentials.password == "s3cret"
+    assert settings.credentials.username == "acct77"
+    assert carrier.did_header == "P-Called-Party-ID"
+    assert carrier.contact_user == "bot77"
+    assert config.dialplan.trunks["pbx"].registration is None
+
+
+def test_routes_match_the_trunk_the_server_identified(tmp_path: Path) -> None:
+    plan = load(tmp_path, BASE).dialplan
+
+    def decide(source: str, trunk: str | None) -> str | None:
+        request = RouteRequest("100", "555", "", source, {}, NOW, trunk)
+        return route(plan, request).route_name
+
+    assert decide("203.0.113.1", "carrier") == "carrier-calls"
+    assert decide("203.0.113.1", "") == "others"  # a registration trunk needs the server's word
+    assert decide("192.0.2.10", None) == "pbx-calls"  # derived from the allow-list
+    assert decide("192.0.2.10", "") == "pbx-calls"
+    assert decide("192.0.2.11", None) == "others"
+
+
+@pytest.mark.parametrize(
+    ("trunk", "error"),
+    [
+        pytest.param(
+            "{registrar: 'sip:r.example', user: bob, password: hunter2}",
+            "d.yaml:4: trunks.t.password: secrets come from the environment only: "
+            "write password: ${VAR}",
+            id="plain-password",
+        ),
+        pytest.param(
+            "{registrar: 'http://r.example', user: bob, password: '${TRUNK_PW}'}",
+            "d.yaml:4: trunks.t.registrar: bad SIP URI 'http://r.example': "
+            "expected sip:host[:port] such as sip:pbx.example.com",
+            id="uri",
+        ),
+        pytest.param(
+            "{registrar: 'sip:r.example', user: bob, password: '${TRUNK_PW}', transport: tls}",
+            "d.yaml:4: trunks.t.transport: transport tls is not supported yet: use udp or tcp",
+            id="tls",
+        ),
+        pytest.param(
+            "{registrar: 'sip:r.example', password: '${TRUNK_PW}'}",
+            "d.yaml:4: trunks.t.user: a registration needs user (a SIP user name)",
+            id="user",
+        ),
+        pytest.param(
+            "{description: nothing}",
+            "d.yaml:4: trunks.t: a trunk needs a source (IP allow-list) or a registrar",
+            id="empty",
+        ),
+        pytest.param(
+            "{source: [192.0.2.1], user: bob}",
+            "d.yaml:4: trunks.t.user: user needs a registrar",
+            id="user-without-registrar",
+        ),
+    ],
+)
+def test_bad_trunks_name_file_line_and_field(tmp_path: Path, trunk: str, error: str) -> None:
+    text = f"agents:\n  echo: {{provider: local}}\ntrunks:\n  t: {trunk}\n"
+    text += "routes:\n  - {match: {trunk: t}, answer: echo}\n"
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    assert str(info.value) == f"{tmp_path}/{error}"
+
+
+def test_trust_users_need_environment_passwords(tmp_path: Path) -> None:
+    text = "server:\n  trust:\n    users: {alice: plain}\nagents: {echo: {provider: local}}\n"
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    assert "the password of 'alice' must come from the environment" in str(info.value)
+    ok = "server:\n  trust:\n    users: {alice: '${BOT_PW}'}\n    unknown_sources: drop\n"
+    config = load(tmp_path, ok + "agents: {echo: {provider: local}}\n")
+    assert config.server.trust.unknown_sources == "drop"
+    assert str.__str__(config.server.trust.users["alice"]) == "botpw"
