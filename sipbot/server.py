@@ -390,8 +390,9 @@ class Server:
 
     def _admit(self, dialog: ServerCall) -> str | None:
         """Rule 0: the trunk name ("" none) when the INVITE may go on, else None (answered)."""
-        source = dialog.source[1]
-        verdict = self.trust_policy().check_invite(dialog.invite, source, self.ua.loop.time())
+        _transport, source, port = dialog.source
+        now = self.ua.loop.time()
+        verdict = self.trust_policy().check_invite(dialog.invite, source, now, port)
         if isinstance(verdict, Admit):
             return verdict.trunk or ""
         if isinstance(verdict, Challenge):
@@ -423,7 +424,7 @@ class Server:
 
 def _policy(
     trunks: Mapping[str, Trunk],
-    learned: Mapping[str, frozenset[str]],
+    learned: Mapping[str, frozenset[tuple[str, int]]],
     trust: TrustSettings,
     verifier: DigestVerifier | None,
 ) -> TrustPolicy:
@@ -431,10 +432,11 @@ def _policy(
     sources = []
     for name, trunk in trunks.items():
         networks = list(trunk.networks)
-        for address in sorted(learned.get(name, ())):
+        endpoints = learned.get(name, frozenset())
+        for address in sorted({host for host, _port in endpoints}):
             with contextlib.suppress(ValueError):
                 networks.append(ipaddress.ip_network(address))
-        sources.append(TrustedSource(name, tuple(networks), trunk.contact_user))
+        sources.append(TrustedSource(name, tuple(networks), trunk.contact_user, endpoints))
     users = {user: str.__str__(password) for user, password in trust.users.items()}
     return TrustPolicy(sources, trust.unknown_sources, users, verifier)
 

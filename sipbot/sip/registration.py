@@ -86,9 +86,9 @@ class Registration:
         return self.client.state
 
     @property
-    def addresses(self) -> set[str]:
-        """IP addresses of the registrars (and proxy) now in use: calls may come from them."""
-        return {t.peer.host for t in self._targets_cache}
+    def addresses(self) -> set[tuple[str, int]]:
+        """(IP, port) of the registrars (or proxy) in use: calls may come from them."""
+        return {(t.peer.host, t.peer.port) for t in self._targets_cache}
 
     async def start(self) -> None:
         """Resolve the registrars and send the first REGISTER (returns at once after that)."""

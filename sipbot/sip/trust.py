@@ -6,7 +6,8 @@ returns a verdict; the server answers it (or not) and only an :class:`Admit` ope
 Rules:
 
 * Rule 1: a source inside a trunk's allow-list (CIDR) is admitted as that trunk. When several
-  trunks share the source, the one whose contact user is the Request-URI user wins.
+  trunks hold the source, the one whose registrar sends from exactly that address and port
+  wins, then the one whose contact user is the Request-URI user, then the first.
 * Rule 2: with digest users configured, any other INVITE is challenged (401); a correct answer
   is admitted (no trunk), a stale nonce is challenged again, anything else gets 403. The
   challenge and the 403 are the same whether the user exists or not (no user enumeration).
@@ -34,11 +35,13 @@ UnknownPolicy = Literal["auto", "allow", "reject", "drop"]
 
 @dataclass(frozen=True, slots=True)
 class TrustedSource:
-    """A trunk as trust sees it: its name, networks and the user of our Contact there."""
+    """A trunk as trust sees it: its name, networks, the user of our Contact there and the
+    (ip, port) its registrars send from."""
 
     name: str
     networks: tuple[IpNetwork, ...]
     contact_user: str | None = None
+    endpoints: frozenset[tuple[str, int]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +108,17 @@ class TrustPolicy:
         guarded = self.users or any(s.networks for s in self.sources)
         return "reject" if guarded else "allow"
 
-    def trunk_for(self, source_ip: str, request_user: str | None = None) -> str | None:
+    def trunk_for(
+        self, source_ip: str, request_user: str | None = None, source_port: int | None = None
+    ) -> str | None:
         """Rule 1: the trunk whose allow-list holds ``source_ip`` (None: none)."""
         address = _address(source_ip)
         if address is None:
             return None
         matching = [s for s in self.sources if any(address in n for n in s.networks)]
+        for source in matching:
+            if (str(address), source_port) in source.endpoints:
+                return source.name
         for source in matching:
             if request_user and source.contact_user == request_user:
                 return source.name
@@ -123,10 +131,12 @@ class TrustPolicy:
             return False
         return self.trunk_for(source_ip) is None
 
-    def check_invite(self, request: SipRequest, source_ip: str, now: float) -> Verdict:
+    def check_invite(
+        self, request: SipRequest, source_ip: str, now: float, source_port: int | None = None
+    ) -> Verdict:
         """The verdict for a new INVITE from ``source_ip`` (Rules 1-3)."""
         user = _request_user(request)
-        trunk = self.trunk_for(source_ip, user)
+        trunk = self.trunk_for(source_ip, user, source_port)
         if trunk is not None:
             return Admit(trunk=trunk)
         if self.users and self.verifier is not None:

@@ -1,4 +1,4 @@
-"""sipbot registers at a real Kamailio registrar (digest MD5 and SHA-256) and takes calls through it.
+"""sipbot registers at a real Kamailio registrar (digest MD5, SHA-256) and takes calls through it.
 
 Each test writes a config with a ``trunks:`` entry pointing at Kamailio instances on free
 loopback ports, starts ``sipbot run`` and watches both sides: Kamailio's location table
@@ -7,6 +7,7 @@ loopback ports, starts ``sipbot run`` and watches both sides: Kamailio's locatio
 
 from __future__ import annotations
 
+import itertools
 import re
 import socket
 import time
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import StartServer, SipbotServer
+from tests.e2e.conftest import SipbotServer, StartServer
 from tests.e2e.peers import audio, baresip, dnsmasq, kamailio
 from tests.e2e.peers.ports import free_port
 
 ECHO_MIN_CORRELATION = 0.9
+ECHO_HOLD_S = 9.5  # the echo of the speech fixture has played out ~8 s after the answer
 WAIT_S = 30.0
 USERS = {"bot": "botpw", "alice": "alicepw", "carol": "carolpw"}
 ENV = {"BOT_PW": "botpw", "WRONG_PW": "not-the-password", "CAROL_PW": "carolpw"}
@@ -56,7 +58,7 @@ def trunk(name: str, registrar: str, password: str = "${BOT_PW}", **extra: objec
     return "\n".join(lines)
 
 
-def wait_until(check, timeout: float = WAIT_S, what: str = "condition"):  # noqa: ANN001,ANN201
+def wait_until(check, timeout: float = WAIT_S, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -116,17 +118,22 @@ def test_registers_sha256_and_md5_refreshes_and_a_registered_caller_hears_its_ec
     )
     path = config(peers_tmp / "bot.yaml", trunks, routes="  - {match: {trunk: md5}, answer: echo}")
     server = sipbot_server("--config", str(path), env=ENV)
-    first = {k: wait_until(lambda k=k: binding(k), what=f"{k.port} binding") for k in (sha, md5)}
+    # the "sha" Kamailio challenges and verifies with SHA-256 only (its algorithm is global),
+    # so a binding there proves our SHA-256 answer; the other one proves MD5
     for kam in (sha, md5):
-        assert first[kam]["Address"].startswith(f"sip:bot@127.0.0.1:{server.port}")
-        assert int(first[kam]["Expires"]) <= 10
-    # a refresh at half of the 10 s granted: the binding's CSeq moves on, it never lapses
-    for kam in (sha, md5):
-        cseq = int(first[kam]["CSeq"])
-        wait_until(lambda kam=kam, c=cseq: int((binding(kam) or {}).get("CSeq", 0)) > c + 1,
-                   timeout=15, what="a refresh")
-    assert "algorithm=SHA-256" in (peers_tmp / "sha").joinpath("kamailio.cfg").read_text() or True
-    assert [t for _s, t in reg_lines(server, "sha")][-1].startswith("registered code=200")
+        first = wait_until(lambda kam=kam: binding(kam), what=f"the binding at {kam.port}")
+        assert first["Address"].startswith(f"sip:bot@127.0.0.1:{server.port}")
+        assert int(first["Expires"]) <= 10
+        # a refresh at half of the 10 s granted: the binding's CSeq moves on (+2: a new
+        # challenge each time), it never lapses
+        cseq = int(first["CSeq"])
+        wait_until(
+            lambda kam=kam, c=cseq: int((binding(kam) or {}).get("CSeq", 0)) >= c + 2,
+            timeout=15,
+            what="a refresh",
+        )
+    for name in ("sha", "md5"):
+        assert [t for _s, t in reg_lines(server, name)][-1].startswith("registered code=200")
 
     caller = baresip.start(
         peers_tmp,
@@ -134,7 +141,7 @@ def test_registers_sha256_and_md5_refreshes_and_a_registered_caller_hears_its_ec
         name="alice",
         user="alice",
         dial=md5.uri("bot"),
-        duration_s=speech.duration_s + 1.5,
+        duration_s=ECHO_HOLD_S,
         registration=baresip.Registration(md5.address, "alicepw"),
     )
     assert caller.wait(30) == 0
@@ -148,22 +155,22 @@ def test_wrong_password_fails_with_the_code_and_backs_off(
     sipbot_server: StartServer, registrars: list[kamailio.Kamailio], peers_tmp: Path
 ) -> None:
     kam = start_registrar(registrars, peers_tmp, "reg", qop=True)
-    path = config(
-        peers_tmp / "bot.yaml", trunk("pbx", f"sip:127.0.0.1:{kam.port}", "${WRONG_PW}")
-    )
+    path = config(peers_tmp / "bot.yaml", trunk("pbx", f"sip:127.0.0.1:{kam.port}", "${WRONG_PW}"))
     server = sipbot_server("--config", str(path), env=ENV)
-    wait_until(lambda: sum(t.startswith("failed") for _s, t in reg_lines(server, "pbx")) >= 3,
-               timeout=20, what="three failed rounds")
+    wait_until(
+        lambda: sum(t.startswith("failed") for _s, t in reg_lines(server, "pbx")) >= 3,
+        timeout=20,
+        what="three failed rounds",
+    )
     lines = reg_lines(server, "pbx")
     failed = [(s, t) for s, t in lines if t.startswith("failed")]
     assert all("code=401" in t and "credentials refused" in t for _s, t in failed)
     attempts = [s for s, t in lines if t.startswith("registering")]
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     # backoff: 1 s, 2 s, 4 s caps with jitter in [50 %, 100 %]: never a tight loop
     assert len(gaps) >= 2
     assert all(gap >= 0.45 for gap in gaps), gaps
     assert binding(kam) is None
-    assert len(re.findall(r"REGISTER", kam.log())) >= 0  # the registrar stayed up
 
 
 @pytest.mark.requires_peers("kamailio", "kamcmd")
@@ -176,8 +183,10 @@ def test_423_is_retried_with_min_expires(
     bound = wait_until(lambda: binding(kam), what="the binding")
     assert 100 < int(bound["Expires"]) <= 120
     texts = [t for _s, t in reg_lines(server, "pbx")]
-    assert texts[1].startswith("registering code=423 registrar=") and "Min-Expires 120" in texts[1]
-    assert texts[-1].startswith("registered code=200") and "expires=120s" in texts[-1]
+    assert texts[1].startswith("registering code=423 registrar=")
+    assert "Min-Expires 120" in texts[1]
+    assert texts[-1].startswith("registered code=200")
+    assert "expires=120s" in texts[-1]
 
 
 @pytest.mark.requires_peers("kamailio", "kamcmd")
@@ -210,7 +219,8 @@ def test_silent_registrar_times_out_and_the_next_registrar_is_used(
         except TimeoutError:
             pass
     texts = [t for _s, t in reg_lines(server, "pbx")]
-    assert "code=408" in texts[1] and f"127.0.0.1:{dead}: trying the next address" in texts[1]
+    assert "code=408" in texts[1]
+    assert f"127.0.0.1:{dead}: trying the next address" in texts[1]
     assert texts[-1].startswith(f"registered code=200 registrar=sip:127.0.0.1:{kam.port}")
     assert received >= 5  # Timer E retransmissions reached the silent one
     assert 6.0 <= took <= 20.0  # Timer F = 64·T1 = 6.4 s, then the next registrar at once
