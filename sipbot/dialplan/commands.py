@@ -13,8 +13,10 @@ from typing import TextIO
 from sipbot.config import Config, load_config
 from sipbot.dialplan.agent import Agent
 from sipbot.dialplan.model import NOT_FOUND, Answer, Route, RouteRequest, route
-from sipbot.errors import ConfigError
+from sipbot.errors import ConfigError, SipParseError
 from sipbot.providers.base import CallInfo
+from sipbot.sip.address import parse_name_addr, parse_uri
+from sipbot.trunks import Trunk, trunk_for_source
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -67,6 +69,32 @@ def describe_agent(agent: Agent) -> str:
     return "  ".join(parts)
 
 
+def describe_trunk(trunk: Trunk) -> str:
+    """``registers bot@pbx.example.com at sip:pbx... ; source 192.0.2.10; DID from X``."""
+    parts = []
+    reg = trunk.registration
+    if reg is not None:
+        parts.append(f"registers {reg.user}@{reg.domain} at {', '.join(reg.registrars)}")
+    if trunk.source:
+        parts.append("source " + ", ".join(trunk.source))
+    if trunk.did_header:
+        parts.append(f"DID from {trunk.did_header}")
+    return "; ".join(parts)
+
+
+def _header(headers: Mapping[str, str], name: str | None) -> str | None:
+    if not name:
+        return None
+    return next((v for k, v in headers.items() if k.lower() == name.lower()), None)
+
+
+def _uri_user(value: str) -> str | None:
+    try:
+        return parse_uri(parse_name_addr(value.split(",")[0]).uri).user
+    except SipParseError:
+        return None
+
+
 def routing_table(routes: Sequence[Route]) -> str:
     """The routes, one per line, numbered, with the unmatched-call row last."""
     rows = [(f"{i + 1}.", r.name, str(r.match), str(r.action)) for i, r in enumerate(routes)]
@@ -93,19 +121,36 @@ def route_command(
     display_name: str = "",
     now: datetime | None = None,
     err: TextIO | None = None,
+    trunk: str | None = None,
 ) -> int:
     """Show which route and agent a call would get (``sipbot route --did 100 --caller 555``).
 
     Args:
         now: the moment to route at (aware); default: the current time.
+        trunk: route as if the call came through this trunk (a registration's calls come
+            from the registrar); default: the trunk whose allow-list holds ``source_ip``.
 
-    Returns 0, or 2 for an invalid config.
+    Returns 0, or 2 for an invalid config or an unknown trunk.
     """
     config = _load(path, err or out)
     if config is None:
         return EXIT_CONFIG
+    trunks = config.dialplan.trunks
+    if trunk is not None and trunk not in trunks:
+        known = ", ".join(trunks) or "none defined"
+        print(f"unknown trunk {trunk!r} (trunks: {known})", file=err or out)
+        return EXIT_CONFIG
+    if trunk is None:
+        found = trunk_for_source(list(trunks.values()), source_ip)
+        trunk = found.name if found is not None else ""
+    if trunk:
+        through = trunks[trunk]
+        print(f"trunk: {trunk}  {describe_trunk(through)}", file=out)
+        carried = _header(headers, through.did_header)
+        if carried:
+            did = _uri_user(carried) or did
     when = now or datetime.now(UTC)
-    request = RouteRequest(did, caller, display_name, source_ip, dict(headers), when)
+    request = RouteRequest(did, caller, display_name, source_ip, dict(headers), when, trunk)
     decision = route(config.dialplan, request)
     if decision.route is None:
         print("route: (none matched)", file=out)

@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import SipbotServer, StartServer
-from tests.e2e.peers import audio, baresip, dnsmasq, kamailio
+from tests.e2e.peers import audio, baresip, dnsmasq, kamailio, sipp, sipp_scenarios
 from tests.e2e.peers.ports import free_port
 
 ECHO_MIN_CORRELATION = 0.9
 ECHO_HOLD_S = 9.5  # the echo of the speech fixture has played out ~8 s after the answer
 WAIT_S = 30.0
-USERS = {"bot": "botpw", "alice": "alicepw", "carol": "carolpw"}
+USERS = {"bot": "botpw", "alice": "alicepw", "carol": "carolpw", "600": "pbxpw"}
+REPO = Path(__file__).resolve().parents[2]
 ENV = {"BOT_PW": "botpw", "WRONG_PW": "not-the-password", "CAROL_PW": "carolpw"}
 LOG_TIME = "%Y-%m-%d %H:%M:%S,%f"
 
@@ -271,3 +272,48 @@ def test_srv_with_two_targets_first_down_second_used(
     texts = [t for _s, t in reg_lines(server, "carrier")]
     assert f"127.0.0.1:{dead}: trying the next address" in texts[1]
     assert texts[-1].startswith("registered code=200 registrar=sip:trunk.test")
+
+
+@pytest.mark.requires_peers("kamailio", "kamcmd", "baresip", "sipp")
+def test_pbx_trunk_example_registers_and_only_the_pbx_gets_in(
+    sipbot_server: StartServer,
+    registrars: list[kamailio.Kamailio],
+    peers_tmp: Path,
+    speech: audio.Speech,
+) -> None:
+    """dialplans/pbx-trunk.yaml as shipped: sipbot registers as extension 600 at the "PBX",
+    a PBX user calling 600 hears the echo route, another source gets 403 before routing."""
+    pbx = start_registrar(registrars, peers_tmp, "pbx")
+    env = {
+        "PBX_REGISTRAR": f"sip:127.0.0.1:{pbx.port}",
+        "PBX_USER": "600",
+        "PBX_PASSWORD": "pbxpw",
+        "GEMINI_API_KEY": "unused",
+        "OPENAI_API_KEY": "unused",
+    }
+    example = str(REPO / "dialplans" / "pbx-trunk.yaml")
+    server = sipbot_server("--config", example, "--public-address", "127.0.0.1", env=env)
+    bound = wait_until(lambda: binding(pbx, "600"), what="the extension's binding")
+    assert bound["Address"].startswith(f"sip:600@127.0.0.1:{server.port}")
+    caller = baresip.start(
+        peers_tmp,
+        speech.wav_8k,
+        name="alice",
+        user="alice",
+        dial=pbx.uri("600"),
+        duration_s=ECHO_HOLD_S,
+        registration=baresip.Registration(pbx.address, "alicepw"),
+    )
+    assert caller.wait(30) == 0
+    heard, rate = caller.received_audio()
+    assert audio.correlation(speech.pcm(8000), heard, 8000, rate) >= ECHO_MIN_CORRELATION
+    scenario = sipp_scenarios.reject_scenario(peers_tmp / "r403.xml", 403)
+    outsider = sipp.run_uac(
+        server.address, scenario, peers_tmp, service="600", extra_args=["-i", "127.0.0.2"]
+    )
+    outsider.assert_ok(calls=1)
+    log = server.log()
+    assert re.search(
+        r"call \S+ from alice to 600 via 127\.0\.0\.1 \(trunk pbx\): route echo-test", log
+    )
+    assert "refused INVITE from 127.0.0.2: unknown source" in log

@@ -133,3 +133,30 @@ def test_trust_users_need_environment_passwords(tmp_path: Path) -> None:
     config = load(tmp_path, ok + "agents: {echo: {provider: local}}\n")
     assert config.server.trust.unknown_sources == "drop"
     assert str.__str__(config.server.trust.users["alice"]) == "botpw"
+
+
+def test_route_command_shows_the_trunk_and_its_did_header(tmp_path: Path) -> None:
+    import io
+
+    from sipbot.dialplan.commands import route_command
+
+    path = tmp_path / "d.yaml"
+    path.write_text(BASE)
+    out = io.StringIO()
+    headers = {"P-Called-Party-ID": "<sip:+4930999@carrier.example>"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in ENV.items():
+            mp.setenv(key, value)
+        code = route_command(
+            str(path), "bot77", "555", headers, "203.0.113.1", out, now=NOW, trunk="carrier"
+        )
+        assert code == 0
+        lines = out.getvalue().splitlines()
+        assert lines[0] == (
+            "trunk: carrier  registers +4930123@reg1.example.net at sip:reg1.example.net, "
+            "sip:reg2.example.net:5080; DID from P-Called-Party-ID"
+        )
+        assert lines[1] == "route: carrier-calls (routes[0]: trunk=carrier)"
+        err = io.StringIO()
+        assert route_command(str(path), "1", "2", {}, "x", out, err=err, trunk="nope") == 2
+        assert err.getvalue() == "unknown trunk 'nope' (trunks: carrier, pbx)\n"
