@@ -368,12 +368,12 @@ class RegistrationClient:
         request = attempt.txn.request
         expires = int(request.headers.get("Expires") or "0")
         status = response.status
-        if expires == 0:
+        if status in (401, 407):
+            self._challenged(response, attempt, now)
+        elif expires == 0:
             self._change(now, "stopped", code=status, next_attempt=None, reason="unregistered")
         elif 200 <= status < 300:
             self._registered(response, attempt.target, now)
-        elif status in (401, 407):
-            self._challenged(response, attempt, now)
         elif status == 423:
             self._too_brief(response, now)
         else:
@@ -441,6 +441,9 @@ class RegistrationClient:
         """Rule 5: the next target at once, or a backoff after a whole round."""
         self._attempt = None
         self._keepalive_at = None
+        if self._state.phase == "unregistering":
+            self._change(now, "stopped", code=code, next_attempt=None, reason=reason)
+            return
         if self._index + 1 < len(self._targets):
             failed = self._targets[self._index].peer
             self._index += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -188,6 +189,9 @@ def test_423_is_retried_with_min_expires(
     assert "Min-Expires 120" in texts[1]
     assert texts[-1].startswith("registered code=200")
     assert "expires=120s" in texts[-1]
+    # a clean stop removes the binding (un-REGISTER, answering the challenge again)
+    assert server.process.stop(timeout=10.0, signum=signal.SIGTERM) == 0
+    assert binding(kam) is None
 
 
 @pytest.mark.requires_peers("kamailio", "kamcmd")

@@ -230,17 +230,35 @@ def test_keepalives_go_to_the_registrar_while_registered() -> None:
     assert c.next_deadline() == pytest.approx(30.0)
 
 
-def test_stop_removes_the_binding() -> None:
+def test_stop_removes_the_binding_answering_a_challenge() -> None:
+    verifier = DigestVerifier("pbx.test")
     c = client([A])
     c.start(0.0)
     [(req, _)] = sent(c)
     answer(c, req, 200, 0.0)
     c.stop(5.0)
+    [(unregister, _)] = sent(c)
+    assert unregister.headers.get("Expires") == "0"
+    assert c.state.phase == "unregistering"
+    answer(c, unregister, 401, 5.1, WWW_Authenticate=verifier.challenge(5.0))
     [(bye, _)] = sent(c)
     assert bye.headers.get("Expires") == "0"
-    assert c.state.phase == "unregistering"
+    assert "Authorization" in bye.headers
     answer(c, bye, 200, 5.1)
     assert c.state.phase == "stopped"
+    assert c.next_deadline() is None
+
+
+def test_a_refused_unregister_just_stops() -> None:
+    c = client([A])
+    c.start(0.0)
+    [(req, _)] = sent(c)
+    answer(c, req, 200, 0.0)
+    c.stop(5.0)
+    [(unregister, _)] = sent(c)
+    answer(c, unregister, 500, 5.1)
+    assert (c.state.phase, c.state.code) == ("stopped", 500)
+    assert sent(c) == []
     assert c.next_deadline() is None
 
 
