@@ -260,6 +260,7 @@ class UserAgent:
             self._core.connections_in_use,
             self.settings.tcp_idle_timeout,
         )
+        self._transports.on_closed = self._on_connection_closed
         for transport, host, port in self.settings.listen:
             await self.listen(transport, host, port)
 
@@ -457,6 +458,15 @@ class UserAgent:
 
     def _on_transport_error(self, peer: Peer) -> None:
         self._core.transport_error(peer, self.loop.time())
+        for hook in self._error_hooks:
+            try:
+                hook(peer)
+            except Exception:
+                log.exception("transport error hook failed")
+        self._pump()
+
+    def _on_connection_closed(self, peer: Peer) -> None:
+        """A TCP connection ended: only the hooks care (a registration re-registers)."""
         for hook in self._error_hooks:
             try:
                 hook(peer)

@@ -321,3 +321,24 @@ def test_pbx_trunk_example_registers_and_only_the_pbx_gets_in(
         r"call \S+ from alice to 600 via 127\.0\.0\.1 \(trunk pbx\): route echo-test", log
     )
     assert "refused INVITE from 127.0.0.2: unknown source" in log
+
+
+@pytest.mark.requires_peers("kamailio", "kamcmd")
+def test_tcp_registration_re_registers_when_the_connection_breaks(
+    sipbot_server: StartServer, registrars: list[kamailio.Kamailio], peers_tmp: Path
+) -> None:
+    kam = start_registrar(registrars, peers_tmp, "first")
+    path = config(
+        peers_tmp / "bot.yaml", trunk("pbx", f"sip:127.0.0.1:{kam.port}", transport="tcp")
+    )
+    server = sipbot_server("--config", str(path), env=ENV)
+    bound = wait_until(lambda: binding(kam), what="the first binding")
+    assert bound["Address"].endswith(";transport=tcp")
+    port = kam.port
+    kam.stop()  # closes our TCP connection: RFC 5626 flow failure
+    registrars.remove(kam)
+    again = start_registrar(registrars, peers_tmp, "second", port=port)
+    # expires is 600 s: only the broken connection can explain a new binding this soon
+    wait_until(lambda: binding(again), timeout=15, what="re-registration after the break")
+    texts = [t for _s, t in reg_lines(server, "pbx")]
+    assert any(t.startswith("registering code=503") and "transport broke" in t for t in texts)
