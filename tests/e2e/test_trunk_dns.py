@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.requires_peers("dnsmasq")
 
 
 @pytest.fixture
-def dns_server(peers_tmp: Path):
+def dns_server(peers_tmp: Path) -> Iterator[SipResolver]:
     server = dnsmasq.start(
         peers_tmp,
         hosts={

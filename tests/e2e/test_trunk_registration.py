@@ -12,8 +12,10 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -21,6 +23,7 @@ from tests.e2e.conftest import SipbotServer, StartServer
 from tests.e2e.peers import audio, baresip, dnsmasq, kamailio, sipp, sipp_scenarios
 from tests.e2e.peers.ports import free_port
 
+T = TypeVar("T")
 ECHO_MIN_CORRELATION = 0.9
 ECHO_HOLD_S = 9.5  # the echo of the speech fixture has played out ~8 s after the answer
 WAIT_S = 30.0
@@ -60,7 +63,7 @@ def trunk(name: str, registrar: str, password: str = "${BOT_PW}", **extra: objec
     return "\n".join(lines)
 
 
-def wait_until(check, timeout: float = WAIT_S, what: str = "condition"):
+def wait_until(check: Callable[[], T | None], timeout: float = WAIT_S, what: str = "") -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -83,6 +86,10 @@ def reg_lines(server: SipbotServer, name: str) -> list[tuple[float, str]]:
 
 def binding(kam: kamailio.Kamailio, aor: str = "bot") -> dict[str, str] | None:
     return next((b for b in kam.bindings() if b["AoR"] == aor), None)
+
+
+def refreshed(kam: kamailio.Kamailio, cseq: int) -> bool:
+    return int((binding(kam) or {}).get("CSeq", 0)) >= cseq + 2
 
 
 @pytest.fixture
@@ -123,17 +130,12 @@ def test_registers_sha256_and_md5_refreshes_and_a_registered_caller_hears_its_ec
     # the "sha" Kamailio challenges and verifies with SHA-256 only (its algorithm is global),
     # so a binding there proves our SHA-256 answer; the other one proves MD5
     for kam in (sha, md5):
-        first = wait_until(lambda kam=kam: binding(kam), what=f"the binding at {kam.port}")
+        first = wait_until(partial(binding, kam), what=f"the binding at {kam.port}")
         assert first["Address"].startswith(f"sip:bot@127.0.0.1:{server.port}")
         assert int(first["Expires"]) <= 10
         # a refresh at half of the 10 s granted: the binding's CSeq moves on (+2: a new
         # challenge each time), it never lapses
-        cseq = int(first["CSeq"])
-        wait_until(
-            lambda kam=kam, c=cseq: int((binding(kam) or {}).get("CSeq", 0)) >= c + 2,
-            timeout=15,
-            what="a refresh",
-        )
+        wait_until(partial(refreshed, kam, int(first["CSeq"])), timeout=15, what="a refresh")
     for name in ("sha", "md5"):
         assert [t for _s, t in reg_lines(server, name)][-1].startswith("registered code=200")
 

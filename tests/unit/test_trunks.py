@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sipbot.config import load_config
+from sipbot.config import Config, load_config
 from sipbot.dialplan import RouteRequest, route
 from sipbot.errors import ConfigError
 
@@ -41,7 +41,7 @@ routes:
 """
 
 
-def load(tmp_path: Path, text: str):
+def load(tmp_path: Path, text: str) -> Config:
     path = tmp_path / "d.yaml"
     path.write_text(textwrap.dedent(text))
     return load_config(str(path), environ=ENV)
