@@ -48,6 +48,11 @@ def check_command(path: str | None, out: TextIO, err: TextIO | None = None) -> i
     width = max((len(name) for name in dialplan.agents), default=0)
     for name, agent in dialplan.agents.items():
         print(f"  {name:<{width}}  {describe_agent(agent)}", file=out)
+    if dialplan.trunks:
+        print("trunks:", file=out)
+        width = max(len(name) for name in dialplan.trunks)
+        for name, trunk in dialplan.trunks.items():
+            print(f"  {name:<{width}}  {describe_trunk(trunk)}", file=out)
     print(f"routes (first match wins; timezone {dialplan.timezone}):", file=out)
     print(routing_table(dialplan.routes), file=out)
     return EXIT_OK

@@ -160,3 +160,22 @@ def test_route_command_shows_the_trunk_and_its_did_header(tmp_path: Path) -> Non
         err = io.StringIO()
         assert route_command(str(path), "1", "2", {}, "x", out, err=err, trunk="nope") == 2
         assert err.getvalue() == "unknown trunk 'nope' (trunks: carrier, pbx)\n"
+
+
+def test_routes_of_two_registration_trunks_do_not_shadow_each_other(tmp_path: Path) -> None:
+    text = """\
+agents:
+  echo: {provider: local}
+trunks:
+  a: {registrar: "sip:r1.example", user: bot, password: "${TRUNK_PW}"}
+  b: {registrar: "sip:r2.example", user: bot, password: "${TRUNK_PW}"}
+routes:
+  - {match: {trunk: a}, answer: echo}
+  - {match: {trunk: b}, answer: echo}
+  - {match: {trunk: b, did: "100"}, answer: echo}
+"""
+    warnings = load(tmp_path, text).warnings
+    assert warnings == (
+        f"{tmp_path}/d.yaml:9: routes[2]: warning: route 'route3' is unreachable: route "
+        "'route2' (routes[1]) comes first and it matches every call this one matches",
+    )
