@@ -11,6 +11,7 @@ import itertools
 import re
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -19,8 +20,10 @@ from typing import TypeVar
 
 import pytest
 
+from tests.e2e.calls import sip_request_times
 from tests.e2e.conftest import SipbotServer, StartServer
 from tests.e2e.peers import audio, baresip, dnsmasq, kamailio, sipp, sipp_scenarios
+from tests.e2e.peers.capture import RtpCapture
 from tests.e2e.peers.ports import free_port
 
 T = TypeVar("T")
@@ -344,3 +347,55 @@ def test_tcp_registration_re_registers_when_the_connection_breaks(
     wait_until(lambda: binding(again), timeout=15, what="re-registration after the break")
     texts = [t for _s, t in reg_lines(server, "pbx")]
     assert any(t.startswith("registering code=503") and "transport broke" in t for t in texts)
+
+
+def udp_payload_times(pcap: Path, port: int) -> list[tuple[float, int]]:
+    """(epoch s, UDP payload length) of every datagram sent to ``port`` in ``pcap``."""
+    out = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            str(pcap),
+            "-Y",
+            f"udp.dstport == {port}",
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "udp.length",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rows = [line.split() for line in out.stdout.splitlines() if line.strip()]
+    return [(float(t), int(n) - 8) for t, n in rows]
+
+
+@pytest.mark.requires_peers("kamailio", "kamcmd", "capture", "tshark")
+def test_refreshes_and_keepalives_on_the_wire(
+    sipbot_server: StartServer, registrars: list[kamailio.Kamailio], peers_tmp: Path
+) -> None:
+    kam = start_registrar(registrars, peers_tmp, "reg", qop=True, min_expires=10)
+    capture = RtpCapture.start(peers_tmp, [kam.port], name="sip")
+    try:
+        path = config(
+            peers_tmp / "bot.yaml",
+            trunk("pbx", f"sip:127.0.0.1:{kam.port}", expires=10, keepalive_s=2),
+        )
+        sipbot_server("--config", str(path), env=ENV)
+        wait_until(partial(binding, kam), what="the binding")
+        time.sleep(11.5)  # two refreshes (every 5 s) and keep-alives (every 2 s) in between
+    finally:
+        pcap = capture.stop()
+    registers = sip_request_times(pcap, kam.port, "REGISTER")
+    keepalives = [t for t, size in udp_payload_times(pcap, kam.port) if size == 4]
+    # each registration is a challenged REGISTER + its answer: pairs, ~5 s apart
+    answered = registers[1::2]
+    gaps = [b - a for a, b in itertools.pairwise(answered)]
+    assert len(gaps) >= 2, registers
+    assert all(4.5 <= gap <= 6.0 for gap in gaps), gaps
+    assert len(keepalives) >= 3, keepalives
+    assert all(1.5 <= b - a <= 3.5 for a, b in itertools.pairwise(keepalives))
