@@ -103,7 +103,10 @@ class SipResolver:
             self._resolver.nameservers = list(nameservers)
             self._resolver.port = port
         else:
-            self._resolver = dns.asyncresolver.Resolver()
+            try:
+                self._resolver = dns.asyncresolver.Resolver()
+            except dns.resolver.NoResolverConfiguration:  # no /etc/resolv.conf: names fail
+                self._resolver = dns.asyncresolver.Resolver(configure=False)
         self._resolver.lifetime = LIFETIME_S
         self._rng = rng or random.Random()
 
@@ -138,7 +141,7 @@ class SipResolver:
             answer = await self._resolver.resolve(name, rdtype)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers):
             return []
-        except dns.exception.Timeout:
+        except dns.exception.DNSException:  # timeouts, no nameservers configured, ...
             return []
         return list(answer)
 
