@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from sipbot.emulators.script import EmulatorScript
+from tests.e2e.calls import caller_turns
 from tests.e2e.conftest import StartServer
+from tests.e2e.emulated import EmulatorThread, server_env, write_dialplan
 from tests.e2e.peers import audio, baresip, sipp, sipp_scenarios
 
 ECHO_MIN_CORRELATION = 0.9
@@ -35,19 +38,31 @@ PBX_ONLY = "trunks:\n  pbx: {source: [127.0.0.1/32]}"
 
 
 @pytest.mark.requires_peers("sipp")
-def test_an_unknown_source_gets_403_and_no_agent(
+def test_an_unknown_source_gets_403_and_never_reaches_the_model(
     sipbot_server: StartServer, peers_tmp: Path
 ) -> None:
-    path = write(peers_tmp / "bot.yaml", "  limits: {max_calls: 10}", PBX_ONLY)
-    server = sipbot_server("--config", str(path))
-    scenario = sipp_scenarios.reject_scenario(peers_tmp / "r403.xml", 403)
-    result = sipp.run_uac(
-        server.address, scenario, peers_tmp, calls=5, rate=50, extra_args=["-i", OUTSIDER]
-    )
-    result.assert_ok(calls=5)
+    script = EmulatorScript(reply="tone", tone_hz=440.0, reply_ms=800, vad_silence_ms=300)
+    with EmulatorThread("openai", script) as model:
+        plan = {
+            "agents": {"sales": model.agent(prompt="You sell bikes.")},
+            "trunks": {"pbx": {"source": ["127.0.0.1/32"]}},
+            "routes": [{"match": {"trunk": "pbx"}, "answer": "sales"}],
+        }
+        config = write_dialplan(peers_tmp / "bot.yaml", plan)
+        server = sipbot_server("--config", str(config), env=server_env())
+        scenario = sipp_scenarios.reject_scenario(peers_tmp / "r403.xml", 403)
+        result = sipp.run_uac(
+            server.address, scenario, peers_tmp, calls=5, rate=50, extra_args=["-i", OUTSIDER]
+        )
+        result.assert_ok(calls=5)
+        assert model.session_count == 0  # no provider session for a refused INVITE
+        # the control: the same call from the PBX's address reaches the model
+        turns = caller_turns(peers_tmp / "turns.ulaw")
+        call = sipp_scenarios.uac_scenario(peers_tmp / "call.xml", turns, hold_s=2.0)
+        sipp.run_uac(server.address, call, peers_tmp, name="from-pbx").assert_ok(calls=1)
+        assert model.session_count == 1
     log = server.log()
-    assert "answered by agent" not in log
-    assert not re.search(r"call \S+ from", log)  # never routed: no provider, no RTP port
+    assert len(re.findall(r"call \S+ from", log)) == 1  # the refused ones were never routed
     refused = re.findall(r"refused INVITE from 127\.0\.0\.2: unknown source", log)
     assert len(refused) == 1  # rate-limited: one line for the burst
 
