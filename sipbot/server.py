@@ -136,7 +136,7 @@ class Server:
         await self.ua.start()
         await bind_listeners(self.ua, self.config.server.sip.listen)
         self.ua.request_filter = self._source_filter
-        await self._start_registrations()
+        self._start_registrations()
         self._warm_providers()
         self._spawn(self.watcher.run())
         for warning in self.config.warnings:
@@ -351,7 +351,7 @@ class Server:
 
     # ------------------------------------------------------------------ trunks and trust
 
-    async def _start_registrations(self) -> None:
+    def _start_registrations(self) -> None:
         """Rule 4: one :class:`Registration` per trunk with a registrar (read at start)."""
         sip = self.config.server.sip
         resolver = SipResolver(sip.dns_servers, sip.dns_port) if sip.dns_servers else None
@@ -369,7 +369,8 @@ class Server:
                 resolver=resolver,
             )
             self.registrations[trunk.name] = registration
-            await registration.start()
+            # in the background: a slow DNS must not delay taking calls
+            self._spawn(registration.start(), name=f"register:{trunk.name}")
 
     def trust_policy(self) -> TrustPolicy:
         """The trust policy for the current dialplan and registrar addresses (cached)."""
