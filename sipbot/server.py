@@ -51,6 +51,7 @@ from sipbot.sip.auth import DigestVerifier
 from sipbot.sip.dns import SipResolver
 from sipbot.sip.legs import Peer
 from sipbot.sip.message import SipRequest
+from sipbot.sip.register import RegistrationState
 from sipbot.sip.registration import Registration
 from sipbot.sip.sdp import SdpAnswerer
 from sipbot.sip.trust import Admit, Challenge, Drop, TrustedSource, TrustPolicy
@@ -371,6 +372,11 @@ class Server:
             self.registrations[trunk.name] = registration
             # in the background: a slow DNS must not delay taking calls
             self._spawn(registration.start(), name=f"register:{trunk.name}")
+
+    @property
+    def registration_states(self) -> dict[str, RegistrationState]:
+        """Each registering trunk's current state (for status pages and metrics)."""
+        return {name: r.state for name, r in self.registrations.items()}
 
     def trust_policy(self) -> TrustPolicy:
         """The trust policy for the current dialplan and registrar addresses (cached)."""
