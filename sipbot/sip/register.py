@@ -13,7 +13,8 @@ Rules:
   support, ``qop=auth``); a second challenge without ``stale=true`` is a failure (wrong
   credentials), never a loop.
 * Rule 3: a 423 is retried at once with the registrar's ``Min-Expires`` (when it is larger
-  than what we asked; otherwise it is a failure).
+  than what we asked; otherwise it is a failure), at most :data:`MAX_423_RETRIES` times in a
+  row.
 * Rule 4: a 2xx schedules the refresh at ``min(80 % of the granted expiry, expiry - 30 s)``
   but never before half of it.
 * Rule 5: a failure (final error, timeout, transport error) tries the next target at once;
@@ -60,6 +61,7 @@ from sipbot.sip.transaction import (
 KEEPALIVE = b"\r\n\r\n"  # RFC 5626 §3.5.1 "double CRLF" ping
 REFRESH_FRACTION = 0.8
 REFRESH_MARGIN_S = 30.0
+MAX_423_RETRIES = 2
 LOCAL_TIMEOUT = 408  # "last code" when the registrar never answered
 LOCAL_TRANSPORT_ERROR = 503  # "last code" when the transport failed (RFC 3261 §8.1.3.1)
 
@@ -183,6 +185,7 @@ class RegistrationClient:
         self._wake: float | None = None  # refresh or retry time
         self._keepalive_at: float | None = None
         self._expires = settings.expires_s
+        self._brief_retries = 0  # consecutive 423 retries (Rule 3)
         self._call_id = ""
         self._from_tag = generate_tag()
         self._cseq = 0
@@ -381,6 +384,7 @@ class RegistrationClient:
 
     def _registered(self, response: SipResponse, target: Target, now: float) -> None:
         granted = _granted_expires(response, self.settings.contact_user, self._expires)
+        self._brief_retries = 0
         if granted <= 0:
             self._failed_target(now, response.status, "the registrar kept no binding")
             return
@@ -430,9 +434,10 @@ class RegistrationClient:
             minimum = int((response.headers.get("Min-Expires") or "").strip())
         except ValueError:
             minimum = 0
-        if minimum <= self._expires:
+        if minimum <= self._expires or self._brief_retries >= MAX_423_RETRIES:
             self._failed_target(now, 423, "423 without a larger Min-Expires")
             return
+        self._brief_retries += 1
         self._expires = minimum
         self._change(now, "registering", code=423, reason=f"retrying with Min-Expires {minimum}")
         self._send_register(now, minimum)
@@ -461,6 +466,7 @@ class RegistrationClient:
 
     def _round_failed(self, now: float, code: int | None, reason: str) -> None:
         self._index = 0
+        self._brief_retries = 0
         failures = self._state.failures + 1
         s = self.settings
         wait = min(s.retry_max_s, s.retry_min_s * 2 ** (failures - 1))

@@ -154,6 +154,19 @@ def test_423_retries_with_min_expires() -> None:
     ]
 
 
+def test_423_again_and_again_is_a_failure_not_a_loop() -> None:
+    c = client([A])
+    c.start(0.0)
+    for minimum in ("700", "800"):
+        [(req, _)] = sent(c)
+        answer(c, req, 423, 0.1, Min_Expires=minimum)
+    [(req, _)] = sent(c)
+    assert req.headers.get("Expires") == "800"
+    answer(c, req, 423, 0.1, Min_Expires="900")
+    assert (c.state.phase, c.state.code) == ("failed", 423)
+    assert sent(c) == []
+
+
 def test_423_without_a_larger_min_expires_is_a_failure() -> None:
     c = client([A])
     c.start(0.0)
