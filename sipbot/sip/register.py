@@ -11,7 +11,7 @@ Rules:
   timeout counts as a local 408).
 * Rule 2: a 401/407 is answered once per challenge (RFC 8760: the strongest algorithm we
   support, ``qop=auth``); a second challenge without ``stale=true`` is a failure (wrong
-  credentials), never a loop.
+  credentials), and so is a fourth one of any kind: never a loop.
 * Rule 3: a 423 is retried at once with the registrar's ``Min-Expires`` (when it is larger
   than what we asked; otherwise it is a failure), at most :data:`MAX_423_RETRIES` times in a
   row.
@@ -62,6 +62,7 @@ KEEPALIVE = b"\r\n\r\n"  # RFC 5626 §3.5.1 "double CRLF" ping
 REFRESH_FRACTION = 0.8
 REFRESH_MARGIN_S = 30.0
 MAX_423_RETRIES = 2
+MAX_CHALLENGES = 3  # answers to one REGISTER's challenges (stale=true ones included)
 LOCAL_TIMEOUT = 408  # "last code" when the registrar never answered
 LOCAL_TRANSPORT_ERROR = 503  # "last code" when the transport failed (RFC 3261 §8.1.3.1)
 
@@ -414,7 +415,7 @@ class RegistrationClient:
         if attempt.answered and not challenge.stale:
             self._failed_target(now, response.status, "credentials refused")
             return
-        if challenge.nonce in attempt.answered:
+        if challenge.nonce in attempt.answered or len(attempt.answered) >= MAX_CHALLENGES:
             self._failed_target(now, response.status, "credentials refused")
             return
         request = attempt.txn.request

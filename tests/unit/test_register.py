@@ -137,6 +137,18 @@ def test_wrong_password_fails_with_the_code_and_backs_off_exponentially() -> Non
     assert (c.state.phase, c.state.failures) == ("registering", 5)
 
 
+def test_endless_stale_challenges_end_in_failure() -> None:
+    verifier = DigestVerifier("pbx.test")
+    c = client([A])
+    c.start(0.0)
+    answers = 0
+    while c.state.phase == "registering":
+        [(req, _)] = sent(c)
+        answers += "Authorization" in req.headers
+        answer(c, req, 401, 0.1, WWW_Authenticate=verifier.challenge(answers, stale=True))
+    assert (c.state.phase, c.state.code, answers) == ("failed", 401, 3)
+
+
 def test_423_retries_with_min_expires() -> None:
     c = client([A])
     c.start(0.0)
