@@ -4,6 +4,7 @@ challenge; a refused INVITE reaches no agent and costs one rate-limited log line
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from tests.e2e.calls import caller_turns
 from tests.e2e.conftest import StartServer
 from tests.e2e.emulated import EmulatorThread, server_env, write_dialplan
 from tests.e2e.peers import audio, baresip, sipp, sipp_scenarios
+from tests.e2e.peers.ports import free_port
 
 ECHO_MIN_CORRELATION = 0.9
 ECHO_HOLD_S = 9.5
@@ -35,6 +37,7 @@ routes:
 
 
 PBX_ONLY = "trunks:\n  pbx: {source: [127.0.0.1/32]}"
+PBX_ONLY_OTHER = "trunks:\n  pbx: {source: [127.0.0.2/32]}"  # the scanner is on 127.0.0.1
 
 
 @pytest.mark.requires_peers("sipp")
@@ -118,3 +121,32 @@ def test_direct_caller_is_challenged_bad_password_403_good_password_echo(
     log = server.log()
     assert "refused INVITE from 127.0.0.1: digest authentication failed" in log
     assert len(re.findall(r"call \S+ from carol to bot", log)) == 1  # only the right one
+
+
+def svwar(peers_tmp: Path, port: int, name: str) -> str:
+    """Run sipvicious' extension scanner (INVITE method) against 127.0.0.1:``port``."""
+    words = peers_tmp / "extensions.txt"
+    words.write_text("carol\nbot\nalice\n100\n200\n")
+    local = free_port("udp")
+    argv = ["svwar", "-m", "INVITE", "-d", str(words), "-P", str(local)]
+    argv += ["-b", "127.0.0.1", "-x", "127.0.0.1", f"udp://127.0.0.1:{port}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    (peers_tmp / f"{name}.log").write_text(out.stdout + out.stderr)
+    return out.stdout + out.stderr
+
+
+@pytest.mark.requires_peers("svwar")
+def test_an_extension_scanner_learns_nothing(sipbot_server: StartServer, peers_tmp: Path) -> None:
+    trunk_only = write(peers_tmp / "trunk.yaml", "  limits: {max_calls: 10}", PBX_ONLY_OTHER)
+    server = sipbot_server("--config", str(trunk_only))
+    refused = svwar(peers_tmp, server.port, "svwar-403")
+    assert "found nothing" in refused
+    assert "refused INVITE from 127.0.0.1: unknown source" in server.log()
+    trust = '  trust: {users: {carol: "${CAROL_PW}"}}'
+    digest = sipbot_server("--config", str(write(peers_tmp / "digest.yaml", trust)), env=ENV)
+    challenged = svwar(peers_tmp, digest.port, "svwar-401")
+    # every name (carol exists, the others do not) got the same challenge
+    assert "authentication request for an unknown extension" in challenged
+    assert "found nothing" in challenged
+    for log in (server.log(), digest.log()):
+        assert not re.search(r"call \S+ from", log)  # nothing was ever routed
