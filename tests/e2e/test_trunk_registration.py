@@ -399,3 +399,24 @@ def test_refreshes_and_keepalives_on_the_wire(
     assert all(4.5 <= gap <= 6.0 for gap in gaps), gaps
     assert len(keepalives) >= 3, keepalives
     assert all(1.5 <= b - a <= 3.5 for a, b in itertools.pairwise(keepalives))
+
+
+@pytest.mark.requires_peers("kamailio", "kamcmd")
+def test_registers_through_an_outbound_proxy(
+    sipbot_server: StartServer, registrars: list[kamailio.Kamailio], peers_tmp: Path
+) -> None:
+    kam = start_registrar(registrars, peers_tmp, "reg", qop=True)
+    proxy_dir = peers_tmp / "proxy"
+    proxy_dir.mkdir()
+    proxy = kamailio.start_proxy(proxy_dir, kam.port)
+    registrars.append(proxy)
+    path = config(
+        peers_tmp / "bot.yaml",
+        trunk("pbx", f"sip:127.0.0.1:{kam.port}", outbound_proxy=f'"sip:127.0.0.1:{proxy.port}"'),
+    )
+    server = sipbot_server("--config", str(path), env=ENV)
+    wait_until(partial(binding, kam), what="the binding through the proxy")
+    relayed = re.findall(r"initial REGISTER \S+ -> ", proxy.log())
+    assert len(relayed) >= 2  # the first REGISTER and its answer to the challenge
+    texts = [t for _s, t in reg_lines(server, "pbx")]
+    assert texts[-1].startswith(f"registered code=200 registrar=sip:127.0.0.1:{kam.port}")
