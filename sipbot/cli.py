@@ -86,6 +86,7 @@ def _check_route_parsers(commands: Any) -> None:
     rt.add_argument("--caller", default="", help="the caller's number (From user)")
     rt.add_argument("--display-name", default="")
     rt.add_argument("--source-ip", default="127.0.0.1", metavar="IP")
+    rt.add_argument("--trunk", metavar="NAME", help="as if it came through this trunk")
     rt.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
     rt.add_argument("--at", metavar="ISO-TIME", help="route as if at this time (with offset)")
 
@@ -188,6 +189,7 @@ def _route(args: argparse.Namespace) -> int:
         display_name=args.display_name,
         now=now,
         err=sys.stderr,
+        trunk=args.trunk,
     )
 
 

@@ -13,8 +13,10 @@ from typing import TextIO
 from sipbot.config import Config, load_config
 from sipbot.dialplan.agent import Agent
 from sipbot.dialplan.model import NOT_FOUND, Answer, Route, RouteRequest, route
+from sipbot.dialplan.trunks import Trunk, trunk_for_source
 from sipbot.domain import CallInfo
-from sipbot.errors import ConfigError
+from sipbot.errors import ConfigError, SipParseError
+from sipbot.sip.address import parse_name_addr, parse_uri
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -46,6 +48,11 @@ def check_command(path: str | None, out: TextIO, err: TextIO | None = None) -> i
     width = max((len(name) for name in dialplan.agents), default=0)
     for name, agent in dialplan.agents.items():
         print(f"  {name:<{width}}  {describe_agent(agent)}", file=out)
+    if dialplan.trunks:
+        print("trunks:", file=out)
+        width = max(len(name) for name in dialplan.trunks)
+        for name, trunk in dialplan.trunks.items():
+            print(f"  {name:<{width}}  {describe_trunk(trunk)}", file=out)
     print(f"routes (first match wins; timezone {dialplan.timezone}):", file=out)
     print(routing_table(dialplan.routes), file=out)
     return EXIT_OK
@@ -65,6 +72,32 @@ def describe_agent(agent: Agent) -> str:
     if agent.transfer_allow:
         parts.append("transfer to: " + ", ".join(agent.transfer_allow))
     return "  ".join(parts)
+
+
+def describe_trunk(trunk: Trunk) -> str:
+    """``registers bot@pbx.example.com at sip:pbx... ; source 192.0.2.10; DID from X``."""
+    parts = []
+    reg = trunk.registration
+    if reg is not None:
+        parts.append(f"registers {reg.user}@{reg.domain} at {', '.join(reg.registrars)}")
+    if trunk.source:
+        parts.append("source " + ", ".join(trunk.source))
+    if trunk.did_header:
+        parts.append(f"DID from {trunk.did_header}")
+    return "; ".join(parts)
+
+
+def _header(headers: Mapping[str, str], name: str | None) -> str | None:
+    if not name:
+        return None
+    return next((v for k, v in headers.items() if k.lower() == name.lower()), None)
+
+
+def _uri_user(value: str) -> str | None:
+    try:
+        return parse_uri(parse_name_addr(value.split(",")[0]).uri).user
+    except SipParseError:
+        return None
 
 
 def routing_table(routes: Sequence[Route]) -> str:
@@ -93,19 +126,36 @@ def route_command(
     display_name: str = "",
     now: datetime | None = None,
     err: TextIO | None = None,
+    trunk: str | None = None,
 ) -> int:
     """Show which route and agent a call would get (``sipbot route --did 100 --caller 555``).
 
     Args:
         now: the moment to route at (aware); default: the current time.
+        trunk: route as if the call came through this trunk (a registration's calls come
+            from the registrar); default: the trunk whose allow-list holds ``source_ip``.
 
-    Returns 0, or 2 for an invalid config.
+    Returns 0, or 2 for an invalid config or an unknown trunk.
     """
     config = _load(path, err or out)
     if config is None:
         return EXIT_CONFIG
+    trunks = config.dialplan.trunks
+    if trunk is not None and trunk not in trunks:
+        known = ", ".join(trunks) or "none defined"
+        print(f"unknown trunk {trunk!r} (trunks: {known})", file=err or out)
+        return EXIT_CONFIG
+    if trunk is None:
+        found = trunk_for_source(list(trunks.values()), source_ip)
+        trunk = found.name if found is not None else ""
+    if trunk:
+        through = trunks[trunk]
+        print(f"trunk: {trunk}  {describe_trunk(through)}", file=out)
+        carried = _header(headers, through.did_header)
+        if carried:
+            did = _uri_user(carried) or did
     when = now or datetime.now(UTC)
-    request = RouteRequest(did, caller, display_name, source_ip, dict(headers), when)
+    request = RouteRequest(did, caller, display_name, source_ip, dict(headers), when, trunk)
     decision = route(config.dialplan, request)
     if decision.route is None:
         print("route: (none matched)", file=out)

@@ -28,6 +28,7 @@ from sipbot.dialplan.fields import did_you_mean
 from sipbot.dialplan.model import Dialplan
 from sipbot.dialplan.schema import DialplanModel, StrictModel
 from sipbot.errors import ConfigError
+from sipbot.secret import EnvString
 from sipbot.yamlsource import Document, Path, format_path, load_yaml
 
 DEFAULT_SOURCE = "sipbot/data/default.yaml"  # how the embedded default is named in messages
@@ -151,6 +152,8 @@ class SipSettings(StrictModel):
     ] = None
     user_agent: str = "sipbot/0.1"
     timers: SipTimers = Field(default_factory=SipTimers)
+    dns_servers: tuple[str, ...] = ()  # trunk name lookups; empty: /etc/resolv.conf
+    dns_port: Annotated[int, Field(gt=0, lt=65536)] = 53
 
 
 class MediaSettings(StrictModel):
@@ -193,10 +196,29 @@ class RecordSettings(StrictModel):
     truncate_chars: Annotated[int, Field(ge=16)] = 2000
 
 
+def _env_secrets(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _invalid("users is a mapping of user name to ${PASSWORD_VARIABLE}")
+    for user, password in value.items():
+        if not isinstance(password, EnvString):
+            raise _invalid(f"the password of {user!r} must come from the environment: ${{VAR}}")
+    return value
+
+
+class TrustSettings(StrictModel):
+    """``server.trust``: who may call (see sipbot/sip/trust.py and docs/CONFIG.md)."""
+
+    unknown_sources: Literal["auto", "allow", "reject", "drop"] = "auto"
+    realm: str = "sipbot"
+    users: Annotated[dict[str, Any], BeforeValidator(_env_secrets)] = Field(default_factory=dict)
+    refused_log_interval_s: Annotated[float, Field(gt=0)] = 10.0
+
+
 class ServerSettings(StrictModel):
     """The ``server:`` section (every key optional)."""
 
     sip: SipSettings = Field(default_factory=SipSettings)
+    trust: TrustSettings = Field(default_factory=TrustSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     recordings_dir: str | None = None

@@ -10,6 +10,7 @@ Every error sipbot raises on purpose derives from :class:`SipbotError`::
     │   ├── SdpError              an SDP body cannot be parsed
     │   │   └── SdpNegotiationError   no common codec (answer 488)
     │   ├── AuthError             a digest challenge cannot be answered
+    │   ├── DnsError              a SIP server's name resolves to no address (RFC 3263)
     │   └── RequestFailed         a request we sent got a final error response or timed out
     ├── MediaError
     │   ├── RtpParseError         a datagram is not RTP
@@ -106,6 +107,10 @@ class SdpNegotiationError(SdpError):
 
 class AuthError(SipError):
     """A digest challenge cannot be answered (unknown algorithm, no credentials, ...)."""
+
+
+class DnsError(SipError):
+    """A SIP server's name resolves to no address (RFC 3263 lookups all failed)."""
 
 
 class RequestFailed(SipError):

@@ -7,12 +7,18 @@ dialplan answers.
 
 Rules:
 
+* Rule 0: trust before everything: an INVITE the trust policy refuses (unknown source, failed
+  digest; see :mod:`sipbot.sip.trust`) gets 403, a 401 challenge or nothing at all, costs no
+  provider session and no RTP port, and is logged on a rate-limited line.
 * Rule 1: admission first: while shutting down, or at ``limits.max_calls``, a new INVITE gets
   503 with Retry-After and nothing else is allocated.
 * Rule 2: routing uses the dialplan current when the INVITE arrives; a reload never touches
   calls in progress.
 * Rule 3: one call's failure (a bug included) is logged and ends that call only.
-* Rule 4: every INVITE gets one call record (answered, rejected, refused, failed, crashed),
+* Rule 4: each trunk with a ``registrar`` is registered from start to stop; its registrars'
+  addresses join its allow-list, and a call through it is routed with its name (``trunk:``)
+  and its DID header.
+* Rule 5: every INVITE gets one call record (answered, rejected, refused, failed, crashed),
   handed to the records writer without waiting (:mod:`sipbot.records`).
 """
 
@@ -21,20 +27,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import json
 import logging
 import os
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sipbot.call import Call, CallPlan
-from sipbot.config import Config
+from sipbot.config import Config, TrustSettings
 from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
+from sipbot.dialplan.trunks import Trunk
 from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError, SipParseError
+from sipbot.media._ratelimit import RateLimitedLog
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
 from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt
@@ -43,8 +52,14 @@ from sipbot.providers.registry import make_provider
 from sipbot.records import Attempt, RecordWriter, default_data_dir, open_store
 from sipbot.reload import DialplanWatcher
 from sipbot.sip.address import parse_name_addr, parse_uri
+from sipbot.sip.auth import DigestVerifier
+from sipbot.sip.dns import SipResolver
+from sipbot.sip.legs import Peer
 from sipbot.sip.message import SipRequest
+from sipbot.sip.register import RegistrationState
+from sipbot.sip.registration import Registration
 from sipbot.sip.sdp import SdpAnswerer
+from sipbot.sip.trust import Admit, Challenge, Drop, TrustedSource, TrustPolicy
 from sipbot.sip.ua import ServerCall, SipSettings, UserAgent
 from sipbot.tools.http import aclose_http_clients
 
@@ -112,6 +127,13 @@ class Server:
         self.filler = load_prompt(FILLER_PROMPT, PROMPT_RATE_HZ)
         self.calls_total = 0
         self.records = make_records(config)
+        self.registrations: dict[str, Registration] = {}
+        trust = settings.trust
+        self._verifier = DigestVerifier(trust.realm) if trust.users else None
+        self._trust_key: tuple[object, ...] | None = None
+        self._trust = TrustPolicy()
+        self._refused_log = RateLimitedLog(log, trust.refused_log_interval_s)
+        self.refused_total = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -126,6 +148,8 @@ class Server:
             await self.records.start()
         await self.ua.start()
         await bind_listeners(self.ua, self.config.server.sip.listen)
+        self.ua.request_filter = self._source_filter
+        self._start_registrations()
         self._warm_providers()
         self._spawn(self.watcher.run())
         for warning in self.config.warnings:
@@ -155,6 +179,8 @@ class Server:
                 await asyncio.wait_for(_wait_all(self._call_tasks()), STOP_TIMEOUT_S)
         for task in list(self._tasks):
             task.cancel()
+        if self.registrations:
+            await _wait_all([asyncio.ensure_future(r.stop()) for r in self.registrations.values()])
         await self.ua.close(STOP_TIMEOUT_S)
         await self.engine.close()
         await aclose_http_clients()
@@ -165,6 +191,9 @@ class Server:
     # ------------------------------------------------------------------ calls
 
     def _on_invite(self, dialog: ServerCall) -> None:
+        trunk = self._admit(dialog)
+        if trunk is None:
+            return
         if self._stopping:
             dialog.reject(503, "Service Unavailable", [("Retry-After", "30")])
             self._refused(dialog, "shutdown")
@@ -178,16 +207,18 @@ class Server:
             dialog.reject(503, "Service Unavailable", [("Retry-After", "5")])
             self._refused(dialog, "capacity")
             return
-        self._spawn(self._handle(dialog), name=f"call:{dialog.call_id}")
+        self._spawn(self._handle(dialog, trunk), name=f"call:{dialog.call_id}")
 
-    async def _handle(self, dialog: ServerCall) -> None:
-        info = call_info(dialog.invite, dialog.source)
-        attempt = self._attempt(dialog, info)
+    async def _handle(self, dialog: ServerCall, trunk_name: str = "") -> None:
+        trunk = self.watcher.current.trunks.get(trunk_name)
+        did_header = trunk.did_header if trunk is not None else None
+        info = call_info(dialog.invite, dialog.source, did_header)
+        attempt = self._attempt(dialog, info, trunk_name)
         call: Call | None = None
         reason: str | None = None
         try:
             try:
-                plan = self._plan(dialog, info, attempt)
+                plan = self._plan(dialog, info, attempt, trunk_name)
             except Exception:
                 log.exception("call %s: routing failed", info.call_id)
                 dialog.reject(500, "Server Internal Error")
@@ -219,7 +250,7 @@ class Server:
             except Exception:
                 log.exception("call %s: its call record failed", info.call_id)
 
-    def _attempt(self, dialog: ServerCall, info: CallInfo) -> Attempt:
+    def _attempt(self, dialog: ServerCall, info: CallInfo, trunk: str = "") -> Attempt:
         _, host, port = dialog.source
         settings = self.config.server.records
         return Attempt(
@@ -229,31 +260,37 @@ class Server:
             caller=info.caller,
             did=info.did,
             source=_join_hostport(host, port),
+            trunk=trunk or None,
             truncate_chars=settings.truncate_chars,
         )
 
-    def _refused(self, dialog: ServerCall, reason: str) -> None:
+    def _refused(
+        self, dialog: ServerCall, reason: str, status: int = 503, text: str = "Service Unavailable"
+    ) -> None:
         """Record an INVITE refused before routing (admission: shutdown, capacity, trust)."""
         if self.records is not None:
             attempt = self._attempt(dialog, call_info(dialog.invite, dialog.source))
-            attempt.status, attempt.sip_reason = 503, "Service Unavailable"
+            attempt.status, attempt.sip_reason = status, text
             attempt.note("refused", reason)
             attempt.finish()
 
-    def _plan(self, dialog: ServerCall, info: CallInfo, attempt: Attempt) -> CallPlan | None:
+    def _plan(
+        self, dialog: ServerCall, info: CallInfo, attempt: Attempt, trunk: str = ""
+    ) -> CallPlan | None:
         """Route the call; answer non-agent outcomes here. None: nothing more to do."""
         now = datetime.now(UTC)
         request = RouteRequest(
-            info.did, info.caller, info.display_name, dialog.source[1], info.headers, now
+            info.did, info.caller, info.display_name, dialog.source[1], info.headers, now, trunk
         )
         decision = route(self.watcher.current, request)
         action = decision.action
         log.info(
-            "call %s from %s to %s via %s: route %s → %s",
+            "call %s from %s to %s via %s%s: route %s → %s",
             info.call_id,
             info.caller,
             info.did,
             dialog.source[1],
+            f" (trunk {trunk})" if trunk else "",
             decision.route_name,
             action,
         )
@@ -367,6 +404,76 @@ class Server:
             )
         )
 
+    # ------------------------------------------------------------------ trunks and trust
+
+    def _start_registrations(self) -> None:
+        """Rule 4: one :class:`Registration` per trunk with a registrar (read at start)."""
+        sip = self.config.server.sip
+        resolver = SipResolver(sip.dns_servers, sip.dns_port) if sip.dns_servers else None
+        for trunk in self.config.dialplan.trunks.values():
+            reg = trunk.registration
+            if reg is None:
+                continue
+            registration = Registration(
+                trunk.name,
+                self.ua,
+                reg.settings(sip.user_agent),
+                reg.registrars,
+                outbound_proxy=reg.outbound_proxy,
+                transport=reg.transport,
+                resolver=resolver,
+            )
+            self.registrations[trunk.name] = registration
+            # in the background: a slow DNS must not delay taking calls
+            self._spawn(registration.start(), name=f"register:{trunk.name}")
+
+    @property
+    def registration_states(self) -> dict[str, RegistrationState]:
+        """Each registering trunk's current state (for status pages and metrics)."""
+        return {name: r.state for name, r in self.registrations.items()}
+
+    def trust_policy(self) -> TrustPolicy:
+        """The trust policy for the current dialplan and registrar addresses (cached)."""
+        trunks = self.watcher.current.trunks
+        learned = {name: frozenset(r.addresses) for name, r in self.registrations.items()}
+        key = (id(self.watcher.current), tuple(sorted(learned.items())))
+        if key != self._trust_key:
+            self._trust = _policy(trunks, learned, self.config.server.trust, self._verifier)
+            self._trust_key = key
+        return self._trust
+
+    def _source_filter(self, peer: Peer) -> bool:
+        """False: drop this request unseen (policy ``drop``, unknown source)."""
+        if not self.trust_policy().drops_source(peer.host):
+            return True
+        self._refused_by_trust("drop", peer.host, "dropped (unknown source)")
+        return False
+
+    def _admit(self, dialog: ServerCall) -> str | None:
+        """Rule 0: the trunk name ("" none) when the INVITE may go on, else None (answered)."""
+        _transport, source, port = dialog.source
+        now = self.ua.loop.time()
+        verdict = self.trust_policy().check_invite(dialog.invite, source, now, port)
+        if isinstance(verdict, Admit):
+            return verdict.trunk or ""
+        if isinstance(verdict, Challenge):
+            dialog.reject(401, "Unauthorized", [("WWW-Authenticate", verdict.www_authenticate)])
+            return None
+        if isinstance(verdict, Drop):  # the source filter normally drops it before the core
+            dialog.reject(403, "Forbidden")
+            self._refused_by_trust("drop", source, verdict.why)
+            self._refused(dialog, "trust", 403, "Forbidden")
+            return None
+        dialog.reject(verdict.status, "Forbidden")
+        self._refused_by_trust("refuse", source, verdict.why)
+        self._refused(dialog, "trust", verdict.status, "Forbidden")
+        return None
+
+    def _refused_by_trust(self, kind: str, source: str, why: str) -> None:
+        self.refused_total += 1
+        now = time.monotonic()
+        self._refused_log.warning(kind, now, "refused INVITE from %s: %s", source, why)
+
     # ------------------------------------------------------------------ helpers
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> None:
@@ -409,12 +516,35 @@ def _discard(row: object) -> None:
     """Where records go when they are switched off."""
 
 
-def call_info(invite: SipRequest, source: tuple[str, str, int]) -> CallInfo:
+def _policy(
+    trunks: Mapping[str, Trunk],
+    learned: Mapping[str, frozenset[tuple[str, int]]],
+    trust: TrustSettings,
+    verifier: DigestVerifier | None,
+) -> TrustPolicy:
+    """The trust policy: each trunk's allow-list plus its registrars' addresses (Rule 4)."""
+    sources = []
+    for name, trunk in trunks.items():
+        networks = list(trunk.networks)
+        endpoints = learned.get(name, frozenset())
+        for address in sorted({host for host, _port in endpoints}):
+            with contextlib.suppress(ValueError):
+                networks.append(ipaddress.ip_network(address))
+        sources.append(TrustedSource(name, tuple(networks), trunk.contact_user, endpoints))
+    users = {user: str.__str__(password) for user, password in trust.users.items()}
+    return TrustPolicy(sources, trust.unknown_sources, users, verifier)
+
+
+def call_info(
+    invite: SipRequest, source: tuple[str, str, int], did_header: str | None = None
+) -> CallInfo:
     """What providers, prompts and tools may know about an incoming call.
 
     Args:
         invite: the INVITE.
         source: (transport, host, port) it came from.
+        did_header: a header whose URI user is the called number (the trunk's ``did_header``);
+            when absent from the INVITE, the Request-URI user, else the To user.
     """
     caller = display = did = ""
     with contextlib.suppress(SipParseError):
@@ -426,6 +556,10 @@ def call_info(invite: SipRequest, source: tuple[str, str, int]) -> CallInfo:
     if not did:
         with contextlib.suppress(SipParseError):
             did = parse_uri(parse_name_addr(invite.headers.get("To") or "").uri).user or ""
+    carried = invite.headers.get(did_header) if did_header else None
+    if carried:
+        with contextlib.suppress(SipParseError):
+            did = parse_uri(parse_name_addr(carried.split(",")[0]).uri).user or did
     headers: dict[str, str] = {}
     for name, value in invite.headers.items():
         headers.setdefault(name, value)

@@ -62,6 +62,8 @@ def covers(first: Conditions, second: Conditions) -> bool:
     for name, matchers in first.headers:
         if not _text_covers(matchers, second_headers.get(name, ())):
             return False
+    if first.trunk and first.trunk != second.trunk:
+        return False  # another trunk's calls (a registration trunk has no networks to compare)
     if first.networks and not (
         second.networks
         and all(

@@ -28,6 +28,7 @@ from sipbot.dialplan.model import (
     check_uri,
 )
 from sipbot.dialplan.schema import AgentModel, DialplanModel, MatchModel, RouteModel, ToolModel
+from sipbot.dialplan.trunks import build_trunk
 from sipbot.domain import TurnDetection
 from sipbot.errors import ConfigError, ToolDefinitionError
 from sipbot.secret import EnvString, to_secret
@@ -75,16 +76,13 @@ def build_dialplan(model: DialplanModel, doc: Document, search_paths: Iterable[s
     agents = {
         name: _agent(doc, name, spec, tools, model.timezone) for name, spec in model.agents.items()
     }
-    trunks: dict[str, tuple[str, ...]] = {}
-    for name, trunk in model.trunks.items():
-        trunks[name] = at(doc, ("trunks", name), partial(_trunk_source, trunk.source))
+    built = {
+        name: at(doc, ("trunks", name), partial(build_trunk, name, spec))
+        for name, spec in model.trunks.items()
+    }
+    trunks = {name: trunk.source for name, trunk in built.items()}
     routes = [_route(doc, i, r, agents, trunks) for i, r in enumerate(model.routes)]
-    return at(doc, (), lambda: Dialplan(routes, agents, model.timezone))
-
-
-def _trunk_source(source: list[str]) -> tuple[str, ...]:
-    Match(source=source)  # checks every address
-    return tuple(source)
+    return at(doc, (), lambda: Dialplan(routes, agents, model.timezone, built))
 
 
 def _tool(name: str, spec: ToolModel, search_paths: Iterable[str]) -> Tool:

@@ -220,7 +220,9 @@ class Match:
         caller: the caller's number (From user).
         display_name: the caller's display name (From).
         source: IP addresses / CIDR networks the INVITE may come from.
-        trunk: the name of the trunk ``source`` came from (for display; set by the loader).
+        trunk: the name of a trunk: the call came through it (as the server identified it:
+            its source allow-list or its registration); without that value, ``source``
+            (the trunk's allow-list, set by the loader) decides.
         headers: SIP header name (case-insensitive) → condition on its value; an absent
             header never matches.
         days: weekdays (``"mon-fri"``, ``["sat", "sun"]``).
@@ -297,6 +299,7 @@ class Conditions:
     hours: tuple[TimeRange, ...]
     dates: tuple[date, ...]
     zone: ZoneInfo | None
+    trunk: str | None = None
 
     @classmethod
     def build(cls, match: Match) -> Conditions:
@@ -324,11 +327,12 @@ class Conditions:
             ),
             dates=tuple(with_field(f"dates[{i}]", _date, d) for i, d in enumerate(match.dates)),
             zone=None if match.timezone is None else with_field("timezone", zone, match.timezone),
+            trunk=match.trunk,
         )
 
     @property
     def is_empty(self) -> bool:
-        return not (self.text or self.headers or self.networks or self.is_timed)
+        return not (self.text or self.headers or self.networks or self.is_timed or self.trunk)
 
     @property
     def is_timed(self) -> bool:
@@ -350,7 +354,12 @@ class Conditions:
             value = values.get(f"header:{name}")
             if value is None or not any(m.matches(value) for m in matchers):
                 return False
-        if self.networks and not _in_networks(values.get("source_ip", ""), self.networks):
+        if self.trunk and values.get("trunk"):
+            if values["trunk"] != self.trunk:
+                return False
+        elif self.trunk and not self.networks:
+            return False  # a registration trunk: only the server's identification counts
+        elif self.networks and not _in_networks(values.get("source_ip", ""), self.networks):
             return False
         if self.is_timed:
             local = now.astimezone(self.zone or default_zone)

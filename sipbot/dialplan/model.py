@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 from sipbot.dialplan.agent import NAME_RE, Agent
 from sipbot.dialplan.fields import fail, with_field
 from sipbot.dialplan.match import Match, zone
+from sipbot.dialplan.trunks import Trunk, trunk_for_source
 from sipbot.errors import ConfigError, SipParseError
 from sipbot.sip.address import parse_uri
 
@@ -151,6 +152,7 @@ class Dialplan:
         agents: every agent by name, including ones no route uses (``sipbot check`` lists
             them); agents of ``Answer`` routes are added automatically.
         timezone: IANA timezone of routes whose match has none.
+        trunks: the ``trunks:`` entries by name (source allow-lists, registrations).
 
     Raises:
         ConfigError: two routes or two different agents with one name, a bad timezone.
@@ -159,6 +161,7 @@ class Dialplan:
     routes: Sequence[Route]
     agents: Mapping[str, Agent] = field(default_factory=dict)
     timezone: str = "UTC"
+    trunks: Mapping[str, Trunk] = field(default_factory=dict)
     zone: ZoneInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -191,6 +194,8 @@ class RouteRequest:
         source_ip: the address the INVITE came from.
         headers: SIP headers (names case-insensitive).
         now: an aware datetime (the INVITE's arrival).
+        trunk: the trunk the call came through, as the server identified it ("" none);
+            None: derive it from ``source_ip`` and the dialplan's trunk allow-lists.
     """
 
     did: str
@@ -199,6 +204,7 @@ class RouteRequest:
     source_ip: str
     headers: Mapping[str, str]
     now: datetime
+    trunk: str | None = None
 
     def __post_init__(self) -> None:
         if self.now.tzinfo is None or self.now.utcoffset() is None:
@@ -230,6 +236,11 @@ def route(dialplan: Dialplan, request: RouteRequest) -> RouteDecision:
         "display_name": request.display_name,
         "source_ip": request.source_ip,
     }
+    trunk = request.trunk
+    if trunk is None:
+        found = trunk_for_source(list(dialplan.trunks.values()), request.source_ip)
+        trunk = found.name if found is not None else ""
+    values["trunk"] = trunk
     for name, value in request.headers.items():
         values[f"header:{name.lower()}"] = value
     for candidate in dialplan.routes:

@@ -69,8 +69,21 @@ class ToolModel(StrictModel):
 
 
 class TrunkModel(StrictModel):
-    source: list[str]
+    source: list[str] = Field(default_factory=list)
     description: str | None = None
+    registrar: str | list[str] | None = None
+    user: str | None = None
+    auth_user: str | None = None
+    password: Any = None  # an EnvString (kept as such)
+    domain: str | None = None
+    expires: int = 600
+    outbound_proxy: str | None = None
+    transport: str | None = None
+    contact_user: str | None = None
+    keepalive_s: float = Field(default=30.0, ge=0)
+    retry_min_s: float = Field(default=5.0, gt=0)
+    retry_max_s: float = Field(default=300.0, gt=0)
+    did_header: str | None = None
 
 
 class MatchModel(StrictModel):

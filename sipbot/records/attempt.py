@@ -48,10 +48,12 @@ class Attempt:
         caller: str,
         did: str,
         source: str | None = None,
+        trunk: str | None = None,
         truncate_chars: int = 2000,
     ) -> None:
         self.submit = submit
         self.call_id, self.caller, self.did, self.source = call_id, caller, did, source
+        self.trunk = trunk
         self.truncate_chars = truncate_chars
         self.started = time.time()
         self.route: str | None = None
@@ -133,6 +135,7 @@ class Attempt:
             media=None if media is None else json.dumps(media, sort_keys=True),
             recording_path=self.recording_path if answered else None,
             source=self.source,
+            trunk=self.trunk,
             lines=transcript_lines(call, started),
         )
 

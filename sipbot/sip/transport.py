@@ -113,6 +113,7 @@ class Transports:
         self.loop = asyncio.get_running_loop()
         self.on_message = on_message
         self.on_error = on_error
+        self.on_closed: OnError | None = None  # a TCP connection ended (RFC 5626 flow failure)
         self.in_use = in_use
         self.idle_timeout = idle_timeout
         self.connection_ids = itertools.count(1)
@@ -220,6 +221,8 @@ class Transports:
         self._conns.pop(conn.peer.connection or 0, None)
         if self._by_addr.get((conn.peer.host, conn.peer.port)) is conn:
             del self._by_addr[(conn.peer.host, conn.peer.port)]
+        if self.on_closed is not None:
+            self.on_closed(conn.peer)
 
     def _arm_idle_check(self) -> None:
         if self._idle_timer is None:

@@ -52,7 +52,7 @@ from sipbot.sip.legs import (
     RequestReceived,
     ServerRequest,
 )
-from sipbot.sip.message import SipRequest, SipResponse
+from sipbot.sip.message import SipRequest, SipResponse, parse_message
 from sipbot.sip.sipfrag import refer_event, sipfrag_status
 from sipbot.sip.transaction import TimerSettings
 from sipbot.sip.transport import Transports, is_ip
@@ -343,6 +343,9 @@ class UserAgent:
         self._probe_cache: dict[str, str] = {}
         self._idle = asyncio.Event()
         self._public_host, self._public_port = _split_public(settings.public_address)
+        self._response_hooks: list[Callable[[SipResponse, Peer], bool]] = []
+        self._error_hooks: list[Callable[[Peer], None]] = []
+        self.request_filter: Callable[[Peer], bool] | None = None
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -370,6 +373,7 @@ class UserAgent:
             self._core.connections_in_use,
             self.settings.tcp_idle_timeout,
         )
+        self._transports.on_closed = self._on_connection_closed
         for transport, host, port in self.settings.listen:
             await self.listen(transport, host, port)
 
@@ -514,9 +518,51 @@ class UserAgent:
         ports = [p for t, _h, p in self.bound if t == transport] or [p for _t, _h, p in self.bound]
         return host, ports[0] if ports else 5060
 
+    # ----------------------------------------------------------------- out of dialog
+
+    @property
+    def timers(self) -> TimerSettings:
+        """The RFC 3261 timers of this agent (for transactions run beside the core)."""
+        s = self.settings
+        return TimerSettings(t1=s.t1, t2=s.t2, t4=s.t4)
+
+    def address_for(self, transport: str, peer_host: str) -> tuple[str, int]:
+        """(host, port) to advertise in Via and Contact of a message to ``peer_host``."""
+        return self._address_for(transport, peer_host)
+
+    def send_raw(self, data: bytes, peer: Peer) -> None:
+        """Send bytes built outside the core (a REGISTER, a keep-alive) to ``peer``."""
+        if self._transports is None:
+            raise LocalSipError("send_raw() before start()")
+        self._transports.send(data, peer)
+
+    def add_response_hook(self, hook: Callable[[SipResponse, Peer], bool]) -> None:
+        """``hook(response, source)`` sees every response before the core; True consumes it
+        (used by clients that run their own transactions, e.g. registrations)."""
+        self._response_hooks.append(hook)
+
+    def add_transport_error_hook(self, hook: Callable[[Peer], None]) -> None:
+        """``hook(peer)`` is called when sending to ``peer`` failed or its connection broke."""
+        self._error_hooks.append(hook)
+
+    def _hooked_response(self, data: bytes, peer: Peer) -> bool:
+        try:
+            message = parse_message(data)
+        except SipParseError:
+            return False
+        if not isinstance(message, SipResponse):
+            return False
+        return any(hook(message, peer) for hook in self._response_hooks)
+
     # ----------------------------------------------------------------- the pump
 
     def _on_message(self, data: bytes, peer: Peer) -> None:
+        is_response = data.startswith(b"SIP/2.0 ")
+        if not is_response and self.request_filter is not None and not self.request_filter(peer):
+            return  # a silent drop: the core never sees it
+        if is_response and self._response_hooks and self._hooked_response(data, peer):
+            self._pump()
+            return
         try:
             self._core.receive(data, peer, self.loop.time())
         except Exception:  # a bug in the core must not kill the socket
@@ -525,6 +571,20 @@ class UserAgent:
 
     def _on_transport_error(self, peer: Peer) -> None:
         self._core.transport_error(peer, self.loop.time())
+        for hook in self._error_hooks:
+            try:
+                hook(peer)
+            except Exception:
+                log.exception("transport error hook failed")
+        self._pump()
+
+    def _on_connection_closed(self, peer: Peer) -> None:
+        """A TCP connection ended: only the hooks care (a registration re-registers)."""
+        for hook in self._error_hooks:
+            try:
+                hook(peer)
+            except Exception:
+                log.exception("transport error hook failed")
         self._pump()
 
     def _on_timer(self) -> None:

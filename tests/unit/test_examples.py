@@ -15,7 +15,7 @@ from tests.unit.test_tools_runner import Control
 
 ROOT = Path(__file__).resolve().parents[2]
 DIALPLANS = sorted((ROOT / "dialplans").glob("*.yaml"))
-ENV = {"GEMINI_API_KEY": "test-gemini", "OPENAI_API_KEY": "test-openai"}
+ENV = {"GEMINI_API_KEY": "test-gemini", "OPENAI_API_KEY": "test-openai", "PBX_PASSWORD": "pw"}
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +67,9 @@ def test_pbx_trunk_only_answers_the_pbx() -> None:
     )
     stranger = decide(plan, "201", "+15551234", now, "198.51.100.7")
     assert (stranger.route_name, stranger.action) == ("not-from-pbx", Reject(403))
+    registration = plan.trunks["pbx"].registration
+    assert registration is not None
+    assert (registration.aor, registration.expires_s) == ("sip:sipbot@192.0.2.10", 300)
 
 
 def test_default_is_the_local_echo() -> None:

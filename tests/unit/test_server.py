@@ -33,3 +33,15 @@ def test_call_info_falls_back_to_the_to_user_when_the_request_uri_has_none() -> 
     invite = parse_message(INVITE.replace(b"sip:+4930123456100@pbx", b"sip:pbx"))
     info = call_info(invite, ("tcp", "192.0.2.7", 40000))  # type: ignore[arg-type]
     assert info.did == "100"
+
+
+def test_a_trunk_did_header_carries_the_dialled_number() -> None:
+    with_header = INVITE.replace(
+        b"X-Customer-Id", b"P-Called-Party-ID: <sip:+4930999@carrier.example>\r\nX-Customer-Id"
+    )
+    source = ("udp", "192.0.2.7", 5060)
+    info = call_info(parse_message(with_header), source, "P-Called-Party-ID")  # type: ignore[arg-type]
+    assert info.did == "+4930999"
+    # absent header: the usual Request-URI user; "To" as the header: the To user
+    assert call_info(parse_message(INVITE), source, "P-Called-Party-ID").did == "+4930123456100"  # type: ignore[arg-type]
+    assert call_info(parse_message(INVITE), source, "To").did == "100"  # type: ignore[arg-type]

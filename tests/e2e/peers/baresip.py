@@ -50,7 +50,7 @@ class Registration:
     registrar: str  # host:port the AOR's domain points to, e.g. "127.0.0.1:5060"
     password: str
     auth_user: str | None = None  # default: the account's user
-    interval_s: int = 60
+    interval_s: int = 60  # 0: never register, only answer digest challenges to calls
 
 
 class Baresip:
@@ -220,7 +220,7 @@ def start(
         proc.wait_for_line(r"^baresip is ready\.", ready_timeout)
         if not wait_bound(port, "udp", ready_timeout):
             raise PeerError(f"{name} did not bind udp/{port}; logs in {log_dir}")
-        if registration is not None:
+        if registration is not None and registration.interval_s > 0:
             peer.wait_registered(ready_timeout)
     except PeerError:
         peer.stop()

@@ -126,10 +126,10 @@ request_route {
         $var(user) = $tU;
         route(PASSWORD);
         if ($var(pw) == "" || !pv_www_authenticate("$td", "$var(pw)", "0")) {
-            www_challenge("$td", "0");
+            www_challenge("$td", "@@QOP@@");
             exit;
         }
-        if (!save("location")) sl_reply_error();
+        @@SAVE@@
         exit;
     }
     if (@@AUTH_INVITES@@ && is_method("INVITE")) {
@@ -228,6 +228,20 @@ class Kamailio:
         pairs = re.findall(r"URI:\s*(\S+)\s+FLAGS:\s*(\S+)", text)
         return dict(pairs)
 
+    def bindings(self) -> list[dict[str, str]]:
+        """Every contact in the location table with its fields (``AoR``, ``Address``,
+        ``Expires``, ``CSeq``, ...) from ``ul.dump``."""
+        out: list[dict[str, str]] = []
+        aor = ""
+        for line in self.rpc("ul.dump").splitlines():
+            if m := re.match(r"\s*AoR:\s*(\S+)", line):
+                aor = m.group(1)
+            elif m := re.match(r"\s*Address:\s*(\S+)", line):
+                out.append({"AoR": aor, "Address": m.group(1)})
+            elif (m := re.match(r"\s*([A-Za-z-]+):\s*(.*\S)", line)) and out:
+                out[-1].setdefault(m.group(1), m.group(2))
+        return out
+
     def registered(self) -> dict[str, list[str]]:
         """AOR → contact URIs currently in the location table (``ul.dump``)."""
         text = self.rpc("ul.dump")
@@ -261,7 +275,14 @@ def start_proxy(
 
 
 def start_registrar(
-    log_dir: Path, users: Mapping[str, str], auth_invites: bool = False
+    log_dir: Path,
+    users: Mapping[str, str],
+    auth_invites: bool = False,
+    *,
+    sha256: bool = False,
+    qop: bool = False,
+    min_expires: int | None = None,
+    port: int | None = None,
 ) -> Kamailio:
     """Kamailio as a digest-authenticating registrar (realm 127.0.0.1) that routes to contacts.
 
@@ -269,6 +290,10 @@ def start_registrar(
         log_dir: Where config, runtime files and logs go.
         users: user name → password, accepted for REGISTER (and INVITE if ``auth_invites``).
         auth_invites: Challenge initial INVITEs with 407 (credentials of the From user).
+        sha256: Challenge with ``algorithm=SHA-256`` instead of MD5 (global to the instance).
+        qop: Challenge REGISTER with ``qop=auth``.
+        min_expires: Answer a shorter expiry with ``423 Interval Too Brief`` + Min-Expires.
+        port: Listen on this port (e.g. to restart a registrar where it was).
     """
     passwords = "\n".join(
         f'    if ($var(user) == "{_quote(user)}") $var(pw) = "{_quote(pw)}";'
@@ -276,8 +301,18 @@ def start_registrar(
     )
     route = _REGISTRAR_ROUTE.replace("@@PASSWORDS@@", passwords)
     route = route.replace("@@AUTH_INVITES@@", "1" if auth_invites else "0")
+    route = route.replace("@@QOP@@", "1" if qop else "0")
+    # with min_expires, save() sends the 423 itself; sl_reply_error() would add a bogus 500
+    save = 'save("location");' if min_expires else 'if (!save("location")) sl_reply_error();'
+    route = route.replace("@@SAVE@@", save)
     modules = ["usrloc", "registrar", "auth"]
-    return _start(log_dir, route, modules=modules, params='modparam("usrloc", "db_mode", 0)')
+    params = ['modparam("usrloc", "db_mode", 0)']
+    if sha256:
+        params.append('modparam("auth", "algorithm", "SHA-256")')
+    if min_expires:
+        params.append(f'modparam("registrar", "min_expires", {min_expires})')
+        params.append('modparam("registrar", "min_expires_mode", 1)')
+    return _start(log_dir, route, modules=modules, params="\n".join(params), port=port)
 
 
 def start_dispatcher(
@@ -312,8 +347,9 @@ def _start(
     modules: Sequence[str] = (),
     params: str = "",
     fr_timer_ms: int = 3000,
+    port: int | None = None,
 ) -> Kamailio:
-    port = free_port("both")
+    port = port or free_port("both")
     run_dir = _run_dir(log_dir)
     text = (_HEADER + route).replace("@@EXTRA_PARAMS@@", params)
     values = {
