@@ -35,6 +35,7 @@ from sipbot.dialplan.watch import DialplanWatcher
 from sipbot.errors import ConfigError, SipParseError
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
+from sipbot.media_leg import MediaLeg
 from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt
 from sipbot.providers.base import CallInfo, Provider
 from sipbot.providers.registry import make_provider
@@ -178,9 +179,8 @@ class Server:
         self.calls[info.call_id] = call
         self.calls_total += 1
         try:
-            answered = await call.answer(
-                self.engine, self._answerer(plan, dialog), ring_s=self.options.ring_s
-            )
+            leg = MediaLeg(dialog, self._answerer(plan, dialog), info.call_id)
+            answered = await call.answer(leg, self.engine, ring_s=self.options.ring_s)
             if answered:
                 reason = await call.run()
                 self._cdr(call, reason)
