@@ -167,6 +167,7 @@ class Call:
         self._ended: asyncio.Future[str] = self._loop.create_future()
         self._session: ProviderSession | None = None
         self._pending: deque[bytes] = deque(maxlen=PENDING_AUDIO_FRAMES)
+        self._heard_caller = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._outbound = PCM16_24K  # what media.play() takes now
@@ -251,6 +252,7 @@ class Call:
     async def run(self) -> str:
         """Converse until the call ends; returns the reason. Cleans everything up (Rule 3)."""
         self.dialog.terminated.add_done_callback(self._on_terminated)
+        self.dialog.confirmed.add_done_callback(self._on_confirmed)
         if self.plan.recording_path:
             try:
                 self._media.start_recording(self.plan.recording_path)
@@ -269,6 +271,10 @@ class Call:
         self.record.interruptions = counts.interruptions
         return reason
 
+    def _on_confirmed(self, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._run(self.core.confirmed(self._loop.time()))
+
     def _on_terminated(self, future: asyncio.Future[str]) -> None:
         reason = "cancelled" if future.cancelled() else future.result()
         self._run(self.core.dialog_ended(reason, self._loop.time()))
@@ -282,6 +288,9 @@ class Call:
             session.send_audio(frame)  # Rule 1
             return
         self._pending.append(frame)
+        if not self._heard_caller:
+            self._heard_caller = True
+            self._run(self.core.caller_audio(self._loop.time()))
 
     def on_dtmf(self, digit: str) -> None:
         """A caller keypress: a route-level action, or text for the model."""

@@ -28,7 +28,8 @@ Rules:
   silence (nothing queued in the pacer, agent not muted).
 * Rule 7: an accepted transfer mutes the agent and flushes; BYE follows the REFER's final NOTIFY,
   or TRANSFER_NOTIFY_TIMEOUT_S after the acceptance if none came.
-* Rule 8: the provider session opens once, when the call starts.
+* Rule 8: the provider session opens once, on the first of: the call is confirmed (ACK), the
+  caller's first audio arrived (an INVITE never ACKed costs no model session).
 """
 
 from __future__ import annotations
@@ -259,13 +260,18 @@ class Conversation:
     # ------------------------------------------------------------------ call lifecycle
 
     def start(self, now: float) -> list[Action]:
-        """The call is answered: arm the maximum duration, open the provider (Rule 8)."""
-        if self._s.ended:
+        """The call is answered: arm the maximum duration."""
+        if self._max_duration_s is None or self._s.ended:
             return []
-        actions: list[Action] = []
-        if self._max_duration_s is not None:
-            actions.append(SetTimer(now + self._max_duration_s, MAX_DURATION))
-        return actions + self._open()
+        return [SetTimer(now + self._max_duration_s, MAX_DURATION)]
+
+    def confirmed(self, now: float) -> list[Action]:
+        """The ACK arrived (Rule 8)."""
+        return self._open()
+
+    def caller_audio(self, now: float) -> list[Action]:
+        """The caller's first audio arrived (Rule 8); later calls return nothing."""
+        return self._open()
 
     def _open(self) -> list[Action]:
         if self._s.opening or self._s.ended:

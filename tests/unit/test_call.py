@@ -326,6 +326,30 @@ def speech(ms: int) -> bytes:
 # --------------------------------------------------------------------------- the tests
 
 
+def test_no_model_session_before_the_ack_or_the_first_caller_audio() -> None:
+    async def main() -> None:
+        rig = Rig()
+        await asyncio.sleep(30)  # an INVITE never ACKed...
+        assert rig.provider.opened == []  # ...costs no model session
+        rig.call.on_audio(b"a" * 640)  # the caller's first audio opens it, and is not lost
+        rig.call.on_audio(b"b" * 640)
+        await until(lambda: rig.call._session is not None)
+        assert len(rig.provider.opened) == 1
+        rig.call.on_audio(b"c" * 640)  # straight to the session from now on
+        assert rig.session.audio == [b"a" * 640, b"b" * 640, b"c" * 640]
+        assert rig.media.formats == (PCM16_16K, PCM16_24K)
+        rig.dialog.confirmed.set_result(None)
+        await asyncio.sleep(1)
+        assert len(rig.provider.opened) == 1
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
+        assert rig.dialog.byes == []
+        assert rig.session.closed
+        assert rig.media.closed
+
+    run(main)
+
+
 def test_barge_in_flushes_cancels_tools_and_truncates_at_the_heard_ms() -> None:
     async def main() -> None:
         rig = Rig()

@@ -52,9 +52,32 @@ HANG_UP = ToolCall("t2", "hang_up", {})
 def opened(**kwargs: object) -> Conversation:
     """A conversation whose call is confirmed and whose provider session is open."""
     core = Conversation(**kwargs)  # type: ignore[arg-type]
-    assert core.start(0.0)[-1] == OpenProvider()
+    assert core.confirmed(0.0) == [OpenProvider()]
     assert core.provider_opened(0.0) == []
     return core
+
+
+# --------------------------------------------------------------------------- Rule 8: opening
+
+
+def test_the_provider_opens_once_on_the_ack_or_the_first_caller_audio() -> None:
+    core = Conversation(max_duration_s=60.0)
+    assert core.start(1.0) == [SetTimer(61.0, MAX_DURATION)]  # no model session yet
+    assert core.caller_audio(1.2) == [OpenProvider()]
+    assert core.confirmed(1.3) == []
+    assert core.caller_audio(1.4) == []
+
+    acked = Conversation()
+    assert acked.start(0.0) == []
+    assert acked.confirmed(0.1) == [OpenProvider()]
+    assert acked.caller_audio(0.2) == []
+
+
+def test_a_call_that_ends_before_the_ack_opens_no_provider() -> None:
+    core = Conversation()
+    assert core.dialog_ended("timeout", 32.0) == [End("timeout")]
+    assert core.confirmed(32.0) == []
+    assert core.caller_audio(32.0) == []
 
 
 # --------------------------------------------------------------------------- Rule 1: endings
@@ -157,7 +180,7 @@ def test_a_tool_that_finishes_after_the_end_sends_nothing() -> None:
 @pytest.mark.parametrize("reason", ["provider-unavailable", "provider-error", "provider-closed"])
 def test_a_lost_provider_plays_the_apology_then_hangs_up(reason: str) -> None:
     core = Conversation()
-    core.start(0.0)
+    core.confirmed(0.0)
     assert core.provider_lost(reason, 2.0) == [
         Flush(),
         PlayPrompt("apology"),
