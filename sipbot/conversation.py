@@ -24,8 +24,8 @@ Rules:
   request is complete, or once the agent has been quiet for HANGUP_QUIET_S since the request and
   its last audio — and then the pacer has drained; never later than HANGUP_WAIT_S (plus
   HANGUP_GRACE_S for the drain).
-* Rule 6: a tool still running FILLER_AFTER later gets the filler prompt once, and only into
-  silence (nothing queued in the pacer, agent not muted).
+* Rule 6: a tool still running ``filler_after_s`` after it started gets the filler prompt once,
+  and only into silence (nothing queued in the pacer, agent not muted).
 * Rule 7: an accepted transfer mutes the agent and flushes; BYE follows the REFER's final NOTIFY,
   or TRANSFER_NOTIFY_TIMEOUT_S after the acceptance if none came.
 * Rule 8: the provider session opens once, on the first of: the call is confirmed (ACK), the
@@ -261,7 +261,7 @@ class Conversation:
 
     def start(self, now: float) -> list[Action]:
         """The call is answered: arm the maximum duration."""
-        if self._max_duration_s is None or self._s.ended:
+        if self._max_duration_s is None or self._s.ended is not None:
             return []
         return [SetTimer(now + self._max_duration_s, MAX_DURATION)]
 
@@ -274,7 +274,7 @@ class Conversation:
         return self._open()
 
     def _open(self) -> list[Action]:
-        if self._s.opening or self._s.ended:
+        if self._s.opening or self._s.ended is not None:
             return []
         self._s.opening = True
         return [OpenProvider()]
@@ -285,7 +285,7 @@ class Conversation:
 
     def dialog_ended(self, reason: str, now: float) -> list[Action]:
         """The dialog ended by itself (BYE received, CANCEL, error), Rule 1."""
-        if self._s.ended:
+        if self._s.ended is not None:
             return []
         self._s.ended = reason
         return [End(reason)]
@@ -331,14 +331,14 @@ class Conversation:
 
     def media_flushed(self, heard: Mapping[str, int], now: float) -> list[Action]:
         """What a reporting :class:`Flush` cut: ``{item_id: ms heard}`` (Rule 2)."""
-        if self._s.ended:
+        if self._s.ended is not None:
             return []
         return [Truncate(item_id, ms) for item_id, ms in heard.items()]
 
     def media_drained(self, now: float) -> list[Action]:
         """The pacer has sent everything queued (after a :class:`WatchDrain`)."""
         s = self._s
-        if s.ended:
+        if s.ended is not None:
             return []
         if s.apologising is not None:
             return self._bye(s.apologising)
@@ -372,14 +372,14 @@ class Conversation:
         """A tool call's outcome (Rule 4): its result goes to the provider."""
         call = self._s.tools.pop(call_id, None)
         self._s.filler_due.discard(call_id)
-        if call is None or cancelled or self._s.ended:
+        if call is None or cancelled or self._s.ended is not None:
             return []
         return [SendToolResult(call_id, call.name, output)]
 
     def hang_up_requested(self, now: float) -> list[Action]:
         """The agent's hang-up tool ran: BYE after the goodbye (Rule 5)."""
         s = self._s
-        if s.ended or s.hangup is not None:
+        if s.ended is not None or s.hangup is not None:
             return []
         s.hangup = _HangupWait(requested=now)
         return [
@@ -392,7 +392,7 @@ class Conversation:
 
     def dtmf(self, digit: str, now: float) -> list[Action]:
         """A caller keypress: a route-level action, or text for the model."""
-        if self._s.ended:
+        if self._s.ended is not None:
             return []
         action = self._dtmf.get(digit)
         if isinstance(action, Transfer):
@@ -406,7 +406,7 @@ class Conversation:
     def refer_accepted(self, now: float) -> list[Action]:
         """The peer accepted our REFER (Rule 7): mute, flush, wait for the final NOTIFY."""
         s = self._s
-        if s.ended:
+        if s.ended is not None:
             return []
         s.muted = s.transferring = True
         return [Flush(), SetTimer(now + TRANSFER_NOTIFY_TIMEOUT_S, TRANSFER)]
@@ -422,7 +422,7 @@ class Conversation:
     def timer_fired(self, kind: str, now: float, queued_ms: int) -> list[Action]:
         """A :class:`SetTimer` came due; ``queued_ms`` is what the pacer holds now."""
         s = self._s
-        if s.ended:
+        if s.ended is not None:
             return []
         if kind == MAX_DURATION:
             return self._bye("max-duration")
@@ -478,7 +478,7 @@ class Conversation:
 
     def _apologise(self, reason: str, now: float) -> list[Action]:
         s = self._s
-        if s.ended or s.apologising is not None:
+        if s.ended is not None or s.apologising is not None:
             return []
         s.apologising = reason
         s.muted = True
@@ -490,7 +490,7 @@ class Conversation:
         ]
 
     def _bye(self, reason: str) -> list[Action]:
-        if self._s.ended:
+        if self._s.ended is not None:
             return []
         self._s.ended = reason
         return [Hangup(), End(reason)]
