@@ -24,6 +24,7 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLD_SCENARIO = Path(__file__).parent / "scenarios" / "sip" / "uac_hold_resume.xml"
+HOSTNAME_SCENARIO = Path(__file__).parent / "scenarios" / "sip" / "uac_hold_resume_hostname.xml"
 HOLD_S = 1.5
 
 
@@ -53,6 +54,31 @@ def test_hold_stops_our_rtp_and_resume_restarts_it(sipbot_server, peers_tmp: Pat
     assert len(ours) - hold_at >= 30, "RTP did not resume"
     (stats,) = stream_stats(ours).values()  # one stream, its sequence numbers continuous
     assert stats.seq_missing == 0
+
+
+def test_a_resume_naming_its_host_by_name_is_answered_after_resolving_it(
+    sipbot_server, peers_tmp: Path
+):
+    unavailable = capture_unavailable()
+    if unavailable:
+        pytest.skip(unavailable)
+    server = sipbot_server()
+    sip_port, media_port = free_port(), free_port_block()
+    capture = RtpCapture.start(peers_tmp, [media_port])
+    args = [
+        "sipp", server.address, "-sf", str(HOSTNAME_SCENARIO), "-s", "bot",
+        "-i", "127.0.0.1", "-p", str(sip_port), "-mi", "127.0.0.1", "-mp", str(media_port),
+        "-m", "1", "-nostdin", "-timeout", "30s", "-timeout_error",
+    ]  # fmt: skip
+    result = subprocess.run(args, cwd=peers_tmp, capture_output=True, text=True, timeout=60)
+    capture.stop()
+    # the scenario needs a 200 with a=sendrecv to the resume (a 488 fails it)
+    assert result.returncode == 0, result.stdout[-2000:] + server.log()[-2000:]
+    assert re.search(r"re-offer: PCMU sendrecv", server.log())
+    ours = select(capture.packets(), dst_port=media_port, audio_only=True)
+    gaps = np.diff(np.array([p.time for p in ours]))
+    assert gaps.max() >= HOLD_S - 0.2, "sipbot kept sending while the caller held the call"
+    assert len(ours) - int(gaps.argmax()) >= 30, "RTP did not resume to the resolved host"
 
 
 def test_a_recorded_call_has_the_caller_left_and_the_agent_right(sipbot_server, peers_tmp, speech):

@@ -124,6 +124,36 @@ async def test_reinvite_both_ways_and_info(pair):
     await client.bye()
 
 
+async def test_reoffer_answered_by_an_async_hook(pair):
+    a, b, callee = pair
+    client = await a.call(uri(b), OFFER)
+    [server] = callee.calls
+    await asyncio.wait_for(server.confirmed, 2)
+    offers: list[bytes] = []
+
+    async def reoffer(offer: bytes) -> bytes:
+        offers.append(offer)
+        await asyncio.sleep(0.3)  # longer than 200 ms: the core sends 100 Trying meanwhile
+        return ANSWER.replace(b"5000", b"5004")
+
+    server.on_reoffer = reoffer
+    response = await asyncio.wait_for(
+        client.request("INVITE", body=OFFER.replace(b"4000", b"4004")), 5
+    )
+    assert response.status == 200
+    assert offers == [OFFER.replace(b"4000", b"4004")]
+    assert client.remote_sdp == ANSWER.replace(b"5000", b"5004")
+    assert server.local_sdp == ANSWER.replace(b"5000", b"5004")
+
+    async def broken(offer: bytes) -> bytes:
+        raise RuntimeError("boom")
+
+    server.on_reoffer = broken
+    response = await asyncio.wait_for(client.request("UPDATE", body=OFFER), 5)
+    assert response.status == 500
+    await client.bye()
+
+
 async def test_refer_accepted_then_final_notify(pair):
     a, b, callee = pair
     client = await a.call(uri(b), OFFER)
