@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
+import sipbot.conversation
 from sipbot.conversation import (
     APOLOGY,
     APOLOGY_TIMEOUT_S,
@@ -362,3 +366,18 @@ def test_a_notify_without_an_accepted_refer_does_nothing() -> None:
     core = opened()
     assert core.refer_final(200, 1.0) == []
     assert core.timer_fired(TRANSFER, 1.0, 0) == []
+
+
+# --------------------------------------------------------------------------- sans-I/O
+
+
+def test_the_core_imports_no_asyncio_and_reads_no_clock() -> None:
+    tree = ast.parse(Path(sipbot.conversation.__file__).read_text())
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"asyncio", "time", "datetime", "threading", "socket"}, imported
