@@ -46,6 +46,7 @@ from sipbot.errors import ConfigError, SipParseError
 from sipbot.media._ratelimit import RateLimitedLog
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
+from sipbot.media_leg import MediaLeg
 from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt
 from sipbot.providers.base import Provider
 from sipbot.providers.registry import make_provider
@@ -230,9 +231,8 @@ class Server:
             self.calls[info.call_id] = call
             self.calls_total += 1
             try:
-                answered = await call.answer(
-                    self.engine, self._answerer(plan, dialog), ring_s=self.options.ring_s
-                )
+                leg = MediaLeg(dialog, self._answerer(plan, dialog), info.call_id)
+                answered = await call.answer(leg, self.engine, ring_s=self.options.ring_s)
                 if answered:
                     attempt.answered = time.time()
                     reason = await call.run()

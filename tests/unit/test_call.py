@@ -1,23 +1,574 @@
-"""Pure helpers of call.py (the call itself is exercised end to end in tests/e2e)."""
+"""The call shell driven whole: recorder dialog, media and provider on a virtual-time loop.
+
+No sockets, no sleeps: :class:`VirtualLoop` is an asyncio loop whose clock jumps to the next
+timer whenever nothing is ready, so a 15 s hang-up bound takes microseconds. The media recorder
+plays queued audio out in that virtual time (24 kHz PCM16: 48 bytes a millisecond).
+"""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import selectors
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
-from sipbot.call import _sipfrag_status
-
-
-@pytest.mark.parametrize(
-    ("body", "status"),
-    [
-        (b"SIP/2.0 200 OK\r\n", 200),
-        (b"SIP/2.0 100 Trying", 100),
-        (b"SIP/2.0 486 Busy Here\r\nContent-Length: 0\r\n", 486),
-        (b"sip/2.0 603 Decline\n", 603),
-        (b"", None),
-        (b"garbage", None),
-        (b"SIP/2.0 OK 200", None),
-    ],
+from sipbot.call import Call, CallPlan
+from sipbot.conversation import (
+    APOLOGY_TIMEOUT_S,
+    HANGUP_GRACE_S,
+    HANGUP_QUIET_S,
+    HANGUP_WAIT_S,
+    TRANSFER_NOTIFY_TIMEOUT_S,
 )
-def test_sipfrag_status(body: bytes, status: int | None) -> None:
-    assert _sipfrag_status(body) == status
+from sipbot.dialplan import Agent, HangUp, Transfer
+from sipbot.errors import ProviderConnectError, RequestFailed
+from sipbot.media.formats import PCM16_16K, PCM16_24K, AudioFormat
+from sipbot.media.latency import MediaLatency
+from sipbot.media.session import MediaStats
+from sipbot.providers.base import (
+    AudioOut,
+    CallInfo,
+    Interrupted,
+    ProviderEvent,
+    ProviderFailed,
+    SessionConfig,
+    ToolCall,
+    Transcript,
+    TurnComplete,
+)
+from sipbot.sip.message import SipResponse
+from sipbot.tools import ToolContext, tool
+
+T = TypeVar("T")
+BYTES_PER_MS = 48  # PCM16 24 kHz
+FILLER = b"\x01\x00" * 16 * 300  # 300 ms at 16 kHz
+APOLOGY = b"\x02\x00" * 16 * 1000  # 1 s at 16 kHz
+
+
+# --------------------------------------------------------------------------- virtual time
+
+
+class _VirtualSelector(selectors.DefaultSelector):
+    """Never blocks: a wait for a timer moves the loop's clock to it instead."""
+
+    loop: VirtualLoop
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        ready = super().select(0)
+        if ready or timeout == 0:
+            return ready
+        if timeout is None:
+            raise RuntimeError("deadlock: nothing ready and no timer armed")
+        self.loop.now += timeout
+        return []
+
+
+class VirtualLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        selector = _VirtualSelector()
+        super().__init__(selector)
+        selector.loop = self
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    loop = VirtualLoop()
+    try:
+        return loop.run_until_complete(main())
+    finally:  # a failed test leaves its call running: end it before closing the loop
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.wait(left))
+        loop.close()
+
+
+async def until(check: Callable[[], bool], limit_s: float = 60.0) -> None:
+    """Let virtual time pass (in 10 ms steps) until ``check()`` holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while not check():
+        assert loop.time() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
+
+
+# --------------------------------------------------------------------------- recorders
+
+
+class RecorderReferral:
+    def __init__(self) -> None:
+        self.response = SipResponse(202, "Accepted")
+        self.outcome: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def final(self) -> Awaitable[int]:
+        return self.outcome
+
+
+class RecorderDialog:
+    def __init__(self, refer: RecorderReferral | Exception | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.terminated: asyncio.Future[str] = loop.create_future()
+        self.confirmed: asyncio.Future[None] = loop.create_future()
+        self.byes: list[float] = []
+        self.refers: list[str] = []
+        self._refer = refer
+
+    async def bye(self) -> None:
+        self.byes.append(asyncio.get_running_loop().time())
+        if not self.terminated.done():
+            self.terminated.set_result("bye-sent")
+
+    async def refer(self, uri: str) -> RecorderReferral:
+        self.refers.append(uri)
+        if isinstance(self._refer, Exception):
+            raise self._refer
+        assert self._refer is not None
+        return self._refer
+
+
+class RecorderMedia:
+    """A pacer in virtual time: audio plays out at real speed from when it was queued."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.segments: list[tuple[str, float, float]] = []  # item, start, end (loop time)
+        self.flushes: list[float] = []
+        self.dtmf: list[str] = []
+        self.formats: tuple[AudioFormat, AudioFormat] | None = None
+        self.closed = False
+
+    def set_formats(self, inbound: AudioFormat, outbound: AudioFormat) -> None:
+        self.formats = (inbound, outbound)
+
+    @property
+    def _busy_until(self) -> float:
+        return max([end for _, _, end in self.segments] + [self.loop.time()])
+
+    def play(self, audio: bytes, item_id: str) -> None:
+        start = self._busy_until
+        self.segments.append((item_id, start, start + len(audio) / BYTES_PER_MS / 1000))
+
+    def flush(self) -> dict[str, int]:
+        now = self.loop.time()
+        self.flushes.append(now)
+        cut = {item for item, _, end in self.segments if end > now}
+        heard = {
+            item: round(
+                sum(min(now, e) - s for i, s, e in self.segments if i == item and s < now) * 1000
+            )
+            for item in cut
+        }
+        self.segments = [(i, s, min(e, now)) for i, s, e in self.segments if s < now]
+        return heard
+
+    def queued_ms(self) -> int:
+        return round((self._busy_until - self.loop.time()) * 1000)
+
+    async def drained(self) -> None:
+        # the recorder's pacer plays out by the (virtual) clock: nothing else to wait on
+        while not self.closed and self._busy_until > self.loop.time():  # noqa: ASYNC110
+            await asyncio.sleep(self._busy_until - self.loop.time())
+
+    def send_dtmf(self, digits: str) -> None:
+        self.dtmf.append(digits)
+
+    def start_recording(self, path: str) -> None:
+        raise OSError("no recording in unit tests")
+
+    @property
+    def stats(self) -> MediaStats:
+        return MediaStats()
+
+    @property
+    def latency(self) -> MediaLatency:
+        return MediaLatency()
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def items(self) -> list[str]:
+        return [item for item, _, _ in self.segments]
+
+
+class RecorderSession:
+    input_format = PCM16_16K
+    output_format = PCM16_24K
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[ProviderEvent | None] = asyncio.Queue()
+        self.audio: list[bytes] = []
+        self.sent: list[tuple[Any, ...]] = []
+        self.closed = False
+
+    def send_audio(self, audio: bytes) -> None:
+        self.audio.append(audio)
+
+    async def events(self) -> AsyncIterator[ProviderEvent]:
+        while (event := await self.queue.get()) is not None:
+            yield event
+
+    async def send_tool_result(self, call_id: str, name: str, result: Any) -> None:
+        self.sent.append(("result", call_id, name, result))
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(("text", text))
+
+    async def truncate(self, item_id: str, played_ms: int) -> None:
+        self.sent.append(("truncate", item_id, played_ms))
+
+    async def close(self) -> None:
+        self.closed = True
+        self.queue.put_nowait(None)
+
+    def emit(self, *events: ProviderEvent) -> None:
+        for event in events:
+            self.queue.put_nowait(event)
+
+
+class RecorderProvider:
+    name = "recorder"
+
+    def __init__(self, session: RecorderSession | None, error: Exception | None = None) -> None:
+        self.session = session
+        self.error = error
+        self.opened: list[float] = []
+
+    async def open(self, call: CallInfo, config: SessionConfig) -> RecorderSession:
+        self.opened.append(asyncio.get_running_loop().time())
+        if self.error is not None:
+            raise self.error
+        assert self.session is not None
+        return self.session
+
+
+# --------------------------------------------------------------------------- tools
+
+
+slow_gate: dict[str, asyncio.Future[str]] = {}
+
+
+@tool
+async def slow_lookup(what: str) -> str:
+    """Look something up, slowly.
+
+    Args:
+        what: what to look up.
+    """
+    return await slow_gate[what]
+
+
+@tool
+async def ask_transfer(uri: str, context: ToolContext) -> str:
+    """Transfer the caller.
+
+    Args:
+        uri: where to.
+    """
+    await context.control.transfer(uri)
+    return "transferred"
+
+
+class Rig:
+    """One call on recorders; :meth:`start` runs it in the background."""
+
+    def __init__(
+        self,
+        *,
+        provider_error: Exception | None = None,
+        refer: RecorderReferral | Exception | None = None,
+        filler: bytes | None = None,
+        dtmf: dict[str, HangUp | Transfer] | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.session = RecorderSession()
+        self.provider = RecorderProvider(None if provider_error else self.session, provider_error)
+        agent = Agent(
+            "a",
+            tools=[slow_lookup, ask_transfer, "hang_up"],
+            filler_after_ms=1500,
+            max_duration_s=600.0,
+        )
+        plan = CallPlan(
+            CallInfo("call-1"),
+            agent,
+            self.provider,
+            SessionConfig(),
+            dtmf=dtmf or {},
+            recording_path=None,
+            apology=APOLOGY,
+            filler=filler,
+        )
+        self.dialog = RecorderDialog(refer)
+        self.media = RecorderMedia()
+        self.call = Call(self.dialog, plan)
+        self.call.attach(self.media, "PCMU")
+        self.task: asyncio.Task[str] = self.loop.create_task(self.call.run())
+
+    async def confirm(self) -> None:
+        self.dialog.confirmed.set_result(None)
+        await until(lambda: self.call._session is not None)
+
+    async def reason(self) -> str:
+        return await asyncio.wait_for(self.task, 120)
+
+    def results(self) -> list[tuple[Any, ...]]:
+        return [s for s in self.session.sent if s[0] == "result"]
+
+
+def speech(ms: int) -> bytes:
+    return b"\x10\x00" * 24 * ms
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+def test_no_model_session_before_the_ack_or_the_first_caller_audio() -> None:
+    async def main() -> None:
+        rig = Rig()
+        await asyncio.sleep(30)  # an INVITE never ACKed...
+        assert rig.provider.opened == []  # ...costs no model session
+        rig.call.on_audio(b"a" * 640)  # the caller's first audio opens it, and is not lost
+        rig.call.on_audio(b"b" * 640)
+        await until(lambda: rig.call._session is not None)
+        assert len(rig.provider.opened) == 1
+        rig.call.on_audio(b"c" * 640)  # straight to the session from now on
+        assert rig.session.audio == [b"a" * 640, b"b" * 640, b"c" * 640]
+        assert rig.media.formats == (PCM16_16K, PCM16_24K)
+        rig.dialog.confirmed.set_result(None)
+        await asyncio.sleep(1)
+        assert len(rig.provider.opened) == 1
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
+        assert rig.dialog.byes == []
+        assert rig.session.closed
+        assert rig.media.closed
+
+    run(main)
+
+
+def test_barge_in_flushes_cancels_tools_and_truncates_at_the_heard_ms() -> None:
+    async def main() -> None:
+        rig = Rig()
+        await rig.confirm()
+        slow_gate["x"] = rig.loop.create_future()
+        rig.session.emit(
+            AudioOut(speech(1000), "item-1"),
+            AudioOut(speech(500), "item-2"),
+            ToolCall("t1", "slow_lookup", {"what": "x"}),
+        )
+        await asyncio.sleep(0.3)
+        rig.session.emit(Interrupted("item-1"))
+        await until(lambda: len(rig.session.sent) >= 2)
+        flushed_at = rig.media.flushes[0]
+        heard = round((flushed_at - rig.media.segments[0][1]) * 1000)
+        assert 290 <= heard <= 320
+        assert sorted(s for s in rig.session.sent if s[0] == "truncate") == [
+            ("truncate", "item-1", heard),
+            ("truncate", "item-2", 0),
+        ]
+        await until(lambda: rig.call.runner.running == ())
+        assert slow_gate["x"].cancelled()
+        await asyncio.sleep(1)
+        assert rig.results() == []  # a cancelled tool's result is not sent
+        assert [(t.name, t.error) for t in rig.call.record.tools] == [("slow_lookup", True)]
+        rig.dialog.terminated.set_result("bye-received")
+        await rig.reason()
+        assert rig.call.record.interruptions == 1
+        assert rig.call.record.tool_calls == 1
+
+    run(main)
+
+
+def test_hang_up_waits_for_the_goodbye_and_its_playout() -> None:
+    async def main() -> None:
+        rig = Rig()
+        await rig.confirm()
+        rig.session.emit(ToolCall("h", "hang_up", {}))
+        await until(lambda: bool(rig.results()))
+        requested = rig.loop.time()
+        rig.session.emit(AudioOut(speech(1200), "goodbye"), TurnComplete())
+        assert await rig.reason() == "agent-hangup"
+        goodbye_end = rig.media.segments[-1][2]
+        assert len(rig.dialog.byes) == 1
+        assert goodbye_end <= rig.dialog.byes[0] <= goodbye_end + 0.05
+        assert rig.dialog.byes[0] < requested + HANGUP_QUIET_S  # the turn ended it, not quiet
+        assert rig.call.record.reason == "agent-hangup"
+        assert rig.call.record.turns == 1
+
+    run(main)
+
+
+def test_hang_up_is_bounded_when_the_agent_keeps_talking() -> None:
+    async def main() -> None:
+        rig = Rig()
+        await rig.confirm()
+        rig.session.emit(ToolCall("h", "hang_up", {}))
+        await until(lambda: bool(rig.results()))
+        requested = rig.loop.time()
+        for _ in range(40):  # 40 s of speech, one second at a time, never a complete turn
+            rig.session.emit(AudioOut(speech(1000), "endless"))
+            await asyncio.sleep(0.5)
+            if rig.task.done():
+                break
+        assert await rig.reason() == "agent-hangup"
+        waited = rig.dialog.byes[0] - requested
+        assert HANGUP_WAIT_S <= waited <= HANGUP_WAIT_S + HANGUP_GRACE_S + 0.02
+
+    run(main)
+
+
+def test_an_unreachable_provider_plays_the_apology_then_hangs_up() -> None:
+    async def main() -> None:
+        rig = Rig(provider_error=ProviderConnectError("refused"))
+        rig.dialog.confirmed.set_result(None)
+        assert await rig.reason() == "provider-unavailable"
+        assert rig.media.items() == ["apology"]
+        _, start, end = rig.media.segments[0]
+        assert abs((end - start) - 1.0) < 0.01  # the whole prompt, 1 s, in the output format
+        assert end <= rig.dialog.byes[0] <= end + 0.05
+
+    run(main)
+
+
+def test_a_provider_failure_mid_call_mutes_apologises_then_hangs_up() -> None:
+    async def main() -> None:
+        rig = Rig()
+        await rig.confirm()
+        rig.session.emit(AudioOut(speech(3000), "long"))
+        await asyncio.sleep(0.5)
+        rig.session.emit(ProviderFailed("gone for good"), AudioOut(speech(500), "after"))
+        assert await rig.reason() == "provider-failed"
+        assert rig.media.items() == ["long", "apology"]  # cut, apology, nothing after it
+        assert rig.media.segments[0][2] - rig.media.segments[0][1] < 0.6
+        assert rig.media.segments[1][2] <= rig.dialog.byes[0] < rig.media.segments[1][2] + 0.05
+        assert rig.dialog.byes[0] - rig.media.segments[1][1] <= APOLOGY_TIMEOUT_S
+
+    run(main)
+
+
+def test_a_slow_tool_plays_the_filler_once_and_only_into_silence() -> None:
+    async def main() -> None:
+        rig = Rig(filler=FILLER)
+        await rig.confirm()
+        for what in ("quiet", "busy"):
+            slow_gate[what] = rig.loop.create_future()
+        rig.session.emit(ToolCall("t1", "slow_lookup", {"what": "quiet"}))
+        await asyncio.sleep(5)
+        assert rig.media.items() == ["filler"]  # once, after 1.5 s of silence
+        slow_gate["quiet"].set_result("sunny")
+        await until(lambda: bool(rig.results()))
+        assert rig.results() == [("result", "t1", "slow_lookup", "sunny")]
+        rig.session.emit(
+            AudioOut(speech(4000), "talking"), ToolCall("t2", "slow_lookup", {"what": "busy"})
+        )
+        await asyncio.sleep(6)
+        assert rig.media.items() == ["filler", "talking"]  # no filler over the agent
+        slow_gate["busy"].set_result("rain")
+        rig.dialog.terminated.set_result("bye-received")
+        await rig.reason()
+        assert [t.output for t in rig.call.record.tools] == ["sunny", "rain"]
+
+    run(main)
+
+
+def test_dtmf_route_actions_and_digits_for_the_model() -> None:
+    async def main() -> None:
+        rig = Rig(dtmf={"0": HangUp()})
+        await rig.confirm()
+        rig.call.on_dtmf("5")
+        await until(lambda: bool(rig.session.sent))
+        assert rig.session.sent == [("text", "The caller pressed the key 5.")]
+        rig.call.on_dtmf("0")
+        assert await rig.reason() == "dtmf-hangup"
+        assert len(rig.dialog.byes) == 1
+
+        referral = RecorderReferral()
+        rig = Rig(dtmf={"9": Transfer("sip:desk@example.com")}, refer=referral)
+        await rig.confirm()
+        rig.call.on_dtmf("9")
+        await until(lambda: bool(rig.dialog.refers))
+        assert rig.dialog.refers == ["sip:desk@example.com"]
+        referral.outcome.set_result(200)
+        assert await rig.reason() == "transferred"
+
+    run(main)
+
+
+def test_an_accepted_transfer_byes_after_the_final_notify() -> None:
+    async def main() -> None:
+        referral = RecorderReferral()
+        rig = Rig(refer=referral)
+        await rig.confirm()
+        rig.session.emit(
+            AudioOut(speech(2000), "talk"),
+            ToolCall("t", "ask_transfer", {"uri": "sip:desk@example.com"}),
+        )
+        await until(lambda: bool(rig.results()))
+        assert rig.results() == [("result", "t", "ask_transfer", "transferred")]
+        assert rig.media.flushes  # the agent stops at once
+        rig.session.emit(AudioOut(speech(500), "muted"))
+        await asyncio.sleep(3)
+        assert rig.dialog.byes == []  # the target has not answered yet
+        referral.outcome.set_result(200)
+        notified = rig.loop.time()
+        assert await rig.reason() == "transferred"
+        assert notified <= rig.dialog.byes[0] < notified + 0.05
+        assert "muted" not in rig.media.items()
+
+    run(main)
+
+
+def test_a_transfer_without_a_final_notify_is_bounded() -> None:
+    async def main() -> None:
+        rig = Rig(refer=RecorderReferral())
+        await rig.confirm()
+        rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "sip:desk@example.com"}))
+        await until(lambda: bool(rig.results()))
+        accepted = rig.loop.time()
+        assert await rig.reason() == "transferred"
+        waited = rig.dialog.byes[0] - accepted
+        assert TRANSFER_NOTIFY_TIMEOUT_S - 0.02 <= waited <= TRANSFER_NOTIFY_TIMEOUT_S + 0.02
+
+    run(main)
+
+
+def test_a_refused_transfer_gives_the_tool_the_error_and_the_call_goes_on() -> None:
+    async def main() -> None:
+        refused = RequestFailed("the transfer was refused (603 Decline)")
+        rig = Rig(refer=refused)
+        await rig.confirm()
+        rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "sip:desk@example.com"}))
+        await until(lambda: bool(rig.results()))
+        assert rig.results() == [
+            ("result", "t", "ask_transfer", {"error": "the transfer was refused (603 Decline)"})
+        ]
+        rig.session.emit(AudioOut(speech(300), "sorry"))
+        await asyncio.sleep(1)
+        assert rig.media.items() == ["sorry"]
+        assert rig.dialog.byes == []
+        assert rig.call.record.tools[0].error
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
+
+    run(main)
+
+
+def test_the_first_end_reason_wins_and_transcripts_are_recorded() -> None:
+    async def main() -> None:
+        rig = Rig()
+        await rig.confirm()
+        rig.session.emit(Transcript("caller", "hel", final=False), Transcript("caller", "hello"))
+        await until(lambda: bool(rig.call.transcript))
+        rig.call.on_timeout()
+        rig.call.hang_up_now("shutdown")
+        assert await rig.reason() == "rtp-timeout"
+        rig.call.hang_up_now("max-duration")
+        assert rig.call.record.reason == "rtp-timeout"
+        assert len(rig.dialog.byes) == 1
+        assert [(line.role, line.text) for line in rig.call.record.lines] == [("caller", "hello")]
+
+    run(main)

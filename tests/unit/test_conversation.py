@@ -1,0 +1,383 @@
+"""The conversation core: provider events, media and SIP facts, timers in; actions out (no I/O)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import sipbot.conversation
+from sipbot.conversation import (
+    APOLOGY,
+    APOLOGY_TIMEOUT_S,
+    FILLER,
+    HANGUP_DEADLINE,
+    HANGUP_GRACE,
+    HANGUP_GRACE_S,
+    HANGUP_QUIET,
+    HANGUP_QUIET_S,
+    HANGUP_WAIT_S,
+    MAX_DURATION,
+    TRANSFER,
+    TRANSFER_NOTIFY_TIMEOUT_S,
+    CancelTools,
+    Conversation,
+    End,
+    Flush,
+    Hangup,
+    OpenProvider,
+    Play,
+    PlayPrompt,
+    Refer,
+    SendText,
+    SendToolResult,
+    SetTimer,
+    StartTool,
+    Truncate,
+    WatchDrain,
+)
+from sipbot.dialplan import HangUp, Transfer
+from sipbot.providers.base import (
+    AudioOut,
+    Interrupted,
+    ProviderFailed,
+    ProviderNotice,
+    ToolCall,
+    ToolCallCancelled,
+    Transcript,
+    TurnComplete,
+)
+
+LOOKUP = ToolCall("t1", "lookup", {"q": "x"})
+HANG_UP = ToolCall("t2", "hang_up", {})
+
+
+def opened(**kwargs: object) -> Conversation:
+    """A conversation whose call is confirmed and whose provider session is open."""
+    core = Conversation(**kwargs)  # type: ignore[arg-type]
+    assert core.confirmed(0.0) == [OpenProvider()]
+    assert core.provider_opened(0.0) == []
+    return core
+
+
+# --------------------------------------------------------------------------- Rule 8: opening
+
+
+def test_the_provider_opens_once_on_the_ack_or_the_first_caller_audio() -> None:
+    core = Conversation(max_duration_s=60.0)
+    assert core.start(1.0) == [SetTimer(61.0, MAX_DURATION)]  # no model session yet
+    assert core.caller_audio(1.2) == [OpenProvider()]
+    assert core.confirmed(1.3) == []
+    assert core.caller_audio(1.4) == []
+
+    acked = Conversation()
+    assert acked.start(0.0) == []
+    assert acked.confirmed(0.1) == [OpenProvider()]
+    assert acked.caller_audio(0.2) == []
+
+
+def test_a_call_that_ends_before_the_ack_opens_no_provider() -> None:
+    core = Conversation()
+    assert core.dialog_ended("timeout", 32.0) == [End("timeout")]
+    assert core.confirmed(32.0) == []
+    assert core.caller_audio(32.0) == []
+
+
+# --------------------------------------------------------------------------- Rule 1: endings
+
+
+@pytest.mark.parametrize(
+    ("first", "reason"),
+    [
+        (lambda c: c.dialog_ended("bye-received", 5.0), "bye-received"),
+        (lambda c: c.hang_up_now("shutdown", 5.0), "shutdown"),
+        (lambda c: c.rtp_timeout(5.0), "rtp-timeout"),
+        (lambda c: c.timer_fired(MAX_DURATION, 5.0, 0), "max-duration"),
+        (lambda c: c.dtmf("0", 5.0), "dtmf-hangup"),
+    ],
+)
+def test_every_end_reason_is_recorded_once_and_the_first_wins(first, reason) -> None:  # type: ignore[no-untyped-def]
+    core = opened(max_duration_s=5.0, dtmf={"0": HangUp()})
+    actions = first(core)
+    ends = [a for a in actions if isinstance(a, End)]
+    assert ends == [End(reason)]
+    assert core.ended == reason
+    # whatever comes next changes nothing: no second End, no BYE, no more actions at all
+    assert core.dialog_ended("bye-sent", 6.0) == []
+    assert core.hang_up_now("shutdown", 6.0) == []
+    assert core.rtp_timeout(6.0) == []
+    assert core.timer_fired(MAX_DURATION, 6.0, 0) == []
+    assert core.provider_lost("provider-closed", 6.0) == []
+    assert core.provider_event(AudioOut(b"\0\0", "i"), 6.0) == []
+    assert core.dtmf("0", 6.0) == []
+    assert core.ended == reason
+
+
+def test_our_own_hang_up_sends_bye_then_ends() -> None:
+    core = opened()
+    assert core.rtp_timeout(3.0) == [Hangup(), End("rtp-timeout")]
+
+
+def test_the_callers_bye_ends_without_a_bye_of_ours() -> None:
+    core = opened()
+    assert core.dialog_ended("bye-received", 3.0) == [End("bye-received")]
+
+
+# --------------------------------------------------------------------------- Rule 2: barge-in
+
+
+def test_barge_in_flushes_cancels_running_tools_and_truncates_each_cut_item() -> None:
+    core = opened()
+    assert core.provider_event(AudioOut(b"a" * 480, "item-1"), 1.0) == [Play(b"a" * 480, "item-1")]
+    assert core.provider_event(LOOKUP, 1.1) == [StartTool(LOOKUP)]
+    assert core.provider_event(ToolCall("t3", "other", {}), 1.2) == [
+        StartTool(ToolCall("t3", "other", {}))
+    ]
+    actions = core.provider_event(Interrupted("item-1"), 1.5)
+    assert actions == [Flush(report=True), CancelTools(("t1", "t3"))]
+    heard = {"item-1": 480, "item-2": 20}
+    assert core.media_flushed(heard, 1.5) == [Truncate("item-1", 480), Truncate("item-2", 20)]
+    assert core.counts.interruptions == 1
+
+
+def test_a_cancelled_tools_result_is_not_sent() -> None:
+    core = opened()
+    core.provider_event(LOOKUP, 1.0)
+    core.provider_event(Interrupted(), 1.1)
+    assert core.tool_finished("t1", None, 1.2, cancelled=True) == []
+    assert core.running_tools == ()
+
+
+def test_barge_in_with_nothing_playing_truncates_nothing() -> None:
+    core = opened()
+    assert core.provider_event(Interrupted(), 1.0) == [Flush(report=True), CancelTools(())]
+    assert core.media_flushed({}, 1.0) == []
+
+
+# --------------------------------------------------------------------------- Rule 4: tools
+
+
+def test_tool_results_go_back_to_the_provider_and_counts_are_kept() -> None:
+    core = opened()
+    assert core.provider_event(LOOKUP, 1.0) == [StartTool(LOOKUP)]
+    assert core.running_tools == ("t1",)
+    assert core.tool_finished("t1", {"a": 1}, 1.5) == [SendToolResult("t1", "lookup", {"a": 1})]
+    assert core.tool_finished("t1", {"a": 1}, 1.6) == []  # once
+    assert core.provider_event(ToolCallCancelled(("t9",)), 1.7) == [CancelTools(("t9",))]
+    assert core.provider_event(TurnComplete(), 2.0) == []
+    assert core.provider_event(Transcript("caller", "hi"), 2.0) == []
+    assert core.provider_event(ProviderNotice("resumed"), 2.0) == []
+    assert (core.counts.turns, core.counts.tool_calls) == (1, 1)
+
+
+def test_a_tool_that_finishes_after_the_end_sends_nothing() -> None:
+    core = opened()
+    core.provider_event(LOOKUP, 1.0)
+    core.dialog_ended("bye-received", 1.1)
+    assert core.tool_finished("t1", "late", 1.2) == []
+
+
+# --------------------------------------------------------------------------- Rule 3: apology
+
+
+@pytest.mark.parametrize("reason", ["provider-unavailable", "provider-error", "provider-closed"])
+def test_a_lost_provider_plays_the_apology_then_hangs_up(reason: str) -> None:
+    core = Conversation()
+    core.confirmed(0.0)
+    assert core.provider_lost(reason, 2.0) == [
+        Flush(),
+        PlayPrompt("apology"),
+        WatchDrain(),
+        SetTimer(2.0 + APOLOGY_TIMEOUT_S, APOLOGY),
+    ]
+    assert not core.listening
+    assert core.ended is None  # not before the apology has played
+    assert core.media_drained(4.5) == [Hangup(), End(reason)]
+
+
+def test_a_provider_failure_mutes_the_agent_apologises_and_hangs_up_once() -> None:
+    core = opened()
+    core.provider_event(AudioOut(b"x" * 96, "i1"), 1.0)
+    actions = core.provider_event(ProviderFailed("gone"), 1.2)
+    assert actions[:2] == [Flush(), PlayPrompt("apology")]
+    assert core.provider_event(AudioOut(b"x" * 96, "i1"), 1.3) == []  # muted
+    assert core.provider_lost("provider-closed", 1.4) == []  # one apology
+    assert core.media_drained(3.0) == [Hangup(), End("provider-failed")]
+
+
+def test_an_apology_that_never_drains_is_bounded() -> None:
+    core = opened()
+    core.provider_lost("provider-closed", 2.0)
+    assert core.timer_fired(APOLOGY, 2.0 + APOLOGY_TIMEOUT_S, 960) == [
+        Hangup(),
+        End("provider-closed"),
+    ]
+
+
+# --------------------------------------------------------------------------- Rule 5: hang-up
+
+
+def test_hang_up_waits_for_the_goodbye_turn_and_its_playout() -> None:
+    core = opened()
+    assert core.provider_event(HANG_UP, 1.0) == [StartTool(HANG_UP)]
+    assert core.hang_up_requested(1.0) == [
+        SetTimer(1.0 + HANGUP_WAIT_S, HANGUP_DEADLINE),
+        SetTimer(1.0 + HANGUP_QUIET_S, HANGUP_QUIET),
+    ]
+    core.tool_finished("t2", "the call will end", 1.01)
+    assert core.provider_event(AudioOut(b"g" * 960, "bye"), 1.2) == [Play(b"g" * 960, "bye")]
+    assert core.provider_event(AudioOut(b"g" * 960, "bye"), 1.4) == [Play(b"g" * 960, "bye")]
+    # the quiet timer comes due while the agent speaks: look again later
+    assert core.timer_fired(HANGUP_QUIET, 3.0, 500) == [
+        SetTimer(1.4 + HANGUP_QUIET_S, HANGUP_QUIET)
+    ]
+    assert core.provider_event(TurnComplete(), 1.5) == [WatchDrain()]
+    assert core.ended is None  # the goodbye is still playing
+    assert core.media_drained(2.6) == [Hangup(), End("agent-hangup")]
+
+
+def test_hang_up_after_a_goodbye_said_first_comes_after_hangup_quiet() -> None:
+    core = opened()
+    core.provider_event(AudioOut(b"g" * 960, "bye"), 1.0)
+    core.provider_event(TurnComplete(), 1.1)  # goodbye said, then the tool
+    assert core.hang_up_requested(1.5) == [
+        SetTimer(1.5 + HANGUP_WAIT_S, HANGUP_DEADLINE),
+        SetTimer(1.5 + HANGUP_QUIET_S, HANGUP_QUIET),
+    ]
+    assert core.timer_fired(HANGUP_QUIET, 1.5 + HANGUP_QUIET_S, 0) == [WatchDrain()]
+    assert core.media_drained(3.5) == [Hangup(), End("agent-hangup")]
+
+
+def test_new_speech_while_draining_waits_for_that_turn() -> None:
+    core = opened()
+    core.hang_up_requested(1.0)
+    assert core.timer_fired(HANGUP_QUIET, 3.0, 0) == [WatchDrain()]
+    core.provider_event(AudioOut(b"g" * 960, "more"), 3.01)
+    assert core.media_drained(3.5) == [SetTimer(3.01 + HANGUP_QUIET_S, HANGUP_QUIET)]
+    assert core.provider_event(TurnComplete(), 3.6) == [WatchDrain()]
+    assert core.media_drained(4.0) == [Hangup(), End("agent-hangup")]
+
+
+def test_hang_up_is_bounded_when_the_agent_never_stops() -> None:
+    core = opened()
+    core.hang_up_requested(1.0)
+    core.provider_event(AudioOut(b"g" * 960, "endless"), 1.5)
+    deadline = 1.0 + HANGUP_WAIT_S
+    assert core.timer_fired(HANGUP_DEADLINE, deadline, 4000) == [
+        WatchDrain(),
+        SetTimer(deadline + HANGUP_GRACE_S, HANGUP_GRACE),
+    ]
+    assert core.timer_fired(HANGUP_GRACE, deadline + HANGUP_GRACE_S, 3900) == [
+        Hangup(),
+        End("agent-hangup"),
+    ]
+
+
+def test_at_the_hang_up_deadline_a_drained_pacer_hangs_up_at_once() -> None:
+    core = opened()
+    core.hang_up_requested(1.0)
+    core.provider_event(AudioOut(b"g" * 960, "x"), 1.2)
+    core.timer_fired(HANGUP_DEADLINE, 16.0, 0)
+    assert core.media_drained(16.0) == [Hangup(), End("agent-hangup")]
+
+
+def test_a_second_hang_up_request_changes_nothing() -> None:
+    core = opened()
+    core.hang_up_requested(1.0)
+    assert core.hang_up_requested(2.0) == []
+
+
+# --------------------------------------------------------------------------- Rule 6: filler
+
+
+def test_a_slow_tool_plays_the_filler_once_and_only_into_silence() -> None:
+    core = opened(filler_after_s=1.5)
+    assert core.provider_event(LOOKUP, 1.0) == [StartTool(LOOKUP), SetTimer(2.5, FILLER + "t1")]
+    assert core.timer_fired(FILLER + "t1", 2.5, 0) == [PlayPrompt("filler")]
+    assert core.timer_fired(FILLER + "t1", 2.6, 0) == []  # once
+
+    busy = opened(filler_after_s=1.5)
+    busy.provider_event(LOOKUP, 1.0)
+    assert busy.timer_fired(FILLER + "t1", 2.5, 40) == []  # the agent is still talking
+    assert busy.timer_fired(FILLER + "t1", 2.7, 0) == []  # and not later either
+
+
+def test_a_fast_tool_gets_no_filler() -> None:
+    core = opened(filler_after_s=1.5)
+    core.provider_event(LOOKUP, 1.0)
+    core.tool_finished("t1", "ok", 1.2)
+    assert core.timer_fired(FILLER + "t1", 2.5, 0) == []
+
+
+def test_no_filler_without_a_filler_prompt() -> None:
+    core = opened()
+    assert core.provider_event(LOOKUP, 1.0) == [StartTool(LOOKUP)]
+
+
+def test_no_filler_once_muted() -> None:
+    core = opened(filler_after_s=1.5)
+    core.provider_event(LOOKUP, 1.0)
+    core.refer_accepted(1.2)
+    assert core.timer_fired(FILLER + "t1", 2.5, 0) == []
+
+
+# --------------------------------------------------------------------------- DTMF
+
+
+def test_dtmf_route_actions_and_digits_for_the_model() -> None:
+    core = opened(dtmf={"9": Transfer("sip:desk@example.com"), "0": HangUp()})
+    assert core.dtmf("9", 1.0) == [Refer("sip:desk@example.com")]
+    assert core.dtmf("5", 1.1) == [SendText("The caller pressed the key 5.")]
+    assert core.dtmf("0", 1.2) == [Hangup(), End("dtmf-hangup")]
+    assert core.dtmf("5", 1.3) == []
+
+
+def test_dtmf_before_the_provider_is_open_is_dropped() -> None:
+    core = Conversation(dtmf={"0": HangUp()})
+    assert core.dtmf("5", 0.5) == []
+    assert core.dtmf("0", 0.6) == [Hangup(), End("dtmf-hangup")]
+
+
+# --------------------------------------------------------------------------- Rule 7: transfer
+
+
+def test_an_accepted_transfer_mutes_and_byes_after_the_final_notify() -> None:
+    core = opened()
+    assert core.refer_accepted(2.0) == [
+        Flush(),
+        SetTimer(2.0 + TRANSFER_NOTIFY_TIMEOUT_S, TRANSFER),
+    ]
+    assert core.provider_event(AudioOut(b"x" * 96, "i"), 2.1) == []  # muted
+    assert core.ended is None
+    assert core.refer_final(200, 3.0) == [Hangup(), End("transferred")]
+
+
+def test_a_transfer_without_a_final_notify_byes_at_the_timeout() -> None:
+    core = opened()
+    core.refer_accepted(2.0)
+    assert core.timer_fired(TRANSFER, 2.0 + TRANSFER_NOTIFY_TIMEOUT_S, 0) == [
+        Hangup(),
+        End("transferred"),
+    ]
+
+
+def test_a_notify_without_an_accepted_refer_does_nothing() -> None:
+    core = opened()
+    assert core.refer_final(200, 1.0) == []
+    assert core.timer_fired(TRANSFER, 1.0, 0) == []
+
+
+# --------------------------------------------------------------------------- sans-I/O
+
+
+def test_the_core_imports_no_asyncio_and_reads_no_clock() -> None:
+    tree = ast.parse(Path(sipbot.conversation.__file__).read_text())
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"asyncio", "time", "datetime", "threading", "socket"}, imported
