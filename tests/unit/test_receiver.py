@@ -256,3 +256,13 @@ def test_restart_comes_between_the_old_streams_payloads_and_the_new_one() -> Non
     assert rx.receive(rtp(9000, ssrc=2, payload=new), SDP, 1.04) == (held, RESTART, new)
     assert rx.receive(rtp(9001, ssrc=2, payload=new), SDP, 1.06) == (new,)
     assert rx.stats.ssrc_changes == 1
+
+
+def test_every_event_code_comes_back_as_its_digit() -> None:
+    rx = make_receiver()
+    got: list[Received] = []
+    for code in range(17):  # 0-15 are digits, 16 is flash (not a digit)
+        payload = struct.pack("!BBH", code, 10, 160)
+        got.extend(rx.receive(RtpPacket(101, code, code * 800, 1, payload).serialize(), SDP, 1.0))
+    assert got == [Digit(c) for c in "0123456789*#ABCD"]
+    assert rx.stats.dtmf_in == 16
