@@ -12,6 +12,8 @@ Rules:
 * Rule 2: routing uses the dialplan current when the INVITE arrives; a reload never touches
   calls in progress.
 * Rule 3: one call's failure (a bug included) is logged and ends that call only.
+* Rule 4: every INVITE gets one call record (answered, rejected, refused, failed, crashed),
+  handed to the records writer without waiting (:mod:`sipbot.records`).
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ from typing import Any
 from sipbot.call import Call, CallPlan
 from sipbot.config import Config
 from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
-from sipbot.dialplan.watch import DialplanWatcher
+from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError, SipParseError
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
 from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt
-from sipbot.providers.base import CallInfo, Provider
+from sipbot.providers.base import Provider
 from sipbot.providers.registry import make_provider
+from sipbot.records import Attempt, RecordWriter, default_data_dir, open_store
+from sipbot.reload import DialplanWatcher
 from sipbot.sip.address import parse_name_addr, parse_uri
 from sipbot.sip.message import SipRequest
 from sipbot.sip.sdp import SdpAnswerer
@@ -107,11 +111,19 @@ class Server:
         self.apology = load_prompt(APOLOGY_PROMPT, PROMPT_RATE_HZ)
         self.filler = load_prompt(FILLER_PROMPT, PROMPT_RATE_HZ)
         self.calls_total = 0
+        self.records = make_records(config)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Bind the SIP transports and start watching the dialplan."""
+        """Open the records database, bind the SIP transports, start watching the dialplan.
+
+        Raises:
+            ConfigError: the records database cannot be opened or reached.
+            OSError: an address cannot be bound.
+        """
+        if self.records is not None:
+            await self.records.start()
         await self.ua.start()
         await bind_listeners(self.ua, self.config.server.sip.listen)
         self._warm_providers()
@@ -146,6 +158,8 @@ class Server:
         await self.ua.close(STOP_TIMEOUT_S)
         await self.engine.close()
         await aclose_http_clients()
+        if self.records is not None:
+            await self.records.aclose(STOP_TIMEOUT_S)
         self._stopped.set()
 
     # ------------------------------------------------------------------ calls
@@ -153,6 +167,7 @@ class Server:
     def _on_invite(self, dialog: ServerCall) -> None:
         if self._stopping:
             dialog.reject(503, "Service Unavailable", [("Retry-After", "30")])
+            self._refused(dialog, "shutdown")
             return
         if len(self.calls) >= self.config.server.limits.max_calls:
             log.warning(
@@ -161,37 +176,71 @@ class Server:
                 len(self.calls),
             )
             dialog.reject(503, "Service Unavailable", [("Retry-After", "5")])
+            self._refused(dialog, "capacity")
             return
         self._spawn(self._handle(dialog), name=f"call:{dialog.call_id}")
 
     async def _handle(self, dialog: ServerCall) -> None:
         info = call_info(dialog.invite, dialog.source)
+        attempt = self._attempt(dialog, info)
+        call: Call | None = None
+        reason: str | None = None
         try:
-            plan = self._plan(dialog, info)
-        except Exception:
-            log.exception("call %s: routing failed", info.call_id)
-            dialog.reject(500, "Server Internal Error")
-            return
-        if plan is None:
-            return
-        call = Call(dialog, plan)
-        self.calls[info.call_id] = call
-        self.calls_total += 1
-        try:
-            answered = await call.answer(
-                self.engine, self._answerer(plan, dialog), ring_s=self.options.ring_s
-            )
-            if answered:
-                reason = await call.run()
-                self._cdr(call, reason)
-        except Exception:  # Rule 3
-            log.exception("call %s failed", info.call_id)
-            with contextlib.suppress(Exception):
-                await call.dialog.bye()
+            try:
+                plan = self._plan(dialog, info, attempt)
+            except Exception:
+                log.exception("call %s: routing failed", info.call_id)
+                dialog.reject(500, "Server Internal Error")
+                attempt.note("failed", "routing-error")
+                return
+            if plan is None:
+                return
+            call = Call(dialog, plan)
+            self.calls[info.call_id] = call
+            self.calls_total += 1
+            try:
+                answered = await call.answer(
+                    self.engine, self._answerer(plan, dialog), ring_s=self.options.ring_s
+                )
+                if answered:
+                    attempt.answered = time.time()
+                    reason = await call.run()
+                    self._cdr(call, reason)
+            except Exception:  # Rule 3
+                log.exception("call %s failed", info.call_id)
+                attempt.note("crashed", "error")
+                with contextlib.suppress(Exception):
+                    await call.dialog.bye()
         finally:
             self.calls.pop(info.call_id, None)
+            try:  # Rule 4 (and Rule 3: a bad record must not escape the call's task)
+                media = cdr_media(call) if attempt.answered is not None and call else None
+                attempt.finish(call, reason=reason, media=media)
+            except Exception:
+                log.exception("call %s: its call record failed", info.call_id)
 
-    def _plan(self, dialog: ServerCall, info: CallInfo) -> CallPlan | None:
+    def _attempt(self, dialog: ServerCall, info: CallInfo) -> Attempt:
+        _, host, port = dialog.source
+        settings = self.config.server.records
+        return Attempt(
+            dialog,
+            self.records.submit if self.records is not None else _discard,
+            call_id=info.call_id,
+            caller=info.caller,
+            did=info.did,
+            source=_join_hostport(host, port),
+            truncate_chars=settings.truncate_chars,
+        )
+
+    def _refused(self, dialog: ServerCall, reason: str) -> None:
+        """Record an INVITE refused before routing (admission: shutdown, capacity, trust)."""
+        if self.records is not None:
+            attempt = self._attempt(dialog, call_info(dialog.invite, dialog.source))
+            attempt.status, attempt.sip_reason = 503, "Service Unavailable"
+            attempt.note("refused", reason)
+            attempt.finish()
+
+    def _plan(self, dialog: ServerCall, info: CallInfo, attempt: Attempt) -> CallPlan | None:
         """Route the call; answer non-agent outcomes here. None: nothing more to do."""
         now = datetime.now(UTC)
         request = RouteRequest(
@@ -208,25 +257,31 @@ class Server:
             decision.route_name,
             action,
         )
+        attempt.route = decision.route_name
         if isinstance(action, Reject):
             dialog.reject(action.status, action.reason)
+            attempt.note("rejected", "route")
             return None
         if isinstance(action, Transfer):
             dialog.reject(302, "Moved Temporarily", [("Contact", f"<{action.uri}>")])
+            attempt.note("redirected", "route")
             return None
         assert isinstance(action, Answer)
         agent = self._agent_overrides(action.agent)
+        attempt.agent, attempt.provider = agent.name, agent.provider
         try:
             provider = self._provider(agent)
         except (ConfigError, OSError) as exc:
             log.error("call %s: agent %s cannot start: %s", info.call_id, agent.name, exc)
             dialog.reject(503, "Service Unavailable")
+            attempt.note("failed", "agent-unavailable")
             return None
         recordings = self.config.server.recordings_dir
         recording = None
         if agent.recording and recordings:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             recording = os.path.join(recordings, f"{stamp}-{_safe(info.call_id)}.wav")
+        attempt.recording_path = recording
         return CallPlan(
             info=info,
             agent=agent,
@@ -294,8 +349,6 @@ class Server:
         "p99", "max"}`` in ms (see :mod:`sipbot.media.latency` for what each measures).
         """
         r = call.record
-        stats = call.media.stats if call.media is not None else None
-        latency = call.media.latency if call.media is not None else MediaLatency()
         cdr_log.info(
             json.dumps(
                 {
@@ -309,11 +362,7 @@ class Server:
                     "turns": r.turns,
                     "tool_calls": r.tool_calls,
                     "interruptions": r.interruptions,
-                    "rtp_in": stats.packets_in if stats else 0,
-                    "rtp_out": stats.packets_out if stats else 0,
-                    "rtp_lost": stats.lost if stats else 0,
-                    "rtp_underruns": stats.underruns if stats else 0,
-                    "latency_ms": latency.as_dict(),
+                    **cdr_media(call),
                 }
             )
         )
@@ -327,6 +376,37 @@ class Server:
 
     def _call_tasks(self) -> list[asyncio.Task[None]]:
         return [t for t in self._tasks if t.get_name().startswith("call:")]
+
+
+def cdr_media(call: Call) -> dict[str, Any]:
+    """The media-quality fields of the CDR line (also the call record's ``media``)."""
+    stats = call.media.stats if call.media is not None else None
+    latency = call.media.latency if call.media is not None else MediaLatency()
+    return {
+        "rtp_in": stats.packets_in if stats else 0,
+        "rtp_out": stats.packets_out if stats else 0,
+        "rtp_lost": stats.lost if stats else 0,
+        "rtp_underruns": stats.underruns if stats else 0,
+        "latency_ms": latency.as_dict(),
+    }
+
+
+def make_records(config: Config) -> RecordWriter | None:
+    """The records writer the config asks for (not connected yet), or None when disabled.
+
+    Raises:
+        ConfigError: the records URL names no supported database.
+    """
+    settings = config.server.records
+    if not settings.enabled:
+        return None
+    data_dir = config.server.data_dir or default_data_dir()
+    store = open_store(settings.url, data_dir, max_size_mb=settings.max_size_mb)
+    return RecordWriter(store, queue_max=settings.queue_max, keep_days=settings.keep_days)
+
+
+def _discard(row: object) -> None:
+    """Where records go when they are switched off."""
 
 
 def call_info(invite: SipRequest, source: tuple[str, str, int]) -> CallInfo:
