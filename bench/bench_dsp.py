@@ -91,9 +91,9 @@ def stage_costs(frames: int) -> None:
 
 
 def inbound_path(info: CodecInfo) -> Callable[[], None]:
-    """One 20 ms packet: parse, jitter, decode, resample to 16 kHz, sink."""
+    """One 20 ms packet: parse, jitter, decode, resample to 16 kHz, frames returned."""
     payload = make_encoder(info.name).encode(speech_like(info.pcm_rate_hz, 20))
-    inbound = InboundChain(info, PCM16_16K, lambda frame: None)
+    inbound = InboundChain(info, PCM16_16K)
     jitter = JitterBuffer()
     wire = [
         RtpPacket(info.static_payload_type, seq, 0, 1, payload).serialize() for seq in range(65536)

@@ -1,8 +1,9 @@
 """The DSP chains of one call, between RTP payloads and the provider's audio formats (sync).
 
 * :class:`InboundChain`: payload → decode → resample → (re-encode) → exact 20 ms frames in the
-  provider's input format, handed to a sink. A G.711 provider format that matches the codec is
-  passed through untouched.
+  provider's input format, returned by :meth:`InboundChain.feed` (usually one frame per 20 ms
+  payload, in a 1-tuple; ``()`` while a frame is still partial). A G.711 provider format that
+  matches the codec is passed through untouched.
 * :class:`OutboundChain`: provider audio → (decode) → resample → the *pacer format* (PCM16 at the
   codec's rate, or the G.711 bytes themselves in pass-through), and pacer frames → payloads.
   Encoding happens per slot, after the pacer, so a stateful encoder (G.722) sees one continuous
@@ -13,7 +14,7 @@ One chain per call and direction: each owns its codec and resampler state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Final
 
 from sipbot.errors import CodecError
 from sipbot.media.codecs import CodecInfo, Decoder, make_decoder, make_encoder, silence_payload
@@ -21,6 +22,7 @@ from sipbot.media.formats import FRAME_MS, AudioFormat
 from sipbot.media.resample import Resampler
 
 G711_RATE_HZ = 8_000
+NO_FRAMES: Final[tuple[bytes, ...]] = ()
 
 
 def _check_format(fmt: AudioFormat) -> None:
@@ -33,20 +35,17 @@ def _passthrough(codec: CodecInfo, fmt: AudioFormat) -> bool:
 
 
 class InboundChain:
-    """RTP payloads of ``codec`` → 20 ms frames of ``target`` handed to ``sink``.
+    """RTP payloads of ``codec`` → 20 ms frames of ``target``, returned by :meth:`feed`.
 
     Raises:
         CodecError: an unsupported codec or format combination.
     """
 
-    def __init__(
-        self, codec: CodecInfo, target: AudioFormat, sink: Callable[[bytes], None]
-    ) -> None:
+    def __init__(self, codec: CodecInfo, target: AudioFormat) -> None:
         _check_format(target)
         self.codec = codec
         self.target = target
         self.passthrough = _passthrough(codec, target)
-        self._sink = sink
         self._decoder = make_decoder(codec.name)
         linear_rate = target.rate_hz if target.encoding == "pcm16" else G711_RATE_HZ
         try:
@@ -67,9 +66,11 @@ class InboundChain:
         self._decoder = make_decoder(self.codec.name)
         self._partial.clear()
 
-    def feed(self, payload: bytes, want_pcm: bool = False) -> None:
-        """Convert one payload; every complete frame goes to the sink.
+    def feed(self, payload: bytes, want_pcm: bool = False) -> tuple[bytes, ...]:
+        """Convert one payload; return the frames it completed, oldest first.
 
+        A 20 ms payload with nothing pending gives one frame (a 1-tuple, the only allocation
+        besides the DSP's own); a shorter one may give :data:`NO_FRAMES`, a longer one two.
         ``want_pcm`` makes ``last_pcm`` valid in pass-through too (decoding only for the recorder).
         """
         if self.passthrough:
@@ -83,14 +84,17 @@ class InboundChain:
             if self._encoder is not None:
                 audio = self._encoder.encode(audio)
         frame_bytes = self._frame_bytes
-        if not self._partial and len(audio) == frame_bytes:
-            self._sink(audio)  # the common case: 20 ms in, 20 ms out
-            return
-        self._partial += audio
-        while len(self._partial) >= frame_bytes:
-            frame = bytes(self._partial[:frame_bytes])
-            del self._partial[:frame_bytes]
-            self._sink(frame)
+        partial = self._partial
+        if not partial and len(audio) == frame_bytes:
+            return (audio,)  # the common case: 20 ms in, 20 ms out
+        partial += audio
+        if len(partial) < frame_bytes:
+            return NO_FRAMES
+        frames = []
+        while len(partial) >= frame_bytes:
+            frames.append(bytes(partial[:frame_bytes]))
+            del partial[:frame_bytes]
+        return tuple(frames)
 
 
 class OutboundChain:

@@ -1,9 +1,11 @@
 """The inbound side of one call's RTP, sans-I/O: source latching, parsing, reordering, DTMF.
 
-``receive(data, addr, now)`` takes every datagram that reaches the call's port and hands
-in-order audio payloads to ``on_payload`` and digits to ``on_dtmf``. It also decides where our
-own packets go (:attr:`RtpReceiver.peer`), because symmetric RTP answers to where the caller's
-packets come from.
+``receive(data, addr, now)`` takes every datagram that reaches the call's port and returns
+what it produced, in order: in-order audio payloads (``bytes``), :class:`Digit` events and
+:data:`RESTART` markers (a tuple, usually of one payload; ``()`` when the datagram produced
+nothing). ``poll(now)`` returns what the jitter buffer releases after a wait, the same way.
+The receiver also decides where our own packets go (:attr:`RtpReceiver.peer`), because
+symmetric RTP answers to where the caller's packets come from.
 
 Rules:
 
@@ -16,24 +18,25 @@ Rules:
   address (re-INVITE) starts learning again.
 * Rule 2: comfort noise (PT 13) is dropped quietly; other payload types that were not
   negotiated are dropped and counted (a codec switch without a re-INVITE).
-* Rule 3: a new SSRC calls ``on_restart`` before its first payload (decoder state is per stream).
+* Rule 3: a new SSRC puts :data:`RESTART` before its first payload (decoder state is per stream).
   Telephone-events under an SSRC other than the audio's (SIPp's DTMF pcaps, some gateways) are a
   stream beside the audio, not a new one: they go straight to the digit decoder, bypassing the
   jitter buffer, and restart nothing.
 * Rule 4: ``last_rx`` is the time of the last valid packet (the inactivity timer's input).
-* Rule 5: :attr:`RtpReceiver.latency` gets, per audio payload handed on, the time since its
+* Rule 5: :attr:`RtpReceiver.latency` gets, per audio payload returned, the time since its
   packet arrived (:mod:`sipbot.media.latency`: 0 in sequence, the jitter wait otherwise).
+* Rule 6 (hot path): a packet in sequence costs one 1-tuple (the payload bytes are the
+  parser's); digits and the restart marker are shared constants; nothing is kept between calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from sipbot.errors import RtpParseError
 from sipbot.media._ratelimit import RateLimitedLog
-from sipbot.media.dtmf import DtmfReceiver
+from sipbot.media.dtmf import EVENT_CODES, DtmfReceiver
 from sipbot.media.jitter import JitterBuffer
 from sipbot.media.latency import LatencyHistogram
 from sipbot.media.rtp import RtpPacket, parse_rtp
@@ -45,6 +48,24 @@ RELATCH_AFTER_S = 1.0
 # max_packets): no per-packet allocation, and a held packet's slot is never reused before it
 # is released.
 ARRIVAL_SLOTS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Digit:
+    """A digit the caller pressed: one per RFC 4733 event (:mod:`sipbot.media.dtmf`, Rule 1)."""
+
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRestart:
+    """The inbound stream changed SSRC: the payloads after it are a new stream (Rule 3)."""
+
+
+RESTART: Final = StreamRestart()
+Received = bytes | Digit | StreamRestart  # one thing a datagram produced (see the module doc)
+NOTHING: Final[tuple[Received, ...]] = ()
+_DIGITS: Final = {code: (Digit(code),) for code in EVENT_CODES}  # Rule 6: no allocation per digit
 
 
 @dataclass(slots=True)
@@ -65,9 +86,6 @@ class RtpReceiver:
     """Inbound RTP of one call.
 
     Args:
-        on_payload: an in-order audio payload (negotiated payload type).
-        on_dtmf: a digit, once per telephone-event.
-        on_restart: the inbound stream changed SSRC (reset decoder state).
         log: where problems are logged (rate-limited by the caller's limiter).
         name: how log lines name this call.
         jitter_max_s: longest wait for a missing packet.
@@ -77,15 +95,11 @@ class RtpReceiver:
     def __init__(
         self,
         *,
-        on_payload: Callable[[bytes], None],
-        on_dtmf: Callable[[str], None],
-        on_restart: Callable[[], None],
         log: RateLimitedLog,
         name: str = "rtp",
         jitter_max_s: float = 0.06,
         relatch_after_s: float = RELATCH_AFTER_S,
     ) -> None:
-        self._on_payload, self._on_dtmf, self._on_restart = on_payload, on_dtmf, on_restart
         self._log = log
         self.name = name
         self.relatch_after_s = relatch_after_s
@@ -99,7 +113,7 @@ class RtpReceiver:
         self.latched = False
         self.last_rx = float("-inf")
         self._ssrc: int | None = None
-        self.latency = LatencyHistogram()  # arrival → on_payload (Rule 5)
+        self.latency = LatencyHistogram()  # arrival → payload returned (Rule 5)
         self._arrivals = [0.0] * ARRIVAL_SLOTS
 
     def configure(self, payload_type: int, dtmf_payload_type: int | None, remote: Address) -> None:
@@ -109,46 +123,63 @@ class RtpReceiver:
             self.remote = remote
             self.peer, self.latched = remote, False
 
-    def receive(self, data: bytes, addr: Address, now: float, arrived: float | None = None) -> None:
+    def receive(
+        self, data: bytes, addr: Address, now: float, arrived: float | None = None
+    ) -> tuple[Received, ...]:
         """Handle one datagram from ``addr`` at ``now`` (read from the socket at ``arrived``,
-        when it waited in a queue before this; the wait counts as latency, Rule 5)."""
+        when it waited in a queue before this; the wait counts as latency, Rule 5).
+
+        Returns:
+            What it produced, in order: audio payloads, :class:`Digit` events and
+            :data:`RESTART` (before the first payload of a new SSRC); :data:`NOTHING` when the
+            packet was dropped, held for reordering, or a DTMF continuation.
+        """
         new_source = addr != self.peer
         if new_source and self.latched and now - self.last_rx < self.relatch_after_s:
             self.stats.foreign_packets += 1
             self._log.warning("foreign", now, "%s: RTP from foreign source %s ignored", self, addr)
-            return
+            return NOTHING
         try:
             packet = parse_rtp(data)
         except RtpParseError as error:
             self.stats.bad_packets += 1
             self._log.warning("bad", now, "%s: bad packet from %s: %s", self, addr, error)
-            return
+            return NOTHING
         payload_type = packet.payload_type
         if payload_type != self._payload_type and payload_type != self._dtmf_pt:
             if payload_type == COMFORT_NOISE_PT:
                 self.stats.comfort_noise += 1
-                return
+                return NOTHING
             self.stats.wrong_payload_type += 1
             self._log.warning(
                 "pt", now, "%s: payload type %d not negotiated, ignored", self, payload_type
             )
-            return
+            return NOTHING
         if new_source or not self.latched:
             self._latch(addr, now)
         self.stats.packets_in += 1
         self.last_rx = now
         if payload_type == self._dtmf_pt and self._ssrc not in (None, packet.ssrc):
-            self._digit(packet)  # Rule 3: events beside the audio stream
-            return
+            return self._digit(packet)  # Rule 3: events beside the audio stream
         self._arrivals[packet.sequence & (ARRIVAL_SLOTS - 1)] = now if arrived is None else arrived
-        for released in self.jitter.push(packet, now):
-            self._deliver(released, now)
+        released = self.jitter.push(packet, now)
+        if len(released) == 1:  # Rule 6: the common case, one audio packet in sequence
+            first = released[0]
+            if first.ssrc == self._ssrc and first.payload_type != self._dtmf_pt:
+                self.latency.record(now - self._arrivals[first.sequence & (ARRIVAL_SLOTS - 1)])
+                return (first.payload,)
+        return self._deliver(released, now) if released else NOTHING
 
-    def poll(self, now: float) -> None:
-        """Release packets whose gap has waited long enough (call once per frame)."""
-        if self.jitter.next_deadline() is not None:
-            for packet in self.jitter.poll(now):
-                self._deliver(packet, now)
+    def poll(self, now: float) -> tuple[Received, ...]:
+        """Release packets whose gap has waited long enough (call once per frame).
+
+        Returns:
+            What that produced, as :meth:`receive` does.
+        """
+        if self.jitter.next_deadline() is None:
+            return NOTHING
+        released = self.jitter.poll(now)
+        return self._deliver(released, now) if released else NOTHING
 
     def __str__(self) -> str:
         return self.name
@@ -161,22 +192,26 @@ class RtpReceiver:
             self._log.info("latch", now, "%s: RTP from %s (SDP said %s)", self, addr, self.remote)
         self.peer, self.latched = addr, True
 
-    def _deliver(self, packet: RtpPacket, now: float) -> None:
-        if packet.ssrc != self._ssrc:
-            if self._ssrc is not None:
-                self.stats.ssrc_changes += 1
-                self._log.info("ssrc", now, "%s: inbound SSRC changed", self)
-                self._dtmf.reset()
-                self._on_restart()
-            self._ssrc = packet.ssrc
-        if packet.payload_type == self._dtmf_pt:
-            self._digit(packet)
-            return
-        self.latency.record(now - self._arrivals[packet.sequence & (ARRIVAL_SLOTS - 1)])
-        self._on_payload(packet.payload)
+    def _deliver(self, released: list[RtpPacket], now: float) -> tuple[Received, ...]:
+        produced: list[Received] = []
+        for packet in released:
+            if packet.ssrc != self._ssrc:
+                if self._ssrc is not None:
+                    self.stats.ssrc_changes += 1
+                    self._log.info("ssrc", now, "%s: inbound SSRC changed", self)
+                    self._dtmf.reset()
+                    produced.append(RESTART)
+                self._ssrc = packet.ssrc
+            if packet.payload_type == self._dtmf_pt:
+                produced.extend(self._digit(packet))
+                continue
+            self.latency.record(now - self._arrivals[packet.sequence & (ARRIVAL_SLOTS - 1)])
+            produced.append(packet.payload)
+        return tuple(produced)
 
-    def _digit(self, packet: RtpPacket) -> None:
+    def _digit(self, packet: RtpPacket) -> tuple[Received, ...]:
         digit = self._dtmf.receive(packet)
-        if digit is not None:
-            self.stats.dtmf_in += 1
-            self._on_dtmf(digit)
+        if digit is None:
+            return NOTHING
+        self.stats.dtmf_in += 1
+        return _DIGITS[digit]

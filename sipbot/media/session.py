@@ -1,10 +1,17 @@
 """The asyncio shell of the media path: one RTP socket per call, one shared ticker per process.
 
-``MediaEngine`` (one per process) owns the port allocator and the :class:`~sipbot.media.ticker.
-Ticker`; ``MediaSession`` (one per call) owns the socket and the sans-I/O cores::
+``MediaEngine`` (one per process) owns the port allocator, the :class:`~sipbot.media.ticker.
+Ticker` and the inbound queue; ``MediaSession`` (one per call) owns the socket and the sans-I/O
+cores. Both directions are pull-based: the shell calls a core and acts on what it returns::
 
-    datagram → RtpReceiver (latch, parse, check, reorder, DTMF) → InboundChain → on_audio
+    datagram → MediaEngine.enqueue ─(drain)→ MediaSession.process
+        → RtpReceiver.receive() → (payload | Digit | RESTART, ...)
+        → InboundChain.feed(payload) → (frame, ...) → on_audio;  Digit → on_dtmf
     play(audio) → RtpSender (convert → Pacer) ─(tick, every 20 ms)→ next_packet() → sendto
+
+The two meet only through public entry points: the engine calls :meth:`MediaSession.process`
+(from its drain) and :meth:`MediaSession.tick` (through the ticker); a session calls
+:meth:`MediaEngine.enqueue` (a datagram was read) and :meth:`MediaEngine.session_closed`.
 
 Rules:
 
@@ -44,7 +51,7 @@ from sipbot.media.codecs import CodecInfo, codec_info
 from sipbot.media.formats import PCM16_16K, AudioFormat
 from sipbot.media.latency import MediaLatency
 from sipbot.media.ports import PortAllocator
-from sipbot.media.receiver import Address, RtpReceiver
+from sipbot.media.receiver import RESTART, Address, Digit, Received, RtpReceiver
 from sipbot.media.recorder import CallRecorder
 from sipbot.media.sender import RtpSender
 from sipbot.media.ticker import Ticker
@@ -92,11 +99,20 @@ class MediaStats:
 
 
 class MediaEngine:
-    """One per process: the shared 20 ms ticker and the RTP port allocator."""
+    """One per process: the shared 20 ms ticker, the RTP port allocator, the inbound drain.
 
-    def __init__(self, settings: MediaSettings) -> None:
+    Args:
+        settings: the process-wide media settings.
+        loop: the event loop that runs the drain (default: the running loop of the first
+            :meth:`open_session`).
+    """
+
+    def __init__(
+        self, settings: MediaSettings, *, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         self.settings = settings
         self.ports = PortAllocator(settings.rtp_host, settings.port_min, settings.port_max)
+        self._loop = loop
         self._ticker: Ticker | None = None
         self._sessions: set[MediaSession] = set()
         # Rule 1: datagrams wait here (session, data, source, read at) for the drain
@@ -129,6 +145,8 @@ class MediaEngine:
             PortRangeExhausted: no free port in the range.
         """
         loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
         sock = self.ports.bind()
         session = MediaSession(self, sock, on_audio, on_dtmf, on_timeout)
         try:
@@ -140,30 +158,39 @@ class MediaEngine:
         self._sessions.add(session)
         return session
 
-    def _received(self, session: MediaSession, data: bytes, addr: Address, now: float) -> None:
-        self._inbox.append((session, data, addr, now))
+    def enqueue(self, session: MediaSession, data: bytes, addr: Address, arrived: float) -> None:
+        """Queue a datagram read from ``session``'s socket at ``arrived`` (loop time).
+
+        The entry point of the inbound path: the drain hands it to
+        :meth:`MediaSession.process` soon, in arrival order, stepping aside for due ticks
+        (Rule 1).
+        """
+        self._inbox.append((session, data, addr, arrived))
         if not self._draining:
+            loop = self._loop
+            assert loop is not None  # set by open_session, the only maker of sessions
             self._draining = True
-            session._loop.call_soon(self._drain)
+            loop.call_soon(self._drain)
 
     def _drain(self) -> None:
         """Process queued datagrams; step aside for a due tick (Rule 1)."""
         inbox = self._inbox
+        loop = self._loop
+        assert loop is not None
         ticker = self._ticker
         due = ticker.next_deadline() if ticker is not None else None
         processed = 0
         while inbox:
-            session, data, addr, arrived = inbox.popleft()
-            loop = session._loop
             if due is not None and processed % DRAIN_CHECK_EVERY == 0 and loop.time() >= due:
-                inbox.appendleft((session, data, addr, arrived))
                 loop.call_soon(self._drain)  # after the timers: the tick first
                 return
-            session._process(data, addr, arrived)
+            session, data, addr, arrived = inbox.popleft()
+            session.process(data, addr, arrived)
             processed += 1
         self._draining = False
 
-    def _forget(self, session: MediaSession) -> None:
+    def session_closed(self, session: MediaSession) -> None:
+        """Release ``session``'s port and stop ticking it (:meth:`MediaSession.close` calls it)."""
         self._sessions.discard(session)
         self.ports.release(session.local_port)
         if self._ticker is not None:
@@ -212,9 +239,6 @@ class MediaSession:
         self._counters = MediaStats()
         self._log = RateLimitedLog(log)
         self._rx = RtpReceiver(
-            on_payload=self._on_payload,
-            on_dtmf=self._deliver_dtmf,
-            on_restart=self._on_restart,
             log=self._log,
             name=f"rtp:{self.local_port}",
             jitter_max_s=settings.jitter_max_ms / 1000.0,
@@ -265,7 +289,7 @@ class MediaSession:
         self._expect_rx = expect
         if info is not self._codec:
             self._codec = info
-            self._inbound = InboundChain(info, self._inbound_format, self._deliver_audio)
+            self._inbound = InboundChain(info, self._inbound_format)
 
     def set_formats(self, inbound: AudioFormat, outbound: AudioFormat) -> None:
         """Set what ``on_audio`` delivers and what :meth:`play` takes (see the module docs).
@@ -275,7 +299,7 @@ class MediaSession:
         """
         self._inbound_format = inbound
         if self._codec is not None:
-            self._inbound = InboundChain(self._codec, inbound, self._deliver_audio)
+            self._inbound = InboundChain(self._codec, inbound)
         self._tx.set_source(outbound)
 
     def start(self) -> None:
@@ -379,7 +403,7 @@ class MediaSession:
         if self._closed:
             return
         self._closed = True
-        self._engine._forget(self)
+        self._engine.session_closed(self)
         if self._transport is not None:
             self._transport.close()
         if self._recorder is not None:
@@ -399,7 +423,9 @@ class MediaSession:
             self._counters.late_ticks += frames - 1
         for _ in range(frames):
             self._send_slot(now)
-        self._rx.poll(now)
+        released = self._rx.poll(now)
+        if released:
+            self._take(released)
         if self._drain_waiters and self._tx.idle:
             self._wake_drain_waiters()
         if (
@@ -444,32 +470,40 @@ class MediaSession:
 
     def _on_datagram(self, data: bytes, addr: Address) -> None:
         if not self._closed and self._codec is not None:
-            self._engine._received(self, data, addr, self._loop.time())
+            self._engine.enqueue(self, data, addr, self._loop.time())
 
-    def _process(self, data: bytes, addr: Address, arrived: float) -> None:
+    def process(self, data: bytes, addr: Address, arrived: float) -> None:
+        """Handle one datagram read from this session's socket at ``arrived`` (loop time).
+
+        :meth:`MediaEngine.enqueue` queues datagrams and its drain calls this (Rule 1); the
+        receiver's and the chain's results go to ``on_audio`` and ``on_dtmf``.
+        """
         if not self._closed:
-            self._rx.receive(data, addr, self._loop.time(), arrived)
+            produced = self._rx.receive(data, addr, self._loop.time(), arrived)
+            if produced:
+                self._take(produced)
 
-    def _on_payload(self, payload: bytes) -> None:
+    def _take(self, produced: tuple[Received, ...]) -> None:
+        """Act on what the receiver produced: payloads down the chain, digits, restarts."""
         inbound = self._inbound
         assert inbound is not None
-        recorder = self._recorder
-        inbound.feed(payload, want_pcm=recorder is not None)
-        if recorder is not None:
-            recorder.caller(inbound.last_pcm, inbound.codec.pcm_rate_hz)
-
-    def _on_restart(self) -> None:
-        if self._inbound is not None:
-            self._inbound.restart()
-
-    def _deliver_audio(self, frame: bytes) -> None:
-        try:
-            self._on_audio(frame)
-        except Exception:
-            self._log.exception("on_audio", self._loop.time(), "%r: on_audio failed", self)
-
-    def _deliver_dtmf(self, digit: str) -> None:
-        try:
-            self._on_dtmf(digit)
-        except Exception:
-            self._log.exception("on_dtmf", self._loop.time(), "%r: on_dtmf failed", self)
+        for item in produced:
+            if type(item) is bytes:
+                recorder = self._recorder
+                frames = inbound.feed(item, want_pcm=recorder is not None)
+                if recorder is not None:
+                    recorder.caller(inbound.last_pcm, inbound.codec.pcm_rate_hz)
+                for frame in frames:
+                    try:
+                        self._on_audio(frame)
+                    except Exception:
+                        self._log.exception(
+                            "on_audio", self._loop.time(), "%r: on_audio failed", self
+                        )
+            elif type(item) is Digit:
+                try:
+                    self._on_dtmf(item.digit)
+                except Exception:
+                    self._log.exception("on_dtmf", self._loop.time(), "%r: on_dtmf failed", self)
+            elif item is RESTART:
+                inbound.restart()

@@ -490,12 +490,12 @@ class _RecordingLoop:
 
 class _RecordingSession:
     def __init__(self, loop: _RecordingLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self.processed: list[tuple[bytes, float]] = []
 
-    def _process(self, data: bytes, addr: tuple[str, int], arrived: float) -> None:
+    def process(self, data: bytes, addr: tuple[str, int], arrived: float) -> None:
         self.processed.append((data, arrived))
-        self._loop.now += 0.0005  # each datagram costs half a millisecond
+        self.loop.now += 0.0005  # each datagram costs half a millisecond
 
 
 class _Deadline:
@@ -507,12 +507,12 @@ class _Deadline:
 
 
 def test_the_drain_steps_aside_for_a_due_tick_and_resumes_in_order() -> None:
-    engine = MediaEngine(MediaSettings())
     loop = _RecordingLoop(now=10.0)
+    engine = MediaEngine(MediaSettings(), loop=cast(Any, loop))
     session = _RecordingSession(loop)
     engine._ticker = cast(Any, _Deadline(10.010))  # the next tick is due in 10 ms
     for i in range(40):
-        engine._received(cast(Any, session), bytes([i]), ("127.0.0.1", 4000), 10.0)
+        engine.enqueue(cast(Any, session), bytes([i]), ("127.0.0.1", 4000), 10.0)
     assert len(loop.soon) == 1  # one drain scheduled for the whole burst
     loop.soon.pop()()
     # 0.5 ms each: at 10 ms the tick is due; the drain stops at its next checkpoint (every 8)

@@ -7,7 +7,7 @@ import pytest
 
 from sipbot.domain import PCM16_8K, PCM16_16K, PCM16_24K, PCMA_8K, PCMU_8K, AudioFormat
 from sipbot.errors import CodecError
-from sipbot.media.chain import InboundChain, OutboundChain
+from sipbot.media.chain import NO_FRAMES, InboundChain, OutboundChain
 from sipbot.media.codecs import G722, PCMA, PCMU, CodecInfo, make_decoder, make_encoder
 
 
@@ -19,6 +19,19 @@ def sine(rate: int, ms: int, freq: float = 1000.0, amplitude: float = 8000.0) ->
 def level(pcm: bytes) -> float:
     x = np.frombuffer(pcm, dtype="<i2").astype(float)
     return float(np.sqrt(np.mean(x**2)))
+
+
+class Collecting(InboundChain):
+    """An inbound chain whose returned frames are also collected in ``frames``."""
+
+    def __init__(self, codec: CodecInfo, target: AudioFormat, frames: list[bytes]) -> None:
+        super().__init__(codec, target)
+        self.frames = frames
+
+    def feed(self, payload: bytes, want_pcm: bool = False) -> tuple[bytes, ...]:
+        produced = super().feed(payload, want_pcm)
+        self.frames.extend(produced)
+        return produced
 
 
 @pytest.mark.parametrize(
@@ -37,7 +50,7 @@ def test_inbound_one_payload_one_frame(
     codec: CodecInfo, target: AudioFormat, frame_bytes: int
 ) -> None:
     frames: list[bytes] = []
-    chain = InboundChain(codec, target, frames.append)
+    chain = Collecting(codec, target, frames)
     encoder = make_encoder(codec.name)
     for _ in range(5):
         chain.feed(encoder.encode(sine(codec.pcm_rate_hz, 20)))
@@ -47,7 +60,7 @@ def test_inbound_one_payload_one_frame(
 
 def test_inbound_passthrough_is_untouched_and_decodes_only_for_the_recorder() -> None:
     frames: list[bytes] = []
-    chain = InboundChain(PCMU, PCMU_8K, frames.append)
+    chain = Collecting(PCMU, PCMU_8K, frames)
     payload = bytes(range(160))
     chain.feed(payload)
     assert frames == [payload]
@@ -58,7 +71,7 @@ def test_inbound_passthrough_is_untouched_and_decodes_only_for_the_recorder() ->
 
 def test_inbound_reframes_other_packet_durations() -> None:
     frames: list[bytes] = []
-    chain = InboundChain(PCMU, PCM16_16K, frames.append)
+    chain = Collecting(PCMU, PCM16_16K, frames)
     encoder = make_encoder("PCMU")
     chain.feed(encoder.encode(sine(8000, 30)))  # 30 ms packets
     chain.feed(encoder.encode(sine(8000, 30)))
@@ -68,11 +81,35 @@ def test_inbound_reframes_other_packet_durations() -> None:
 
 def test_inbound_level_survives_decode_and_resample() -> None:
     frames: list[bytes] = []
-    chain = InboundChain(PCMU, PCM16_16K, frames.append)
+    chain = Collecting(PCMU, PCM16_16K, frames)
     encoder = make_encoder("PCMU")
     for _ in range(10):
         chain.feed(encoder.encode(sine(8000, 20)))
     assert level(b"".join(frames[2:])) == pytest.approx(8000 / np.sqrt(2), rel=0.02)
+
+
+def test_inbound_feed_returns_the_frames_it_completed() -> None:
+    chain = InboundChain(PCMU, PCM16_16K)
+    encoder = make_encoder("PCMU")
+    (frame,) = chain.feed(encoder.encode(sine(8000, 20)))  # 20 ms in, one frame out
+    assert len(frame) == 640
+    assert chain.feed(encoder.encode(sine(8000, 10))) is NO_FRAMES  # 10 ms: still partial
+    assert [len(f) for f in chain.feed(encoder.encode(sine(8000, 30)))] == [640, 640]
+    assert [len(f) for f in chain.feed(encoder.encode(sine(8000, 20)))] == [640]
+
+
+def test_inbound_passthrough_returns_the_payload_itself() -> None:
+    chain = InboundChain(PCMU, PCMU_8K)
+    payload = bytes(range(160))
+    (frame,) = chain.feed(payload)
+    assert frame is payload
+
+
+def test_inbound_restart_drops_a_partial_frame() -> None:
+    chain = InboundChain(PCMU, PCMU_8K)
+    assert chain.feed(b"\x01" * 80) == ()
+    chain.restart()
+    assert chain.feed(b"\x02" * 160) == (b"\x02" * 160,)
 
 
 @pytest.mark.parametrize(
@@ -132,4 +169,4 @@ def test_bad_formats() -> None:
     with pytest.raises(CodecError, match="pcmu audio must be 8000 Hz, not 16000 Hz"):
         OutboundChain(PCMU, AudioFormat("pcmu", 16000))
     with pytest.raises(CodecError, match="no resampler from 8000 Hz to 44100 Hz"):
-        InboundChain(PCMU, AudioFormat("pcm16", 44100), lambda frame: None)
+        InboundChain(PCMU, AudioFormat("pcm16", 44100))

@@ -15,7 +15,7 @@ from sipbot.media.latency import (
     LatencySummary,
     MediaLatency,
 )
-from sipbot.media.receiver import RtpReceiver
+from sipbot.media.receiver import Address, Received, RtpReceiver
 from sipbot.media.rtp import RtpPacket, parse_rtp
 from sipbot.media.sender import RtpSender
 
@@ -102,14 +102,28 @@ def rtp(seq: int) -> bytes:
     return RtpPacket(0, seq, seq * 160, 1, SILENT_ULAW).serialize()
 
 
+class _Collecting(RtpReceiver):
+    """A receiver whose returned payloads are also collected in ``payloads``."""
+
+    def __init__(self, payloads: list[bytes]) -> None:
+        super().__init__(log=RateLimitedLog(logging.getLogger("test")), jitter_max_s=0.06)
+        self.payloads = payloads
+
+    def receive(
+        self, data: bytes, addr: Address, now: float, arrived: float | None = None
+    ) -> tuple[Received, ...]:
+        produced = super().receive(data, addr, now, arrived)
+        self.payloads.extend(item for item in produced if isinstance(item, bytes))
+        return produced
+
+    def poll(self, now: float) -> tuple[Received, ...]:
+        produced = super().poll(now)
+        self.payloads.extend(item for item in produced if isinstance(item, bytes))
+        return produced
+
+
 def receiver(payloads: list[bytes]) -> RtpReceiver:
-    rx = RtpReceiver(
-        on_payload=payloads.append,
-        on_dtmf=lambda digit: None,
-        on_restart=lambda: None,
-        log=RateLimitedLog(logging.getLogger("test")),
-        jitter_max_s=0.06,
-    )
+    rx = _Collecting(payloads)
     rx.configure(0, 101, ("127.0.0.1", 4000))
     return rx
 

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from sipbot.media._ratelimit import RateLimitedLog
-from sipbot.media.receiver import RtpReceiver
+from sipbot.media.receiver import NOTHING, RESTART, Address, Digit, Received, RtpReceiver
 from sipbot.media.rtp import RtpPacket
 
 SDP = ("192.0.2.10", 4000)
@@ -25,25 +25,51 @@ def dtmf(seq: int, ts: int, end: bool = False, ssrc: int = 1) -> bytes:
     return RtpPacket(101, seq, ts, ssrc, payload).serialize()
 
 
+def make_receiver(**kwargs: float) -> RtpReceiver:
+    rx = RtpReceiver(log=RateLimitedLog(logging.getLogger("test")), **kwargs)  # type: ignore[arg-type]
+    rx.configure(0, 101, SDP)
+    return rx
+
+
 class Sink:
+    """Collects what a receiver returns (as the media session consumes it)."""
+
     def __init__(self) -> None:
         self.payloads: list[bytes] = []
         self.digits: list[str] = []
         self.restarts = 0
 
     def receiver(self, **kwargs: float) -> RtpReceiver:
-        rx = RtpReceiver(
-            on_payload=self.payloads.append,
-            on_dtmf=self.digits.append,
-            on_restart=self.restart,
-            log=RateLimitedLog(logging.getLogger("test")),
-            **kwargs,  # type: ignore[arg-type]
-        )
-        rx.configure(0, 101, SDP)
-        return rx
+        return _Collecting(self, **kwargs)
 
-    def restart(self) -> None:
-        self.restarts += 1
+    def take(self, produced: tuple[Received, ...]) -> None:
+        for item in produced:
+            if isinstance(item, bytes):
+                self.payloads.append(item)
+            elif isinstance(item, Digit):
+                self.digits.append(item.digit)
+            else:
+                assert item is RESTART
+                self.restarts += 1
+
+
+class _Collecting(RtpReceiver):
+    def __init__(self, sink: Sink, **kwargs: float) -> None:
+        super().__init__(log=RateLimitedLog(logging.getLogger("test")), **kwargs)  # type: ignore[arg-type]
+        self.configure(0, 101, SDP)
+        self.sink = sink
+
+    def receive(
+        self, data: bytes, addr: Address, now: float, arrived: float | None = None
+    ) -> tuple[Received, ...]:
+        produced = super().receive(data, addr, now, arrived)
+        self.sink.take(produced)
+        return produced
+
+    def poll(self, now: float) -> tuple[Received, ...]:
+        produced = super().poll(now)
+        self.sink.take(produced)
+        return produced
 
 
 def test_sends_to_the_sdp_address_until_the_first_valid_packet() -> None:
@@ -163,3 +189,80 @@ def test_garbage_never_raises(data: bytes) -> None:
     rx = sink.receiver()
     rx.receive(data, SDP, 1.0)
     assert sink.payloads == []
+
+
+# --------------------------------------------------------------------------- return values
+
+
+def test_an_in_sequence_packet_returns_its_payload() -> None:
+    rx = make_receiver()
+    payload = bytes(range(160))
+    assert rx.receive(rtp(1, payload=payload), SDP, 1.0) == (payload,)
+    assert rx.receive(rtp(2, payload=payload[::-1]), SDP, 1.02) == (payload[::-1],)
+
+
+def test_dropped_packets_return_nothing() -> None:
+    rx = make_receiver()
+    assert rx.receive(b"garbage", SDP, 1.0) is NOTHING
+    assert rx.receive(rtp(1, pt=8), SDP, 1.0) is NOTHING  # not negotiated
+    assert rx.receive(rtp(1, pt=13, payload=b"\x40"), SDP, 1.0) is NOTHING  # comfort noise
+    assert rx.receive(rtp(1), SDP, 1.0) == (b"\xff" * 160,)
+    assert rx.receive(rtp(2, ssrc=9), EVIL, 1.01) is NOTHING  # foreign
+    assert rx.receive(rtp(1), SDP, 1.02) is NOTHING  # duplicate
+
+
+def test_a_held_packet_returns_nothing_then_comes_out_in_order() -> None:
+    rx = make_receiver()
+    one, two, three = (bytes([n]) * 160 for n in (1, 2, 3))
+    assert rx.receive(rtp(1, payload=one), SDP, 1.0) == (one,)
+    assert rx.receive(rtp(3, payload=three), SDP, 1.04) == ()
+    assert rx.receive(rtp(2, payload=two), SDP, 1.05) == (two, three)
+
+
+def test_poll_returns_what_the_wait_releases() -> None:
+    rx = make_receiver(jitter_max_s=0.06)
+    three = b"\x03" * 160
+    rx.receive(rtp(1), SDP, 1.0)
+    rx.receive(rtp(3, payload=three), SDP, 1.04)
+    assert rx.poll(1.09) == ()
+    assert rx.poll(1.1) == (three,)
+    assert rx.poll(1.12) is NOTHING  # nothing held
+
+
+def test_a_digit_is_returned_once_in_stream_order() -> None:
+    rx = make_receiver()
+    audio = b"\xff" * 160
+    assert rx.receive(rtp(1), SDP, 1.0) == (audio,)
+    assert rx.receive(dtmf(2, 320), SDP, 1.02) == (Digit("3"),)
+    assert rx.receive(dtmf(3, 320, end=True), SDP, 1.04) == ()
+    assert rx.receive(dtmf(5, 640), SDP, 1.06) == ()  # held: 4 is missing
+    # 4 fills the gap: audio, then the next event's digit, in sequence order
+    assert rx.receive(rtp(4), SDP, 1.07) == (audio, Digit("3"))
+
+
+def test_a_digit_beside_the_audio_stream_is_returned_at_once() -> None:
+    rx = make_receiver()
+    rx.receive(rtp(1), SDP, 1.0)
+    assert rx.receive(dtmf(8155, 43200, ssrc=77), SDP, 1.01) == (Digit("3"),)
+    assert rx.receive(dtmf(8156, 43200, ssrc=77), SDP, 1.02) == ()
+
+
+def test_restart_comes_between_the_old_streams_payloads_and_the_new_one() -> None:
+    rx = make_receiver()
+    old, held, new = b"\x01" * 160, b"\x03" * 160, b"\x09" * 160
+    assert rx.receive(rtp(1, payload=old), SDP, 1.0) == (old,)  # the first stream: no restart
+    rx.receive(rtp(3, payload=held), SDP, 1.02)  # held: 2 is missing
+    # a new SSRC releases what the old stream held first, then restarts
+    assert rx.receive(rtp(9000, ssrc=2, payload=new), SDP, 1.04) == (held, RESTART, new)
+    assert rx.receive(rtp(9001, ssrc=2, payload=new), SDP, 1.06) == (new,)
+    assert rx.stats.ssrc_changes == 1
+
+
+def test_every_event_code_comes_back_as_its_digit() -> None:
+    rx = make_receiver()
+    got: list[Received] = []
+    for code in range(17):  # 0-15 are digits, 16 is flash (not a digit)
+        payload = struct.pack("!BBH", code, 10, 160)
+        got.extend(rx.receive(RtpPacket(101, code, code * 800, 1, payload).serialize(), SDP, 1.0))
+    assert got == [Digit(c) for c in "0123456789*#ABCD"]
+    assert rx.stats.dtmf_in == 16
