@@ -7,8 +7,11 @@ dialplan answers.
 
 Rules:
 
-* Rule 1: admission first: while shutting down, or at ``limits.max_calls``, a new INVITE gets
-  503 with Retry-After and nothing else is allocated.
+* Rule 1: admission first: while shutting down, at ``limits.max_calls``, or when the INVITE's
+  source address already has ``limits.per_source_calls`` calls, a new INVITE gets 503 with
+  Retry-After and nothing else is allocated (no RTP port, no provider session; refusals are
+  logged rate-limited, never one line per call). Messages over ``limits.per_source_rps`` from
+  one address are dropped by the user agent before they are parsed.
 * Rule 2: routing uses the dialplan current when the INVITE arrives; a reload never touches
   calls in progress.
 * Rule 3: one call's failure (a bug included) is logged and ends that call only.
@@ -39,7 +42,9 @@ from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt
 from sipbot.providers.base import CallInfo, Provider
 from sipbot.providers.registry import make_provider
 from sipbot.sip.address import parse_name_addr, parse_uri
+from sipbot.sip.limiter import LimiterSettings, SourceLimiter
 from sipbot.sip.message import SipRequest
+from sipbot.sip.ratelimit import RateLimitedLog
 from sipbot.sip.sdp import SdpAnswerer
 from sipbot.sip.ua import ServerCall, SipSettings, UserAgent
 from sipbot.tools.http import aclose_http_clients
@@ -76,6 +81,15 @@ class Server:
         settings = config.server
         timers = settings.sip.timers
         public = settings.sip.public_address
+        limits = settings.limits
+        self.limiter = SourceLimiter(
+            LimiterSettings(
+                rate=limits.per_source_rps,
+                burst=limits.per_source_burst,
+                max_calls=min(limits.per_source_calls, limits.max_calls),
+            )
+        )
+        self._refusals = RateLimitedLog(log)
         self.ua = UserAgent(
             SipSettings(
                 listen=(),  # bound in start(): TCP shares UDP's port when both ask for 0
@@ -86,6 +100,7 @@ class Server:
                 t4=timers.t4_ms / 1000,
             ),
             self._on_invite,
+            self.limiter,
         )
         low, high = settings.media.rtp_ports
         self.rtp_host = settings.media.rtp_address or _first_listen_host(config)
@@ -154,15 +169,40 @@ class Server:
         if self._stopping:
             dialog.reject(503, "Service Unavailable", [("Retry-After", "30")])
             return
+        now = asyncio.get_running_loop().time()
         if len(self.calls) >= self.config.server.limits.max_calls:
-            log.warning(
+            self._refusals.warning(
+                "max-calls",
+                now,
                 "call %s rejected: %d calls in progress (limits.max_calls)",
                 dialog.call_id,
                 len(self.calls),
             )
             dialog.reject(503, "Service Unavailable", [("Retry-After", "5")])
             return
-        self._spawn(self._handle(dialog), name=f"call:{dialog.call_id}")
+        source = dialog.source[1]
+        if not self.limiter.open_call(source):
+            # 503, not 486: the caller's callee is not busy, this server refuses the load from
+            # that address; 503 + Retry-After makes a proxy in front fail over or back off,
+            # where 486 would be relayed to the caller as "busy".
+            self._refusals.warning(
+                "per-source-calls",
+                now,
+                "calls from %s rejected: %d in progress (limits.per_source_calls); %d refused",
+                source,
+                self.limiter.open_calls(source),
+                self.limiter.refused_calls,
+            )
+            dialog.reject(503, "Service Unavailable", [("Retry-After", "5")])
+            return
+        self._spawn(self._admitted(dialog, source), name=f"call:{dialog.call_id}")
+
+    async def _admitted(self, dialog: ServerCall, source: str) -> None:
+        """Run a call admitted for ``source``; its place is given back however it ends."""
+        try:
+            await self._handle(dialog)
+        finally:
+            self.limiter.close_call(source)
 
     async def _handle(self, dialog: ServerCall) -> None:
         info = call_info(dialog.invite, dialog.source)

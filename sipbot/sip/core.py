@@ -33,6 +33,7 @@ Layers: :mod:`sipbot.sip.legs` (values and events), :mod:`sipbot.sip.compose` (p
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 
 from sipbot.errors import LocalSipError, SipParseError
@@ -79,6 +80,13 @@ from sipbot.sip.uac import UacEndpoint
 
 log = logging.getLogger(__name__)
 
+# The start of a Via element a response can be sent back along: "SIP/2.0/UDP host" (any
+# version: a SIP/7.0 request still gets its 505 along its own Via).
+_SENT_BY_RE = re.compile(
+    r"SIP[ \t]*/[ \t]*[0-9]+\.[0-9]+[ \t]*/[ \t]*[A-Za-z0-9\-.!%*_+`'~]+[ \t]+[\w\[]",
+    re.IGNORECASE,
+)
+
 __all__ = [
     "ALLOW",
     "CallAnswered",
@@ -106,7 +114,13 @@ class Core(UacEndpoint):
         settings: behaviour and timers.
         address_for: ``(transport, peer_host) -> (host, port)`` to advertise in Via and Contact
             for messages to that peer (the shell knows the bound ports and public address).
+
+    Attributes:
+        dropped: malformed messages dropped unanswered since start (see
+            :meth:`_answer_parse_error`).
     """
+
+    dropped: int = 0
 
     def receive(self, data: bytes, source: Peer, now: float) -> None:
         """Process one datagram or one framed stream message from ``source``."""
@@ -211,10 +225,18 @@ class Core(UacEndpoint):
             self.bye(call, now=now, why="shutdown", force=True)
 
     def _answer_parse_error(self, exc: SipParseError, source: Peer, now: float) -> None:
-        """Answer a malformed request with the parser's status and reason when it has a Via
-        (RFC 4475 §3.1.2); an unusable Via is echoed and the answer goes to the source."""
+        """Answer a malformed request with the parser's status and reason (RFC 4475 §3.1.2).
+
+        Only a request whose top Via names a sent-protocol and a host can be answered (the
+        response carries its Vias, §8.2.6.2); a malformed one beyond that is echoed and the
+        answer goes to the source. Anything else — a response, an ACK, no start line, no Via,
+        an empty or unreadable top Via — is dropped: counted in ``dropped``, logged rate-limited.
+        """
         request = exc.request
-        if request is None or request.method == "ACK" or "Via" not in request.headers:
+        vias = request.headers.get_all("Via") if request is not None else []
+        top = vias[0] if vias else ""
+        if request is None or request.method == "ACK" or not _SENT_BY_RE.match(top):
+            self.dropped += 1
             self._packet_log.info(now, "dropped a malformed message from %s: %s", source, exc)
             return
         self._packet_log.info(now, "answering a malformed request from %s: %s", source, exc)

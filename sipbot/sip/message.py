@@ -23,6 +23,13 @@ They are checked in this order, so a message with several faults gets the first 
 * Rule 8: Content-Length is digits, at most one, and no more than the bytes present (a datagram
   cannot be short, §18.3); bytes after the body are discarded; no Content-Length on a datagram
   means "the rest". A body over :data:`MAX_BODY_BYTES` is 413.
+* Rule 9: liberal where it costs nothing: an empty Route, Record-Route, Require or
+  Proxy-Require line is read as absent (:data:`EMPTY_IS_ABSENT`). Their grammar needs at least
+  one element, so an empty line can only mean "none" — SIPp's ``[routes]`` expands to
+  ``Route:`` with nothing after it in a dialog without a route set. Empty elements inside a
+  non-empty list (``<sip:p>,,<sip:q>``) stay a 400. Accept, Allow and Supported are kept as
+  received: their grammar allows an empty value and it has a meaning (an empty Accept accepts
+  no body at all, RFC 3261 §20.1, hence 406 for an INVITE).
 
 Header names are stored in their canonical form (compact forms expanded), values as received
 minus surrounding whitespace. Headers whose grammar is a comma list (Via, Contact, Route, ...) are
@@ -49,6 +56,7 @@ from sipbot.sip.headers import TOKEN_RE, Headers, canonical_name
 
 __all__ = [
     "BRANCH_MAGIC",
+    "EMPTY_IS_ABSENT",
     "MAX_BODY_BYTES",
     "MAX_CSEQ",
     "MAX_MESSAGE_BYTES",
@@ -121,6 +129,9 @@ REASON_PHRASES = {
     604: "Does Not Exist Anywhere",
     606: "Not Acceptable",
 }
+
+# Rule 9: headers whose empty value is read as absent (canonical names).
+EMPTY_IS_ABSENT = frozenset({"Route", "Record-Route", "Require", "Proxy-Require"})
 
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 _STATUS_RE = re.compile(r"[1-6][0-9][0-9]")
@@ -242,6 +253,8 @@ def _parse_headers(lines: list[str]) -> tuple[Headers, str | None]:
             )
             continue
         value = value.strip(" \t")
+        if not value and canonical_name(name) in EMPTY_IS_ABSENT:
+            continue  # Rule 9
         if _CONTROL_RE.search(value) and not _controls_quoted(value):
             fault = fault or f"Control character in {canonical_name(name)} header"
             continue

@@ -12,6 +12,9 @@ Rules:
 * Rule 2: ``on_invite`` is called synchronously once per new INVITE (never for
   retransmissions); the application answers later with ``progress``/``accept``/``reject``.
 * Rule 3: ``Dialog.terminated`` resolves exactly once with the reason the call ended.
+* Rule 4: a message from a source over its rate (:class:`~sipbot.sip.limiter.SourceLimiter`)
+  never reaches the core; an exception the core raises on a message (a bug: malformed input is
+  the core's own business) is counted and logged rate-limited, and the socket keeps serving.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ from sipbot.sip.legs import (
     Peer,
     RequestCompleted,
 )
+from sipbot.sip.limiter import SourceLimiter
 from sipbot.sip.message import SipRequest, SipResponse
+from sipbot.sip.ratelimit import RateLimitedLog
 from sipbot.sip.transaction import TimerSettings
 from sipbot.sip.transport import Transports, is_ip
 
@@ -207,11 +212,20 @@ class UserAgent:
     Args:
         settings: listen addresses, public address, timers.
         on_invite: called synchronously for each new incoming INVITE.
+        limiter: when given, a message from a source over its rate is dropped unparsed.
     """
 
-    def __init__(self, settings: SipSettings, on_invite: Callable[[ServerCall], None]) -> None:
+    def __init__(
+        self,
+        settings: SipSettings,
+        on_invite: Callable[[ServerCall], None],
+        limiter: SourceLimiter | None = None,
+    ) -> None:
         self.settings = settings
         self.on_invite = on_invite
+        self.limiter = limiter  # per-source message rate, checked before the core parses
+        self.core_failures = 0  # messages on which the core raised (a bug; logged rate-limited)
+        self._drop_log = RateLimitedLog(log)
         self.bound: list[tuple[str, str, int]] = []
         timers = TimerSettings(t1=settings.t1, t2=settings.t2, t4=settings.t4)
         core_settings = CoreSettings(
@@ -404,10 +418,26 @@ class UserAgent:
     # ----------------------------------------------------------------- the pump
 
     def _on_message(self, data: bytes, peer: Peer) -> None:
+        now = self.loop.time()
+        limiter = self.limiter
+        if limiter is not None and not limiter.allow_message(peer.host, now):
+            # over the source's rate: dropped before any parsing, unanswered (a 503 would feed
+            # the flood), counted by the limiter, one log line per interval
+            self._drop_log.warning(
+                "over-rate",
+                now,
+                "dropping SIP messages over the per-source rate from %s (%d dropped in total)",
+                peer.host,
+                limiter.refused_messages,
+            )
+            return
         try:
-            self._core.receive(data, peer, self.loop.time())
-        except Exception:  # a bug in the core must not kill the socket
-            log.exception("SIP core failed on a message from %s:%s", peer.host, peer.port)
+            self._core.receive(data, peer, now)
+        except Exception:  # last resort: a bug in the core must not kill the socket
+            self.core_failures += 1
+            self._drop_log.exception(
+                "core-failure", now, "SIP core failed on a message from %s:%s", peer.host, peer.port
+            )
         self._pump()
 
     def _on_transport_error(self, peer: Peer) -> None:

@@ -540,3 +540,23 @@ def test_stream_framer_any_chunking(sizes: list[int]) -> None:
         out += framer.feed(stream[pos : pos + size])
         pos += size
     assert out == [INVITE, INVITE, INVITE]
+
+
+@pytest.mark.parametrize("name", ["Route", "Record-Route", "Require", "Proxy-Require", "route"])
+def test_an_empty_list_header_that_needs_an_element_is_read_as_absent(name: str) -> None:
+    """Rule 9: SIPp's ``[routes]`` sends ``Route:`` with nothing after it."""
+    for empty in (b"", b" ", b"\t "):
+        line = b"%s:%s\r\nMax-Forwards: 70\r\n" % (name.encode(), empty)
+        data = INVITE.replace(b"Max-Forwards: 70\r\n", line)
+        request = parse_request(data)
+        kept = ["<sip:proxy.example.com;lr>"] if name == "Record-Route" else []
+        assert request.headers.get_lines(name) == kept
+        assert b": \r\n" not in bytes(request)
+
+
+def test_empty_accept_allow_supported_keep_their_meaning() -> None:
+    """An empty Accept means "no body acceptable" (RFC 3261 §20.1): it is kept, not dropped."""
+    extra = b"Accept:\r\nAllow: \r\nSupported:\r\nMax-Forwards: 70\r\n"
+    request = parse_request(INVITE.replace(b"Max-Forwards: 70\r\n", extra))
+    assert [request.headers.get_lines(n) for n in ("Accept", "Allow", "Supported")] == [[""]] * 3
+    assert request.headers.get_all("Accept") == []
