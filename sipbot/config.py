@@ -173,8 +173,8 @@ class LimitSettings(StrictModel):
 
     max_calls: Annotated[int, Field(ge=1)] = 500
     per_source_calls: Annotated[int, Field(ge=1)] = 100
-    per_source_rps: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 200.0
-    per_source_burst: Annotated[int, Field(ge=1)] = 400
+    per_source_rps: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 50.0
+    per_source_burst: Annotated[int, Field(ge=1)] = 100
 
 
 class ServerSettings(StrictModel):

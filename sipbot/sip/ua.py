@@ -15,6 +15,10 @@ Rules:
 * Rule 4: a message from a source over its rate (:class:`~sipbot.sip.limiter.SourceLimiter`)
   never reaches the core; an exception the core raises on a message (a bug: malformed input is
   the core's own business) is counted and logged rate-limited, and the socket keeps serving.
+* Rule 5: messages are queued as they are read and fed to the core by a drain that steps aside
+  after :data:`DRAIN_BUDGET_S` (the loop runs its due timers, e.g. the media ticker, before the
+  drain resumes): a burst of SIP work cannot delay the calls' RTP by more than the budget. The
+  queue holds at most :data:`INBOX_MAX` messages; more are dropped and counted.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -51,6 +57,8 @@ from sipbot.sip.transport import Transports, is_ip
 log = logging.getLogger(__name__)
 
 WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+DRAIN_BUDGET_S = 0.004  # SIP work per loop turn before the timers get theirs (Rule 5)
+INBOX_MAX = 4096  # messages read but not yet processed (Rule 5)
 
 
 @dataclass(frozen=True)
@@ -225,7 +233,10 @@ class UserAgent:
         self.on_invite = on_invite
         self.limiter = limiter  # per-source message rate, checked before the core parses
         self.core_failures = 0  # messages on which the core raised (a bug; logged rate-limited)
+        self.inbox_dropped = 0  # messages dropped because the receive queue was full (Rule 5)
         self._drop_log = RateLimitedLog(log)
+        self._inbox: deque[tuple[bytes, Peer]] = deque()
+        self._draining = False
         self.bound: list[tuple[str, str, int]] = []
         timers = TimerSettings(t1=settings.t1, t2=settings.t2, t4=settings.t4)
         core_settings = CoreSettings(
@@ -418,6 +429,7 @@ class UserAgent:
     # ----------------------------------------------------------------- the pump
 
     def _on_message(self, data: bytes, peer: Peer) -> None:
+        """A message read from a socket: admitted by the source's rate, queued (Rule 5)."""
         now = self.loop.time()
         limiter = self.limiter
         if limiter is not None and not limiter.allow_message(peer.host, now):
@@ -431,6 +443,34 @@ class UserAgent:
                 limiter.refused_messages,
             )
             return
+        if len(self._inbox) >= INBOX_MAX:
+            self.inbox_dropped += 1
+            self._drop_log.warning(
+                "inbox-full",
+                now,
+                "SIP receive queue full: dropping messages (%d dropped in total)",
+                self.inbox_dropped,
+            )
+            return
+        self._inbox.append((data, peer))
+        if not self._draining:
+            self._draining = True
+            self.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Feed queued messages to the core; step aside once the budget is spent (Rule 5)."""
+        inbox = self._inbox
+        deadline = time.perf_counter() + DRAIN_BUDGET_S
+        while inbox:
+            data, peer = inbox.popleft()
+            self._receive(data, peer)
+            if inbox and time.perf_counter() >= deadline:
+                self.loop.call_soon(self._drain)  # after the loop's due timers
+                return
+        self._draining = False
+
+    def _receive(self, data: bytes, peer: Peer) -> None:
+        now = self.loop.time()
         try:
             self._core.receive(data, peer, now)
         except Exception:  # last resort: a bug in the core must not kill the socket

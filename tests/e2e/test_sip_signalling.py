@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.limits import one_source_config
 from tests.e2e.peers.kamailio import start_proxy
 from tests.e2e.peers.ports import E2E_RTP_PORTS, free_port, free_port_block
 from tests.e2e.peers.process import ManagedProcess
@@ -151,7 +152,8 @@ def test_bot_hangs_up_over_tcp(tmp_path: Path):
 
 @pytest.mark.slow
 def test_200_calls_at_50_per_second(tmp_path: Path):
-    with sipbot(tmp_path, "--log-level", "WARNING") as (server, port):
+    config = one_source_config(tmp_path / "config.yaml")  # 150 messages/s from one address
+    with sipbot(tmp_path, "--log-level", "WARNING", "-c", str(config)) as (server, port):
         result, _ = run_sipp(
             tmp_path, "uac_call.xml", f"127.0.0.1:{port}", calls=200, rate=50, limit=200
         )

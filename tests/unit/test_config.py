@@ -402,7 +402,7 @@ def test_embedded_default() -> None:
     assert config.server.media.codecs == ("G722", "PCMU", "PCMA")
     limits = config.server.limits
     assert (limits.max_calls, limits.per_source_calls) == (500, 100)
-    assert (limits.per_source_rps, limits.per_source_burst) == (200.0, 400)
+    assert (limits.per_source_rps, limits.per_source_burst) == (50.0, 100)
     [route] = config.dialplan.routes
     assert isinstance(route.action, Answer)
     assert (route.action.agent.provider, route.action.agent.local_mode) == ("local", "echo")

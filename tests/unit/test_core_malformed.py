@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 
 import pytest
 
 from sipbot.sip.core import Core
 from sipbot.sip.legs import CallConfirmed, CoreSettings, IncomingCall, Peer
 from sipbot.sip.limiter import LimiterSettings, SourceLimiter
-from sipbot.sip.ua import SipSettings, UserAgent
+from sipbot.sip.ua import DRAIN_BUDGET_S, INBOX_MAX, SipSettings, UserAgent
 from tests.data.rfc4475 import DATA_DIR
 from tests.data.rfc4475 import load as load_rfc4475
 from tests.data.rfc4475.expected import EXPECTED
@@ -210,14 +211,40 @@ class Raising(Core):
         raise RuntimeError("a bug")
 
 
+class Slow(Core):
+    """A core that takes ``cost_s`` of CPU per message and counts them."""
+
+    cost_s = 0.001
+    received = 0
+
+    def receive(self, data: bytes, source: Peer, now: float) -> None:
+        end = time.perf_counter() + self.cost_s
+        while time.perf_counter() < end:
+            pass
+        self.received += 1
+
+
+def agent(limiter: SourceLimiter | None = None) -> UserAgent:
+    return UserAgent(SipSettings(listen=()), lambda call: None, limiter)
+
+
+async def drained(ua: UserAgent) -> None:
+    for _ in range(1000):
+        if not ua._inbox and not ua._draining:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the receive queue was not drained")
+
+
 async def test_the_catch_all_counts_and_logs_rate_limited(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    ua = UserAgent(SipSettings(listen=()), lambda call: None)
+    ua = agent()
     ua._core = Raising(CoreSettings(), lambda transport, host: ("127.0.0.1", 5060))
     with caplog.at_level(logging.ERROR, logger="sipbot.sip.ua"):
         for _ in range(100):
             ua._on_message(b"OPTIONS", SOURCE)
+        await drained(ua)
     assert ua.core_failures == 100
     [record] = caplog.records  # one line per 10 s, with its traceback
     assert record.getMessage() == "SIP core failed on a message from 127.0.0.1:5999"
@@ -228,16 +255,44 @@ async def test_messages_over_the_source_rate_never_reach_the_core(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     limiter = SourceLimiter(LimiterSettings(rate=1.0, burst=3, max_calls=1))
-    ua = UserAgent(SipSettings(listen=()), lambda call: None, limiter)
+    ua = agent(limiter)
     ua._core = Raising(CoreSettings(), lambda transport, host: ("127.0.0.1", 5060))
     with caplog.at_level(logging.WARNING, logger="sipbot.sip.ua"):
         for _ in range(50):
             ua._on_message(b"OPTIONS", SOURCE)
+        await drained(ua)
     assert (ua.core_failures, limiter.refused_messages) == (3, 47)
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
         "dropping SIP messages over the per-source rate from 127.0.0.1 (1 dropped in total)"
     ]
-    other = Peer("udp", "127.0.0.2", 5999)
-    ua._on_message(b"OPTIONS", other)  # another source still gets through
+    ua._on_message(b"OPTIONS", Peer("udp", "127.0.0.2", 5999))  # another source gets through
+    await drained(ua)
     assert ua.core_failures == 4
-    await asyncio.sleep(0)
+
+
+async def test_the_drain_steps_aside_for_the_loops_timers() -> None:
+    """Rule 5: 40 messages of 1 ms each are not fed in one go: a timer due meanwhile runs
+    after at most the budget's worth of them."""
+    ua = agent()
+    core = ua._core = Slow(CoreSettings(), lambda transport, host: ("127.0.0.1", 5060))
+    loop = asyncio.get_running_loop()
+    seen: list[int] = []
+    loop.call_later(0.0, lambda: seen.append(core.received))  # a tick due at once
+    for _ in range(40):
+        ua._on_message(b"OPTIONS", SOURCE)
+    await drained(ua)
+    assert core.received == 40
+    budget_messages = DRAIN_BUDGET_S / Slow.cost_s
+    assert len(seen) == 1
+    assert seen[0] <= budget_messages + 1, seen
+
+
+async def test_a_full_receive_queue_drops_and_counts() -> None:
+    ua = agent()
+    core = ua._core = Slow(CoreSettings(), lambda transport, host: ("127.0.0.1", 5060))
+    core.cost_s = 0.0
+    for _ in range(INBOX_MAX + 10):
+        ua._on_message(b"OPTIONS", SOURCE)
+    assert ua.inbox_dropped == 10
+    await drained(ua)
+    assert core.received == INBOX_MAX
