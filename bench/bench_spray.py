@@ -19,8 +19,8 @@ many, and junk that still parses as INVITEs sets up no more than that.
 
 Printed per mode: the live calls' outbound RTP gaps (ms) during the spray and over whole calls
 (p99, max, and the max outside machine stalls, from ``bench._rtp_stats``), the server's CPU
-during the spray, what the spray got back (answers by status) and the calls it set up (mutated
-INVITEs that still parse become calls, up to ``limits.per_source_calls``).
+during the spray, what the spray got back (answers by status) and how many of its INVITEs were
+routed (mutated INVITEs that still parse; at most ``limits.per_source_calls`` at a time).
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ def format_run(f: dict[str, Any]) -> str:
             f"{s.get('long_gaps_in_stalls', 0)} in stalls)",
             f"  whole calls: p99 {w.get('p99', 0):.1f} max {w.get('max', 0):.1f}",
             f"  server CPU during the spray: {f['server_cpu_spray_cores']:.2f} cores; answers to"
-            f" the spray: {answers}; calls it set up: {f['spray_calls']}",
+            f" the spray: {answers}; INVITEs it got routed: {f['spray_calls']}",
             f"  server log: {f['log_lines']} lines, {f['core_failures_logged']} core failures, "
             f"{f['tracebacks']} tracebacks",
         ]
