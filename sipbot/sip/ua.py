@@ -316,6 +316,7 @@ class UserAgent:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._inbox.clear()  # what arrives while closing is not answered (Rule 5's queue)
         if self._transports is not None:
             await self._transports.close()
 
