@@ -195,14 +195,9 @@ class Server:
             )
             dialog.reject(503, "Service Unavailable", [("Retry-After", "5")])
             return
-        self._spawn(self._admitted(dialog, source), name=f"call:{dialog.call_id}")
-
-    async def _admitted(self, dialog: ServerCall, source: str) -> None:
-        """Run a call admitted for ``source``; its place is given back however it ends."""
-        try:
-            await self._handle(dialog)
-        finally:
-            self.limiter.close_call(source)
+        task = self._spawn(self._handle(dialog), name=f"call:{dialog.call_id}")
+        # the place is given back however the task ends, even cancelled before it started
+        task.add_done_callback(lambda _: self.limiter.close_call(source))
 
     async def _handle(self, dialog: ServerCall) -> None:
         info = call_info(dialog.invite, dialog.source)
@@ -360,10 +355,13 @@ class Server:
 
     # ------------------------------------------------------------------ helpers
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> None:
+    def _spawn(
+        self, coro: Coroutine[Any, Any, None], name: str | None = None
+    ) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _call_tasks(self) -> list[asyncio.Task[None]]:
         return [t for t in self._tasks if t.get_name().startswith("call:")]
