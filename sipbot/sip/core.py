@@ -233,8 +233,9 @@ class Core(UacEndpoint):
         an empty or unreadable top Via — is dropped: counted in ``dropped``, logged rate-limited.
         """
         request = exc.request
-        vias = request.headers.get_all("Via") if request is not None else []
-        top = vias[0] if vias else ""
+        # the first Via line's start: no list splitting for a datagram we may just drop
+        vias = request.headers.get_lines("Via") if request is not None else []
+        top = next((v.lstrip(" ,\t") for v in vias if v.strip(" ,\t")), "")
         if request is None or request.method == "ACK" or not _SENT_BY_RE.match(top):
             self.dropped += 1
             self._packet_log.info(now, "dropped a malformed message from %s: %s", source, exc)
