@@ -117,7 +117,7 @@ class Core(UacEndpoint):
 
     Attributes:
         dropped: malformed messages dropped unanswered since start (see
-            :meth:`_answer_parse_error`).
+            :meth:`_answer_parse_error`), logged rate-limited.
     """
 
     dropped: int = 0
@@ -253,6 +253,7 @@ class Core(UacEndpoint):
             via = stamp_via(request, source)
             key = server_key(request)
         except SipParseError as exc:  # the parser validated these: only odd corner cases
+            self.dropped += 1
             self._packet_log.info(now, "dropped a request from %s: %s", source, exc)
             return
         entry = self._server.get(key)
