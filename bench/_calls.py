@@ -87,8 +87,15 @@ def write_config(
     *,
     prebuffer_ms: int,
     max_calls: int = 1000,
+    limits: Mapping[str, Any] | None = None,
 ) -> Path:
-    """A sipbot config for the benchmark (PCMU only, the server's RTP range, info logging)."""
+    """A sipbot config for the benchmark (PCMU only, the server's RTP range, info logging).
+
+    ``limits`` go under ``server.limits``; by default the per-source limits are raised out of
+    the way, since one SIPp process places every call from one address.
+    """
+    if limits is None:
+        limits = {"per_source_calls": max_calls, "per_source_rps": 1e6, "per_source_burst": 10**6}
     config = {
         "server": {
             "sip": {"listen": ["udp:127.0.0.1:0"]},
@@ -97,7 +104,7 @@ def write_config(
                 "codecs": ["PCMU"],
                 "prebuffer_ms": prebuffer_ms,
             },
-            "limits": {"max_calls": max_calls},
+            "limits": {"max_calls": max_calls, **limits},
             "log_level": "info",
         },
         "agents": dict(agents),

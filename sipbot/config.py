@@ -167,9 +167,17 @@ class MediaSettings(StrictModel):
 
 
 class LimitSettings(StrictModel):
-    """``server.limits``."""
+    """``server.limits``: the whole server's calls, and what one source address may take.
+
+    ``per_source_calls`` above ``max_calls`` means ``max_calls`` (one source may then take all).
+    ``per_source_rps`` counts every SIP message (requests and responses) from one IP address: the
+    check runs before anything is parsed. ``per_source_burst`` is how many may come at once.
+    """
 
     max_calls: Annotated[int, Field(ge=1)] = 500
+    per_source_calls: Annotated[int, Field(ge=1)] = 100
+    per_source_rps: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 50.0
+    per_source_burst: Annotated[int, Field(ge=1)] = 100
 
 
 def _records_url(value: Any) -> str | None:

@@ -7,8 +7,8 @@ re-offers that follow (hold, resume, codec or address change).
 Rules:
 
 * Rule 1: an INVITE that cannot be answered is rejected here — 488 when nothing in the offer is
-  acceptable, 400 for malformed SDP, 503 + Retry-After when no RTP port is free — and the RTP
-  port is released.
+  acceptable or it cannot be parsed or resolved, 503 + Retry-After when no RTP port is free —
+  and the RTP port is released.
 * Rule 2: media is configured before the 200 OK leaves, and starts sending (an early silence
   packet, for trunks that wait for media) as the 200 leaves; with a late offer, once the ACK's
   answer is in.
@@ -27,7 +27,7 @@ import socket
 from collections.abc import Callable
 
 from sipbot.domain import AudioFormat
-from sipbot.errors import PortRangeExhausted, SdpError, SdpNegotiationError, SipbotError
+from sipbot.errors import PortRangeExhausted, SdpError, SipbotError
 from sipbot.media.session import MediaEngine, MediaSession
 from sipbot.sip.sdp import Negotiated, SdpAnswerer
 from sipbot.sip.ua import ServerCall
@@ -79,11 +79,12 @@ class MediaLeg:
         try:
             negotiated = self.sdp.answer(self.dialog.offer)
             host = await _resolve(negotiated.remote_host, self.sdp.address)
-        except SdpNegotiationError as exc:
-            await self._refuse(488, "Not Acceptable Here", exc)
-            return None
         except (SdpError, OSError) as exc:
-            await self._refuse(400, "Malformed SDP", exc)
+            # An offer that cannot be parsed (or whose address does not resolve) is 488 like one
+            # with nothing acceptable, not 400: the SIP message itself is well formed (400 is
+            # about SIP syntax), re-offers already get 488 here, and it is what Asterisk and
+            # Kamailio-fronted PBXs answer, so callers written against them expect it.
+            await self._refuse(488, "Not Acceptable Here", exc)
             return None
         self._apply(negotiated, host)
         if not await self._ring(ring_s):

@@ -10,8 +10,13 @@ Rules:
 * Rule 0: trust before everything: an INVITE the trust policy refuses (unknown source, failed
   digest; see :mod:`sipbot.sip.trust`) gets 403, a 401 challenge or nothing at all, costs no
   provider session and no RTP port, and is logged on a rate-limited line.
-* Rule 1: admission first: while shutting down, or at ``limits.max_calls``, a new INVITE gets
-  503 with Retry-After and nothing else is allocated.
+* Rule 1: admission first: while shutting down, at ``limits.max_calls``, or when the INVITE's
+  source address already has ``limits.per_source_calls`` calls, a new INVITE gets 503 with
+  Retry-After and nothing else is allocated (no RTP port, no provider session; refusals are
+  logged rate-limited, never one line per call). Messages over ``limits.per_source_rps`` from
+  one address are dropped by the user agent before they are parsed. A trunk's own addresses
+  (its allow-list, its registrars) are exempt from both per-source limits: a PBX or a carrier
+  sends every call from one address.
 * Rule 2: routing uses the dialplan current when the INVITE arrives; a reload never touches
   calls in progress.
 * Rule 3: one call's failure (a bug included) is logged and ends that call only.
@@ -43,19 +48,20 @@ from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
 from sipbot.dialplan.trunks import Trunk
 from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError, SipParseError
-from sipbot.media._ratelimit import RateLimitedLog
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
 from sipbot.media_leg import MediaLeg
 from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt
 from sipbot.providers.base import Provider
 from sipbot.providers.registry import make_provider
+from sipbot.ratelimit import RateLimitedLog
 from sipbot.records import Attempt, RecordWriter, default_data_dir, open_store
 from sipbot.reload import DialplanWatcher
 from sipbot.sip.address import parse_name_addr, parse_uri
 from sipbot.sip.auth import DigestVerifier
 from sipbot.sip.dns import SipResolver
 from sipbot.sip.legs import Peer
+from sipbot.sip.limiter import LimiterSettings, SourceLimiter
 from sipbot.sip.message import SipRequest
 from sipbot.sip.register import RegistrationState
 from sipbot.sip.registration import Registration
@@ -96,6 +102,15 @@ class Server:
         settings = config.server
         timers = settings.sip.timers
         public = settings.sip.public_address
+        limits = settings.limits
+        self.limiter = SourceLimiter(
+            LimiterSettings(
+                rate=limits.per_source_rps,
+                burst=limits.per_source_burst,
+                max_calls=min(limits.per_source_calls, limits.max_calls),
+            )
+        )
+        self._refusals = RateLimitedLog(log)
         self.ua = UserAgent(
             SipSettings(
                 listen=(),  # bound in start(): TCP shares UDP's port when both ask for 0
@@ -106,6 +121,7 @@ class Server:
                 t4=timers.t4_ms / 1000,
             ),
             self._on_invite,
+            self.limiter,
         )
         low, high = settings.media.rtp_ports
         self.rtp_host = settings.media.rtp_address or _first_listen_host(config)
@@ -150,6 +166,7 @@ class Server:
         await self.ua.start()
         await bind_listeners(self.ua, self.config.server.sip.listen)
         self.ua.request_filter = self._source_filter
+        self.ua.rate_exempt = self._is_trunk_source
         self._start_registrations()
         self._warm_providers()
         self._spawn(self.watcher.run())
@@ -199,8 +216,11 @@ class Server:
             dialog.reject(503, "Service Unavailable", [("Retry-After", "30")])
             self._refused(dialog, "shutdown")
             return
+        now = asyncio.get_running_loop().time()
         if len(self.calls) >= self.config.server.limits.max_calls:
-            log.warning(
+            self._refusals.warning(
+                "max-calls",
+                now,
                 "call %s rejected: %d calls in progress (limits.max_calls)",
                 dialog.call_id,
                 len(self.calls),
@@ -208,7 +228,28 @@ class Server:
             dialog.reject(503, "Service Unavailable", [("Retry-After", "5")])
             self._refused(dialog, "capacity")
             return
-        self._spawn(self._handle(dialog, trunk), name=f"call:{dialog.call_id}")
+        source = dialog.source[1]
+        if trunk:  # a trusted trunk (PBX, carrier) sends every call from one address
+            self._spawn(self._handle(dialog, trunk), name=f"call:{dialog.call_id}")
+            return
+        if not self.limiter.open_call(source):
+            # 503, not 486: the caller's callee is not busy, this server refuses the load from
+            # that address; 503 + Retry-After makes a proxy in front fail over or back off,
+            # where 486 would be relayed to the caller as "busy".
+            self._refusals.warning(
+                "per-source-calls",
+                now,
+                "calls from %s rejected: %d in progress (limits.per_source_calls); %d refused",
+                source,
+                self.limiter.open_calls(source),
+                self.limiter.refused_calls,
+            )
+            dialog.reject(503, "Service Unavailable", [("Retry-After", "5")])
+            self._refused(dialog, "per-source")
+            return
+        task = self._spawn(self._handle(dialog, trunk), name=f"call:{dialog.call_id}")
+        # the place is given back however the task ends, even cancelled before it started
+        task.add_done_callback(lambda _: self.limiter.close_call(source))
 
     async def _handle(self, dialog: ServerCall, trunk_name: str = "") -> None:
         trunk = self.watcher.current.trunks.get(trunk_name)
@@ -442,6 +483,12 @@ class Server:
             self._trust_key = key
         return self._trust
 
+    def _is_trunk_source(self, host: str) -> bool:
+        """True for an address in a trunk's allow-list (exempt from the per-source limits)."""
+        if not self.watcher.current.trunks:
+            return False
+        return self.trust_policy().trunk_for(host) is not None
+
     def _source_filter(self, peer: Peer) -> bool:
         """False: drop this request unseen (policy ``drop``, unknown source)."""
         if not self.trust_policy().drops_source(peer.host):
@@ -476,10 +523,13 @@ class Server:
 
     # ------------------------------------------------------------------ helpers
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> None:
+    def _spawn(
+        self, coro: Coroutine[Any, Any, None], name: str | None = None
+    ) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _call_tasks(self) -> list[asyncio.Task[None]]:
         return [t for t in self._tasks if t.get_name().startswith("call:")]

@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from sipbot.errors import RtpParseError
-from sipbot.media._ratelimit import RateLimitedLog
 from sipbot.media.dtmf import EVENT_CODES, DtmfReceiver
 from sipbot.media.jitter import JitterBuffer
 from sipbot.media.latency import LatencyHistogram
 from sipbot.media.rtp import RtpPacket, parse_rtp
+from sipbot.ratelimit import RateLimitedLog
 
 Address = tuple[Any, ...]
 COMFORT_NOISE_PT = 13  # RFC 3389

@@ -45,7 +45,6 @@ from dataclasses import dataclass, replace
 from typing import cast
 
 from sipbot.errors import MediaError
-from sipbot.media._ratelimit import RateLimitedLog
 from sipbot.media.chain import InboundChain
 from sipbot.media.codecs import CodecInfo, codec_info
 from sipbot.media.formats import PCM16_16K, AudioFormat
@@ -55,6 +54,7 @@ from sipbot.media.receiver import RESTART, Address, Digit, Received, RtpReceiver
 from sipbot.media.recorder import CallRecorder
 from sipbot.media.sender import RtpSender
 from sipbot.media.ticker import Ticker
+from sipbot.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

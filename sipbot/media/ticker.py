@@ -24,8 +24,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sipbot.media._ratelimit import RateLimitedLog
 from sipbot.media.pacer import FRAME_S, MAX_CATCHUP_FRAMES, FrameClock
+from sipbot.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

@@ -37,6 +37,7 @@ in-dialog requests and BYE). This module parses, routes and holds the public ent
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 
 from sipbot.errors import SipParseError
@@ -69,6 +70,13 @@ from sipbot.sip.uac import Uac
 from sipbot.sip.uas import Uas
 
 log = logging.getLogger(__name__)
+
+# The start of a Via element a response can be sent back along: "SIP/2.0/UDP host" (any
+# version: a SIP/7.0 request still gets its 505 along its own Via).
+_SENT_BY_RE = re.compile(
+    r"SIP[ \t]*/[ \t]*[0-9]+\.[0-9]+[ \t]*/[ \t]*[A-Za-z0-9\-.!%*_+`'~]+[ \t]+[\w\[]",
+    re.IGNORECASE,
+)
 
 __all__ = [
     "ALLOW",
@@ -103,6 +111,10 @@ class Core:
         settings: behaviour and timers.
         address_for: ``(transport, peer_host) -> (host, port)`` to advertise in Via and Contact
             for messages to that peer (the shell knows the bound ports and public address).
+
+    Attributes:
+        dropped: malformed messages dropped unanswered since start (see
+            :meth:`_answer_parse_error`), logged rate-limited.
     """
 
     def __init__(self, settings: CoreSettings, address_for: AddressFor) -> None:
@@ -111,6 +123,7 @@ class Core:
         self._uac = Uac(self._layer)
         self._uas = Uas(self._layer, self._uac.send_bye)
         self._packet_log = self._layer.packet_log
+        self.dropped = 0
 
     # ----------------------------------------------------------------- I/O
 
@@ -294,10 +307,19 @@ class Core:
     # ----------------------------------------------------------------- receiving
 
     def _answer_parse_error(self, exc: SipParseError, source: Peer, now: float) -> None:
-        """Answer a malformed request with the parser's status and reason when it has a Via
-        (RFC 4475 §3.1.2); an unusable Via is echoed and the answer goes to the source."""
+        """Answer a malformed request with the parser's status and reason (RFC 4475 §3.1.2).
+
+        Only a request whose top Via names a sent-protocol and a host can be answered (the
+        response carries its Vias, §8.2.6.2); a malformed one beyond that is echoed and the
+        answer goes to the source. Anything else — a response, an ACK, no start line, no Via,
+        an empty or unreadable top Via — is dropped: counted in ``dropped``, logged rate-limited.
+        """
         request = exc.request
-        if request is None or request.method == "ACK" or "Via" not in request.headers:
+        # the first Via line's start: no list splitting for a datagram we may just drop
+        vias = request.headers.get_lines("Via") if request is not None else []
+        top = next((v.lstrip(" ,\t") for v in vias if v.strip(" ,\t")), "")
+        if request is None or request.method == "ACK" or not _SENT_BY_RE.match(top):
+            self.dropped += 1
             self._packet_log.info(now, "dropped a malformed message from %s: %s", source, exc)
             return
         self._packet_log.info(now, "answering a malformed request from %s: %s", source, exc)
@@ -313,6 +335,7 @@ class Core:
             via = stamp_via(request, source)
             key = server_key(request)
         except SipParseError as exc:  # the parser validated these: only odd corner cases
+            self.dropped += 1
             self._packet_log.info(now, "dropped a request from %s: %s", source, exc)
             return
         if self._layer.match_server(key, request, now):

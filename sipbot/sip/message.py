@@ -23,6 +23,17 @@ They are checked in this order, so a message with several faults gets the first 
 * Rule 8: Content-Length is digits, at most one, and no more than the bytes present (a datagram
   cannot be short, §18.3); bytes after the body are discarded; no Content-Length on a datagram
   means "the rest". A body over :data:`MAX_BODY_BYTES` is 413.
+* Rule 9: liberal where it costs nothing: an empty Route, Record-Route, Require or
+  Proxy-Require line is read as absent (:data:`EMPTY_IS_ABSENT`). Their grammar needs at least
+  one element, so an empty line can only mean "none" — SIPp's ``[routes]`` expands to
+  ``Route:`` with nothing after it in a dialog without a route set. Empty elements inside a
+  non-empty list (``<sip:p>,,<sip:q>``) stay a 400. Accept, Allow and Supported are kept as
+  received: their grammar allows an empty value and it has a meaning (an empty Accept accepts
+  no body at all, RFC 3261 §20.1, hence 406 for an INVITE).
+* Rule 10: a head of more than :data:`MAX_HEAD_LINES` lines is 400 "Too many header lines"
+  (a fault of the head like Rule 1's); only the first lines are read, so the request can still
+  be answered. Header lookups scan the lines, so 3,000 one-byte headers in a 24 kB datagram
+  would otherwise cost ~100 times a normal request.
 
 Header names are stored in their canonical form (compact forms expanded), values as received
 minus surrounding whitespace. Headers whose grammar is a comma list (Via, Contact, Route, ...) are
@@ -49,8 +60,10 @@ from sipbot.sip.headers import TOKEN_RE, Headers, canonical_name
 
 __all__ = [
     "BRANCH_MAGIC",
+    "EMPTY_IS_ABSENT",
     "MAX_BODY_BYTES",
     "MAX_CSEQ",
+    "MAX_HEAD_LINES",
     "MAX_MESSAGE_BYTES",
     "REASON_PHRASES",
     "SIP_VERSION",
@@ -70,6 +83,7 @@ __all__ = [
 SIP_VERSION = "SIP/2.0"
 MAX_MESSAGE_BYTES = 65_535  # larger → 513 Message Too Large
 MAX_BODY_BYTES = 32_768  # larger → 413 Request Entity Too Large
+MAX_HEAD_LINES = 256  # start line + header lines; more → 400 (Rule 10)
 
 REASON_PHRASES = {
     100: "Trying",
@@ -121,6 +135,9 @@ REASON_PHRASES = {
     604: "Does Not Exist Anywhere",
     606: "Not Acceptable",
 }
+
+# Rule 9: headers whose empty value is read as absent (canonical names).
+EMPTY_IS_ABSENT = frozenset({"Route", "Record-Route", "Require", "Proxy-Require"})
 
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 _STATUS_RE = re.compile(r"[1-6][0-9][0-9]")
@@ -214,6 +231,9 @@ def _split_message(data: bytes) -> tuple[str, list[str], bytes, str | None]:
     raw_lines = head.split("\r\n") if "\r\n" in head else head.split("\n")
     if raw_lines[-1] == "":  # the head ended in one CRLF (no body separator found)
         raw_lines.pop()
+    if len(raw_lines) > MAX_HEAD_LINES:  # Rule 10: read no further
+        del raw_lines[MAX_HEAD_LINES:]
+        fault = fault or "Too many header lines"
     lines: list[str] = []
     for line in raw_lines:
         if "\r" in line or "\n" in line:
@@ -242,6 +262,8 @@ def _parse_headers(lines: list[str]) -> tuple[Headers, str | None]:
             )
             continue
         value = value.strip(" \t")
+        if not value and canonical_name(name) in EMPTY_IS_ABSENT:
+            continue  # Rule 9
         if _CONTROL_RE.search(value) and not _controls_quoted(value):
             fault = fault or f"Control character in {canonical_name(name)} header"
             continue

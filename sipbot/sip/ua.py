@@ -19,6 +19,13 @@ Rules:
   returns the answer, after the await when it returns an awaitable (a coroutine function); the
   core answers 500 if that takes longer than its ``request_answer_timeout``. INFO / NOTIFY /
   REFER get ``Dialog.on_request``'s status (Rule 4 for NOTIFYs of a REFER).
+* Rule 6: a message from a source over its rate (:class:`~sipbot.sip.limiter.SourceLimiter`)
+  never reaches the core; an exception the core raises on a message (a bug: malformed input is
+  the core's own business) is counted and logged rate-limited, and the socket keeps serving.
+* Rule 7: messages are queued as they are read and fed to the core by a drain that steps aside
+  after :data:`DRAIN_BUDGET_S` (the loop runs its due timers, e.g. the media ticker, before the
+  drain resumes): a burst of SIP work cannot delay the calls' RTP by more than the budget. The
+  queue holds at most :data:`INBOX_MAX` messages; more are dropped and counted.
 """
 
 from __future__ import annotations
@@ -28,11 +35,14 @@ import contextlib
 import inspect
 import logging
 import socket
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sipbot.errors import LocalSipError, RequestFailed, SipParseError
+from sipbot.ratelimit import RateLimitedLog
 from sipbot.sip.address import parse_name_addr, parse_uri
 from sipbot.sip.auth import Credentials
 from sipbot.sip.core import Core
@@ -52,6 +62,7 @@ from sipbot.sip.legs import (
     RequestReceived,
     ServerRequest,
 )
+from sipbot.sip.limiter import SourceLimiter
 from sipbot.sip.message import SipRequest, SipResponse, parse_message
 from sipbot.sip.sipfrag import refer_event, sipfrag_status
 from sipbot.sip.transaction import TimerSettings
@@ -61,6 +72,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+DRAIN_BUDGET_S = 0.004  # SIP work per loop turn before the timers get theirs (Rule 7)
+INBOX_MAX = 1024  # messages read but not yet processed (Rule 7): ~0.3 s of work at most
 
 
 @dataclass(frozen=True)
@@ -319,11 +332,23 @@ class UserAgent:
     Args:
         settings: listen addresses, public address, timers.
         on_invite: called synchronously for each new incoming INVITE.
+        limiter: when given, a message from a source over its rate is dropped unparsed.
     """
 
-    def __init__(self, settings: SipSettings, on_invite: Callable[[ServerCall], None]) -> None:
+    def __init__(
+        self,
+        settings: SipSettings,
+        on_invite: Callable[[ServerCall], None],
+        limiter: SourceLimiter | None = None,
+    ) -> None:
         self.settings = settings
         self.on_invite = on_invite
+        self.limiter = limiter  # per-source message rate, checked before the core parses
+        self.core_failures = 0  # messages on which the core raised (a bug; logged rate-limited)
+        self.inbox_dropped = 0  # messages dropped because the receive queue was full (Rule 7)
+        self._drop_log = RateLimitedLog(log)
+        self._inbox: deque[tuple[bytes, Peer]] = deque()
+        self._draining = False
         self.bound: list[tuple[str, str, int]] = []
         timers = TimerSettings(t1=settings.t1, t2=settings.t2, t4=settings.t4)
         core_settings = CoreSettings(
@@ -346,6 +371,9 @@ class UserAgent:
         self._response_hooks: list[Callable[[SipResponse, Peer], bool]] = []
         self._error_hooks: list[Callable[[Peer], None]] = []
         self.request_filter: Callable[[Peer], bool] | None = None
+        # True for a source the per-source rate does not apply to (a trusted trunk's address:
+        # a PBX or carrier sends every call from one address)
+        self.rate_exempt: Callable[[str], bool] | None = None
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -408,6 +436,7 @@ class UserAgent:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._inbox.clear()  # what arrives while closing is not answered (Rule 7's queue)
         if self._transports is not None:
             await self._transports.close()
 
@@ -557,16 +586,66 @@ class UserAgent:
     # ----------------------------------------------------------------- the pump
 
     def _on_message(self, data: bytes, peer: Peer) -> None:
+        """A message read from a socket: admitted by the source's rate, queued (Rule 7)."""
         is_response = data.startswith(b"SIP/2.0 ")
         if not is_response and self.request_filter is not None and not self.request_filter(peer):
             return  # a silent drop: the core never sees it
-        if is_response and self._response_hooks and self._hooked_response(data, peer):
+        now = self.loop.time()
+        limiter = self.limiter
+        exempt = self.rate_exempt is not None and self.rate_exempt(peer.host)
+        if limiter is not None and not exempt and not limiter.allow_message(peer.host, now):
+            # over the source's rate: dropped before any parsing, unanswered (a 503 would feed
+            # the flood), counted by the limiter, one log line per interval
+            self._drop_log.warning(
+                "over-rate",
+                now,
+                "dropping SIP messages over the per-source rate from %s (%d dropped in total)",
+                peer.host,
+                limiter.refused_messages,
+            )
+            return
+        if len(self._inbox) >= INBOX_MAX:
+            self.inbox_dropped += 1
+            self._drop_log.warning(
+                "inbox-full",
+                now,
+                "SIP receive queue full: dropping messages (%d dropped in total)",
+                self.inbox_dropped,
+            )
+            return
+        self._inbox.append((data, peer))
+        if not self._draining:
+            self._draining = True
+            self.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Feed queued messages to the core; step aside once the budget is spent (Rule 7)."""
+        inbox = self._inbox
+        deadline = time.perf_counter() + DRAIN_BUDGET_S
+        while inbox:
+            data, peer = inbox.popleft()
+            self._receive(data, peer)
+            if inbox and time.perf_counter() >= deadline:
+                self.loop.call_soon(self._drain)  # after the loop's due timers
+                return
+        self._draining = False
+
+    def _receive(self, data: bytes, peer: Peer) -> None:
+        if (
+            self._response_hooks
+            and data.startswith(b"SIP/2.0 ")
+            and self._hooked_response(data, peer)
+        ):
             self._pump()
             return
+        now = self.loop.time()
         try:
-            self._core.receive(data, peer, self.loop.time())
-        except Exception:  # a bug in the core must not kill the socket
-            log.exception("SIP core failed on a message from %s:%s", peer.host, peer.port)
+            self._core.receive(data, peer, now)
+        except Exception:  # last resort: a bug in the core must not kill the socket
+            self.core_failures += 1
+            self._drop_log.exception(
+                "core-failure", now, "SIP core failed on a message from %s:%s", peer.host, peer.port
+            )
         self._pump()
 
     def _on_transport_error(self, peer: Peer) -> None:

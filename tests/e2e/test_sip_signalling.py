@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.limits import one_source_config
 from tests.e2e.peers.kamailio import start_proxy
 from tests.e2e.peers.ports import E2E_RTP_PORTS, free_port, free_port_block
 from tests.e2e.peers.process import ManagedProcess
@@ -103,38 +104,38 @@ def explain(
     return f"SIPp exit {result.returncode}\n{result.stdout[-2500:]}\n{errors}\n{logs}"
 
 
-def test_plain_call(tmp_path: Path):
+def test_plain_call(tmp_path: Path) -> None:
     with sipbot(tmp_path) as (server, port):
         result, _ = run_sipp(tmp_path, "uac_call.xml", f"127.0.0.1:{port}", extra=("-d", "200"))
         assert result.returncode == 0, explain(result, tmp_path, server)
 
 
-def test_ack_withheld_200_retransmitted_then_stopped(tmp_path: Path):
+def test_ack_withheld_200_retransmitted_then_stopped(tmp_path: Path) -> None:
     with sipbot(tmp_path) as (server, port):
         result, _ = run_sipp(tmp_path, "uac_ack_withheld.xml", f"127.0.0.1:{port}", extra=NR)
         assert result.returncode == 0, explain(result, tmp_path, server)
 
 
-def test_invite_retransmission_is_one_call(tmp_path: Path):
+def test_invite_retransmission_is_one_call(tmp_path: Path) -> None:
     with sipbot(tmp_path, "--answer-after", "1") as (server, port):
         result, _ = run_sipp(tmp_path, "uac_invite_retrans.xml", f"127.0.0.1:{port}", extra=NR)
         assert result.returncode == 0, explain(result, tmp_path, server)
     assert calls_logged(server) == 1, server.read_log("stderr")
 
 
-def test_bye_retransmission_is_absorbed(tmp_path: Path):
+def test_bye_retransmission_is_absorbed(tmp_path: Path) -> None:
     with sipbot(tmp_path) as (server, port):
         result, _ = run_sipp(tmp_path, "uac_bye_retrans.xml", f"127.0.0.1:{port}", extra=NR)
         assert result.returncode == 0, explain(result, tmp_path, server)
 
 
-def test_cancel_487_retransmitted_until_ack(tmp_path: Path):
+def test_cancel_487_retransmitted_until_ack(tmp_path: Path) -> None:
     with sipbot(tmp_path, "--answer-after", "10") as (server, port):
         result, _ = run_sipp(tmp_path, "uac_cancel.xml", f"127.0.0.1:{port}", extra=NR)
         assert result.returncode == 0, explain(result, tmp_path, server)
 
 
-def test_tcp(tmp_path: Path):
+def test_tcp(tmp_path: Path) -> None:
     with sipbot(tmp_path) as (server, port):
         result, _ = run_sipp(
             tmp_path, "uac_call.xml", f"127.0.0.1:{port}", transport="t1", calls=5, rate=5
@@ -142,15 +143,16 @@ def test_tcp(tmp_path: Path):
         assert result.returncode == 0, explain(result, tmp_path, server)
 
 
-def test_bot_hangs_up_over_tcp(tmp_path: Path):
+def test_bot_hangs_up_over_tcp(tmp_path: Path) -> None:
     with sipbot(tmp_path, "--max-duration", "0.3") as (server, port):
         result, _ = run_sipp(tmp_path, "uac_wait_bye.xml", f"127.0.0.1:{port}", transport="t1")
         assert result.returncode == 0, explain(result, tmp_path, server)
 
 
 @pytest.mark.slow
-def test_200_calls_at_50_per_second(tmp_path: Path):
-    with sipbot(tmp_path, "--log-level", "WARNING") as (server, port):
+def test_200_calls_at_50_per_second(tmp_path: Path) -> None:
+    config = one_source_config(tmp_path / "config.yaml")  # 150 messages/s from one address
+    with sipbot(tmp_path, "--log-level", "WARNING", "-c", str(config)) as (server, port):
         result, _ = run_sipp(
             tmp_path, "uac_call.xml", f"127.0.0.1:{port}", calls=200, rate=50, limit=200
         )
@@ -165,7 +167,7 @@ def in_dialog(proxy_log: str, method: str, target: str) -> int:
 
 
 @pytest.mark.requires_peers("kamailio")
-def test_through_kamailio_record_route_both_directions(tmp_path: Path):
+def test_through_kamailio_record_route_both_directions(tmp_path: Path) -> None:
     with sipbot(tmp_path, "--max-duration", "0.3") as (server, bot_port):
         proxy = start_proxy(tmp_path, bot_port)
         try:
@@ -184,7 +186,7 @@ def test_through_kamailio_record_route_both_directions(tmp_path: Path):
             proxy.stop()
 
 
-def test_sigterm_byes_every_call_and_exits_0(tmp_path: Path):
+def test_sigterm_byes_every_call_and_exits_0(tmp_path: Path) -> None:
     server, port = start_sipbot(tmp_path)
     try:
         sipp_args = [

@@ -273,6 +273,28 @@ ERROR_CASES = [
         id="maxcalls",
     ),
     pytest.param(
+        "server:\n  limits: {per_source_calls: 0}\n",
+        "d.yaml:2: server.limits.per_source_calls: input should be greater than or equal to 1",
+        id="persourcecalls",
+    ),
+    pytest.param(
+        "server:\n  limits: {per_source_rps: 0}\n",
+        "d.yaml:2: server.limits.per_source_rps: input should be greater than 0",
+        id="persourcerps",
+    ),
+    pytest.param(
+        "server:\n  limits: {per_source_burst: 0.5}\n",
+        "d.yaml:2: server.limits.per_source_burst: input should be a valid integer, got a number"
+        " with a fractional part",
+        id="persourceburst",
+    ),
+    pytest.param(
+        "server:\n  limits: {per_source_cals: 5}\n",
+        "d.yaml:2: server.limits.per_source_cals: unknown key 'per_source_cals'; did you mean"
+        " 'per_source_calls'?",
+        id="persourcetypo",
+    ),
+    pytest.param(
         "agents:\n  echo: {provider: local}\nroutes:\n  - {name: x, anwser: echo}\n",
         "d.yaml:4: routes[0].anwser: unknown key 'anwser'; did you mean 'answer'?",
         id="routekey",
@@ -378,6 +400,9 @@ def test_embedded_default() -> None:
     )
     assert config.server.media.rtp_ports == (20000, 29999)
     assert config.server.media.codecs == ("G722", "PCMU", "PCMA")
+    limits = config.server.limits
+    assert (limits.max_calls, limits.per_source_calls) == (500, 100)
+    assert (limits.per_source_rps, limits.per_source_burst) == (50.0, 100)
     [route] = config.dialplan.routes
     assert isinstance(route.action, Answer)
     assert (route.action.agent.provider, route.action.agent.local_mode) == ("local", "echo")
@@ -403,7 +428,7 @@ server:
     codecs: [pcmu, g722]
     inactivity_timeout_s: 12
     prebuffer_ms: 40
-  limits: {max_calls: 20}
+  limits: {max_calls: 20, per_source_calls: 5, per_source_rps: 50.5, per_source_burst: 80}
   recordings_dir: /tmp/rec
   log_level: DEBUG
 timezone: Europe/Berlin
@@ -468,6 +493,9 @@ def test_full_config_values(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert (server.limits.max_calls, server.recordings_dir, server.log_level) == (
         20, "/tmp/rec", "debug",
     )  # fmt: skip
+    limits = server.limits
+    per_source = (limits.per_source_calls, limits.per_source_rps, limits.per_source_burst)
+    assert per_source == (5, 50.5, 80)
 
     sales, busy, out = config.dialplan.routes
     assert isinstance(sales.action, Answer)

@@ -7,7 +7,6 @@ import logging
 import numpy as np
 import pytest
 
-from sipbot.media._ratelimit import RateLimitedLog
 from sipbot.media.codecs import PCMU
 from sipbot.media.latency import (
     BINS,
@@ -18,6 +17,7 @@ from sipbot.media.latency import (
 from sipbot.media.receiver import Address, Received, RtpReceiver
 from sipbot.media.rtp import RtpPacket, parse_rtp
 from sipbot.media.sender import RtpSender
+from sipbot.ratelimit import RateLimitedLog
 
 SILENT_ULAW = b"\xff" * 160
 

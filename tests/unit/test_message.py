@@ -13,6 +13,7 @@ from sipbot.sip.address import parse_name_addr, parse_uri, parse_via
 from sipbot.sip.headers import Headers
 from sipbot.sip.message import (
     MAX_BODY_BYTES,
+    MAX_HEAD_LINES,
     MAX_MESSAGE_BYTES,
     SipRequest,
     SipResponse,
@@ -540,3 +541,35 @@ def test_stream_framer_any_chunking(sizes: list[int]) -> None:
         out += framer.feed(stream[pos : pos + size])
         pos += size
     assert out == [INVITE, INVITE, INVITE]
+
+
+@pytest.mark.parametrize("name", ["Route", "Record-Route", "Require", "Proxy-Require", "route"])
+def test_an_empty_list_header_that_needs_an_element_is_read_as_absent(name: str) -> None:
+    """Rule 9: SIPp's ``[routes]`` sends ``Route:`` with nothing after it."""
+    for empty in (b"", b" ", b"\t "):
+        line = b"%s:%s\r\nMax-Forwards: 70\r\n" % (name.encode(), empty)
+        data = INVITE.replace(b"Max-Forwards: 70\r\n", line)
+        request = parse_request(data)
+        kept = ["<sip:proxy.example.com;lr>"] if name == "Record-Route" else []
+        assert request.headers.get_lines(name) == kept
+        assert b": \r\n" not in bytes(request)
+
+
+def test_empty_accept_allow_supported_keep_their_meaning() -> None:
+    """An empty Accept means "no body acceptable" (RFC 3261 §20.1): it is kept, not dropped."""
+    extra = b"Accept:\r\nAllow: \r\nSupported:\r\nMax-Forwards: 70\r\n"
+    request = parse_request(INVITE.replace(b"Max-Forwards: 70\r\n", extra))
+    assert [request.headers.get_lines(n) for n in ("Accept", "Allow", "Supported")] == [[""]] * 3
+    assert request.headers.get_all("Accept") == []
+
+
+def test_a_head_of_too_many_lines_is_400_and_read_no_further() -> None:
+    """Rule 10: 3,000 header lines are not parsed one by one; the request can be answered."""
+    many = b"X-H: 1\r\n" * 3000
+    error = parse_error(INVITE.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\n" + many))
+    assert (error.status, error.reason) == (400, "Too many header lines")
+    assert error.request is not None
+    assert error.request.headers.get("Via") is not None
+    assert len(error.request.headers) == MAX_HEAD_LINES - 1  # the start line was one of them
+    lines = b"X-H: 1\r\n" * (MAX_HEAD_LINES - 1 - INVITE.split(b"\r\n\r\n")[0].count(b"\r\n"))
+    parse_request(INVITE.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\n" + lines))

@@ -7,9 +7,9 @@ import struct
 
 import pytest
 
-from sipbot.media._ratelimit import RateLimitedLog
 from sipbot.media.receiver import NOTHING, RESTART, Address, Digit, Received, RtpReceiver
 from sipbot.media.rtp import RtpPacket
+from sipbot.ratelimit import RateLimitedLog
 
 SDP = ("192.0.2.10", 4000)
 NAT = ("198.51.100.7", 31000)

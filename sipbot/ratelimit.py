@@ -1,4 +1,8 @@
-"""Rate-limited logging for per-packet problems (garbage, foreign sources, bad payload types)."""
+"""Rate-limited logging for per-message and per-packet problems (SIP junk and floods, RTP
+garbage, foreign sources, bad payload types, core bugs).
+
+A neutral module: sip/, media/ and the server all use it, and it imports nothing of theirs.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ DEFAULT_INTERVAL_S = 10.0
 class RateLimitedLog:
     """Logs each kind of problem at most once per ``interval_s``, with a count of the rest.
 
-    ``now`` is passed in (monotonic seconds), so the limiter reads no clock itself.
+    ``now`` is passed in (monotonic seconds), so the limiter reads no clock itself. Keys are a
+    fixed set of kinds chosen by the caller (never peer data), so memory stays bounded.
     """
 
     def __init__(self, logger: logging.Logger, interval_s: float = DEFAULT_INTERVAL_S) -> None:
@@ -49,5 +54,9 @@ class RateLimitedLog:
     def exception(self, key: str, now: float, message: str, *args: Any) -> None:
         """:meth:`log` at ERROR with the current exception's traceback."""
         suppressed = self._allow(key, now)
-        if suppressed is not None:
-            self.logger.exception(message, *args)
+        if suppressed is None:
+            return
+        if suppressed:
+            message += " (%d similar suppressed)"
+            args = (*args, suppressed)
+        self.logger.exception(message, *args)
