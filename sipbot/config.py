@@ -164,9 +164,65 @@ class MediaSettings(StrictModel):
 
 
 class LimitSettings(StrictModel):
-    """``server.limits``."""
+    """``server.limits``: admission (503 + Retry-After) and the graceful drain."""
 
     max_calls: Annotated[int, Field(ge=1)] = 500
+    max_loop_lag_ms: Annotated[float, Field(gt=0)] = 200.0  # refuse new calls above this lag
+    drain_timeout_s: Annotated[float, Field(ge=0)] = 0.0  # SIGTERM: calls may finish this long
+    retry_after_s: Annotated[int, Field(ge=1)] = 5
+
+
+def parse_http_listen(text: Any) -> tuple[str, int] | None:
+    """``"127.0.0.1:8089"`` → (host, port); ``off``/``false``/None → None (no listener)."""
+    if text is None or text is False or str(text).lower() in ("off", "false", "no", "none"):
+        return None
+    if isinstance(text, tuple):
+        return text
+    match = _HOSTPORT_RE.fullmatch(str(text))
+    if not match or match.group(2) is None:
+        raise _invalid(f"bad HTTP address {text!r}: expected HOST:PORT such as 127.0.0.1:8089")
+    host, port = match.group(1).strip("[]"), int(match.group(2))
+    if not _is_ip(host) or port > 65535:
+        raise _invalid(f"bad HTTP address {text!r}: the host must be an IP address")
+    return host, port
+
+
+def _http_section(value: Any) -> Any:
+    """``http: off`` (YAML reads it as False) is the whole section switched off."""
+    if value is False or (isinstance(value, str) and value.lower() == "off"):
+        return {"listen": None}
+    return value
+
+
+class HttpSettings(StrictModel):
+    """``server.http``: the side listener (metrics, health, status, the live-calls page).
+
+    A listener on an address other than loopback needs ``token`` (a bearer token required for
+    everything but ``/healthz``).
+    """
+
+    listen: Annotated[tuple[str, int] | None, BeforeValidator(parse_http_listen)] = (
+        "127.0.0.1",
+        8089,
+    )
+    token: Any = None  # an EnvString or str (kept: pydantic would make it a plain str)
+    max_body_bytes: Annotated[int, Field(ge=0)] = 64 * 1024
+    request_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.token is not None and not isinstance(self.token, str):
+            raise _invalid("token must be a string (e.g. ${SIPBOT_HTTP_TOKEN})")
+        if self.listen is not None and self.token is None and not _is_loopback(self.listen[0]):
+            raise _invalid(
+                f"http.listen {self.listen[0]} is not loopback: set http.token (a bearer token)"
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ServerSettings(StrictModel):
@@ -175,6 +231,9 @@ class ServerSettings(StrictModel):
     sip: SipSettings = Field(default_factory=SipSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    http: Annotated[HttpSettings, BeforeValidator(_http_section)] = Field(
+        default_factory=HttpSettings
+    )
     recordings_dir: str | None = None
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], BeforeValidator(lambda v: str(v).lower())
@@ -345,6 +404,7 @@ def _unwrap(annotation: Any) -> Any:
 __all__ = [
     "Config",
     "ConfigModel",
+    "HttpSettings",
     "LimitSettings",
     "ListenAddress",
     "MediaSettings",
@@ -353,6 +413,7 @@ __all__ = [
     "SipTimers",
     "format_path",
     "load_config",
+    "parse_http_listen",
     "parse_listen",
     "parse_listen_option",
 ]

@@ -7,11 +7,15 @@ dialplan answers.
 
 Rules:
 
-* Rule 1: admission first: while shutting down, or at ``limits.max_calls``, a new INVITE gets
-  503 with Retry-After and nothing else is allocated.
+* Rule 1: admission first (:mod:`sipbot.ops.admission`): while draining or shutting down, at
+  ``limits.max_calls``, or while the event loop lags, a new INVITE gets 503 with Retry-After
+  and nothing else is allocated. The call is counted (``_admitted``) before any await.
 * Rule 2: routing uses the dialplan current when the INVITE arrives; a reload never touches
   calls in progress.
 * Rule 3: one call's failure (a bug included) is logged and ends that call only.
+* Rule 4: drain (SIGTERM, ``sipbot drain``, ``POST /drain``): new INVITEs and OPTIONS get 503,
+  calls in progress may finish for ``limits.drain_timeout_s``, then each hears a short goodbye
+  and gets BYE.
 """
 
 from __future__ import annotations
@@ -33,9 +37,14 @@ from sipbot.config import Config
 from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
 from sipbot.dialplan.watch import DialplanWatcher
 from sipbot.errors import ConfigError, SipParseError
+from sipbot.media.formats import PCM16_24K
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
-from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt
+from sipbot.ops.admission import Admission
+from sipbot.ops.looplag import LoopLagMonitor
+from sipbot.ops.metrics import Gauges, Metrics
+from sipbot.ops.observe import ObservedProvider, RecentCalls, SessionWatch
+from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt, render
 from sipbot.providers.base import CallInfo, Provider
 from sipbot.providers.registry import make_provider
 from sipbot.sip.address import parse_name_addr, parse_uri
@@ -51,6 +60,8 @@ WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 STOP_TIMEOUT_S = 5.0
 # Headers a prompt template or a route may use ({header.X-Customer-Id}); all are kept.
 PROMPT_RATE_HZ = 16_000
+GOODBYE_PROMPT = "goodbye.wav"
+GOODBYE_MARGIN_S = 0.3  # after the goodbye's length, before BYE
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +118,28 @@ class Server:
         self.apology = load_prompt(APOLOGY_PROMPT, PROMPT_RATE_HZ)
         self.filler = load_prompt(FILLER_PROMPT, PROMPT_RATE_HZ)
         self.calls_total = 0
+        limits = settings.limits
+        self.admission = Admission(limits.max_calls, limits.max_loop_lag_ms, limits.retry_after_s)
+        self._admitted = 0  # INVITEs admitted and not finished (Rule 1: counted before awaits)
+        self.started_at = time.time()
+        self.watches: dict[str, SessionWatch] = {}
+        self.routes: dict[str, str] = {}  # call id -> route name (a metric label)
+        self.recent = RecentCalls()
+        self.metrics = Metrics(
+            Gauges(
+                active=self._active_by_route,
+                sip_counts=lambda: self.ua.message_counts,
+                ticker=lambda: self.engine.ticker.stats,
+                loop_lag_ms=lambda: self.lag.lag_ms,
+                draining=lambda: self.admission.draining,
+                max_calls=limits.max_calls,
+            )
+        )
+        self.lag = LoopLagMonitor(on_sample=self.metrics.lag_sample)
+        self.goodbye = load_prompt(GOODBYE_PROMPT, PROMPT_RATE_HZ)
+        self.drained = asyncio.Event()
+        self._drain_task: asyncio.Task[None] | None = None
+        self.http: Any = None  # the side listener (sipbot.ops.http), once started
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -116,8 +149,13 @@ class Server:
         await bind_listeners(self.ua, self.config.server.sip.listen)
         self._warm_providers()
         self._spawn(self.watcher.run())
+        self.lag.start()
         for warning in self.config.warnings:
             log.warning("%s", warning)
+        if self.config.server.http.listen is not None:
+            from sipbot.ops.http import start_http
+
+            self.http = await start_http(self, self.config.server.http)
 
     @property
     def ready_line(self) -> str:
@@ -135,6 +173,7 @@ class Server:
             await self._stopped.wait()
             return
         self._stopping = True
+        self.admission.draining = True
         log.info("shutting down: ending %d call(s)", len(self.calls))
         for call in list(self.calls.values()):
             call.hang_up_now("shutdown")
@@ -144,6 +183,9 @@ class Server:
         for task in list(self._tasks):
             task.cancel()
         await self.ua.close(STOP_TIMEOUT_S)
+        await self.lag.stop()
+        if self.http is not None:
+            await self.http.close()
         await self.engine.close()
         await aclose_http_clients()
         self._stopped.set()
@@ -151,45 +193,54 @@ class Server:
     # ------------------------------------------------------------------ calls
 
     def _on_invite(self, dialog: ServerCall) -> None:
-        if self._stopping:
-            dialog.reject(503, "Service Unavailable", [("Retry-After", "30")])
-            return
-        if len(self.calls) >= self.config.server.limits.max_calls:
+        refusal = self.admission.decide(self._admitted, self.lag.lag_ms)
+        if refusal is not None:  # Rule 1
             log.warning(
-                "call %s rejected: %d calls in progress (limits.max_calls)",
+                "call %s refused (%s): %d calls in progress, loop lag %.0f ms",
                 dialog.call_id,
-                len(self.calls),
+                refusal.reason,
+                self._admitted,
+                self.lag.lag_ms,
             )
-            dialog.reject(503, "Service Unavailable", [("Retry-After", "5")])
+            self.metrics.refusal(refusal.reason)
+            retry = [("Retry-After", str(refusal.retry_after_s))]
+            dialog.reject(refusal.status, "Service Unavailable", retry)
             return
-        self._spawn(self._handle(dialog), name=f"call:{dialog.call_id}")
+        self._admitted += 1
+        self._spawn(self._handle(dialog, self.ua.loop.time()), name=f"call:{dialog.call_id}")
 
-    async def _handle(self, dialog: ServerCall) -> None:
+    async def _handle(self, dialog: ServerCall, arrived: float) -> None:
         info = call_info(dialog.invite, dialog.source)
+        outcome, call = "error", None
         try:
             plan = self._plan(dialog, info)
-        except Exception:
-            log.exception("call %s: routing failed", info.call_id)
-            dialog.reject(500, "Server Internal Error")
-            return
-        if plan is None:
-            return
-        call = Call(dialog, plan)
-        self.calls[info.call_id] = call
-        self.calls_total += 1
-        try:
+            if plan is None:
+                return
+            call = Call(dialog, plan)
+            self.calls[info.call_id] = call
+            self.calls_total += 1
+            outcome = "not-answered"
             answered = await call.answer(
                 self.engine, self._answerer(plan, dialog), ring_s=self.options.ring_s
             )
             if answered:
-                reason = await call.run()
-                self._cdr(call, reason)
+                self.metrics.setup_time(self.ua.loop.time() - arrived)
+                outcome = await call.run()
+                self._cdr(call, outcome)
         except Exception:  # Rule 3
             log.exception("call %s failed", info.call_id)
-            with contextlib.suppress(Exception):
-                await call.dialog.bye()
+            if call is None:
+                dialog.reject(500, "Server Internal Error")
+            else:
+                with contextlib.suppress(Exception):
+                    await call.dialog.bye()
         finally:
+            self._admitted -= 1
             self.calls.pop(info.call_id, None)
+            self.watches.pop(info.call_id, None)
+            route_name = self.routes.pop(info.call_id, "")
+            if call is not None:
+                self.metrics.call_ended(route_name, call.plan.agent.name, outcome)
 
     def _plan(self, dialog: ServerCall, info: CallInfo) -> CallPlan | None:
         """Route the call; answer non-agent outcomes here. None: nothing more to do."""
@@ -199,6 +250,7 @@ class Server:
         )
         decision = route(self.watcher.current, request)
         action = decision.action
+        self.routes[info.call_id] = decision.route_name or ""
         log.info(
             "call %s from %s to %s via %s: route %s → %s",
             info.call_id,
@@ -209,9 +261,12 @@ class Server:
             action,
         )
         if isinstance(action, Reject):
+            self.metrics.refusal("route")
+            self.metrics.call_ended(decision.route_name or "", "", "rejected")
             dialog.reject(action.status, action.reason)
             return None
         if isinstance(action, Transfer):
+            self.metrics.call_ended(decision.route_name or "", "", "transfer-302")
             dialog.reject(302, "Moved Temporarily", [("Contact", f"<{action.uri}>")])
             return None
         assert isinstance(action, Answer)
@@ -250,7 +305,8 @@ class Server:
         key = _provider_key(agent)
         provider = self._providers.get(key)
         if provider is None:
-            provider = self._providers[key] = make_provider(agent)
+            observed = ObservedProvider(make_provider(agent), self.watches, self.metrics)
+            provider = self._providers[key] = observed
         return provider
 
     def _warm_providers(self) -> None:
@@ -296,27 +352,82 @@ class Server:
         r = call.record
         stats = call.media.stats if call.media is not None else None
         latency = call.media.latency if call.media is not None else MediaLatency()
-        cdr_log.info(
-            json.dumps(
-                {
-                    "call_id": r.call_id,
-                    "caller": r.caller,
-                    "did": r.did,
-                    "agent": r.agent,
-                    "start": round(r.started, 3),
-                    "duration_s": round((r.ended or time.time()) - r.started, 3),
-                    "reason": reason,
-                    "turns": r.turns,
-                    "tool_calls": r.tool_calls,
-                    "interruptions": r.interruptions,
-                    "rtp_in": stats.packets_in if stats else 0,
-                    "rtp_out": stats.packets_out if stats else 0,
-                    "rtp_lost": stats.lost if stats else 0,
-                    "rtp_underruns": stats.underruns if stats else 0,
-                    "latency_ms": latency.as_dict(),
-                }
-            )
+        if stats is not None:
+            self.metrics.media_ended(stats, latency)
+        record = {
+            "call_id": r.call_id,
+            "caller": r.caller,
+            "did": r.did,
+            "agent": r.agent,
+            "start": round(r.started, 3),
+            "duration_s": round((r.ended or time.time()) - r.started, 3),
+            "reason": reason,
+            "turns": r.turns,
+            "tool_calls": r.tool_calls,
+            "interruptions": r.interruptions,
+            "rtp_in": stats.packets_in if stats else 0,
+            "rtp_out": stats.packets_out if stats else 0,
+            "rtp_lost": stats.lost if stats else 0,
+            "rtp_underruns": stats.underruns if stats else 0,
+            "latency_ms": latency.as_dict(),
+        }
+        cdr_log.info(json.dumps(record))
+        self.recent.add(
+            {
+                **record,
+                "route": self.routes.get(r.call_id, ""),
+                "codec": call.info.codec,
+                "recording": call.plan.recording_path,
+                "transcript": [{"role": t.role, "text": t.text} for t in call.transcript],
+            }
         )
+
+    # ------------------------------------------------------------------ drain (Rule 4)
+
+    def drain(self) -> bool:
+        """Stop admitting calls; end the ones up after ``drain_timeout_s`` (Rule 4).
+
+        Returns False when already draining. :attr:`drained` is set once no call is left.
+        """
+        if not self.admission.start_drain(time.time()):
+            return False
+        self.ua.refuse_options(True)
+        timeout = self.config.server.limits.drain_timeout_s
+        log.info("draining: %d call(s) up, ending them after %.0f s", len(self.calls), timeout)
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain(timeout))
+        return True
+
+    async def _drain(self, timeout_s: float) -> None:
+        calls = self._call_tasks()
+        if calls:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_wait_all(calls), timeout_s)
+        left = list(self.calls.values())
+        if left:
+            log.info("drain timeout: ending %d call(s) with a goodbye", len(left))
+            await asyncio.gather(*(self._say_goodbye(c) for c in left), return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_wait_all(self._call_tasks()), STOP_TIMEOUT_S)
+        log.info("drained")
+        self.drained.set()
+
+    async def _say_goodbye(self, call: Call) -> None:
+        """The goodbye prompt, then BYE (a call not answered yet just ends)."""
+        media = call.media
+        if media is not None and self.goodbye:
+            watch = self.watches.get(call.info.call_id)
+            fmt = watch.out_format if watch is not None and watch.out_format else PCM16_24K
+            media.flush()
+            media.play(render(self.goodbye, PROMPT_RATE_HZ, fmt), "goodbye")
+            await asyncio.sleep(len(self.goodbye) / 2 / PROMPT_RATE_HZ + GOODBYE_MARGIN_S)
+        call.hang_up_now("drain")
+
+    def _active_by_route(self) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for call_id, call in list(self.calls.items()):
+            key = (self.routes.get(call_id, ""), call.plan.agent.name)
+            out[key] = out.get(key, 0) + 1
+        return out
 
     # ------------------------------------------------------------------ helpers
 

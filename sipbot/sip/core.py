@@ -45,6 +45,7 @@ from sipbot.sip.compose import (
     SUPPORTED,
     URI_SCHEMES,
     accepts_sdp,
+    count_key,
     is_plain_sdp,
     stamp_via,
     tag_of,
@@ -115,6 +116,7 @@ class Core(UacEndpoint):
         except SipParseError as exc:
             self._answer_parse_error(exc, source, now)
             return
+        self.message_counts[count_key("in", message)] += 1
         if isinstance(message, SipResponse):
             self._receive_response(message, source, now)
         else:
@@ -268,7 +270,7 @@ class Core(UacEndpoint):
         elif method == "INVITE":
             self._receive_invite(entry, request, source, now)
         elif method == "OPTIONS":
-            self._respond(entry, self._options_response(request), now)
+            self._respond(entry, self._options_response(request, self.options_status), now)
         else:
             self._respond(entry, self._response(request, 481, tag=generate_tag()), now)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+from collections import Counter
 
 from sipbot.errors import SipParseError
 from sipbot.sip.address import Via, parse_uri
@@ -21,6 +22,7 @@ from sipbot.sip.compose import (
     SDP_TYPE,
     SUPPORTED,
     contact_value,
+    count_key,
     via_value,
 )
 from sipbot.sip.dialog import dialog_response
@@ -110,6 +112,9 @@ class Endpoint:
         self._out: list[Outgoing] = []
         self._events: list[Event] = []
         self._packet_log = LogLimiter()
+        # (direction "in"/"out", method, status or "") -> messages; read by the metrics
+        self.message_counts: Counter[tuple[str, str, str]] = Counter()
+        self.options_status = 200  # out-of-dialog OPTIONS answer (503 while draining)
 
     def data_to_send(self) -> list[Outgoing]:
         """Return and clear the messages to put on the wire."""
@@ -235,6 +240,7 @@ class Endpoint:
             data = entry.data[1]  # a retransmission: serialize once
         else:
             data = bytes(message)
+            self.message_counts[count_key("out", message)] += 1
             if entry is not None:
                 entry.data = (message, data)
         self._out.append(Outgoing(data, peer))
@@ -279,8 +285,10 @@ class Endpoint:
         response.headers.add("Server", self.settings.user_agent)
         return response
 
-    def _options_response(self, request: SipRequest) -> SipResponse:
-        response = self._response(request, 200, tag=generate_tag())
+    def _options_response(self, request: SipRequest, status: int = 200) -> SipResponse:
+        response = self._response(request, status, tag=generate_tag())
+        if status == 503:
+            response.headers.add("Retry-After", "30")
         response.headers.add("Allow", ALLOW_VALUE)
         response.headers.add("Accept", SDP_TYPE)
         response.headers.add("Supported", ", ".join(sorted(SUPPORTED)))

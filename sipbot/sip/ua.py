@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sipbot.errors import LocalSipError, RequestFailed, SipParseError
@@ -272,6 +272,15 @@ class UserAgent:
         bound = await self._transports.listen(transport, host, port)
         self.bound.append(bound)
         return bound
+
+    @property
+    def message_counts(self) -> Mapping[tuple[str, str, str], int]:
+        """Messages received and sent: ``(direction, method, status or "") -> count``."""
+        return self._core.message_counts
+
+    def refuse_options(self, refuse: bool) -> None:
+        """Answer out-of-dialog OPTIONS with 503 (draining: a dispatcher moves traffic away)."""
+        self._core.options_status = 503 if refuse else 200
 
     @property
     def calls(self) -> list[Dialog]:
