@@ -147,15 +147,15 @@ class Server:
         """Bind the SIP transports and start watching the dialplan."""
         await self.ua.start()
         await bind_listeners(self.ua, self.config.server.sip.listen)
+        if self.config.server.http.listen is not None:
+            from sipbot.ops.http import start_http  # before the gc.freeze() in _warm_providers
+
+            self.http = await start_http(self, self.config.server.http)
         self._warm_providers()
         self._spawn(self.watcher.run())
         self.lag.start()
         for warning in self.config.warnings:
             log.warning("%s", warning)
-        if self.config.server.http.listen is not None:
-            from sipbot.ops.http import start_http
-
-            self.http = await start_http(self, self.config.server.http)
 
     @property
     def ready_line(self) -> str:
