@@ -83,7 +83,7 @@ def level_dbfs(audio: bytes, fmt: AudioFormat | None) -> float:
 
 
 def mask_number(number: str) -> str:
-    """``+4930123456`` → ``+49301…56``: enough to tell calls apart, not to call back."""
+    """``+4930123456`` → ``+493…56``: enough to tell calls apart, not to call back."""
     if len(number) <= 4:
         return "…" if number else ""
     keep = max(2, len(number) // 2 - 1)
