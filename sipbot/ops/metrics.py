@@ -35,7 +35,8 @@ from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: half the exposition, no use to dashboards
+# no *_created series: half the exposition, of no use to dashboards
+disable_created_metrics()  # type: ignore[no-untyped-call]
 # End reasons and pre-answer outcomes, as labels (anything else counts as "other").
 OUTCOMES = frozenset(
     {
