@@ -3,6 +3,7 @@ and a real Prometheus scraping it (issue 10)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -161,6 +162,11 @@ def test_prometheus_scrapes_active_calls_and_a_latency_histogram(
             PROMETHEUS_SAMPLE_S,
             "the first-audio latency histogram in Prometheus",
         )
+        dashboard = json.loads((REPO_ROOT / "deploy" / "grafana-dashboard.json").read_text())
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:  # every panel's query is valid PromQL here
+                answer = get_json(api + urllib.parse.quote(target["expr"]))
+                assert answer["status"] == "success", (panel["title"], answer)
     finally:
         prometheus.stop(timeout=5.0)
         result = caller.wait(60)

@@ -255,6 +255,30 @@ def test_a_calls_media_figures_are_added_once_at_its_end() -> None:
     assert not any('measure="barge_in"' in name for name in got)  # no sample: nothing added
 
 
+def test_the_grafana_dashboard_uses_only_metrics_sipbot_exposes() -> None:
+    m = metrics()
+    m.call_ended("r", "a", "bye-received")
+    m.refusal("capacity")
+    m.setup_time(0.1)
+    m.media_ended(MediaStats(), MediaLatency(first_audio=LatencySummary(1, 1.0, 1.0, 1.0)))
+    m.provider_session("local")
+    m.provider_event("local", "reconnect")
+    m.tool_done("t", 0.1, "ok")
+    m.lag_sample(0.001)
+    exposed = {name.split("{")[0] for name in samples(m.exposition().decode())}
+    exposed |= {"sipbot_ticker_late_ticks_total", "sipbot_ticker_skipped_frames_total"}
+    path = Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json"
+    dashboard = json.loads(path.read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"sipbot_[a-z_]+", target["expr"])
+    }
+    assert used, dashboard
+    assert used <= exposed, used - exposed
+
+
 # --------------------------------------------------------------------------- status text
 
 
