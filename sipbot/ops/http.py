@@ -121,6 +121,7 @@ class _Api:
     def __init__(self, server: Server, settings: HttpSettings) -> None:
         self.server = server
         self.timeout_s = settings.request_timeout_s
+        self.max_body = settings.max_body_bytes
         token = settings.token
         self._token = None if token is None else to_secret(token).reveal().encode()
         self._view: tuple[float, list[dict[str, Any]]] = (0.0, [])
@@ -141,6 +142,13 @@ class _Api:
                 {"error": "unauthorized"},
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="sipbot"'},
+            )
+        length = request.content_length
+        if (length is not None and length > self.max_body) or (
+            length is None and request.body_exists
+        ):
+            return web.json_response(
+                {"error": f"a body needs Content-Length <= {self.max_body}"}, status=413
             )
         if request.path == "/api/events":
             return await handler(request)
