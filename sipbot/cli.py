@@ -1,10 +1,11 @@
 """sipbot: answer phone calls with a realtime speech-to-speech AI.
 
 Commands: ``run`` (the server), ``call`` (a test caller), ``check`` (validate a config and print
-its routing table), ``route`` (which route and agent a call would get), ``status`` and ``drain``
-(ask a running server through its HTTP listener), ``emulate`` (offline Gemini Live / OpenAI
-Realtime servers). Exit codes: 0 success, 1 failure, 2 bad usage or an
-invalid config file (one line naming file, line and field).
+its routing table), ``route`` (which route and agent a call would get), ``calls`` (list, show,
+export and erase call records), ``status`` and ``drain`` (ask a running server through its HTTP
+listener), ``emulate`` (offline Gemini Live / OpenAI Realtime servers).
+Exit codes: 0 success, 1 failure, 2 bad usage, an invalid config file (one line naming file,
+line and field) or a records database that cannot be opened at start.
 """
 
 from __future__ import annotations
@@ -127,6 +128,28 @@ def _check_route_parsers(commands: Any) -> None:
     rt.add_argument("--at", metavar="ISO-TIME", help="route as if at this time (with offset)")
 
 
+def _calls_parser(commands: Any) -> None:
+    calls = commands.add_parser("calls", help="call records: list, show, export, erase")
+    actions = calls.add_subparsers(dest="action", required=True)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = actions.add_parser(name, help=help)
+        parser.add_argument("-c", "--config", metavar="FILE", help="YAML config (its records)")
+        parser.add_argument("--url", help="records database URL (instead of the config's)")
+        return parser
+
+    action("list", "the newest records").add_argument(
+        "--limit", type=int, default=50, metavar="N", help="at most N records (default 50)"
+    )
+    action("show", "one record with its transcript").add_argument("id", help="record id or prefix")
+    action("export", "every record (JSON lines or CSV)").add_argument(
+        "--format", choices=("jsonl", "csv"), default="jsonl"
+    )
+    action("erase", "delete every record of a caller").add_argument(
+        "--caller", required=True, metavar="NUMBER", help="the caller (From user) to erase"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     from sipbot import __version__
 
@@ -137,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     _call_parser(commands)
     _check_route_parsers(commands)
     _ops_parsers(commands)
+    _calls_parser(commands)
     commands.add_parser(
         "emulate", help="run a Gemini Live or OpenAI Realtime emulator", add_help=False
     )
@@ -162,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status_command(args.url, token, sys.stdout, sys.stderr, raw=args.json)
     if args.command == "route":
         return _route(args)
+    if args.command == "calls":
+        return _calls(args)
     if args.command == "call":
         _logging(args.log_level)
         from sipbot.caller import place_call
@@ -257,6 +283,45 @@ def _route(args: argparse.Namespace) -> int:
     )
 
 
+def _calls(args: argparse.Namespace) -> int:
+    from sipbot.config import load_config
+    from sipbot.errors import RecordsError
+    from sipbot.records import commands, default_data_dir, open_store
+
+    try:
+        server = load_config(args.config).server
+        store = open_store(args.url or server.records.url, server.data_dir or default_data_dir())
+        if getattr(store, "path", None) is not None and not _exists(store):
+            print(f"sipbot calls: no records database at {store.label}", file=sys.stderr)
+            return EXIT_FAILURE
+        connect = getattr(store, "connect", None)
+        if connect is not None:
+            connect()
+        store.migrate()
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.action == "list":
+            return commands.list_command(store, sys.stdout, args.limit)
+        if args.action == "show":
+            return commands.show_command(store, sys.stdout, sys.stderr, args.id)
+        if args.action == "export":
+            return commands.export_command(store, sys.stdout, args.format)
+        return commands.erase_command(store, sys.stdout, args.caller)
+    except RecordsError as exc:
+        print(f"sipbot calls: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        store.close()
+
+
+def _exists(store: Any) -> bool:
+    import os
+
+    return os.path.exists(store.path)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from sipbot.config import load_config
 
@@ -334,9 +399,16 @@ def _http_override(http: Any, text: str) -> Any:
 async def _run_server(config: Any, options: Any) -> int:
     from sipbot.server import Server
 
-    server = Server(config, options)
+    try:
+        server = Server(config, options)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
     try:
         await server.start()
+    except ConfigError as exc:  # the records database: checked first, nothing else is started
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         print(f"sipbot: cannot listen: {exc}", file=sys.stderr)
         await server.stop()

@@ -225,6 +225,30 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _records_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    scheme = text.split(":", 1)[0].lower() if ":" in text else ""
+    if scheme not in ("sqlite", "postgresql", "postgres"):
+        raise _invalid(
+            "a records URL is sqlite:///PATH or postgresql://USER@HOST:PORT/DB, "
+            f"not {text.split('@')[-1]!r}"
+        )
+    return text
+
+
+class RecordSettings(StrictModel):
+    """``server.records``: where call records go and how long they stay."""
+
+    enabled: bool = True
+    url: Annotated[str | None, BeforeValidator(_records_url)] = None  # None: SQLite in data_dir
+    keep_days: Annotated[int, Field(ge=0)] = 90  # 0 keeps records forever
+    queue_max: Annotated[int, Field(ge=1)] = 10_000
+    max_size_mb: Annotated[float | None, Field(gt=0)] = None  # cap of the SQLite file
+    truncate_chars: Annotated[int, Field(ge=16)] = 2000
+
+
 class ServerSettings(StrictModel):
     """The ``server:`` section (every key optional)."""
 
@@ -235,6 +259,8 @@ class ServerSettings(StrictModel):
         default_factory=HttpSettings
     )
     recordings_dir: str | None = None
+    data_dir: str | None = None  # None: $XDG_DATA_HOME/sipbot or ~/.local/share/sipbot
+    records: RecordSettings = Field(default_factory=RecordSettings)
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], BeforeValidator(lambda v: str(v).lower())
     ] = "info"
@@ -408,6 +434,7 @@ __all__ = [
     "LimitSettings",
     "ListenAddress",
     "MediaSettings",
+    "RecordSettings",
     "ServerSettings",
     "SipSettings",
     "SipTimers",

@@ -19,10 +19,13 @@ Every error sipbot raises on purpose derives from :class:`SipbotError`::
     │   ├── ProviderConnectError  the provider cannot be reached or rejects the key
     │   ├── ProviderProtocolError the provider sent something we do not understand
     │   └── ProviderClosed        the session is closed
-    └── ToolError
-        ├── ToolTimeout           a tool ran past its timeout
-        ├── ToolNotAllowed        a tool was asked for something its policy forbids
-        └── ToolDefinitionError   a tool function cannot be turned into a schema
+    ├── ToolError
+    │   ├── ToolTimeout           a tool ran past its timeout
+    │   ├── ToolNotAllowed        a tool was asked for something its policy forbids
+    │   └── ToolDefinitionError   a tool function cannot be turned into a schema
+    └── RecordsError              the call-records database failed
+        ├── RecordsUnavailable    it cannot be reached now (retry later; records stay queued)
+        └── RecordsWriteFailed    it refused these records (disk full, bad data): they are lost
 
 Errors caused by the peer (``SipParseError``, ``ProviderProtocolError``) are kept apart from
 our own mistakes (``LocalSipError``), as h11 does with Local/RemoteProtocolError.
@@ -163,3 +166,15 @@ class ToolNotAllowed(ToolError):
 
 class ToolDefinitionError(ToolError):
     """A Python function cannot be turned into a tool schema."""
+
+
+class RecordsError(SipbotError):
+    """Base class of call-records database errors."""
+
+
+class RecordsUnavailable(RecordsError):
+    """The records database cannot be reached now (connection lost, locked): try again later."""
+
+
+class RecordsWriteFailed(RecordsError):
+    """The records database refused a write for good (disk full, invalid data)."""

@@ -13,7 +13,9 @@ Rules:
 * Rule 2: routing uses the dialplan current when the INVITE arrives; a reload never touches
   calls in progress.
 * Rule 3: one call's failure (a bug included) is logged and ends that call only.
-* Rule 4: drain (SIGTERM, ``sipbot drain``, ``POST /drain``): new INVITEs and OPTIONS get 503,
+* Rule 4: every INVITE gets one call record (answered, rejected, refused, failed, crashed),
+  handed to the records writer without waiting (:mod:`sipbot.records`).
+* Rule 5: drain (SIGTERM, ``sipbot drain``, ``POST /drain``): new INVITEs and OPTIONS get 503,
   calls in progress may finish for ``limits.drain_timeout_s``, then each hears a short goodbye
   and gets BYE.
 """
@@ -47,6 +49,7 @@ from sipbot.ops.observe import ObservedProvider, RecentCalls, SessionWatch
 from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt, render
 from sipbot.providers.base import CallInfo, Provider
 from sipbot.providers.registry import make_provider
+from sipbot.records import Attempt, RecordWriter, default_data_dir, open_store
 from sipbot.sip.address import parse_name_addr, parse_uri
 from sipbot.sip.message import SipRequest
 from sipbot.sip.sdp import SdpAnswerer
@@ -140,11 +143,19 @@ class Server:
         self.drained = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
         self.http: Any = None  # the side listener (sipbot.ops.http), once started
+        self.records = make_records(config)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Bind the SIP transports and start watching the dialplan."""
+        """Open the records database, bind the SIP transports, start watching the dialplan.
+
+        Raises:
+            ConfigError: the records database cannot be opened or reached.
+            OSError: an address cannot be bound.
+        """
+        if self.records is not None:
+            await self.records.start()
         await self.ua.start()
         await bind_listeners(self.ua, self.config.server.sip.listen)
         if self.config.server.http.listen is not None:
@@ -188,6 +199,8 @@ class Server:
             await self.http.close()
         await self.engine.close()
         await aclose_http_clients()
+        if self.records is not None:
+            await self.records.aclose(STOP_TIMEOUT_S)
         self._stopped.set()
 
     # ------------------------------------------------------------------ calls
@@ -205,33 +218,44 @@ class Server:
             self.metrics.refusal(refusal.reason)
             retry = [("Retry-After", str(refusal.retry_after_s))]
             dialog.reject(refusal.status, "Service Unavailable", retry)
+            self._refused(dialog, refusal.reason)
             return
         self._admitted += 1
         self._spawn(self._handle(dialog, self.ua.loop.time()), name=f"call:{dialog.call_id}")
 
     async def _handle(self, dialog: ServerCall, arrived: float) -> None:
         info = call_info(dialog.invite, dialog.source)
-        outcome, call = "error", None
+        attempt = self._attempt(dialog, info)
+        call: Call | None = None
+        reason: str | None = None
+        outcome = "error"
         try:
-            plan = self._plan(dialog, info)
+            try:
+                plan = self._plan(dialog, info, attempt)
+            except Exception:
+                log.exception("call %s: routing failed", info.call_id)
+                dialog.reject(500, "Server Internal Error")
+                attempt.note("failed", "routing-error")
+                return
             if plan is None:
                 return
             call = Call(dialog, plan)
             self.calls[info.call_id] = call
             self.calls_total += 1
             outcome = "not-answered"
-            answered = await call.answer(
-                self.engine, self._answerer(plan, dialog), ring_s=self.options.ring_s
-            )
-            if answered:
-                self.metrics.setup_time(self.ua.loop.time() - arrived)
-                outcome = await call.run()
-                self._cdr(call, outcome)
-        except Exception:  # Rule 3
-            log.exception("call %s failed", info.call_id)
-            if call is None:
-                dialog.reject(500, "Server Internal Error")
-            else:
+            try:
+                answered = await call.answer(
+                    self.engine, self._answerer(plan, dialog), ring_s=self.options.ring_s
+                )
+                if answered:
+                    attempt.answered = time.time()
+                    self.metrics.setup_time(self.ua.loop.time() - arrived)
+                    reason = outcome = await call.run()
+                    self._cdr(call, reason)
+            except Exception:  # Rule 3
+                log.exception("call %s failed", info.call_id)
+                attempt.note("crashed", "error")
+                outcome = "error"
                 with contextlib.suppress(Exception):
                     await call.dialog.bye()
         finally:
@@ -241,8 +265,34 @@ class Server:
             route_name = self.routes.pop(info.call_id, "")
             if call is not None:
                 self.metrics.call_ended(route_name, call.plan.agent.name, outcome)
+            try:  # Rule 4 (and Rule 3: a bad record must not escape the call's task)
+                media = cdr_media(call) if attempt.answered is not None and call else None
+                attempt.finish(call, reason=reason, media=media)
+            except Exception:
+                log.exception("call %s: its call record failed", info.call_id)
 
-    def _plan(self, dialog: ServerCall, info: CallInfo) -> CallPlan | None:
+    def _attempt(self, dialog: ServerCall, info: CallInfo) -> Attempt:
+        _, host, port = dialog.source
+        settings = self.config.server.records
+        return Attempt(
+            dialog,
+            self.records.submit if self.records is not None else _discard,
+            call_id=info.call_id,
+            caller=info.caller,
+            did=info.did,
+            source=_join_hostport(host, port),
+            truncate_chars=settings.truncate_chars,
+        )
+
+    def _refused(self, dialog: ServerCall, reason: str) -> None:
+        """Record an INVITE refused before routing (admission: shutdown, capacity, trust)."""
+        if self.records is not None:
+            attempt = self._attempt(dialog, call_info(dialog.invite, dialog.source))
+            attempt.status, attempt.sip_reason = 503, "Service Unavailable"
+            attempt.note("refused", reason)
+            attempt.finish()
+
+    def _plan(self, dialog: ServerCall, info: CallInfo, attempt: Attempt) -> CallPlan | None:
         """Route the call; answer non-agent outcomes here. None: nothing more to do."""
         now = datetime.now(UTC)
         request = RouteRequest(
@@ -260,28 +310,34 @@ class Server:
             decision.route_name,
             action,
         )
+        attempt.route = decision.route_name
         if isinstance(action, Reject):
             self.metrics.refusal("route")
             self.metrics.call_ended(decision.route_name or "", "", "rejected")
             dialog.reject(action.status, action.reason)
+            attempt.note("rejected", "route")
             return None
         if isinstance(action, Transfer):
             self.metrics.call_ended(decision.route_name or "", "", "transfer-302")
             dialog.reject(302, "Moved Temporarily", [("Contact", f"<{action.uri}>")])
+            attempt.note("redirected", "route")
             return None
         assert isinstance(action, Answer)
         agent = self._agent_overrides(action.agent)
+        attempt.agent, attempt.provider = agent.name, agent.provider
         try:
             provider = self._provider(agent)
         except (ConfigError, OSError) as exc:
             log.error("call %s: agent %s cannot start: %s", info.call_id, agent.name, exc)
             dialog.reject(503, "Service Unavailable")
+            attempt.note("failed", "agent-unavailable")
             return None
         recordings = self.config.server.recordings_dir
         recording = None
         if agent.recording and recordings:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             recording = os.path.join(recordings, f"{stamp}-{_safe(info.call_id)}.wav")
+        attempt.recording_path = recording
         return CallPlan(
             info=info,
             agent=agent,
@@ -350,10 +406,8 @@ class Server:
         "p99", "max"}`` in ms (see :mod:`sipbot.media.latency` for what each measures).
         """
         r = call.record
-        stats = call.media.stats if call.media is not None else None
-        latency = call.media.latency if call.media is not None else MediaLatency()
-        if stats is not None:
-            self.metrics.media_ended(stats, latency)
+        if call.media is not None:
+            self.metrics.media_ended(call.media.stats, call.media.latency)
         record = {
             "call_id": r.call_id,
             "caller": r.caller,
@@ -365,11 +419,7 @@ class Server:
             "turns": r.turns,
             "tool_calls": r.tool_calls,
             "interruptions": r.interruptions,
-            "rtp_in": stats.packets_in if stats else 0,
-            "rtp_out": stats.packets_out if stats else 0,
-            "rtp_lost": stats.lost if stats else 0,
-            "rtp_underruns": stats.underruns if stats else 0,
-            "latency_ms": latency.as_dict(),
+            **cdr_media(call),
         }
         cdr_log.info(json.dumps(record))
         self.recent.add(
@@ -382,10 +432,10 @@ class Server:
             }
         )
 
-    # ------------------------------------------------------------------ drain (Rule 4)
+    # ------------------------------------------------------------------ drain (Rule 5)
 
     def drain(self) -> bool:
-        """Stop admitting calls; end the ones up after ``drain_timeout_s`` (Rule 4).
+        """Stop admitting calls; end the ones up after ``drain_timeout_s`` (Rule 5).
 
         Returns False when already draining. :attr:`drained` is set once no call is left.
         """
@@ -438,6 +488,37 @@ class Server:
 
     def _call_tasks(self) -> list[asyncio.Task[None]]:
         return [t for t in self._tasks if t.get_name().startswith("call:")]
+
+
+def cdr_media(call: Call) -> dict[str, Any]:
+    """The media-quality fields of the CDR line (also the call record's ``media``)."""
+    stats = call.media.stats if call.media is not None else None
+    latency = call.media.latency if call.media is not None else MediaLatency()
+    return {
+        "rtp_in": stats.packets_in if stats else 0,
+        "rtp_out": stats.packets_out if stats else 0,
+        "rtp_lost": stats.lost if stats else 0,
+        "rtp_underruns": stats.underruns if stats else 0,
+        "latency_ms": latency.as_dict(),
+    }
+
+
+def make_records(config: Config) -> RecordWriter | None:
+    """The records writer the config asks for (not connected yet), or None when disabled.
+
+    Raises:
+        ConfigError: the records URL names no supported database.
+    """
+    settings = config.server.records
+    if not settings.enabled:
+        return None
+    data_dir = config.server.data_dir or default_data_dir()
+    store = open_store(settings.url, data_dir, max_size_mb=settings.max_size_mb)
+    return RecordWriter(store, queue_max=settings.queue_max, keep_days=settings.keep_days)
+
+
+def _discard(row: object) -> None:
+    """Where records go when they are switched off."""
 
 
 def call_info(invite: SipRequest, source: tuple[str, str, int]) -> CallInfo:

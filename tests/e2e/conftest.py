@@ -142,9 +142,10 @@ def sipbot_server(peers_tmp: Path) -> Iterator[StartServer]:
     """Factory: ``sipbot_server(*extra_args, env=None) -> SipbotServer``, ready to take calls.
 
     Starts ``python -m sipbot run --listen 127.0.0.1:<free port> [extra_args]`` from the
-    repository root and waits for a stderr line starting with ``sipbot ready``. On teardown each
-    server gets SIGTERM and a bounded wait; unless ``server.check_exit`` was set False, the test
-    then fails if the exit code is not 0 or the log holds a Traceback.
+    repository root (``XDG_DATA_HOME`` in the test's directory, so the default call records
+    file is the test's own) and waits for a stderr line starting with ``sipbot ready``. On
+    teardown each server gets SIGTERM and a bounded wait; unless ``server.check_exit`` was set
+    False, the test then fails if the exit code is not 0 or the log holds a Traceback.
     """
     servers: list[SipbotServer] = []
 
@@ -156,6 +157,8 @@ def sipbot_server(peers_tmp: Path) -> Iterator[StartServer]:
         port = free_port("both")
         argv = [*SERVER_COMMAND, "--listen", f"127.0.0.1:{port}", *E2E_RTP_PORTS, *extra_args]
         name = f"sipbot-{len(servers)}" if servers else "sipbot"
+        # call records (SQLite by default) go to this test's directory, not the user's home
+        env = {"XDG_DATA_HOME": str(peers_tmp / "data"), **(env or {})}
         proc = ManagedProcess.start(name, argv, peers_tmp, cwd=REPO_ROOT, env=env)
         server = SipbotServer("127.0.0.1", port, proc)
         servers.append(server)

@@ -1,0 +1,110 @@
+"""``sipbot calls list|show|export|erase``: read and erase call records from a terminal.
+
+Each command opens the store named by the config (or ``--url``), migrates it, does one thing
+and prints to ``out``. Times print as UTC ISO 8601.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from sipbot.records.model import CALL_COLUMNS
+from sipbot.records.store import SqlStore
+
+LIST_COLUMNS = ("id", "started", "caller", "did", "agent", "outcome", "end_reason", "duration")
+TIME_KEYS = ("started", "answered", "ended", "at")
+
+
+def list_command(store: SqlStore, out: IO[str], limit: int | None) -> int:
+    """A table of the newest records."""
+    rows = [_summary(r) for r in store.list_calls(limit)]
+    if not rows:
+        print("no call records", file=out)
+        return 0
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in LIST_COLUMNS}
+    print("  ".join(c.upper().ljust(widths[c]) for c in LIST_COLUMNS).rstrip(), file=out)
+    for row in rows:
+        print("  ".join(row[c].ljust(widths[c]) for c in LIST_COLUMNS).rstrip(), file=out)
+    return 0
+
+
+def show_command(store: SqlStore, out: IO[str], err: IO[str], record_id: str) -> int:
+    """One record, its tool calls and its transcript; exit 1 when there is no such record."""
+    record = store.get(record_id)
+    if record is None:
+        print(f"sipbot calls show: no record {record_id!r} (or the prefix is ambiguous)", file=err)
+        return 1
+    for key in CALL_COLUMNS:
+        value = record.get(key)
+        if key in ("tools", "media") or value is None:
+            continue
+        print(f"{key + ':':16}{_text(key, value)}", file=out)
+    if record.get("media"):
+        print(f"{'media:':16}{record['media']}", file=out)
+    for tool in json.loads(record.get("tools") or "[]"):
+        error = f" error={tool['error']}" if tool.get("error") else ""
+        print(f"tool {tool['name']}({tool['arguments']}) -> {tool['output']}{error}", file=out)
+    for line in record["lines"]:
+        at = _iso(line["at"]) if line["at"] is not None else "-"
+        print(f"[{at}] {line['role']}: {line['text']}", file=out)
+    return 0
+
+
+def export_command(store: SqlStore, out: IO[str], fmt: str) -> int:
+    """Every record: JSON lines (with ``lines``) or CSV (the calls table; the transcript joined
+    into one ``transcript`` column, ``role: text`` per line)."""
+    records = store.export()
+    if fmt == "jsonl":
+        for record in records:
+            print(json.dumps(_jsonable(record), ensure_ascii=False), file=out)
+        return 0
+    writer = csv.writer(out)
+    writer.writerow([*CALL_COLUMNS, "transcript"])
+    for record in records:
+        transcript = "\n".join(f"{ln['role']}: {ln['text']}" for ln in record["lines"])
+        writer.writerow([*(record.get(c) for c in CALL_COLUMNS), transcript])
+    return 0
+
+
+def erase_command(store: SqlStore, out: IO[str], caller: str) -> int:
+    """Delete every record and transcript line of one caller (a data-subject request)."""
+    calls, lines = store.erase_caller(caller)
+    print(f"erased {calls} call records and {lines} transcript lines of caller {caller}", file=out)
+    return 0
+
+
+def _summary(record: dict[str, Any]) -> dict[str, str]:
+    ended, started = record.get("ended"), record["started"]
+    duration = f"{ended - started:.1f}s" if ended is not None else "-"
+    row = {c: _text(c, record.get(c)) for c in LIST_COLUMNS if c != "duration"}
+    row["duration"] = duration
+    return row
+
+
+def _text(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key in TIME_KEYS:
+        return _iso(value)
+    return str(value)
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
+    out = dict(record)
+    for key in ("tools", "media"):
+        if isinstance(out.get(key), str):
+            out[key] = json.loads(out[key])
+    return out
+
+
+def rows_of(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records as plain comparable dicts (tests compare SQLite and PostgreSQL with it)."""
+    return [_jsonable(r) for r in records]

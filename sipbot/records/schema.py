@@ -1,0 +1,77 @@
+"""One schema for SQLite and PostgreSQL, as numbered migrations.
+
+Rules:
+
+* Rule 1: one SQL text for both databases: only types both understand (TEXT, INTEGER,
+  DOUBLE PRECISION), no autoincrement (record ids are made by sipbot, transcript lines are keyed
+  by ``(record_id, seq)``), ``?`` placeholders (the PostgreSQL store rewrites them).
+* Rule 2: ``schema_version`` holds one row, the version reached; each migration runs in one
+  transaction with its version bump, so a database is always at a whole version.
+* Rule 3: migrations only add; a database newer than this sipbot is refused, never "downgraded".
+
+History: version 1 held calls and their transcript; version 2 added the media-quality summary,
+the recording path and the source address, and an index on ``caller`` for ``calls erase``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    # version 1
+    (
+        """CREATE TABLE calls (
+            id TEXT PRIMARY KEY,
+            call_id TEXT NOT NULL,
+            caller TEXT NOT NULL,
+            did TEXT NOT NULL,
+            trunk TEXT,
+            route TEXT,
+            agent TEXT,
+            provider TEXT,
+            outcome TEXT NOT NULL,
+            started DOUBLE PRECISION NOT NULL,
+            answered DOUBLE PRECISION,
+            ended DOUBLE PRECISION,
+            end_reason TEXT,
+            sip_status INTEGER,
+            sip_reason TEXT,
+            turns INTEGER NOT NULL DEFAULT 0,
+            tool_calls INTEGER NOT NULL DEFAULT 0,
+            barge_ins INTEGER NOT NULL DEFAULT 0,
+            tools TEXT NOT NULL DEFAULT '[]'
+        )""",
+        "CREATE INDEX calls_started ON calls (started)",
+        """CREATE TABLE transcript_lines (
+            record_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            at DOUBLE PRECISION,
+            role TEXT NOT NULL,
+            text TEXT NOT NULL,
+            PRIMARY KEY (record_id, seq)
+        )""",
+    ),
+    # version 2
+    (
+        "ALTER TABLE calls ADD COLUMN media TEXT",
+        "ALTER TABLE calls ADD COLUMN recording_path TEXT",
+        "ALTER TABLE calls ADD COLUMN source TEXT",
+        "CREATE INDEX calls_caller ON calls (caller)",
+    ),
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+VERSION_TABLE: Final = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+
+
+def pending(current: int, target: int = SCHEMA_VERSION) -> list[tuple[int, tuple[str, ...]]]:
+    """The migrations that take a database from ``current`` to ``target``: (version, SQL).
+
+    Raises:
+        ValueError: ``current`` is newer than ``target`` (Rule 3).
+    """
+    if current > target:
+        raise ValueError(
+            f"the records database is at schema version {current}; "
+            f"this sipbot knows versions up to {target}"
+        )
+    return [(v, MIGRATIONS[v - 1]) for v in range(current + 1, target + 1)]
