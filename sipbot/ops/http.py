@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from sipbot.ops import snapshot
+from sipbot.ops.records_view import RecordsReader
+from sipbot.records import default_data_dir
 from sipbot.secret import to_secret
 
 if TYPE_CHECKING:
@@ -44,6 +46,7 @@ HEALTHZ_MAX_LAG_MS = 1000.0  # /healthz fails when the loop lags more than this
 VIEW_MAX_AGE_S = 0.25
 EVENT_INTERVAL_S = 0.5
 MAX_EVENT_STREAMS = 20
+RECORDS_LISTED = 50
 OPEN_PATHS = frozenset({"/healthz"})
 WEB_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 
@@ -87,6 +90,8 @@ async def start_http(server: Server, settings: HttpSettings) -> HttpListener | N
     app.router.add_get("/api/status", api.status)
     app.router.add_get("/api/calls", api.calls)
     app.router.add_get("/api/recent", api.recent)
+    app.router.add_get("/api/records", api.records)
+    app.router.add_get("/api/records/{record_id}", api.record)
     app.router.add_get("/api/events", api.events)
     app.router.add_post("/drain", api.drain)
     app.router.add_get("/recordings/{call_id}", api.recording)
@@ -126,6 +131,11 @@ class _Api:
         self._token = None if token is None else to_secret(token).reveal().encode()
         self._view: tuple[float, list[dict[str, Any]]] = (0.0, [])
         self._streams = 0
+        self._reader: RecordsReader | None = None
+        records = server.config.server.records
+        if server.records is not None:
+            data_dir = server.config.server.data_dir or default_data_dir()
+            self._reader = RecordsReader(records.url, data_dir)
         web_dir = resources.files("sipbot") / "web"
         self._files = {name: (web_dir / name).read_bytes() for name in WEB_FILES}  # at start
 
@@ -196,14 +206,33 @@ class _Api:
     async def recent(self, request: web.Request) -> web.Response:
         return web.json_response({"calls": snapshot.recent_calls(self.server)})
 
+    async def records(self, request: web.Request) -> web.Response:
+        """The newest call records of the records database (every worker's, every run's)."""
+        if self._reader is None:
+            return web.json_response({"calls": [], "enabled": False})
+        rows = await self._reader.list(RECORDS_LISTED)
+        return web.json_response({"calls": rows, "enabled": True})
+
+    async def record(self, request: web.Request) -> web.Response:
+        """One call record with its transcript lines."""
+        record_id = request.match_info["record_id"]
+        row = None if self._reader is None else await self._reader.get(record_id)
+        if row is None:
+            return web.json_response({"error": "no such record"}, status=404)
+        return web.json_response(row)
+
     async def drain(self, request: web.Request) -> web.Response:
         started = self.server.drain()
         body = {"draining": True, "started": started, "calls": len(self.server.calls)}
         return web.json_response(body, status=202)
 
     async def recording(self, request: web.Request) -> web.StreamResponse:
-        record = self.server.recent.get(request.match_info["call_id"])
+        key = request.match_info["call_id"]
+        record = self.server.recent.get(key)
         path = record.get("recording") if record else None
+        if not path and self._reader is not None:  # a record id from /api/records
+            row = await self._reader.get(key)
+            path = row.get("recording_path") if row else None
         if not path:
             return web.json_response({"error": "no recording"}, status=404)
         return web.FileResponse(path, headers={"Content-Type": "audio/wav"})  # 404 if gone

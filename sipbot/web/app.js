@@ -89,6 +89,50 @@ function showRecent(calls) {
   }));
 }
 
+async function loadRecords() {
+  let data;
+  try {
+    const response = await fetch(withToken("api/records"));
+    if (!response.ok) return;
+    data = await response.json();
+  } catch (e) { return; }
+  $("#records-section").hidden = !data.enabled;
+  const body = $("#records tbody");
+  body.replaceChildren(...data.calls.map((r) => {
+    const tr = document.createElement("tr");
+    tr.dataset.recordId = r.id;
+    const cells = [new Date(r.started * 1000).toLocaleString(), r.agent || "-", r.caller || "anonymous",
+      r.did, r.outcome, r.end_reason || (r.sip_status ? String(r.sip_status) : "-"), r.turns];
+    for (const v of cells) {
+      const td = document.createElement("td");
+      td.textContent = v;
+      tr.appendChild(td);
+    }
+    const td = document.createElement("td");
+    if (r.has_recording) {
+      const audio = document.createElement("audio");
+      audio.controls = true;
+      audio.preload = "none";
+      audio.src = withToken("recordings/" + encodeURIComponent(r.id));
+      td.appendChild(audio);
+    }
+    tr.appendChild(td);
+    tr.addEventListener("click", () => showRecord(r.id));
+    return tr;
+  }));
+}
+
+async function showRecord(id) {
+  const response = await fetch(withToken("api/records/" + encodeURIComponent(id)));
+  if (!response.ok) return;
+  const r = await response.json();
+  const lines = (r.lines || []).map((l) => l.role + ": " + l.text);
+  const detail = $("#record-detail");
+  detail.textContent = `${r.id} ${r.agent || ""} ${r.outcome} ${r.end_reason || ""}\n` +
+    (lines.length ? lines.join("\n") : "(no transcript)");
+  detail.hidden = false;
+}
+
 function connect() {
   const source = new EventSource(withToken("api/events"));
   source.onopen = () => { $("#conn").textContent = "live"; $("#conn").className = "badge"; };
@@ -98,6 +142,9 @@ function connect() {
     $("#drain").hidden = !data.draining;
     showCalls(data.calls);
   });
-  source.addEventListener("recent", (e) => showRecent(JSON.parse(e.data).calls));
+  source.addEventListener("recent", (e) => {
+    showRecent(JSON.parse(e.data).calls);
+    setTimeout(loadRecords, 1500);  // the records writer batches: give it a moment
+  });
 }
 connect();

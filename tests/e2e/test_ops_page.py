@@ -2,7 +2,8 @@
 
 A SIPp call into an agent served by the OpenAI emulator: the page lists it, its transcript
 lines appear, the caller's level meter moves; after BYE the call leaves the live list and shows
-in recent calls with its recording, which the browser loads. Screenshots are kept in the test's
+in recent calls with its recording, which the browser loads, and in the call records (the
+records database) with its transcript. Screenshots are kept in the test's
 log directory (``SIPBOT_E2E_LOG_DIR`` keeps them as CI artifacts).
 """
 
@@ -137,5 +138,21 @@ def test_the_page_shows_a_live_call_its_transcript_and_levels_then_its_record(
         src = row.find_element(By.TAG_NAME, "audio").get_attribute("src")
         with urllib.request.urlopen(src, timeout=5) as response:
             assert response.headers["Content-Type"] == "audio/wav"
+            assert response.read(4) == b"RIFF"
+        record = wait_for(
+            browser,
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#records tbody tr"),
+            "the call in the records database",
+        )[0]
+        assert [td.text for td in record.find_elements(By.TAG_NAME, "td")][1] == "bot"
+        record.click()
+        detail = wait_for(
+            browser,
+            lambda d: d.find_element(By.ID, "record-detail").text,
+            "the record's transcript",
+        )
+        assert "agent: you said it, turn 1" in detail
+        stored = record.find_element(By.TAG_NAME, "audio").get_attribute("src")
+        with urllib.request.urlopen(stored, timeout=5) as response:  # by record id
             assert response.read(4) == b"RIFF"
         browser.save_screenshot(str(peers_tmp / "recent-calls.png"))
