@@ -343,8 +343,8 @@ def run_config(
 ) -> int:
     """Run a server for a loaded :class:`~sipbot.config.Config` until stopped.
 
-    SIGTERM drains (new calls refused, calls up end after ``limits.drain_timeout_s`` with a
-    goodbye); a second SIGTERM, or SIGINT, ends every call at once.
+    SIGTERM drains when ``limits.drain_timeout_s`` > 0 (new calls refused, calls up end after it
+    with a goodbye); otherwise, on a second SIGTERM, or on SIGINT, every call ends at once.
     """
     _logging(log_level or config.server.log_level, log_format)
     return _run_async(_run_server(config, options))
@@ -420,8 +420,8 @@ async def _run_server(config: Any, options: Any) -> int:
     loop = asyncio.get_running_loop()
 
     def on_sigterm() -> None:
-        if not server.drain():  # a second SIGTERM: end at once
-            stop.set()
+        if config.server.limits.drain_timeout_s <= 0 or not server.drain():
+            stop.set()  # no drain configured, or a second SIGTERM: end every call at once
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, stop.set)

@@ -168,7 +168,8 @@ class LimitSettings(StrictModel):
 
     max_calls: Annotated[int, Field(ge=1)] = 500
     max_loop_lag_ms: Annotated[float, Field(gt=0)] = 200.0  # refuse new calls above this lag
-    drain_timeout_s: Annotated[float, Field(ge=0)] = 0.0  # SIGTERM: calls may finish this long
+    # SIGTERM with > 0: drain (calls may finish this long); 0: SIGTERM ends every call at once
+    drain_timeout_s: Annotated[float, Field(ge=0)] = 0.0
     retry_after_s: Annotated[int, Field(ge=1)] = 5
 
 
