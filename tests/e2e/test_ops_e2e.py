@@ -174,3 +174,23 @@ def test_prometheus_scrapes_active_calls_and_a_latency_histogram(
     assert len(active) == 1, active
     value = float(p99[0]["value"][1])  # type: ignore[index]
     assert 0.0 < value <= 0.1, p99  # one call's first-audio p99, in seconds
+
+
+@pytest.mark.requires_peers("sipp")
+def test_json_logs_one_object_per_line_with_the_call_id_on_call_lines(
+    speech: audio.Speech, sipbot_server: StartServer, peers_tmp: Path
+) -> None:
+    server = sipbot_server("--log-format", "json")
+    scenario = sipp.uac_scenario(peers_tmp / "uac.xml", speech.raw_for("PCMU"), "PCMU", hold_s=1)
+    sipp.run_uac(server.address, scenario, peers_tmp, calls=1).assert_ok(1)
+    wait_until(lambda: "sipbot.cdr" in server.log(), 10, "the CDR line")
+    lines = server.process.read_log("stderr").splitlines()
+    records = [json.loads(line) for line in lines if not line.startswith("sipbot ")]
+    assert {"ts", "level", "logger", "msg"} <= set(records[0])
+    about_the_call = [
+        r for r in records if r["msg"].startswith("call ") or r["logger"] == "sipbot.cdr"
+    ]
+    assert len(about_the_call) >= 3, records
+    call_ids = {r.get("call_id") for r in about_the_call}
+    assert len(call_ids) == 1, about_the_call
+    assert None not in call_ids
