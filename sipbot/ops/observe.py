@@ -115,6 +115,9 @@ class ObservedSession:
         watch.in_format = inner.input_format
         watch.out_format = inner.output_format
 
+    def __getattr__(self, attr: str) -> Any:  # anything beyond the protocol passes through
+        return getattr(self._inner, attr)
+
     @property
     def input_format(self) -> AudioFormat:
         return self._inner.input_format
