@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -108,10 +108,17 @@ class SessionWatch:
 class ObservedSession:
     """A provider session that reports to a :class:`Sink` (Rule 1)."""
 
-    def __init__(self, inner: ProviderSession, watch: SessionWatch, sink: Sink) -> None:
+    def __init__(
+        self,
+        inner: ProviderSession,
+        watch: SessionWatch,
+        sink: Sink,
+        forget: Callable[[], None] | None = None,
+    ) -> None:
         self._inner = inner
         self.watch = watch
         self._sink = sink
+        self._forget = forget
         watch.in_format = inner.input_format
         watch.out_format = inner.output_format
 
@@ -166,6 +173,8 @@ class ObservedSession:
         await self._inner.truncate(item_id, played_ms)
 
     async def close(self) -> None:
+        if self._forget is not None:  # a session opened after its call ended leaves no watch
+            self._forget()
         await self._inner.close()
 
 
@@ -195,8 +204,14 @@ class ObservedProvider:
             self._sink.provider_event(self.name, "open-failed")
             raise
         self._sink.provider_session(self.name)
-        watch = self._watches[call.call_id] = SessionWatch(self.name)
-        return ObservedSession(inner, watch, self._sink)
+        watches, call_id = self._watches, call.call_id
+        watch = watches[call_id] = SessionWatch(self.name)
+
+        def forget() -> None:
+            if watches.get(call_id) is watch:
+                del watches[call_id]
+
+        return ObservedSession(inner, watch, self._sink, forget)
 
 
 def _notice_kind(message: str) -> str:

@@ -28,6 +28,7 @@ from sipbot.ops.metrics import Gauges, Metrics
 from sipbot.ops.observe import (
     SILENCE_DBFS,
     NullSink,
+    ObservedProvider,
     ObservedSession,
     RecentCalls,
     SessionWatch,
@@ -36,8 +37,10 @@ from sipbot.ops.observe import (
 )
 from sipbot.providers.base import (
     AudioOut,
+    CallInfo,
     ProviderEvent,
     ProviderNotice,
+    SessionConfig,
     ToolCall,
     Transcript,
 )
@@ -183,6 +186,27 @@ def test_the_observed_session_passes_everything_through_and_counts() -> None:
     assert sink.events == [("gemini", "connection-lost"), ("gemini", "resume")]
     assert sink.tools == [("weather", "ok"), ("slow", "timeout")]
     assert [r[0] for r in inner.results] == ["t1", "t2"]
+
+
+class RecordingProvider:
+    name = "fake"
+
+    async def open(self, call: CallInfo, config: SessionConfig) -> RecordingSession:
+        return RecordingSession([])
+
+
+def test_the_observed_provider_keeps_a_watch_per_call_until_its_session_closes() -> None:
+    watches: dict[str, SessionWatch] = {}
+    provider = ObservedProvider(RecordingProvider(), watches, NullSink())
+
+    async def run() -> None:
+        session = await provider.open(CallInfo("c1"), SessionConfig())
+        assert list(watches) == ["c1"]
+        assert watches["c1"].provider == "fake"
+        await session.close()
+
+    asyncio.run(run())
+    assert watches == {}
 
 
 def test_recent_calls_are_bounded_newest_first() -> None:
