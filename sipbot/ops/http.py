@@ -191,17 +191,19 @@ class _Api:
     async def metrics(self, request: web.Request) -> web.Response:
         from sipbot.ops.metrics import CONTENT_TYPE
 
-        return web.Response(
-            body=self.server.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE}
-        )
+        parts = []
+        for part in self.server.metrics.exposition_parts():  # one metric family at a time
+            parts.append(part)
+            await asyncio.sleep(0)
+        return web.Response(body=b"".join(parts), headers={"Content-Type": CONTENT_TYPE})
 
     # ------------------------------------------------------------------ the API
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(snapshot.status(self.server))
+        return web.json_response(await snapshot.status(self.server))
 
     async def calls(self, request: web.Request) -> web.Response:
-        return web.json_response({"calls": self._live()})
+        return web.json_response({"calls": await self._live()})
 
     async def recent(self, request: web.Request) -> web.Response:
         return web.json_response({"calls": snapshot.recent_calls(self.server)})
@@ -249,7 +251,8 @@ class _Api:
             await response.prepare(request)
             last_recent: list[Any] | None = None
             while True:
-                payload = json.dumps({"calls": self._live(), "draining": self._draining()})
+                live = await self._live()
+                payload = json.dumps({"calls": live, "draining": self._draining()})
                 await response.write(f"event: calls\ndata: {payload}\n\n".encode())
                 recent = snapshot.recent_calls(self.server)
                 if recent != last_recent:
@@ -278,12 +281,13 @@ class _Api:
 
     # ------------------------------------------------------------------ helpers
 
-    def _live(self) -> list[dict[str, Any]]:
+    async def _live(self) -> list[dict[str, Any]]:
         now = time.monotonic()
         built, view = self._view
         if now - built >= VIEW_MAX_AGE_S:
-            view = snapshot.live_calls(self.server)
-            self._view = (now, view)
+            self._view = (now, view)  # viewers arriving meanwhile take the previous view
+            view = await snapshot.live_calls(self.server)
+            self._view = (time.monotonic(), view)
         return view
 
     def _draining(self) -> bool:

@@ -60,6 +60,7 @@ OUTCOMES = frozenset(
         "error",
     }
 )
+LATENCY_MEASURES = ("inbound", "first_audio", "barge_in")
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0)
 SETUP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -101,14 +102,17 @@ class Metrics:
             registry=registry,
             buckets=SETUP_BUCKETS_S,
         )
-        self.latency = Histogram(
-            "sipbot_call_latency_seconds",
-            "Per-call media latency from the CDR: each ended call adds its p50, p99 and max of "
-            "each measure (inbound, first_audio, barge_in)",
-            ["measure", "stat"],
-            registry=registry,
-            buckets=LATENCY_BUCKETS_S,
-        )
+        self.latency = {
+            measure: Histogram(
+                f"sipbot_call_{measure}_latency_seconds",
+                f"Per-call {measure.replace('_', '-')} latency from the CDR: each ended call adds "
+                "its p50, p99 and max",
+                ["stat"],
+                registry=registry,
+                buckets=LATENCY_BUCKETS_S,
+            )
+            for measure in LATENCY_MEASURES
+        }
         self.rtp = PromCounter(
             "sipbot_rtp",
             "RTP figures of ended calls: packets_in, packets_out, lost, late, underruns, "
@@ -156,12 +160,12 @@ class Metrics:
         for kind in ("packets_in", "packets_out", "lost", "late", "underruns", "late_ticks"):
             rtp.labels(kind).inc(getattr(stats, kind))
         rtp.labels("skipped_frames").inc(stats.skipped_frames)
-        for measure in ("inbound", "first_audio", "barge_in"):
+        for measure in LATENCY_MEASURES:
             summary = getattr(latency, measure)
             if summary.count:
+                histogram = self.latency[measure]
                 for stat in ("p50", "p99", "max"):
-                    ms = getattr(summary, f"{stat}_ms")
-                    self.latency.labels(measure, stat).observe(ms / 1000.0)
+                    histogram.labels(stat).observe(getattr(summary, f"{stat}_ms") / 1000.0)
 
     def setup_time(self, seconds: float) -> None:
         """INVITE → 200 OK of an answered call."""
@@ -186,7 +190,23 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text format for ``/metrics``."""
-        return generate_latest(self.registry)
+        return b"".join(self.exposition_parts())
+
+    def exposition_parts(self) -> Iterator[bytes]:
+        """The text format one metric family at a time (the caller may yield between them:
+        formatting all of it at once takes a few ms)."""
+        for metric in self.registry.collect():
+            yield generate_latest(_One(metric))
+
+
+class _One:
+    """A registry of one collected metric family (to format families one by one)."""
+
+    def __init__(self, metric: Metric) -> None:
+        self._metric = metric
+
+    def collect(self) -> Iterable[Metric]:
+        return [self._metric]
 
 
 class _ServerCollector:

@@ -1,11 +1,13 @@
 """JSON views of a running server for ``/api`` and the live-calls page (no I/O).
 
 Everything here reads public attributes of the server and its calls and returns plain dicts;
-a view is built at most a few times a second (the HTTP layer caches it), never per packet.
+a view is built at most a few times a second (the HTTP layer caches it), never per packet, and
+gives the loop back every few calls.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from sipbot.server import Server
 
 TRANSCRIPT_LINES = 30  # the last lines of a live call's transcript
+VIEW_BATCH = 10  # calls viewed between two yields to the event loop
 
 
 def call_view(server: Server, call: Call, now: float) -> dict[str, Any]:
@@ -67,10 +70,16 @@ def call_view(server: Server, call: Call, now: float) -> dict[str, Any]:
     return view
 
 
-def live_calls(server: Server) -> list[dict[str, Any]]:
-    """Every call up now, oldest first."""
+async def live_calls(server: Server) -> list[dict[str, Any]]:
+    """Every call up now, oldest first; yields to the loop every :data:`VIEW_BATCH` calls so
+    that a view of hundreds of calls never holds the media path up."""
     now = time.time()
-    return [call_view(server, c, now) for c in list(server.calls.values())]
+    out = []
+    for index, call in enumerate(list(server.calls.values()), 1):
+        out.append(call_view(server, call, now))
+        if index % VIEW_BATCH == 0:
+            await asyncio.sleep(0)
+    return out
 
 
 def recent_calls(server: Server) -> list[dict[str, Any]]:
@@ -85,7 +94,7 @@ def recent_calls(server: Server) -> list[dict[str, Any]]:
     return out
 
 
-def status(server: Server) -> dict[str, Any]:
+async def status(server: Server) -> dict[str, Any]:
     """``/api/status``: what ``sipbot status`` prints."""
     admission = server.admission
     refused: Counter[str] = Counter()
@@ -102,5 +111,5 @@ def status(server: Server) -> dict[str, Any]:
         "calls_total": server.calls_total,
         "loop_lag_ms": round(server.lag.lag_ms, 1),
         "refused": dict(refused),
-        "calls": live_calls(server),
+        "calls": await live_calls(server),
     }

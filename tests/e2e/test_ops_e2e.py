@@ -7,7 +7,10 @@ import json
 import re
 import subprocess
 import sys
+import threading
+import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -156,8 +159,8 @@ def test_prometheus_scrapes_active_calls_and_a_latency_histogram(
         )
         p99 = wait_until(
             lambda: query(
-                "histogram_quantile(0.99, sum by (le) (sipbot_call_latency_seconds_bucket"
-                '{measure="first_audio", stat="p99"}))'
+                "histogram_quantile(0.99, sum by (le) ("
+                'sipbot_call_first_audio_latency_seconds_bucket{stat="p99"}))'
             ),
             PROMETHEUS_SAMPLE_S,
             "the first-audio latency histogram in Prometheus",
@@ -194,3 +197,56 @@ def test_json_logs_one_object_per_line_with_the_call_id_on_call_lines(
     call_ids = {r.get("call_id") for r in about_the_call}
     assert len(call_ids) == 1, about_the_call
     assert None not in call_ids
+
+
+@pytest.mark.requires_peers("sipp", "capture")
+def test_the_media_keeps_its_cadence_while_the_http_api_is_busy(
+    speech: audio.Speech, sipbot_server: StartServer, peers_tmp: Path
+) -> None:
+    """Scrapes (every second), status polls and two pages' event streams in parallel with two
+    calls: the calls' RTP keeps its 20 ms cadence (the judge of "never blocks the loop")."""
+    port = free_port("tcp")
+    server = paced_server(sipbot_server, "--http", f"127.0.0.1:{port}")
+    url = f"http://127.0.0.1:{port}"
+    stop = threading.Event()
+    served: list[int] = []
+
+    def hammer() -> None:  # bounded: stops with the calls; Prometheus every second (5x usual)
+        rounds = 0
+        while not stop.is_set():
+            paths = ["/api/status", "/api/calls"] + (["/metrics"] if rounds % 2 == 0 else [])
+            for path in paths:
+                with urllib.request.urlopen(url + path, timeout=5) as response:
+                    response.read()
+                    served.append(response.status)
+            rounds += 1
+            time.sleep(0.5)
+
+    def watch_events() -> None:
+        with urllib.request.urlopen(url + "/api/events", timeout=5) as response:
+            while not stop.is_set() and response.readline():
+                pass
+
+    threads = [threading.Thread(target=hammer)]
+    threads += [threading.Thread(target=watch_events) for _ in range(2)]  # two open pages
+    witness = StallWitness(peers_tmp)
+    scenario = sipp.uac_scenario(peers_tmp / "uac.xml", speech.raw_for("PCMU"), "PCMU", hold_s=6)
+    for thread in threads:
+        thread.start()
+    try:
+        result = sipp.run_uac(
+            server.address, scenario, peers_tmp, calls=2, limit=2, timeout_s=40, capture=True
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    stalls = witness.stalls()
+    result.assert_ok(2)
+    assert len(served) >= 15, len(served)
+    assert set(served) == {200}
+    heard = bot_packets(result)
+    streams = capture.stream_stats(heard)
+    assert len(streams) == 2, sorted(streams)
+    for ssrc in streams:
+        assert_steady(capture.select(heard, ssrc=ssrc), audio.PT_PCMU, 6 * 50 - 10, stalls)

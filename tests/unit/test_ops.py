@@ -272,11 +272,11 @@ def test_a_calls_media_figures_are_added_once_at_its_end() -> None:
     got = samples(m.exposition().decode())
     assert got['sipbot_rtp_total{kind="packets_in"}'] == 100
     assert got['sipbot_rtp_total{kind="lost"}'] == 2
-    hist = 'sipbot_call_latency_seconds_bucket{le="0.04",measure="first_audio",stat="%s"}'
+    hist = 'sipbot_call_first_audio_latency_seconds_bucket{le="0.04",stat="%s"}'
     assert got[hist % "p50"] == 1
     assert got[hist % "p99"] == 1
     assert got[hist % "max"] == 0  # 45 ms is above the 40 ms bucket
-    assert not any('measure="barge_in"' in name for name in got)  # no sample: nothing added
+    assert not any("barge_in_latency_seconds_bucket" in name for name in got)  # no sample
 
 
 def test_the_grafana_dashboard_uses_only_metrics_sipbot_exposes() -> None:
@@ -284,7 +284,8 @@ def test_the_grafana_dashboard_uses_only_metrics_sipbot_exposes() -> None:
     m.call_ended("r", "a", "bye-received")
     m.refusal("capacity")
     m.setup_time(0.1)
-    m.media_ended(MediaStats(), MediaLatency(first_audio=LatencySummary(1, 1.0, 1.0, 1.0)))
+    one = LatencySummary(1, 1.0, 1.0, 1.0)
+    m.media_ended(MediaStats(), MediaLatency(one, one, one))
     m.provider_session("local")
     m.provider_event("local", "reconnect")
     m.tool_done("t", 0.1, "ok")
