@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import psycopg
@@ -22,6 +22,13 @@ from sipbot.errors import ConfigError, RecordsUnavailable, RecordsWriteFailed
 from sipbot.records.store import URL_FIELD, SqlStore
 
 CONNECT_TIMEOUT_S = 3
+# A server that vanishes without a reset (a network partition) is noticed in ~20 s, not hours.
+KEEPALIVES: Final[dict[str, Any]] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 2,
+}
 SCHEMA_LOCK_KEY = 0x51_7B07  # pg_advisory_xact_lock key serialising migrations
 
 
@@ -47,7 +54,9 @@ class PostgresStore(SqlStore):
     def _conn(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.closed:
             try:
-                self._db = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S)
+                self._db = psycopg.connect(
+                    self.url, connect_timeout=CONNECT_TIMEOUT_S, **KEEPALIVES
+                )
             except psycopg.Error as exc:
                 message = f"cannot connect to {self.label}: {_first_line(exc)}"
                 raise RecordsUnavailable(message) from None

@@ -13,6 +13,7 @@ Modules (import them directly, e.g. ``from tests.e2e.peers import sipp``):
 - ``kamailio``: proxy (record-route), registrar (digest auth), dispatcher (probing, failover).
 - ``capture``: dumpcap on ``lo``, RTP parsing, per-SSRC pacing statistics, received audio.
 - ``linphone``: linphonec as an optional second client.
+- ``postgres``: a throwaway PostgreSQL 15 cluster (temp dir, free port) for call records.
 
 Fixtures (``peers_tmp``, ``speech``, ``sipbot_server``) live in ``tests/e2e/conftest.py``.
 """
