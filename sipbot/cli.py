@@ -15,9 +15,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +29,8 @@ log = logging.getLogger("sipbot")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 DEFAULT_HTTP_URL = "http://127.0.0.1:8089"
+MAX_UNSET_VARIABLES = 100  # sipbot check: placeholders tried before giving up
+_UNSET_RE = re.compile(r"environment variable ([A-Za-z_][A-Za-z0-9_]*) is not set")
 
 
 def _run_parser(commands: Any) -> None:
@@ -209,48 +212,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """``sipbot check [--strict]``: unset ${VAR}s are warnings unless --strict."""
+    """``sipbot check [--strict]``: unset ${VAR}s are warnings unless --strict.
+
+    Without --strict, each variable the file needs (one without a ``:-default``) and the
+    environment lacks is set to a placeholder ``unset-NAME`` for the check, and reported.
+    """
+    from sipbot.config import load_config
     from sipbot.dialplan.commands import check_command
 
     if args.strict:
         return check_command(args.config, sys.stdout, sys.stderr)
-    environ = LenientEnviron(os.environ)
+    environ = dict(os.environ)
+    missing: list[str] = []
+    for _ in range(MAX_UNSET_VARIABLES):
+        try:
+            load_config(args.config, environ=environ)
+        except ConfigError as exc:
+            match = _UNSET_RE.search(str(exc))
+            if match is None or match.group(1) in environ:
+                break
+            missing.append(match.group(1))
+            environ[match.group(1)] = f"unset-{match.group(1)}"
+            continue
+        break
     code = check_command(args.config, sys.stdout, sys.stderr, environ=environ)
-    for name in sorted(environ.missing):
+    for name in missing:
         print(
             f"{args.config or 'the default config'}: warning: environment variable {name} is not "
             "set (checked with a placeholder; --strict makes this an error)",
             file=sys.stdout,
         )
     return code
-
-
-class LenientEnviron(Mapping[str, str]):
-    """``os.environ`` where an unset variable reads as a placeholder, and is remembered.
-
-    ``sipbot check`` uses it so that a pipeline can validate a dialplan's structure before the
-    secrets exist.
-    """
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        self.missing: set[str] = set()
-
-    def __getitem__(self, name: str) -> str:
-        return self._environ[name]
-
-    def get(self, name: str, default: Any = None) -> Any:
-        value = self._environ.get(name)
-        if value is None:
-            self.missing.add(name)
-            return f"unset-{name}"
-        return value
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._environ)
-
-    def __len__(self) -> int:
-        return len(self._environ)
 
 
 def _route(args: argparse.Namespace) -> int:

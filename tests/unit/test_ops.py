@@ -408,6 +408,23 @@ def test_check_without_the_secrets_warns_and_strict_fails(
     assert "environment variable NO_SUCH_OPS_KEY is not set" in err
 
 
+def test_check_keeps_the_defaults_of_unset_variables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NO_SUCH_OPS_KEY", raising=False)
+    monkeypatch.delenv("NO_SUCH_OPS_URL", raising=False)
+    path = tmp_path / "d.yaml"
+    path.write_text(
+        "agents:\n  a:\n    provider: gemini\n    api_key: ${NO_SUCH_OPS_KEY}\n"
+        "    base_url: ${NO_SUCH_OPS_URL:-http://127.0.0.1:9}\n"
+        "routes:\n  - name: r\n    answer: a\n"
+    )
+    assert main(["check", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "NO_SUCH_OPS_KEY is not set" in out
+    assert "NO_SUCH_OPS_URL" not in out
+
+
 def test_check_still_finds_structural_errors_without_the_secrets(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
