@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
+from sipbot.domain import PCM16_16K, PCM16_24K
 from sipbot.media.chain import InboundChain, OutboundChain
 from sipbot.media.codecs import CODECS, CodecInfo, make_decoder, make_encoder
-from sipbot.media.formats import PCM16_16K, PCM16_24K
 from sipbot.media.jitter import JitterBuffer
 from sipbot.media.pacer import Pacer
 from sipbot.media.resample import SUPPORTED_RATES, Resampler

@@ -103,8 +103,8 @@ def _record_tick_lateness() -> list[float]:
 async def serve(args: argparse.Namespace) -> None:
     import uvloop  # noqa: F401 - the loop is made by the caller of serve()
 
+    from sipbot.domain import AudioOut, CallInfo, SessionConfig
     from sipbot.media.session import MediaEngine, MediaSettings
-    from sipbot.providers.base import AudioOut, CallInfo, SessionConfig
     from sipbot.providers.local import LocalProvider, LocalSession
 
     loop = asyncio.get_running_loop()

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sipbot.providers.base import AudioOut, CallInfo, SessionConfig, TurnDetection
+from sipbot.domain import AudioOut, CallInfo, SessionConfig, TurnDetection
 
 
 async def serve_emulator(kind: str) -> None:

@@ -29,29 +29,29 @@ from typing import Any
 
 from sipbot import prompts
 from sipbot.dialplan import Agent, DtmfAction, HangUp, Transfer
-from sipbot.errors import (
-    ProviderError,
-    RequestFailed,
-    SipbotError,
-)
-from sipbot.media.formats import PCM16_16K, PCM16_24K
-from sipbot.media.session import MediaEngine, MediaSession
-from sipbot.media_leg import MediaLeg
-from sipbot.providers.base import (
+from sipbot.domain import (
+    PCM16_16K,
+    PCM16_24K,
     AudioOut,
     CallInfo,
     Interrupted,
-    Provider,
     ProviderEvent,
     ProviderFailed,
     ProviderNotice,
-    ProviderSession,
     SessionConfig,
     ToolCall,
     ToolCallCancelled,
     Transcript,
     TurnComplete,
 )
+from sipbot.errors import (
+    ProviderError,
+    RequestFailed,
+    SipbotError,
+)
+from sipbot.media.session import MediaEngine, MediaSession
+from sipbot.media_leg import MediaLeg
+from sipbot.providers.base import Provider, ProviderSession
 from sipbot.sip.message import SipRequest
 from sipbot.sip.sdp import SdpAnswerer
 from sipbot.sip.ua import ServerCall

@@ -12,8 +12,8 @@ import contextlib
 import sys
 
 from sipbot import prompts
+from sipbot.domain import AudioFormat
 from sipbot.errors import SipbotError
-from sipbot.media.formats import AudioFormat
 from sipbot.media.session import MediaEngine, MediaSettings
 from sipbot.sip.address import parse_uri
 from sipbot.sip.sdp import accept_answer, build_offer, parse_sdp

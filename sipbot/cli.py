@@ -154,7 +154,7 @@ def _calls_parser(commands: Any) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from sipbot import __version__
+    from sipbot.version import __version__
 
     parser = argparse.ArgumentParser(prog="sipbot", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"sipbot {__version__}")
@@ -217,8 +217,8 @@ def _check(args: argparse.Namespace) -> int:
     Without --strict, each variable the file needs (one without a ``:-default``) and the
     environment lacks is set to a placeholder ``unset-NAME`` for the check, and reported.
     """
+    from sipbot.commands import check_command
     from sipbot.config import load_config
-    from sipbot.dialplan.commands import check_command
 
     if args.strict:
         return check_command(args.config, sys.stdout, sys.stderr)
@@ -246,7 +246,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _route(args: argparse.Namespace) -> int:
-    from sipbot.dialplan.commands import route_command
+    from sipbot.commands import route_command
 
     headers: dict[str, str] = {}
     for item in args.header:

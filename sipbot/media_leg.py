@@ -12,6 +12,9 @@ Rules:
 * Rule 2: media is configured before the 200 OK leaves, and starts sending (an early silence
   packet, for trunks that wait for media) as the 200 leaves; with a late offer, once the ACK's
   answer is in.
+* Rule 3: a re-offer (hold, resume, codec or address change) is answered after its connection
+  address is known: a host name is resolved first (bounded by ``REOFFER_RESOLVE_TIMEOUT_S``,
+  then 488), and media is reconfigured before the answer leaves.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ import logging
 import socket
 from collections.abc import Callable
 
+from sipbot.domain import AudioFormat
 from sipbot.errors import PortRangeExhausted, SdpError, SdpNegotiationError, SipbotError
-from sipbot.media.formats import AudioFormat
 from sipbot.media.session import MediaEngine, MediaSession
 from sipbot.sip.sdp import Negotiated, SdpAnswerer
 from sipbot.sip.ua import ServerCall
 
 log = logging.getLogger(__name__)
+
+REOFFER_RESOLVE_TIMEOUT_S = 4.0  # below the SIP core's request_answer_timeout (then 500)
 
 
 class MediaLeg:
@@ -73,7 +78,7 @@ class MediaLeg:
             return await self._late_offer(media, ring_s)
         try:
             negotiated = self.sdp.answer(self.dialog.offer)
-            host = await _resolve(negotiated.remote_host)
+            host = await _resolve(negotiated.remote_host, self.sdp.address)
         except SdpNegotiationError as exc:
             await self._refuse(488, "Not Acceptable Here", exc)
             return None
@@ -97,7 +102,7 @@ class MediaLeg:
         try:
             await self.dialog.confirmed
             negotiated = self.sdp.take_answer(self.dialog.remote_sdp)
-            host = await _resolve(negotiated.remote_host)
+            host = await _resolve(negotiated.remote_host, self.sdp.address)
         except (SipbotError, OSError) as exc:
             log.info("call %s: late offer failed: %s", self.label, exc)
             if not self.dialog.terminated.done():
@@ -142,16 +147,29 @@ class MediaLeg:
         )
         self.dialog.on_reoffer = self.on_reoffer
 
-    def on_reoffer(self, offer: bytes) -> bytes | int:
-        """A re-INVITE/UPDATE offer (hold, resume, codec change): answer it, reconfigure media."""
+    async def on_reoffer(self, offer: bytes) -> bytes | int:
+        """A re-INVITE/UPDATE offer (hold, resume, codec change): answer it, reconfigure media
+        (Rule 3)."""
         try:
             negotiated = self.sdp.answer(offer)
         except SdpError as exc:
             log.info("call %s: re-offer refused: %s", self.label, exc)
             return 488
-        if not _is_ip(negotiated.remote_host):
-            return 488  # a name would need an await here; no PBX sends one in a re-offer
-        self._apply(negotiated, negotiated.remote_host)
+        try:
+            host = await asyncio.wait_for(
+                _resolve(negotiated.remote_host, self.sdp.address), REOFFER_RESOLVE_TIMEOUT_S
+            )
+        except (OSError, TimeoutError) as exc:
+            log.info(
+                "call %s: re-offer refused: cannot resolve %s: %r",
+                self.label,
+                negotiated.remote_host,
+                exc,
+            )
+            return 488
+        if self.dialog.terminated.done():
+            return 487  # the call ended meanwhile; the core has answered already
+        self._apply(negotiated, host)
         log.info(
             "call %s: re-offer: %s %s", self.label, negotiated.codec.name, negotiated.direction
         )
@@ -159,11 +177,14 @@ class MediaLeg:
         return bytes(negotiated.answer)
 
 
-async def _resolve(host: str) -> str:
-    """An IP literal for an SDP connection address (resolving a name if a peer sent one)."""
+async def _resolve(host: str, ours: str) -> str:
+    """An IP literal for an SDP connection address (resolving a name if a peer sent one) in
+    the family of ``ours``, our own media address (the RTP socket's family)."""
     if _is_ip(host):
         return host
-    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    family = socket.AF_INET6 if ":" in ours else socket.AF_INET
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, None, family=family, type=socket.SOCK_DGRAM)
     return str(infos[0][4][0])
 
 

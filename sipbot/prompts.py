@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import soxr
 
+from sipbot.domain import AudioFormat
 from sipbot.errors import MediaError
 from sipbot.media.codecs import make_encoder
-from sipbot.media.formats import AudioFormat
 
 APOLOGY_PROMPT = "apology.wav"
 FILLER_PROMPT = "filler.wav"

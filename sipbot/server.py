@@ -37,7 +37,7 @@ from typing import Any
 from sipbot.call import Call, CallPlan
 from sipbot.config import Config
 from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
-from sipbot.dialplan.watch import DialplanWatcher
+from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError, SipParseError
 from sipbot.media.formats import PCM16_24K
 from sipbot.media.latency import MediaLatency
@@ -47,9 +47,10 @@ from sipbot.ops.looplag import LoopLagMonitor
 from sipbot.ops.metrics import Gauges, Metrics
 from sipbot.ops.observe import ObservedProvider, RecentCalls, SessionWatch
 from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt, render
-from sipbot.providers.base import CallInfo, Provider
+from sipbot.providers.base import Provider
 from sipbot.providers.registry import make_provider
 from sipbot.records import Attempt, RecordWriter, default_data_dir, open_store
+from sipbot.reload import DialplanWatcher
 from sipbot.sip.address import parse_name_addr, parse_uri
 from sipbot.sip.message import SipRequest
 from sipbot.sip.sdp import SdpAnswerer

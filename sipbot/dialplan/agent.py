@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo
 from sipbot.dialplan.fields import did_you_mean, fail, with_field
 from sipbot.dialplan.match import zone
 from sipbot.dialplan.template import Template
+from sipbot.domain import CallInfo, SessionConfig, ToolSpec, TurnDetection
 from sipbot.errors import ConfigError, ToolDefinitionError
-from sipbot.providers.base import CallInfo, SessionConfig, ToolSpec, TurnDetection
 from sipbot.secret import Secret, to_secret
 from sipbot.tools.builtin import BUILTIN_NAMES, builtin_tool
 from sipbot.tools.registry import Tool

@@ -28,8 +28,8 @@ from sipbot.dialplan.model import (
     check_uri,
 )
 from sipbot.dialplan.schema import AgentModel, DialplanModel, MatchModel, RouteModel, ToolModel
+from sipbot.domain import TurnDetection
 from sipbot.errors import ConfigError, ToolDefinitionError
-from sipbot.providers.base import TurnDetection
 from sipbot.secret import EnvString, to_secret
 from sipbot.tools.builtin import BUILTIN_NAMES
 from sipbot.tools.http import HttpTool

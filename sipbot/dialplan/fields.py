@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 from sipbot.errors import ConfigError
+from sipbot.suggest import did_you_mean as did_you_mean
 
 T = TypeVar("T")
-
-
-def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest candidate, or ``""`` when none is close."""
-    options = list(candidates)
-    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
-    if not close and len(name) >= 2:  # a shortened name: ``t1`` for ``t1_ms``
-        close = [c for c in options if c.startswith(name)][:1]
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def fail(field: str, message: str) -> NoReturn:

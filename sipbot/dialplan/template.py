@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sipbot.dialplan.fields import did_you_mean
+from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError
-from sipbot.providers.base import CallInfo
 
 CALL_FIELDS = ("caller", "did", "display_name", "call_id")
 TIME_FIELDS = ("date", "time", "weekday")

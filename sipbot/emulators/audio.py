@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sipbot.domain import FRAME_MS, AudioFormat
 from sipbot.emulators.script import EmulatorScript
-from sipbot.media.formats import FRAME_MS, AudioFormat
 from sipbot.media.vad import EnergyVad
 from sipbot.prompts import convert_rate
 

@@ -29,6 +29,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
 
+from sipbot.domain import PCM16_24K
 from sipbot.emulators import gemini_wire as wire
 from sipbot.emulators.audio import (
     SpeechStarted,
@@ -50,7 +51,6 @@ from sipbot.emulators.common import (
     tool_reply_text,
 )
 from sipbot.emulators.script import EmulatorScript
-from sipbot.media.formats import PCM16_24K
 from sipbot.prompts import convert_rate
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from sipbot.domain import PCM16_24K, PCMA_8K, PCMU_8K, AudioFormat
 from sipbot.emulators.script import EmulatorScript
-from sipbot.media.formats import PCM16_24K, PCMA_8K, PCMU_8K, AudioFormat
 
 FORMATS: dict[str, AudioFormat] = {
     "audio/pcm": PCM16_24K,

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from sipbot.config import HttpSettings
-    from sipbot.server import Server
+    from sipbot.ops.seam import Server
 
 log = logging.getLogger(__name__)
 

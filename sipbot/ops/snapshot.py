@@ -12,12 +12,12 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from sipbot import __version__
 from sipbot.ops.observe import level_dbfs, mask_number
+from sipbot.version import __version__
 
 if TYPE_CHECKING:
     from sipbot.call import Call
-    from sipbot.server import Server
+    from sipbot.ops.seam import Server
 
 TRANSCRIPT_LINES = 30  # the last lines of a live call's transcript
 VIEW_BATCH = 10  # calls viewed between two yields to the event loop

@@ -1,12 +1,12 @@
 """The provider interface: what a speech-to-speech model session looks like to a call.
 
 A :class:`Provider` is made once per configured agent; :meth:`Provider.open` makes one
-:class:`ProviderSession` per call. Sessions speak only sipbot's neutral types: raw audio bytes in
-a declared :class:`AudioFormat`, and the frozen events below. Nothing past a provider module sees
-an SDK object.
+:class:`ProviderSession` per call. Sessions speak only sipbot's neutral types (defined in
+:mod:`sipbot.domain`, re-exported here): raw audio bytes in a declared :class:`AudioFormat`, and
+the frozen events. Nothing past a provider module sees an SDK object.
 
-Contract of a session (every implementation keeps it; ``tests/unit/test_provider_contract.py``
-checks it for each provider):
+Contract of a session (every implementation keeps it;
+``tests/integration/test_provider_contract.py`` checks it for each provider):
 
 * Rule 1: ``send_audio`` never blocks and never raises: it queues (or drops, once closed).
   The media path calls it once per 20 ms frame.
@@ -19,142 +19,28 @@ checks it for each provider):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
-from sipbot.media.formats import PCM16_16K as PCM16_16K
-from sipbot.media.formats import PCM16_24K as PCM16_24K
-from sipbot.media.formats import PCMA_8K as PCMA_8K
-from sipbot.media.formats import PCMU_8K as PCMU_8K
-from sipbot.media.formats import AudioFormat as AudioFormat
-
-# --------------------------------------------------------------------------- what a call is
-
-
-@dataclass(frozen=True, slots=True)
-class CallInfo:
-    """What a provider (and a prompt template, and a tool) may know about a call."""
-
-    call_id: str
-    caller: str = ""
-    did: str = ""
-    display_name: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    codec: str = "PCMU"
-    remote_address: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ToolSpec:
-    """A tool as a model sees it: name, description and a JSON schema (type object)."""
-
-    name: str
-    description: str
-    parameters: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class TurnDetection:
-    """Voice activity / barge-in settings, mapped by each provider to its own knobs."""
-
-    threshold: float = 0.5
-    silence_ms: int = 500
-    prefix_ms: int = 300
-    barge_in: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Transcript:
-    """A piece of the conversation's text. ``final`` is False for partial (delta) text."""
-
-    role: Literal["caller", "agent"]
-    text: str
-    final: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    """Per-call settings of a session. ``options`` holds provider-specific extras."""
-
-    instructions: str = ""
-    model: str | None = None
-    voice: str | None = None
-    language: str | None = None
-    temperature: float | None = None
-    tools: tuple[ToolSpec, ...] = ()
-    greeting: str | None = None
-    turn_detection: TurnDetection = field(default_factory=TurnDetection)
-    history: tuple[Transcript, ...] = ()
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- events out
-
-
-@dataclass(frozen=True, slots=True)
-class AudioOut:
-    """Agent audio in the session's ``output_format``, belonging to response ``item_id``."""
-
-    audio: bytes
-    item_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """The model asks for a tool to run; answer with ``send_tool_result(id, ...)``."""
-
-    id: str
-    name: str
-    arguments: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCallCancelled:
-    """The model no longer wants the results of these tool calls."""
-
-    ids: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Interrupted:
-    """The caller spoke over the agent: stop playing now (flush the pacer)."""
-
-    item_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TurnComplete:
-    """The agent finished its turn (all its audio for the turn has been sent as AudioOut)."""
-
-    item_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderNotice:
-    """Something worth a log line that needs no action (reconnecting, resumed, goAway)."""
-
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderFailed:
-    """The session failed for good; the call should apologise and hang up."""
-
-    message: str
-
-
-ProviderEvent = (
-    AudioOut
-    | Transcript
-    | ToolCall
-    | ToolCallCancelled
-    | Interrupted
-    | TurnComplete
-    | ProviderNotice
-    | ProviderFailed
-)
-
+# The neutral types live in sipbot.domain; re-exported here for the provider modules.
+from sipbot.domain import PCM16_16K as PCM16_16K
+from sipbot.domain import PCM16_24K as PCM16_24K
+from sipbot.domain import PCMA_8K as PCMA_8K
+from sipbot.domain import PCMU_8K as PCMU_8K
+from sipbot.domain import AudioFormat as AudioFormat
+from sipbot.domain import AudioOut as AudioOut
+from sipbot.domain import CallInfo as CallInfo
+from sipbot.domain import Interrupted as Interrupted
+from sipbot.domain import ProviderEvent as ProviderEvent
+from sipbot.domain import ProviderFailed as ProviderFailed
+from sipbot.domain import ProviderNotice as ProviderNotice
+from sipbot.domain import SessionConfig as SessionConfig
+from sipbot.domain import ToolCall as ToolCall
+from sipbot.domain import ToolCallCancelled as ToolCallCancelled
+from sipbot.domain import ToolSpec as ToolSpec
+from sipbot.domain import Transcript as Transcript
+from sipbot.domain import TurnComplete as TurnComplete
+from sipbot.domain import TurnDetection as TurnDetection
 
 # --------------------------------------------------------------------------- the seams
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from sipbot.providers.base import Transcript
+from sipbot.domain import Transcript
 
 MAX_ATTEMPTS = 5
 BASE_DELAY_S = 0.25  # second attempt waits this long; each further attempt doubles it

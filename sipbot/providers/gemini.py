@@ -26,9 +26,9 @@ from google import genai
 from google.genai import types
 from google.genai.live import AsyncSession
 
+from sipbot.domain import PCM16_16K, PCM16_24K, CallInfo, ProviderEvent, SessionConfig
 from sipbot.errors import ConfigError, ProviderConnectError
 from sipbot.providers import gemini_wire as wire
-from sipbot.providers.base import PCM16_16K, PCM16_24K, CallInfo, ProviderEvent, SessionConfig
 from sipbot.providers.resilience import CLOSE_TIMEOUT_S, ResilientSession, bounded, describe
 
 logger = logging.getLogger(__name__)

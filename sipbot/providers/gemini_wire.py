@@ -27,7 +27,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from sipbot.providers.base import (
+from sipbot.domain import (
     AudioOut,
     Interrupted,
     ProviderEvent,

@@ -22,9 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from sipbot.media.resample import Resampler
-from sipbot.media.vad import EnergyVad
-from sipbot.providers.base import (
+from sipbot.domain import (
     PCM16_16K,
     PCM16_24K,
     AudioFormat,
@@ -35,6 +33,8 @@ from sipbot.providers.base import (
     SessionConfig,
     TurnComplete,
 )
+from sipbot.media.resample import Resampler
+from sipbot.media.vad import EnergyVad
 
 log = logging.getLogger(__name__)
 

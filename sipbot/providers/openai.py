@@ -22,9 +22,9 @@ from typing import Any
 from openai import AsyncOpenAI
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 
+from sipbot.domain import CallInfo, ProviderEvent, SessionConfig
 from sipbot.errors import ConfigError, ProviderConnectError
 from sipbot.providers import openai_wire as wire
-from sipbot.providers.base import CallInfo, ProviderEvent, SessionConfig
 from sipbot.providers.resilience import CLOSE_TIMEOUT_S, ResilientSession, bounded, describe
 
 logger = logging.getLogger(__name__)

@@ -29,8 +29,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from sipbot.media.formats import PCM16_24K, PCMA_8K, PCMU_8K, AudioFormat
-from sipbot.providers.base import (
+from sipbot.domain import (
+    PCM16_24K,
+    PCMA_8K,
+    PCMU_8K,
+    AudioFormat,
     AudioOut,
     Interrupted,
     ProviderEvent,

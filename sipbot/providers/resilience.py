@@ -25,8 +25,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
-from sipbot.errors import ProviderConnectError
-from sipbot.providers.base import (
+from sipbot.domain import (
     AudioFormat,
     CallInfo,
     ProviderEvent,
@@ -35,6 +34,7 @@ from sipbot.providers.base import (
     SessionConfig,
     Transcript,
 )
+from sipbot.errors import ProviderConnectError
 from sipbot.providers.continuity import ReconnectBudget, TranscriptLog
 from sipbot.providers.uplink import UplinkBuffer
 

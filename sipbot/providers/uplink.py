@@ -16,7 +16,7 @@ to everything the caller says. An :class:`UplinkBuffer` sits between the two:
 
 from __future__ import annotations
 
-from sipbot.media.formats import AudioFormat
+from sipbot.domain import AudioFormat
 
 BATCH_MS = 40  # most audio in one message: bounds what batching adds to latency
 MAX_WAIT_MS = 20  # a lone 20 ms frame waits at most one frame time for its partner

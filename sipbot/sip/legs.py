@@ -1,7 +1,8 @@
 """The values the SIP core and its shell share: addresses, call legs, client requests, events.
 
-:class:`CallLeg` and :class:`ClientRequest` are mutable objects owned by
-:class:`sipbot.sip.core.Core`; the shell reads them and sets the call's hooks. Events are frozen.
+:class:`CallLeg`, :class:`ClientRequest` and :class:`ServerRequest` are mutable objects owned by
+:class:`sipbot.sip.core.Core`; the shell reads them and answers through the core's entry points.
+Events are frozen.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class CoreSettings:
     """Endpoint behaviour.
 
     ``answer_timeout``: seconds the app has to answer an INVITE (then 480).
+    ``request_answer_timeout``: seconds the app has to answer a re-offer or another in-dialog
+    request (:class:`ReofferReceived`, :class:`RequestReceived`; then 500).
     ``force_rport``: answer UDP requests at their source port even without ``rport`` in the
     Via (NAT-friendly, Asterisk's default); False follows RFC 3261 §18.2.2 literally.
     """
@@ -53,6 +56,7 @@ class CoreSettings:
     user_agent: str = "sipbot/0.1"
     timers: TimerSettings = field(default_factory=TimerSettings)
     answer_timeout: float = 60.0
+    request_answer_timeout: float = 8.0
     contact_user: str = "sipbot"
     force_rport: bool = True
 
@@ -74,8 +78,7 @@ class CallLeg:
     """One INVITE dialog usage (incoming or outgoing), owned and mutated by the core.
 
     The application reads ``invite``, ``state``, ``remote_sdp``, ``local_sdp``, ``source`` and
-    ``reason`` and may set the ``on_reoffer`` / ``on_request`` hooks. Other fields are the
-    core's bookkeeping.
+    ``reason``. Other fields are the core's bookkeeping.
     """
 
     def __init__(self, id: int, role: str, invite: SipRequest, peer: Peer, tag: str) -> None:
@@ -91,8 +94,7 @@ class CallLeg:
         self.remote_sdp = invite.body if role == "uas" else b""
         self.reason: str | None = None  # set once when the call ends for the app
         self.reported = False  # CallTerminated / CallFailed already emitted
-        self.on_reoffer: Callable[[bytes], bytes | int] | None = None
-        self.on_request: Callable[[SipRequest], int] | None = None
+        self.pending_in: dict[int, ServerRequest] = {}  # in-dialog requests the app must answer
         self.scheduled: float | None = None
         self.invite_entry: Entry | None = None
         # UAS: 2xx retransmission (§13.3.1.4) and answer timeout
@@ -122,8 +124,17 @@ class CallLeg:
             self.answer_deadline,
             self.timeout_deadline,
             self.cancel_deadline,
+            *(p.next_deadline() for p in self.pending_in.values()),
         )
         return min((t for t in times if t is not None), default=None)
+
+    @property
+    def reoffer_in(self) -> ServerRequest | None:
+        """The re-INVITE/UPDATE offer the app has not answered yet, if any."""
+        for pending in self.pending_in.values():
+            if pending.reoffer:
+                return pending
+        return None
 
     def __repr__(self) -> str:
         return f"<CallLeg {self.id} {self.role} {self.state.value} {self.invite.call_id}>"
@@ -146,10 +157,50 @@ class ClientRequest:
         return f"<ClientRequest {self.id} {self.method} done={self.done}>"
 
 
+class ServerRequest:
+    """An in-dialog request waiting for the application's answer (:class:`ReofferReceived`,
+    :class:`RequestReceived`); answered once, by the app or by the core after its deadline."""
+
+    def __init__(
+        self, id: int, call: CallLeg, request: SipRequest, entry: Entry, deadline: float
+    ) -> None:
+        self.id = id
+        self.call = call
+        self.request = request
+        self.entry = entry
+        self.reoffer = request.method in ("INVITE", "UPDATE")
+        self.deadline = deadline
+        self.trying_at: float | None = None  # a re-INVITE gets 100 Trying if still unanswered
+        self.answered = False
+
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+    def next_deadline(self) -> float | None:
+        if self.answered:
+            return None
+        return self.deadline if self.trying_at is None else min(self.deadline, self.trying_at)
+
+    def __repr__(self) -> str:
+        return f"<ServerRequest {self.id} {self.method} answered={self.answered}>"
+
+
 class Entry:
     """A transaction plus where its messages go and whom it serves."""
 
-    __slots__ = ("call", "data", "handle", "kind", "merge_key", "peer", "scheduled", "txn")
+    __slots__ = (
+        "call",
+        "data",
+        "handle",
+        "kind",
+        "merge_key",
+        "on_ack",
+        "on_response",
+        "peer",
+        "scheduled",
+        "txn",
+    )
 
     def __init__(
         self,
@@ -170,6 +221,10 @@ class Entry:
         self.merge_key: tuple[str, str, str] | None = None
         self.scheduled: float | None = None
         self.data: tuple[object, bytes] | None = None  # last serialized message (retransmits)
+        # the part of the core that uses this transaction: a client transaction's responses
+        # (None: timeout / transport error), an INVITE server transaction's ACK for a 2xx
+        self.on_response: Callable[[Entry, SipResponse | None, float], None] | None = None
+        self.on_ack: Callable[[SipRequest, float], None] | None = None
 
     def next_deadline(self) -> float | None:
         return self.txn.next_deadline()
@@ -220,6 +275,39 @@ class CallTerminated:
 
 
 @dataclass(frozen=True, slots=True)
+class ReofferReceived:
+    """A re-INVITE or UPDATE with an offer (or a re-INVITE without one: the app's offer goes
+    in the 2xx) in a confirmed dialog. Answer with ``Core.answer_reoffer``; unanswered after
+    ``request_answer_timeout`` the core answers 500."""
+
+    pending: ServerRequest
+
+    @property
+    def call(self) -> CallLeg:
+        return self.pending.call
+
+    @property
+    def offer(self) -> bytes:
+        return self.pending.request.body
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """An in-dialog INFO, NOTIFY or REFER. Answer with ``Core.answer_request``; unanswered
+    after ``request_answer_timeout`` the core answers 500."""
+
+    pending: ServerRequest
+
+    @property
+    def call(self) -> CallLeg:
+        return self.pending.call
+
+    @property
+    def request(self) -> SipRequest:
+        return self.pending.request
+
+
+@dataclass(frozen=True, slots=True)
 class RequestCompleted:
     request: ClientRequest
     response: SipResponse | None  # None: timed out or transport error
@@ -232,5 +320,7 @@ Event = (
     | CallFailed
     | CallConfirmed
     | CallTerminated
+    | ReofferReceived
+    | RequestReceived
     | RequestCompleted
 )

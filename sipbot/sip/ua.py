@@ -7,21 +7,30 @@ keeps one timer armed at ``core.next_deadline()`` and turns core events into fut
 
 Rules:
 
-* Rule 1: every entry into the core is followed by :meth:`UserAgent._pump`: send what the core
-  produced, dispatch its events, re-arm the one timer.
+* Rule 1: every entry into the core (a message, a timer, :meth:`UserAgent.enter`) is followed
+  by the pump: send what the core produced, dispatch its events, re-arm the one timer.
 * Rule 2: ``on_invite`` is called synchronously once per new INVITE (never for
   retransmissions); the application answers later with ``progress``/``accept``/``reject``.
 * Rule 3: ``Dialog.terminated`` resolves exactly once with the reason the call ended.
+* Rule 4: ``Dialog.refer`` sends a REFER and returns a :class:`Referral` once the peer accepted
+  it (2xx); the NOTIFYs of its subscription (``Event: refer``) are answered 200 here and the
+  first final sipfrag status (≥ 200) resolves :meth:`Referral.final`.
+* Rule 5: a re-offer (re-INVITE / UPDATE) is answered by ``Dialog.on_reoffer``: at once when it
+  returns the answer, after the await when it returns an awaitable (a coroutine function); the
+  core answers 500 if that takes longer than its ``request_answer_timeout``. INFO / NOTIFY /
+  REFER get ``Dialog.on_request``'s status (Rule 4 for NOTIFYs of a REFER).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sipbot.errors import LocalSipError, RequestFailed, SipParseError
 from sipbot.sip.address import parse_name_addr, parse_uri
@@ -33,17 +42,23 @@ from sipbot.sip.legs import (
     CallFailed,
     CallLeg,
     CallTerminated,
+    ClientRequest,
     CoreSettings,
     Event,
     IncomingCall,
     Peer,
+    ReofferReceived,
     RequestCompleted,
+    RequestReceived,
+    ServerRequest,
 )
 from sipbot.sip.message import SipRequest, SipResponse
+from sipbot.sip.sipfrag import refer_event, sipfrag_status
 from sipbot.sip.transaction import TimerSettings
 from sipbot.sip.transport import Transports, is_ip
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
@@ -67,8 +82,48 @@ class SipSettings:
     force_rport: bool = True  # UDP answers to the source port even without rport (NAT)
 
 
-def _mark_retrieved(future: asyncio.Future[None]) -> None:
-    future.exception()  # nobody may await it: do not log "exception was never retrieved"
+def _mark_retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():  # nobody may await it: no "exception was never retrieved"
+        future.exception()
+
+
+class Referral:
+    """A REFER the peer accepted (RFC 3515): :meth:`final` waits for the transfer's outcome.
+
+    ``response`` is the peer's 2xx to the REFER; ``cseq`` its CSeq number (the subscription id).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, cseq: int) -> None:
+        self.cseq = cseq
+        self.response: SipResponse | None = None
+        self._final: asyncio.Future[int] = loop.create_future()
+        self._final.add_done_callback(_mark_retrieved)
+
+    async def final(self) -> int:
+        """The first final status (≥ 200) a NOTIFY of this REFER reported.
+
+        Raises:
+            RequestFailed: the dialog ended (or another REFER replaced this one) first.
+        """
+        return await asyncio.shield(self._final)
+
+    @property
+    def done(self) -> bool:
+        return self._final.done()
+
+    def _progress(self, status: int | None) -> None:
+        if status is not None and status >= 200 and not self._final.done():
+            self._final.set_result(status)
+
+    def _fail(self, why: str) -> None:
+        if not self._final.done():
+            self._final.set_exception(RequestFailed(why))
+
+    def __repr__(self) -> str:
+        return f"<Referral cseq={self.cseq} done={self.done}>"
+
+
+ReofferHook = Callable[[bytes], bytes | int | Awaitable[bytes | int]]
 
 
 class Dialog:
@@ -78,6 +133,9 @@ class Dialog:
         self._ua = ua
         self._leg = leg
         self.terminated: asyncio.Future[str] = ua.loop.create_future()
+        self._reoffer_hook: ReofferHook | None = None
+        self._request_hook: Callable[[SipRequest], int] | None = None
+        self._referral: Referral | None = None
 
     @property
     def call_id(self) -> str:
@@ -106,31 +164,51 @@ class Dialog:
         return self._leg.local_sdp
 
     @property
-    def on_reoffer(self) -> Callable[[bytes], bytes | int] | None:
-        """Called with the SDP of a re-INVITE/UPDATE; returns the answer SDP or a status."""
-        return self._leg.on_reoffer
+    def on_reoffer(self) -> ReofferHook | None:
+        """Called with the SDP of a re-INVITE/UPDATE; returns (or, when it is a coroutine
+        function, resolves to) the answer SDP or a 300-699 status (Rule 5). None: answer with
+        our current SDP."""
+        return self._reoffer_hook
 
     @on_reoffer.setter
-    def on_reoffer(self, hook: Callable[[bytes], bytes | int] | None) -> None:
-        self._leg.on_reoffer = hook
+    def on_reoffer(self, hook: ReofferHook | None) -> None:
+        self._reoffer_hook = hook
 
     @property
     def on_request(self) -> Callable[[SipRequest], int] | None:
-        """Called with INFO / NOTIFY / REFER / other in-dialog requests; returns a status."""
-        return self._leg.on_request
+        """Called with INFO / NOTIFY / REFER in the dialog; returns a status.
+
+        NOTIFYs of a :meth:`refer` reach the :class:`Referral` whether or not a hook is set.
+        """
+        return self._request_hook
 
     @on_request.setter
     def on_request(self, hook: Callable[[SipRequest], int] | None) -> None:
-        self._leg.on_request = hook
+        self._request_hook = hook
+
+    def _request_status(self, request: SipRequest) -> int | None:
+        """Rule 4: the status for an in-dialog request (None: the core's default)."""
+        is_refer, event_id = refer_event(request)
+        referral = self._referral
+        if is_refer and referral is not None and event_id in (None, referral.cseq):
+            referral._progress(sipfrag_status(request.body))
+        if self._request_hook is not None:
+            return self._request_hook(request)
+        return 200 if is_refer else None
+
+    def _ended(self, reason: str) -> None:
+        if not self.terminated.done():
+            self.terminated.set_result(reason)
+        if self._referral is not None:
+            self._referral._fail(f"the call ended ({reason}) before the transfer completed")
 
     async def bye(self) -> None:
         """End the call: BYE (retransmitted, bounded by 64·T1); ``terminated`` → "bye-sent"."""
-        handle = self._ua._core.bye(self._leg, now=self._ua.loop.time())
-        future = self._ua._watch(handle.id) if handle is not None else None
-        self._ua._pump()
-        if future is not None:
+        leg = self._leg
+        handle = self._ua.enter(lambda core, now: core.bye(leg, now=now))
+        if handle is not None:
             with contextlib.suppress(RequestFailed):
-                await future
+                await self._ua.outcome(handle)
 
     async def request(
         self,
@@ -146,17 +224,51 @@ class Dialog:
             LocalSipError: the dialog is not confirmed, or an INVITE is already in progress.
             RequestFailed: no final response (timeout / transport error).
         """
-        handle = self._ua._core.request(
-            self._leg,
-            method,
-            now=self._ua.loop.time(),
-            body=body,
-            content_type=content_type,
-            headers=headers,
+        return await self._ua.outcome(self._send(method, body, content_type, headers))
+
+    def _send(
+        self,
+        method: str,
+        body: bytes = b"",
+        content_type: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> ClientRequest:
+        leg = self._leg
+        return self._ua.enter(
+            lambda core, now: core.request(
+                leg, method, now=now, body=body, content_type=content_type, headers=headers
+            )
         )
-        future = self._ua._watch(handle.id)
-        self._ua._pump()
-        return await future
+
+    async def refer(self, uri: str) -> Referral:
+        """Blind transfer (RFC 3515): REFER the peer to ``uri`` (Rule 4).
+
+        Sends ``Refer-To: <uri>`` and ``Referred-By: <our INVITE's Request-URI>``; returns once
+        the peer accepted the REFER (2xx). A new REFER replaces an earlier :class:`Referral`.
+
+        Raises:
+            LocalSipError: the dialog is not confirmed.
+            RequestFailed: the peer refused the REFER or did not answer.
+        """
+        me = str(self.invite.uri)
+        handle = self._send("REFER", headers=[("Refer-To", f"<{uri}>"), ("Referred-By", f"<{me}>")])
+        assert handle.request is not None
+        referral = Referral(self._ua.loop, handle.request.cseq[0])
+        if self._referral is not None:
+            self._referral._fail("replaced by a newer REFER")
+        self._referral = referral  # before any await: a NOTIFY may overtake the 202
+        try:
+            response = await self._ua.outcome(handle)
+        except BaseException:
+            referral._fail("the REFER failed")
+            raise
+        if response.status >= 300:
+            referral._fail("the REFER was refused")
+            raise RequestFailed(
+                f"the transfer was refused ({response.status} {response.reason})", response
+            )
+        referral.response = response
+        return referral
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.call_id} {self._leg.state.value}>"
@@ -181,20 +293,20 @@ class ServerCall(Dialog):
 
     def progress(self, status: int = 180, sdp: bytes | None = None) -> None:
         """Send a provisional response (18x); no-op once the call is answered or gone."""
-        self._ua._core.progress(self._leg, status, sdp, now=self._ua.loop.time())
-        self._ua._pump()
+        leg = self._leg
+        self._ua.enter(lambda core, now: core.progress(leg, status, sdp, now=now))
 
     def accept(self, sdp: bytes) -> None:
         """Answer 200 OK with ``sdp`` (retransmitted until ACK; ``confirmed`` resolves then)."""
-        self._ua._core.accept(self._leg, sdp, now=self._ua.loop.time())
-        self._ua._pump()
+        leg = self._leg
+        self._ua.enter(lambda core, now: core.accept(leg, sdp, now=now))
 
     def reject(
         self, status: int, reason: str | None = None, headers: Sequence[tuple[str, str]] = ()
     ) -> None:
         """Answer with a final 3xx-6xx; ``terminated`` resolves "rejected"."""
-        self._ua._core.reject(self._leg, status, reason, headers, now=self._ua.loop.time())
-        self._ua._pump()
+        leg = self._leg
+        self._ua.enter(lambda core, now: core.reject(leg, status, reason, headers, now=now))
 
 
 class ClientCall(Dialog):
@@ -227,6 +339,7 @@ class UserAgent:
         self._calls: dict[int, Dialog] = {}
         self._pending: dict[int, asyncio.Future[ClientCall]] = {}
         self._requests: dict[int, asyncio.Future[SipResponse]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._probe_cache: dict[str, str] = {}
         self._idle = asyncio.Event()
         self._public_host, self._public_port = _split_public(settings.public_address)
@@ -289,14 +402,14 @@ class UserAgent:
 
     async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (the agreed API)
         """BYE every confirmed call, 503 every unanswered one, wait (bounded), close sockets."""
-        self._core.shutdown(now=self.loop.time())
-        self._pump()
+        self.enter(lambda core, now: core.shutdown(now=now))
         if self._core.calls:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout)
         for dialog in list(self._calls.values()):
-            if not dialog.terminated.done():
-                dialog.terminated.set_result("shutdown")
+            dialog._ended("shutdown")
+        for task in list(self._tasks):
+            task.cancel()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -459,10 +572,78 @@ class UserAgent:
         self._timer_at = deadline
         self._timer = self.loop.call_at(deadline, self._on_timer)
 
-    def _watch(self, request_id: int) -> asyncio.Future[SipResponse]:
+    # ----------------------------------------------------------------- entry points
+
+    def enter(self, step: Callable[[Core, float], T]) -> T:
+        """Rule 1: run ``step(core, now)`` at ``loop.time()``, then pump; return its result.
+
+        The one way into the core for :class:`Dialog` and its subclasses.
+        """
+        result = step(self._core, self.loop.time())
+        self._pump()
+        return result
+
+    def outcome(self, handle: ClientRequest) -> asyncio.Future[SipResponse]:
+        """The final response of a request sent through :meth:`enter` (a future).
+
+        It fails with :class:`RequestFailed` when the request got no final response.
+        """
         future: asyncio.Future[SipResponse] = self.loop.create_future()
-        self._requests[request_id] = future
+        if handle.done:  # completed while the step was pumped
+            self._complete(future, handle)
+        else:
+            self._requests[handle.id] = future
         return future
+
+    def _complete(self, future: asyncio.Future[SipResponse], handle: ClientRequest) -> None:
+        if future.done():
+            return
+        if handle.response is None:
+            future.set_exception(RequestFailed(f"{handle.method} timed out"))
+        else:
+            future.set_result(handle.response)
+
+    def _answer_reoffer(self, pending: ServerRequest, answer: bytes | int | None) -> None:
+        self.enter(lambda core, now: core.answer_reoffer(pending, answer, now=now))
+
+    def _reoffer(self, dialog: Dialog | None, pending: ServerRequest) -> None:
+        """Rule 5: the dialog's hook answers; an awaitable answer is awaited in a task."""
+        hook = dialog.on_reoffer if dialog is not None else None
+        if hook is None:
+            self._answer_reoffer(pending, None)
+            return
+        try:
+            answer = hook(pending.request.body)
+        except Exception:
+            log.exception("on_reoffer failed for %r", dialog)
+            self._answer_reoffer(pending, 500)
+            return
+        if not inspect.isawaitable(answer):
+            self._answer_reoffer(pending, answer)
+            return
+        task = self.loop.create_task(self._await_reoffer(dialog, pending, answer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _await_reoffer(
+        self, dialog: Dialog | None, pending: ServerRequest, answer: Awaitable[bytes | int]
+    ) -> None:
+        try:
+            result: bytes | int = await answer
+        except Exception:
+            log.exception("on_reoffer failed for %r", dialog)
+            result = 500
+        self._answer_reoffer(pending, result)
+
+    def _request(self, dialog: Dialog | None, pending: ServerRequest) -> None:
+        status: int | None = None
+        if dialog is not None:
+            try:
+                status = dialog._request_status(pending.request)
+            except Exception:
+                log.exception("on_request failed for %r", dialog)
+                status = 500
+        self.enter(lambda core, now: core.answer_request(pending, status, now=now))
 
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, IncomingCall):
@@ -494,18 +675,18 @@ class UserAgent:
                 pending.set_exception(RequestFailed(f"call {event.reason}{status}", event.response))
         elif isinstance(event, RequestCompleted):
             future = self._requests.pop(event.request.id, None)
-            if future is not None and not future.done():
-                if event.response is None:
-                    future.set_exception(RequestFailed(f"{event.request.method} timed out"))
-                else:
-                    future.set_result(event.response)
+            if future is not None:
+                self._complete(future, event.request)
+        elif isinstance(event, ReofferReceived):
+            self._reoffer(self._calls.get(event.call.id), event.pending)
+        elif isinstance(event, RequestReceived):
+            self._request(self._calls.get(event.call.id), event.pending)
 
     def _terminated(self, leg: CallLeg, reason: str) -> None:
         dialog = self._calls.get(leg.id)
         if dialog is None:
             return
-        if not dialog.terminated.done():
-            dialog.terminated.set_result(reason)
+        dialog._ended(reason)
         if isinstance(dialog, ServerCall) and not dialog.confirmed.done():
             dialog.confirmed.set_exception(RequestFailed(f"call ended before the ACK: {reason}"))
             _mark_retrieved(dialog.confirmed)

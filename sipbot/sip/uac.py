@@ -11,6 +11,9 @@ Rules:
   CSeq, new branch): once per realm, and once more only when the challenge says
   ``stale=true``.
 * Rule 4: a 408/481 (or no answer) to an in-dialog request ends the dialog (§12.2.1.2).
+
+:class:`Uac` is the client-transaction user of the core: it starts client transactions on the
+shared :class:`~sipbot.sip.endpoint.TransactionLayer` and gets their responses back.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from sipbot.sip.address import format_host, parse_uri
 from sipbot.sip.auth import Credentials, authorization_header, select_challenge
 from sipbot.sip.compose import ALLOW_VALUE, SDP_TYPE, tag_of
 from sipbot.sip.dialog import DialogState
-from sipbot.sip.endpoint import Endpoint
+from sipbot.sip.endpoint import TransactionLayer
 from sipbot.sip.headers import Headers
 from sipbot.sip.legs import (
     CallAnswered,
@@ -48,8 +51,16 @@ from sipbot.sip.transaction import (
 log = logging.getLogger(__name__)
 
 
-class UacEndpoint(Endpoint):
-    """Places calls and sends in-dialog requests; handles every response."""
+class Uac:
+    """Places calls and sends in-dialog requests (BYE included); handles every response.
+
+    Args:
+        layer: the transactions, timers and queues it shares with the UAS part.
+    """
+
+    def __init__(self, layer: TransactionLayer) -> None:
+        self._layer = layer
+        self.timers = layer.timers
 
     def invite(
         self,
@@ -77,13 +88,15 @@ class UacEndpoint(Endpoint):
             raise LocalSipError(f"not a URI: {uri!r}") from None
         tag = generate_tag()
         request = self._initial_invite(uri, sdp, destination, from_user, tag, headers)
-        call = CallLeg(next(self._ids), "uac", request, destination, tag)
+        call = CallLeg(self._layer.next_id(), "uac", request, destination, tag)
         call.local_sdp = sdp
         call.credentials = credentials
         call.timeout_deadline = now + timeout
-        self._calls[call.id] = call
-        call.invite_entry = self._start_client(request, destination, "invite", now, call)
-        self._schedule(call)
+        self._layer.add_call(call)
+        call.invite_entry = self._layer.start_client(
+            request, destination, "invite", now, self.response_received, call
+        )
+        self._layer.schedule(call)
         return call
 
     def _initial_invite(
@@ -95,18 +108,18 @@ class UacEndpoint(Endpoint):
         tag: str,
         headers: Sequence[tuple[str, str]],
     ) -> SipRequest:
-        host, _port = self._address_for(destination.transport, destination.host)
+        host, _port = self._layer.advertised(destination.transport, destination.host)
         user = from_user if "@" in from_user else f"{from_user}@{format_host(host)}"
         h = Headers()
-        h.add("Via", self._new_via(destination))
+        h.add("Via", self._layer.new_via(destination))
         h.add("Max-Forwards", "70")
         h.add("From", f"<sip:{user}>;tag={tag}")
         h.add("To", f"<{uri}>")
         h.add("Call-ID", generate_call_id(host))
         h.add("CSeq", "1 INVITE")
-        h.add("Contact", self._contact(destination.transport, destination.host, from_user))
+        h.add("Contact", self._layer.contact(destination.transport, destination.host, from_user))
         h.add("Allow", ALLOW_VALUE)
-        h.add("User-Agent", self.settings.user_agent)
+        h.add("User-Agent", self._layer.settings.user_agent)
         for name, value in headers:
             h.add(name, value)
         if sdp:
@@ -138,10 +151,12 @@ class UacEndpoint(Endpoint):
             raise LocalSipError(f"no confirmed dialog for {method}")
         if method in ("ACK", "CANCEL", "BYE"):
             raise LocalSipError(f"{method} cannot be sent with request()")
-        if method == "INVITE" and (call.reinvite_out is not None or call.ok_data is not None):
+        if method == "INVITE" and (
+            call.reinvite_out is not None or call.ok_data is not None or call.reoffer_in is not None
+        ):
             raise LocalSipError("an INVITE transaction is already in progress")
-        handle = ClientRequest(next(self._ids), call, method)
-        request, destination = self._dialog_request(call, method)
+        handle = ClientRequest(self._layer.next_id(), call, method)
+        request, destination = self._layer.dialog_request(call, method)
         for name, value in headers:
             request.headers.add(name, value)
         if body:
@@ -150,17 +165,20 @@ class UacEndpoint(Endpoint):
         handle.request = request
         if method == "INVITE":
             call.reinvite_out = handle
-        self._start_client(request, destination, "request", now, call, handle)
+        self._layer.start_client(
+            request, destination, "request", now, self.response_received, call, handle
+        )
         return handle
 
-    def _receive_response(self, response: SipResponse, source: Peer, now: float) -> None:
+    def receive_response(self, response: SipResponse, source: Peer, now: float) -> None:
+        """A response from the wire: to its client transaction, or a stray 2xx to re-ACK."""
         try:
             if len(response.headers.get_all("Via")) != 1:
                 return  # §8.1.3.3: not for us
             key = client_key(response)
         except SipParseError:
             return
-        entry = self._client.get(key)
+        entry = self._layer.client_entry(key)
         if entry is None:
             self._stray_response(response)
             return
@@ -169,7 +187,7 @@ class UacEndpoint(Endpoint):
         txn = entry.txn
         assert isinstance(txn, (ClientInviteTransaction, ClientNonInviteTransaction))
         txn.receive(response, now)
-        self._run(entry, now)
+        self._layer.run(entry, now)
 
     def _stray_response(self, response: SipResponse) -> None:
         """A 2xx retransmitted after the INVITE transaction ended: ACK it again."""
@@ -177,11 +195,11 @@ class UacEndpoint(Endpoint):
             return
         from_tag = tag_of(response.headers.get("From")) or ""
         to_tag = tag_of(response.headers.get("To")) or ""
-        call = self._dialogs.get((response.call_id, from_tag, to_tag))
+        call = self._layer.dialog_call(response.call_id, from_tag, to_tag)
         if call is not None and call.ack is not None:
-            self._out.append(call.ack)
+            self._layer.send_data(call.ack)
 
-    def _client_event(self, entry: Entry, response: SipResponse | None, now: float) -> None:
+    def response_received(self, entry: Entry, response: SipResponse | None, now: float) -> None:
         """A final/provisional response (or None: timeout) for one of our requests."""
         if entry.kind == "invite":
             assert entry.call is not None
@@ -191,26 +209,26 @@ class UacEndpoint(Endpoint):
 
     def _invite_response(self, call: CallLeg, response: SipResponse | None, now: float) -> None:
         if response is None:
-            self._fail_call(call, "timeout", None)
+            self.fail_call(call, "timeout", None)
             return
         status = response.status
         if status < 200:
             if call.abandoned and not call.cancel_sent:
                 self._send_cancel(call, now)
             elif call.state is CallState.CALLING and status > 100 and not call.abandoned:
-                self._events.append(CallProgress(call, response))
+                self._layer.emit(CallProgress(call, response))
         elif status < 300:
             self._invite_answered(call, response, now)
         elif status in (401, 407) and self._retry_with_auth(call, response, now):
             return
         else:
             reason = "cancelled" if status == 487 and call.cancel_sent else "rejected"
-            self._fail_call(call, reason, response)
+            self.fail_call(call, reason, response)
 
     def _invite_answered(self, call: CallLeg, response: SipResponse, now: float) -> None:
         if call.dialog is not None:
             if call.ack is not None:
-                self._out.append(call.ack)  # a retransmitted 2xx
+                self._layer.send_data(call.ack)  # a retransmitted 2xx
             return
         assert call.invite_entry is not None
         call.peer = call.invite_entry.peer
@@ -218,16 +236,16 @@ class UacEndpoint(Endpoint):
         call.dialog = DialogState.as_uac(call.invite, response, call.peer.transport)
         call.remote_sdp = response.body
         call.timeout_deadline = call.cancel_deadline = None
-        self._dialogs[call.dialog.id] = call
-        call.ack = self._build_ack(call, call.invite)
-        self._out.append(call.ack)
+        self._layer.add_dialog(call)
+        call.ack = self._layer.build_ack(call, call.invite)
+        self._layer.send_data(call.ack)
         call.state = CallState.CONFIRMED
         if call.abandoned:  # answered after we gave up: hang up right away
-            call.bye_request = ClientRequest(next(self._ids), call, "BYE")
-            self._send_bye(call, "cancelled", now)
+            call.bye_request = ClientRequest(self._layer.next_id(), call, "BYE")
+            self.send_bye(call, "cancelled", now)
         else:
-            self._events.append(CallAnswered(call, response))
-        self._schedule(call)
+            self._layer.emit(CallAnswered(call, response))
+        self._layer.schedule(call)
 
     def _request_response(
         self, handle: ClientRequest, response: SipResponse | None, now: float
@@ -237,7 +255,7 @@ class UacEndpoint(Endpoint):
             return
         if handle.done:
             if response is not None and response.status < 300 and handle.ack is not None:
-                self._out.append(handle.ack)  # retransmitted 2xx to our re-INVITE
+                self._layer.send_data(handle.ack)  # retransmitted 2xx to our re-INVITE
             return
         handle.done = True
         handle.response = response
@@ -245,8 +263,8 @@ class UacEndpoint(Endpoint):
         if handle.method == "INVITE":
             call.reinvite_out = None
             if ok and handle.request is not None:
-                handle.ack = self._build_ack(call, handle.request)
-                self._out.append(handle.ack)
+                handle.ack = self._layer.build_ack(call, handle.request)
+                self._layer.send_data(handle.ack)
         if ok and response is not None and handle.method in ("INVITE", "UPDATE"):
             assert call.dialog is not None
             call.dialog.refresh_target(response)
@@ -254,12 +272,12 @@ class UacEndpoint(Endpoint):
                 call.remote_sdp = response.body
             if handle.request is not None and handle.request.body:
                 call.local_sdp = handle.request.body
-        self._events.append(RequestCompleted(handle, response))
+        self._layer.emit(RequestCompleted(handle, response))
         if handle.method == "BYE":
-            self._forget_call(call)
+            self._layer.forget_call(call)
         elif response is None or response.status in (408, 481):
             # §12.2.1.2: the dialog is gone on the other side
-            self.bye(call, now=now, why="timeout")
+            self.end_dialog(call, "timeout", now)
 
     def _retry_with_auth(self, call: CallLeg, response: SipResponse, now: float) -> bool:
         """Answer a 401/407 to our INVITE (RFC 3261 §22.2); False when we cannot."""
@@ -284,12 +302,14 @@ class UacEndpoint(Endpoint):
             return False
         call.auth_attempts[challenge.realm] = tries + 1
         headers = old.headers.copy()
-        headers.set("Via", self._new_via(entry.peer))
+        headers.set("Via", self._layer.new_via(entry.peer))
         headers.set("CSeq", f"{old.cseq[0] + 1} INVITE")
         headers.set("Proxy-Authorization" if proxy else "Authorization", answer)
         request = SipRequest("INVITE", old.uri, headers, old.body)
         call.invite = request
-        call.invite_entry = self._start_client(request, entry.peer, "invite", now, call)
+        call.invite_entry = self._layer.start_client(
+            request, entry.peer, "invite", now, self.response_received, call
+        )
         return True
 
     def _abandon(self, call: CallLeg, why: str, now: float) -> None:
@@ -299,23 +319,58 @@ class UacEndpoint(Endpoint):
         entry = call.invite_entry
         if entry is not None and entry.txn.state is State.PROCEEDING:
             self._send_cancel(call, now)
-        self._schedule(call)
+        self._layer.schedule(call)
 
     def _send_cancel(self, call: CallLeg, now: float) -> None:
         entry = call.invite_entry
         assert entry is not None
         call.cancel_sent = True
         call.cancel_deadline = now + 64 * self.timers.t1  # §9.1: then give the INVITE up
-        self._start_client(build_cancel(entry.txn.request), entry.peer, "cancel", now, call)
-        self._schedule(call)
+        cancel = build_cancel(entry.txn.request)
+        self._layer.start_client(cancel, entry.peer, "cancel", now, self.response_received, call)
+        self._layer.schedule(call)
 
-    def _fail_call(self, call: CallLeg, reason: str, response: SipResponse | None) -> None:
+    def fail_call(self, call: CallLeg, reason: str, response: SipResponse | None) -> None:
         if call.state is CallState.CALLING:
             self._report_failure(call, reason, response)
-            self._forget_call(call)
+            self._layer.forget_call(call)
 
     def _report_failure(self, call: CallLeg, reason: str, response: SipResponse | None) -> None:
         if not call.reported:
             call.reported = True
             call.reason = reason
-            self._events.append(CallFailed(call, reason, response))
+            self._layer.emit(CallFailed(call, reason, response))
+
+    def end_dialog(self, call: CallLeg, why: str, now: float) -> None:
+        """BYE a confirmed dialog now (unless a BYE is already out)."""
+        if call.state not in (CallState.TERMINATING, CallState.TERMINATED):
+            call.bye_request = ClientRequest(self._layer.next_id(), call, "BYE")
+            self.send_bye(call, why, now)
+
+    def send_bye(self, call: CallLeg, why: str, now: float) -> None:
+        """Send the call's BYE (its :class:`ClientRequest` is ``call.bye_request``)."""
+        handle = call.bye_request or ClientRequest(self._layer.next_id(), call, "BYE")
+        call.bye_request = handle
+        call.bye_pending = False
+        call.ok_data = None
+        call.ok_next = call.ok_give_up = call.answer_deadline = None
+        self._layer.abort_pending(call, now)
+        request, destination = self._layer.dialog_request(call, "BYE")
+        handle.request = request
+        call.state = CallState.TERMINATING
+        self._layer.report_end(call, why)
+        self._layer.start_client(
+            request, destination, "request", now, self.response_received, call, handle
+        )
+        self._layer.schedule(call)
+
+    def call_timer(self, call: CallLeg, now: float) -> None:
+        """The UAC deadlines of a call: the INVITE's timeout, the CANCEL's give-up (Rule 2)."""
+        if call.timeout_deadline is not None and call.timeout_deadline <= now:
+            call.timeout_deadline = None
+            self.cancel(call, now=now, why="timeout")
+        if call.cancel_deadline is not None and call.cancel_deadline <= now:
+            call.cancel_deadline = None
+            if call.invite_entry is not None:
+                self._layer.drop_client(call.invite_entry)
+            self.fail_call(call, "cancelled", None)

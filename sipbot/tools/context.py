@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sipbot.providers.base import CallInfo, Transcript
+from sipbot.domain import CallInfo, Transcript
 
 
 class CallControl(Protocol):

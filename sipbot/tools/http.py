@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx2
 
+from sipbot.domain import ToolSpec
 from sipbot.errors import ToolError
-from sipbot.providers.base import ToolSpec
 from sipbot.secret import Secret
 from sipbot.tools.context import ToolContext
 from sipbot.tools.registry import check_tool_name

@@ -2,7 +2,7 @@
 loading ``module:function`` references from a dialplan.
 
 A decorated function stays callable as before (``lookup_order("A1")`` still works in your own
-tests); the decorator only adds a :class:`~sipbot.providers.base.ToolSpec` built from its
+tests); the decorator only adds a :class:`~sipbot.domain.ToolSpec` built from its
 signature and docstring, and argument validation for calls that come from a model.
 """
 
@@ -20,8 +20,9 @@ from typing import Any, Protocol, overload
 from pydantic import PydanticUserError, TypeAdapter, ValidationError
 from typing_extensions import is_typeddict
 
+from sipbot.domain import ToolSpec
 from sipbot.errors import ToolDefinitionError, ToolError
-from sipbot.providers.base import ToolSpec
+from sipbot.suggest import did_you_mean
 from sipbot.tools.context import ToolContext
 from sipbot.tools.schema import JsonSchema, parse_docstring, schema_for
 
@@ -254,8 +255,6 @@ def load_python_tool(reference: str, search_paths: Iterable[str] = ()) -> Python
     try:
         target = getattr(module, attribute)
     except AttributeError:
-        from sipbot.dialplan.fields import did_you_mean  # here: dialplan imports this module
-
         names = [n for n in vars(module) if not n.startswith("_")]
         hint = did_you_mean(attribute, names)
         raise ToolDefinitionError(f"module {module_name} has no {attribute!r}{hint}") from None

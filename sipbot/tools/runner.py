@@ -31,8 +31,8 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
+from sipbot.domain import ToolCall, ToolSpec
 from sipbot.errors import SipbotError
-from sipbot.providers.base import ToolCall, ToolSpec
 from sipbot.tools.context import ToolContext
 from sipbot.tools.registry import Tool
 
@@ -102,7 +102,7 @@ class ToolRunner:
 
     @property
     def specs(self) -> tuple[ToolSpec, ...]:
-        """The specs of the runner's tools, for :class:`~sipbot.providers.base.SessionConfig`."""
+        """The specs of the runner's tools, for :class:`~sipbot.domain.SessionConfig`."""
         return tuple(t.spec for t in self._tools.values())
 
     @property

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import wave
@@ -13,24 +12,23 @@ import numpy as np
 import pytest
 
 from tests.e2e.peers.audio import correlation, read_wav
-from tests.e2e.peers.capture import RtpCapture, capture_unavailable, select, stream_stats
+from tests.e2e.peers.capture import RtpCapture, select, stream_stats
 from tests.e2e.peers.ports import free_port, free_port_block
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.timeout(90),
-    pytest.mark.skipif(shutil.which("sipp") is None, reason="SIPp (sip-tester) not installed"),
+    pytest.mark.requires_peers("sipp"),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLD_SCENARIO = Path(__file__).parent / "scenarios" / "sip" / "uac_hold_resume.xml"
+HOSTNAME_SCENARIO = Path(__file__).parent / "scenarios" / "sip" / "uac_hold_resume_hostname.xml"
 HOLD_S = 1.5
 
 
+@pytest.mark.requires_peers("capture")
 def test_hold_stops_our_rtp_and_resume_restarts_it(sipbot_server, peers_tmp: Path):
-    unavailable = capture_unavailable()
-    if unavailable:
-        pytest.skip(unavailable)
     server = sipbot_server()
     sip_port, media_port = free_port(), free_port_block()
     capture = RtpCapture.start(peers_tmp, [media_port])
@@ -53,6 +51,29 @@ def test_hold_stops_our_rtp_and_resume_restarts_it(sipbot_server, peers_tmp: Pat
     assert len(ours) - hold_at >= 30, "RTP did not resume"
     (stats,) = stream_stats(ours).values()  # one stream, its sequence numbers continuous
     assert stats.seq_missing == 0
+
+
+@pytest.mark.requires_peers("capture")
+def test_a_resume_naming_its_host_by_name_is_answered_after_resolving_it(
+    sipbot_server, peers_tmp: Path
+):
+    server = sipbot_server()
+    sip_port, media_port = free_port(), free_port_block()
+    capture = RtpCapture.start(peers_tmp, [media_port])
+    args = [
+        "sipp", server.address, "-sf", str(HOSTNAME_SCENARIO), "-s", "bot",
+        "-i", "127.0.0.1", "-p", str(sip_port), "-mi", "127.0.0.1", "-mp", str(media_port),
+        "-m", "1", "-nostdin", "-timeout", "30s", "-timeout_error",
+    ]  # fmt: skip
+    result = subprocess.run(args, cwd=peers_tmp, capture_output=True, text=True, timeout=60)
+    capture.stop()
+    # the scenario needs a 200 with a=sendrecv to the resume (a 488 fails it)
+    assert result.returncode == 0, result.stdout[-2000:] + server.log()[-2000:]
+    assert re.search(r"re-offer: PCMU sendrecv", server.log())
+    ours = select(capture.packets(), dst_port=media_port, audio_only=True)
+    gaps = np.diff(np.array([p.time for p in ours]))
+    assert gaps.max() >= HOLD_S - 0.2, "sipbot kept sending while the caller held the call"
+    assert len(ours) - int(gaps.argmax()) >= 30, "RTP did not resume to the resolved host"
 
 
 def test_a_recorded_call_has_the_caller_left_and_the_agent_right(sipbot_server, peers_tmp, speech):

@@ -6,29 +6,26 @@ sipbot's 200 OK carries its offer (G722, PCMU, PCMA, telephone-event), SIPp's AC
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.peers.capture import RtpCapture, capture_unavailable, select, stream_stats
+from tests.e2e.peers.capture import RtpCapture, select, stream_stats
 from tests.e2e.peers.ports import free_port, free_port_block
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.timeout(90),
-    pytest.mark.skipif(shutil.which("sipp") is None, reason="SIPp (sip-tester) not installed"),
+    pytest.mark.requires_peers("sipp"),
 ]
 
 SCENARIO = Path(__file__).parent / "scenarios" / "sip" / "uac_late_offer.xml"
 PT_PCMU = 0
 
 
+@pytest.mark.requires_peers("capture")
 def test_late_offer_answer_in_ack(sipbot_server, peers_tmp: Path):
-    unavailable = capture_unavailable()
-    if unavailable:
-        pytest.skip(unavailable)
     server = sipbot_server()
     sip_port, media_port = free_port(), free_port_block()
     capture = RtpCapture.start(peers_tmp, [media_port])

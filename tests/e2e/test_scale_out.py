@@ -22,8 +22,7 @@ from tests.e2e.peers.sipp_scenarios import uac_scenario
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.timeout(120),
-    pytest.mark.skipif(shutil.which("kamailio") is None, reason="Kamailio not installed"),
-    pytest.mark.skipif(shutil.which("sipp") is None, reason="SIPp (sip-tester) not installed"),
+    pytest.mark.requires_peers("kamailio", "sipp"),
 ]
 
 INACTIVE_WITHIN_S = 10.0

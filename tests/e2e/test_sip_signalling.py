@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from tests.e2e.peers.process import ManagedProcess
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.timeout(180),
-    pytest.mark.skipif(shutil.which("sipp") is None, reason="SIPp (sip-tester) not installed"),
+    pytest.mark.requires_peers("sipp"),
 ]
 
 HERE = Path(__file__).parent
@@ -165,9 +164,8 @@ def in_dialog(proxy_log: str, method: str, target: str) -> int:
     )
 
 
+@pytest.mark.requires_peers("kamailio")
 def test_through_kamailio_record_route_both_directions(tmp_path: Path):
-    if shutil.which("kamailio") is None:
-        pytest.skip("kamailio not installed")
     with sipbot(tmp_path, "--max-duration", "0.3") as (server, bot_port):
         proxy = start_proxy(tmp_path, bot_port)
         try:

@@ -124,6 +124,93 @@ async def test_reinvite_both_ways_and_info(pair):
     await client.bye()
 
 
+async def test_reoffer_answered_by_an_async_hook(pair):
+    a, b, callee = pair
+    client = await a.call(uri(b), OFFER)
+    [server] = callee.calls
+    await asyncio.wait_for(server.confirmed, 2)
+    offers: list[bytes] = []
+
+    async def reoffer(offer: bytes) -> bytes:
+        offers.append(offer)
+        await asyncio.sleep(0.3)  # longer than 200 ms: the core sends 100 Trying meanwhile
+        return ANSWER.replace(b"5000", b"5004")
+
+    server.on_reoffer = reoffer
+    response = await asyncio.wait_for(
+        client.request("INVITE", body=OFFER.replace(b"4000", b"4004")), 5
+    )
+    assert response.status == 200
+    assert offers == [OFFER.replace(b"4000", b"4004")]
+    assert client.remote_sdp == ANSWER.replace(b"5000", b"5004")
+    assert server.local_sdp == ANSWER.replace(b"5000", b"5004")
+
+    async def broken(offer: bytes) -> bytes:
+        raise RuntimeError("boom")
+
+    server.on_reoffer = broken
+    response = await asyncio.wait_for(client.request("UPDATE", body=OFFER), 5)
+    assert response.status == 500
+    await client.bye()
+
+
+async def test_refer_accepted_then_final_notify(pair):
+    a, b, callee = pair
+    client = await a.call(uri(b), OFFER)
+    [server] = callee.calls
+    await asyncio.wait_for(server.confirmed, 2)
+    refers: list[SipRequest] = []
+    client.on_request = lambda req: refers.append(req) or 202
+    referral = await asyncio.wait_for(server.refer("sip:agent@example.com"), 5)
+    [refer] = refers
+    assert refer.headers.get("Refer-To") == "<sip:agent@example.com>"
+    assert refer.headers.get("Referred-By") == f"<{server.invite.uri}>"
+    assert referral.response is not None
+    assert referral.response.status == 202
+    assert referral.cseq == refer.cseq[0]
+    seen: list[SipRequest] = []
+    server.on_request = lambda req: seen.append(req) or 200  # the old hook still sees them
+    for frag, done in ((b"SIP/2.0 100 Trying\r\n", False), (b"SIP/2.0 200 OK\r\n", True)):
+        response = await asyncio.wait_for(
+            client.request(
+                "NOTIFY",
+                body=frag,
+                content_type="message/sipfrag",
+                headers=[("Event", f"refer;id={referral.cseq}")],
+            ),
+            5,
+        )
+        assert response.status == 200
+        assert referral.done is done
+    assert await asyncio.wait_for(referral.final(), 1) == 200
+    assert [r.method for r in seen] == ["NOTIFY", "NOTIFY"]
+    await client.bye()
+
+
+async def test_refer_refused_raises(pair):
+    a, b, callee = pair
+    client = await a.call(uri(b), OFFER)
+    [server] = callee.calls
+    await asyncio.wait_for(server.confirmed, 2)
+    with pytest.raises(RequestFailed, match=r"the transfer was refused \(603 Decline\)") as info:
+        await asyncio.wait_for(server.refer("sip:agent@example.com"), 5)
+    assert info.value.response is not None
+    assert info.value.response.status == 603
+    await client.bye()
+
+
+async def test_referral_fails_when_the_call_ends_first(pair):
+    a, b, callee = pair
+    client = await a.call(uri(b), OFFER)
+    [server] = callee.calls
+    await asyncio.wait_for(server.confirmed, 2)
+    client.on_request = lambda req: 202
+    referral = await asyncio.wait_for(server.refer("sip:agent@example.com"), 5)
+    await client.bye()
+    with pytest.raises(RequestFailed, match="call ended"):
+        await asyncio.wait_for(referral.final(), 2)
+
+
 async def test_reject(pair):
     a, b, callee = pair
     callee.behaviour = lambda call: call.reject(486, headers=[("Retry-After", "5")])

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
-from sipbot.providers.base import ProviderEvent, ProviderSession
+from sipbot.domain import ProviderEvent
+from sipbot.providers.base import ProviderSession
 
 EVENT_TIMEOUT_S = 5.0
 

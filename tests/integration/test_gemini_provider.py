@@ -10,11 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from sipbot.emulators.common import ResumptionHandles
-from sipbot.emulators.gemini import GeminiEmulator
-from sipbot.emulators.script import EmulatorScript, ToolCallRule
-from sipbot.errors import ConfigError, ProviderConnectError
-from sipbot.providers.base import (
+from sipbot.domain import (
     AudioOut,
     CallInfo,
     Interrupted,
@@ -27,6 +23,10 @@ from sipbot.providers.base import (
     TurnComplete,
     TurnDetection,
 )
+from sipbot.emulators.common import ResumptionHandles
+from sipbot.emulators.gemini import GeminiEmulator
+from sipbot.emulators.script import EmulatorScript, ToolCallRule
+from sipbot.errors import ConfigError, ProviderConnectError
 from sipbot.providers.gemini import GeminiProvider, GeminiSession
 from tests.integration.conftest import EventLog, dominant_hz, eventually, feed, silence, sine
 

@@ -20,11 +20,11 @@ from openai.resources.realtime.realtime import AsyncRealtimeConnection
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
+from sipbot.domain import PCMA_8K, PCMU_8K
 from sipbot.emulators.audio import decode, encode, tone
 from sipbot.emulators.cli import main
 from sipbot.emulators.openai import OpenAIEmulator
 from sipbot.emulators.script import EmulatorScript, ToolCallRule
-from sipbot.media.formats import PCMA_8K, PCMU_8K
 
 pytestmark = pytest.mark.timeout(30)
 

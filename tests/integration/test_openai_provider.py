@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 
-from sipbot.emulators.audio import decode, encode
-from sipbot.emulators.openai import OpenAIEmulator
-from sipbot.emulators.script import EmulatorScript, ToolCallRule
-from sipbot.errors import ConfigError, ProviderConnectError
-from sipbot.media.formats import PCM16_24K, PCMA_8K, PCMU_8K, AudioFormat
-from sipbot.providers.base import (
+from sipbot.domain import (
+    PCM16_24K,
+    PCMA_8K,
+    PCMU_8K,
+    AudioFormat,
     AudioOut,
     CallInfo,
     Interrupted,
@@ -29,6 +28,10 @@ from sipbot.providers.base import (
     TurnComplete,
     TurnDetection,
 )
+from sipbot.emulators.audio import decode, encode
+from sipbot.emulators.openai import OpenAIEmulator
+from sipbot.emulators.script import EmulatorScript, ToolCallRule
+from sipbot.errors import ConfigError, ProviderConnectError
 from sipbot.providers.openai import OpenAIProvider, OpenAISession
 from tests.integration.conftest import (
     EventLog,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sipbot.domain import PCM16_8K, PCM16_16K, PCM16_24K, PCMA_8K, PCMU_8K, AudioFormat
 from sipbot.errors import CodecError
 from sipbot.media.chain import InboundChain, OutboundChain
 from sipbot.media.codecs import G722, PCMA, PCMU, CodecInfo, make_decoder, make_encoder
-from sipbot.media.formats import PCM16_8K, PCM16_16K, PCM16_24K, PCMA_8K, PCMU_8K, AudioFormat
 
 
 def sine(rate: int, ms: int, freq: float = 1000.0, amplitude: float = 8000.0) -> bytes:

@@ -511,7 +511,7 @@ def test_secrets_never_show(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_session_config_fills_the_prompt(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sipbot.providers.base import CallInfo
+    from sipbot.domain import CallInfo
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
     config = load_config(write(in_tmp, FULL), environ={"GEMINI_API_KEY": "k", "CRM_TOKEN": "t"})

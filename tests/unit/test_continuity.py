@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sipbot.providers.base import Transcript
+from sipbot.domain import Transcript
 from sipbot.providers.continuity import ReconnectBudget, TranscriptLog, greeting_prompt
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 
@@ -10,6 +11,7 @@ from sipbot.errors import LocalSipError
 from sipbot.sip import core as core_module
 from sipbot.sip import endpoint as endpoint_module
 from sipbot.sip import uac as uac_module
+from sipbot.sip import uas as uas_module
 from sipbot.sip.auth import Credentials, DigestVerifier
 from sipbot.sip.core import (
     CallAnswered,
@@ -23,7 +25,9 @@ from sipbot.sip.core import (
     CoreSettings,
     IncomingCall,
     Peer,
+    ReofferReceived,
     RequestCompleted,
+    RequestReceived,
 )
 from sipbot.sip.message import SipRequest, SipResponse, make_response, parse_message
 from tests.data.rfc4475 import load as load_rfc4475
@@ -38,7 +42,7 @@ SDP_ANSWER = b"v=0\r\no=- 2 2 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\nm=audio 5000 R
 def deterministic_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     tags = itertools.count(1)
     branches = itertools.count(1)
-    for module in (core_module, endpoint_module, uac_module):
+    for module in (core_module, endpoint_module, uac_module, uas_module):
         if hasattr(module, "generate_tag"):
             monkeypatch.setattr(module, "generate_tag", lambda: f"tag{next(tags)}")
     monkeypatch.setattr(endpoint_module, "generate_branch", lambda: f"z9hG4bK-b{next(branches)}")
@@ -50,11 +54,32 @@ def address_for(transport: str, peer_host: str) -> tuple[str, int]:
 
 
 class Harness:
-    def __init__(self, **settings: object) -> None:
+    """The core plus a stand-in for the shell: by default it answers re-offers and in-dialog
+    requests right after ``feed`` like ``UserAgent`` does (through ``on_reoffer`` /
+    ``on_request`` hooks, else the core's defaults); ``app=False`` leaves them to the test."""
+
+    def __init__(self, app: bool = True, **settings: object) -> None:
         self.core = Core(CoreSettings(**settings), address_for)  # type: ignore[arg-type]
+        self.app = app
+        self.on_reoffer: dict[int, Callable[[bytes], bytes | int]] = {}
+        self.on_request: dict[int, Callable[[SipRequest], int]] = {}
+        self._held: list[object] = []
 
     def feed(self, text: str, now: float = 0.0, source: Peer = PHONE, body: bytes = b"") -> None:
         self.core.receive(text.encode() + body, source, now)
+        if not self.app:
+            return
+        for event in self.core.events():
+            if isinstance(event, ReofferReceived):
+                hook = self.on_reoffer.get(event.call.id)
+                answer = hook(event.offer) if hook is not None else None
+                self.core.answer_reoffer(event.pending, answer, now=now)
+            elif isinstance(event, RequestReceived):
+                hook_r = self.on_request.get(event.call.id)
+                status = hook_r(event.request) if hook_r is not None else None
+                self.core.answer_request(event.pending, status, now=now)
+            else:
+                self._held.append(event)
 
     def sent(self) -> list[tuple[SipRequest | SipResponse, Peer]]:
         return [(parse_message(o.data), o.destination) for o in self.core.data_to_send()]
@@ -70,7 +95,8 @@ class Harness:
         return out
 
     def events(self) -> list[object]:
-        return list(self.core.events())
+        held, self._held = self._held, []
+        return held + list(self.core.events())
 
     def run_until(self, until: float) -> list[tuple[float, list[str]]]:
         out = []
@@ -490,7 +516,7 @@ def test_reinvite_answered_by_hook_and_2xx_retransmitted_until_ack():
         offers.append(offer)
         return b"v=0 new answer\r\n"
 
-    call.on_reoffer = reoffer
+    h.on_reoffer[call.id] = reoffer
     reinvite = request(
         "INVITE", branch="z9hG4bK-r2", cseq=2, to_tag=call.local_tag, body=b"v=0 hold\r\n"
     )
@@ -519,7 +545,7 @@ def test_reinvite_without_hook_answers_with_current_sdp():
 def test_reinvite_hook_status_is_sent():
     h = Harness()
     call = confirmed_call(h)
-    call.on_reoffer = lambda offer: 488
+    h.on_reoffer[call.id] = lambda offer: 488
     h.feed(request("INVITE", branch="z9hG4bK-r2", cseq=2, to_tag=call.local_tag, body=b"v=0\r\n"))
     [(resp, _)] = h.sent()
     assert resp.status == 488
@@ -539,7 +565,7 @@ def test_reinvite_while_ours_is_pending_is_491():
 def test_update_answered_by_hook():
     h = Harness()
     call = confirmed_call(h)
-    call.on_reoffer = lambda offer: b"v=0 updated\r\n"
+    h.on_reoffer[call.id] = lambda offer: b"v=0 updated\r\n"
     h.feed(request("UPDATE", branch="z9hG4bK-u", cseq=2, to_tag=call.local_tag, body=b"v=0 u\r\n"))
     [(ok, _)] = h.sent()
     assert (ok.status, ok.body, ok.cseq) == (200, b"v=0 updated\r\n", (2, "UPDATE"))
@@ -553,7 +579,7 @@ def test_info_and_notify_default_200_or_hook():
     h.feed(request("NOTIFY", branch="z9hG4bK-n2", cseq=3, to_tag=call.local_tag))
     assert h.summary() == ["200", "200"]
     seen = []
-    call.on_request = lambda req: seen.append(req.method) or 202
+    h.on_request[call.id] = lambda req: seen.append(req.method) or 202
     h.feed(request("REFER", branch="z9hG4bK-n3", cseq=4, to_tag=call.local_tag))
     assert h.summary() == ["202"]
     assert seen == ["REFER"]

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from sipbot.commands import check_command, route_command
 from sipbot.dialplan import (
     Agent,
     Answer,
@@ -33,9 +34,8 @@ from sipbot.dialplan import (
     route,
 )
 from sipbot.dialplan.analysis import covers
-from sipbot.dialplan.commands import check_command, route_command
+from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError
-from sipbot.providers.base import CallInfo
 
 FRIDAY_NOON_UTC = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
 ECHO = Agent("echo")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sipbot.domain import PCM16_24K, PCMA_8K, PCMU_8K
 from sipbot.emulators.audio import (
     SpeechStarted,
     SpeechStopped,
@@ -16,7 +17,6 @@ from sipbot.emulators.audio import (
     tone,
 )
 from sipbot.emulators.script import EmulatorScript
-from sipbot.media.formats import PCM16_24K, PCMA_8K, PCMU_8K
 
 RATE = 16_000
 

@@ -6,6 +6,7 @@ import base64
 
 import pytest
 
+from sipbot.domain import PCMU_8K
 from sipbot.emulators import gemini_wire, openai_wire
 from sipbot.emulators.common import (
     Conversation,
@@ -18,7 +19,6 @@ from sipbot.emulators.common import (
     summarize,
 )
 from sipbot.emulators.script import EmulatorScript
-from sipbot.media.formats import PCMU_8K
 
 # --------------------------------------------------------------------------- common
 

@@ -9,7 +9,7 @@ import pytest
 
 from sipbot.config import load_config
 from sipbot.dialplan import Answer, Dialplan, Reject, RouteRequest, Transfer, route
-from sipbot.providers.base import ToolCall
+from sipbot.domain import ToolCall
 from sipbot.tools import ToolContext, ToolRunner
 from tests.unit.test_tools_runner import Control
 

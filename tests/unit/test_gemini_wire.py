@@ -19,7 +19,7 @@ from google.genai import _common, types
 from google.genai import _live_converters as converters
 from google.genai.live import _t_live_connect_config
 
-from sipbot.providers.base import (
+from sipbot.domain import (
     AudioOut,
     Interrupted,
     ProviderNotice,

@@ -14,8 +14,11 @@ from openai.types.realtime import (
     SessionUpdateEvent,
 )
 
-from sipbot.media.formats import PCM16_16K, PCM16_24K, PCMA_8K, PCMU_8K
-from sipbot.providers.base import (
+from sipbot.domain import (
+    PCM16_16K,
+    PCM16_24K,
+    PCMA_8K,
+    PCMU_8K,
     AudioOut,
     Interrupted,
     ProviderNotice,

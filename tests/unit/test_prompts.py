@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sipbot.domain import PCM16_24K, PCMA_8K, PCMU_8K, AudioFormat
 from sipbot.errors import MediaError
-from sipbot.media.formats import PCM16_24K, PCMA_8K, PCMU_8K, AudioFormat
 from sipbot.prompts import APOLOGY_PROMPT, load_prompt, read_wav, render, write_wav
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sipbot.domain import PCMU_8K
 from sipbot.errors import MediaError
 from sipbot.media.codecs import G722, PCMA, PCMU
-from sipbot.media.formats import PCMU_8K
 from sipbot.media.rtp import RtpPacket, parse_rtp
 from sipbot.media.sender import RtpSender
 

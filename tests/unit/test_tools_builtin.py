@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from sipbot.domain import ToolCall
 from sipbot.errors import ToolDefinitionError, ToolNotAllowed
-from sipbot.providers.base import ToolCall
 from sipbot.tools import (
     ToolContext,
     ToolRunner,

@@ -11,8 +11,8 @@ from typing import Any, Literal, TypedDict
 
 import pytest
 
+from sipbot.domain import CallInfo
 from sipbot.errors import ToolDefinitionError, ToolError
-from sipbot.providers.base import CallInfo
 from sipbot.tools import PythonTool, ToolContext, load_python_tool, tool
 from sipbot.tools.schema import parse_docstring
 

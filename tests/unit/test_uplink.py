@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipbot.media.formats import PCM16_16K, PCMU_8K
+from sipbot.domain import PCM16_16K, PCMU_8K
 from sipbot.providers.uplink import UplinkBuffer
 
 FRAME_16K = 640  # 20 ms of PCM16 at 16 kHz

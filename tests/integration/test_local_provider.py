@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from sipbot.providers.base import (
+from sipbot.domain import (
     PCM16_16K,
     PCM16_24K,
     AudioOut,

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import uvloop
 
+from sipbot.domain import PCMU_8K
 from sipbot.errors import MediaError, PortRangeExhausted
 from sipbot.media.codecs import make_encoder
-from sipbot.media.formats import PCMU_8K
 from sipbot.media.rtp import RtpPacket, parse_rtp
 from sipbot.media.session import MediaEngine, MediaSession, MediaSettings
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sipbot.providers.base import CallInfo, ToolCall
+from sipbot.domain import CallInfo, ToolCall
 from sipbot.secret import Secret
 from sipbot.tools import HttpTool, ToolContext, ToolRunner, aclose_http_clients
 from tests.unit.test_tools_runner import Control

@@ -1,18 +1,20 @@
-"""Hot reload: a valid change applies to new calls, a broken file is logged and the old kept."""
+"""Hot reload: a valid change applies to new calls, a broken file is logged and the old kept.
+
+No event loop, no clock: each test calls ``poll()`` itself. The polling loop and
+SIGHUP run in ``tests/integration/test_reload_loop.py``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import signal
 from pathlib import Path
 
 import pytest
 
 from sipbot.config import load_config
 from sipbot.dialplan import Answer
-from sipbot.dialplan.watch import DialplanWatcher
+from sipbot.reload import DialplanWatcher
 
 PLAN = """\
 agents:
@@ -61,7 +63,7 @@ def test_valid_change_applies_broken_change_is_refused(
     assert action.agent.name == "echo"  # the call in progress is undisturbed
 
     write(plan, PLAN % "nobody")
-    with caplog.at_level(logging.INFO, logger="sipbot.dialplan.watch"):
+    with caplog.at_level(logging.INFO, logger="sipbot.reload"):
         assert watcher.poll() is False
     assert agent_of(watcher) == "loop"  # old one kept
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
@@ -81,7 +83,7 @@ def test_valid_change_applies_broken_change_is_refused(
 def test_deleted_file_keeps_the_dialplan(plan: Path, caplog: pytest.LogCaptureFixture) -> None:
     watcher = DialplanWatcher(load_config(str(plan)))
     plan.unlink()
-    with caplog.at_level(logging.ERROR, logger="sipbot.dialplan.watch"):
+    with caplog.at_level(logging.ERROR, logger="sipbot.reload"):
         assert watcher.poll() is False
         assert watcher.poll() is False
     assert [r.getMessage() for r in caplog.records] == [
@@ -93,46 +95,9 @@ def test_deleted_file_keeps_the_dialplan(plan: Path, caplog: pytest.LogCaptureFi
 def test_server_change_needs_a_restart(plan: Path, caplog: pytest.LogCaptureFixture) -> None:
     watcher = DialplanWatcher(load_config(str(plan)))
     write(plan, "server: {limits: {max_calls: 3}}\n" + PLAN % "loop")
-    with caplog.at_level(logging.WARNING, logger="sipbot.dialplan.watch"):
+    with caplog.at_level(logging.WARNING, logger="sipbot.reload"):
         assert watcher.poll() is True
     assert [r.getMessage() for r in caplog.records] == [
         f"{plan}: server settings changed: restart sipbot to apply them"
     ]
     assert agent_of(watcher) == "loop"
-
-
-async def test_run_polls_the_file(plan: Path) -> None:
-    reloaded = asyncio.Event()
-    watcher = DialplanWatcher(
-        load_config(str(plan)), poll_interval_s=0.02, on_reload=lambda c: reloaded.set()
-    )
-    task = asyncio.create_task(watcher.run())
-    try:
-        await asyncio.sleep(0.05)
-        write(plan, PLAN % "loop")
-        await asyncio.wait_for(reloaded.wait(), 3)
-        assert agent_of(watcher) == "loop"
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-
-async def test_sighup_reloads(plan: Path) -> None:
-    before = signal.getsignal(signal.SIGHUP)
-    reloaded = asyncio.Event()
-    watcher = DialplanWatcher(
-        load_config(str(plan)), poll_interval_s=3600, on_reload=lambda c: reloaded.set()
-    )
-    task = asyncio.create_task(watcher.run())
-    try:
-        await asyncio.sleep(0.05)  # let run() install its handler
-        write(plan, PLAN % "loop")  # the poller would not look for an hour
-        os.kill(os.getpid(), signal.SIGHUP)
-        await asyncio.wait_for(reloaded.wait(), 3)
-        assert agent_of(watcher) == "loop"
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    assert signal.getsignal(signal.SIGHUP) == before  # the handler left with the task

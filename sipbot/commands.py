@@ -13,8 +13,8 @@ from typing import TextIO
 from sipbot.config import Config, load_config
 from sipbot.dialplan.agent import Agent
 from sipbot.dialplan.model import NOT_FOUND, Answer, Route, RouteRequest, route
+from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError
-from sipbot.providers.base import CallInfo
 
 EXIT_OK = 0
 EXIT_CONFIG = 2

@@ -16,22 +16,21 @@ from dataclasses import dataclass
 
 import pytest
 
+from sipbot.domain import (
+    AudioOut,
+    CallInfo,
+    ProviderEvent,
+    ProviderFailed,
+    SessionConfig,
+    TurnComplete,
+    TurnDetection,
+)
 from sipbot.emulators.audio import encode
 from sipbot.emulators.common import EmulatorServer
 from sipbot.emulators.gemini import GeminiEmulator
 from sipbot.emulators.openai import OpenAIEmulator
 from sipbot.emulators.script import EmulatorScript
-from sipbot.providers.base import (
-    AudioOut,
-    CallInfo,
-    Provider,
-    ProviderEvent,
-    ProviderFailed,
-    ProviderSession,
-    SessionConfig,
-    TurnComplete,
-    TurnDetection,
-)
+from sipbot.providers.base import Provider, ProviderSession
 from sipbot.providers.gemini import GeminiProvider
 from sipbot.providers.local import LocalProvider
 from sipbot.providers.openai import OpenAIProvider
@@ -111,9 +110,8 @@ def openai(port: int, attempts: int = 5) -> Provider:
     return OpenAIProvider(KEY, websocket_base_url=url, max_attempts=attempts, connect_timeout_s=2.0)
 
 
-@pytest.fixture(params=["local", "gemini", "openai"])
-async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
-    name = request.param
+@contextlib.asynccontextmanager
+async def make_subject(name: str) -> AsyncIterator[Subject]:
     if name == "local":
         yield Subject(name, LocalProvider("echo", speed=50.0), None, None)
         return
@@ -126,6 +124,19 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
                 make = functools.partial(gemini, emulator)
             direct = functools.partial(make, emulator.port)
             yield Subject(name, make(proxy.port), proxy, emulator, direct)
+
+
+@pytest.fixture(params=["local", "gemini", "openai"])
+async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
+    async with make_subject(request.param) as made:
+        yield made
+
+
+@pytest.fixture(params=["gemini", "openai"])
+async def connected_subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
+    """A provider that connects to something it can lose (the local provider connects nowhere)."""
+    async with make_subject(request.param) as made:
+        yield made
 
 
 async def wait_for(
@@ -176,9 +187,12 @@ async def test_rule2_events_end_when_the_session_is_closed(subject: Subject) -> 
     assert log.of_type(ProviderFailed) == []  # closing is not a failure
 
 
-async def test_rule2_a_lost_provider_fails_once_then_the_events_end(subject: Subject) -> None:
-    if subject.direct is None or subject.emulator is None:
-        pytest.skip("the local provider cannot fail: it has nothing to connect to")
+async def test_rule2_a_lost_provider_fails_once_then_the_events_end(
+    connected_subject: Subject,
+) -> None:
+    subject = connected_subject
+    assert subject.direct is not None
+    assert subject.emulator is not None
     session = await subject.open(subject.direct(2))
     log = EventLog(session)
     feed(session, turn(session))
