@@ -32,7 +32,7 @@ TURN = {"silence_ms": 500, "prefix_ms": 300}
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver  # a test dependency (pyproject: the test extra)
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
