@@ -58,11 +58,17 @@ def wait_for(driver: Any, predicate: Any, what: str, timeout: float = UI_WAIT_S)
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}") from None
 
 
+def js(driver: Any, selector: str) -> list[str]:
+    """The text of every element matching ``selector``, read in one go in the page (elements
+    the page re-renders meanwhile cannot go stale under the test)."""
+    script = "return [...document.querySelectorAll(arguments[0])].map((e) => e.textContent);"
+    return list(driver.execute_script(script, selector))
+
+
 @pytest.mark.requires_peers("sipp", "chromium", "chromedriver")
 def test_the_page_shows_a_live_call_its_transcript_and_levels_then_its_record(
     browser: Any, sipbot_server: StartServer, peers_tmp: Path, speech: audio.Speech
 ) -> None:
-    from selenium.webdriver.common.by import By
 
     script = EmulatorScript(reply="echo", speed=1.0, reply_text="you said it, turn {turn}")
     with EmulatorThread("openai", script) as emu:
@@ -86,43 +92,35 @@ def test_the_page_shows_a_live_call_its_transcript_and_levels_then_its_record(
         caller = sipp.start_uac(server.address, scenario, peers_tmp, timeout_s=hold_s + 30)
         try:
             browser.get(url)
-            card = wait_for(
-                browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#calls .call"), "a live call"
-            )[0]
-            assert card.find_element(By.CSS_SELECTOR, ".agent").text == "bot"
+            wait_for(browser, lambda d: js(d, "#calls .call .agent") == ["bot"], "a live call")
             levels = set()
 
             def meter_moved(driver: Any) -> bool:
-                value = driver.find_element(By.CSS_SELECTOR, "#calls .level-in")
-                levels.add(float(value.get_attribute("value")))
+                value = driver.execute_script(
+                    "const m = document.querySelector('#calls .level-in'); return m && m.value;"
+                )
+                if value is not None:
+                    levels.add(float(value))
                 return len(levels) >= 3 and max(levels) > -50.0
 
             wait_for(browser, meter_moved, "the caller's level meter to move")
             lines = wait_for(
                 browser,
                 lambda d: [
-                    li.text
-                    for li in d.find_elements(By.CSS_SELECTOR, "#calls .transcript li")
-                    if li.text.startswith("agent: you said it")
+                    t for t in js(d, "#calls .transcript li") if t.startswith("agent: you said it")
                 ],
                 "the agent's transcript line",
             )
             assert lines[0] == "agent: you said it, turn 1"
-            transcript = browser.find_element(By.CSS_SELECTOR, "#calls .transcript").text
-            assert "caller: caller turn 1" in transcript
+            assert "caller: caller turn 1" in js(browser, "#calls .transcript li")
             browser.save_screenshot(str(peers_tmp / "live-calls.png"))
         finally:
             result = caller.wait(hold_s + 40)
         result.assert_ok(1)
-        wait_for(
-            browser,
-            lambda d: not d.find_elements(By.CSS_SELECTOR, "#calls .call"),
-            "the call to leave the live list",
+        wait_for(browser, lambda d: not js(d, "#calls .call"), "the call to leave the live list")
+        cells = wait_for(
+            browser, lambda d: js(d, "#recent tbody tr:first-child td"), "recent calls"
         )
-        row = wait_for(
-            browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#recent tbody tr"), "recent calls"
-        )[0]
-        cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
         assert cells[1] == "bot"
         assert cells[4] == "bye-received"
         duration = wait_for(
@@ -135,24 +133,26 @@ def test_the_page_shows_a_live_call_its_transcript_and_levels_then_its_record(
             "the recording to load in the browser",
         )
         assert duration == pytest.approx(hold_s, abs=2.0)
-        src = row.find_element(By.TAG_NAME, "audio").get_attribute("src")
+        src = browser.execute_script("return document.querySelector('#recent audio').src;")
         with urllib.request.urlopen(src, timeout=5) as response:
             assert response.headers["Content-Type"] == "audio/wav"
             assert response.read(4) == b"RIFF"
         record = wait_for(
             browser,
-            lambda d: d.find_elements(By.CSS_SELECTOR, "#records tbody tr"),
+            lambda d: js(d, "#records tbody tr:first-child td"),
             "the call in the records database",
-        )[0]
-        assert [td.text for td in record.find_elements(By.TAG_NAME, "td")][1] == "bot"
-        record.click()
+        )
+        assert record[1] == "bot"
+        browser.execute_script("document.querySelector('#records tbody tr').click();")
         detail = wait_for(
             browser,
-            lambda d: d.find_element(By.ID, "record-detail").text,
+            lambda d: d.execute_script(
+                "return document.getElementById('record-detail').textContent"
+            ),
             "the record's transcript",
         )
         assert "agent: you said it, turn 1" in detail
-        stored = record.find_element(By.TAG_NAME, "audio").get_attribute("src")
+        stored = browser.execute_script("return document.querySelector('#records audio').src;")
         with urllib.request.urlopen(stored, timeout=5) as response:  # by record id
             assert response.read(4) == b"RIFF"
         browser.save_screenshot(str(peers_tmp / "recent-calls.png"))
