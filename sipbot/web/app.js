@@ -60,9 +60,18 @@ function showCalls(calls) {
   $("#no-calls").hidden = calls.length > 0;
 }
 
+// Rows are kept by id: a row already shown (and its <audio>, maybe playing) is not rebuilt.
+function keepRows(body, items, key, build) {
+  const old = new Map([...body.children].map((tr) => [tr.dataset.key, tr]));
+  body.replaceChildren(...items.map((item) => {
+    const tr = old.get(key(item)) || build(item);
+    tr.dataset.key = key(item);
+    return tr;
+  }));
+}
+
 function showRecent(calls) {
-  const body = $("#recent tbody");
-  body.replaceChildren(...calls.map((c) => {
+  keepRows($("#recent tbody"), calls, (c) => c.call_id, (c) => {
     const tr = document.createElement("tr");
     tr.dataset.callId = c.call_id;
     const fa = ((c.latency_ms || {}).first_audio || {}).p99 ?? 0;
@@ -86,7 +95,7 @@ function showRecent(calls) {
     const transcript = (c.transcript || []).map((t) => t.role + ": " + t.text).join("\n");
     if (transcript) tr.title = transcript;
     return tr;
-  }));
+  });
 }
 
 async function loadRecords() {
@@ -97,8 +106,7 @@ async function loadRecords() {
     data = await response.json();
   } catch (e) { return; }
   $("#records-section").hidden = !data.enabled;
-  const body = $("#records tbody");
-  body.replaceChildren(...data.calls.map((r) => {
+  keepRows($("#records tbody"), data.calls, (r) => r.id, (r) => {
     const tr = document.createElement("tr");
     tr.dataset.recordId = r.id;
     const cells = [new Date(r.started * 1000).toLocaleString(), r.agent || "-", r.caller || "anonymous",
@@ -119,7 +127,7 @@ async function loadRecords() {
     tr.appendChild(td);
     tr.addEventListener("click", () => showRecord(r.id));
     return tr;
-  }));
+  });
 }
 
 async function showRecord(id) {
