@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sipbot.dialplan import Dialplan
 
-__version__ = "0.1.0"
+from sipbot.version import __version__
+
 __all__ = ["__version__", "serve"]
 
 

@@ -2,7 +2,8 @@
 
 Commands: ``run`` (the server), ``call`` (a test caller), ``check`` (validate a config and print
 its routing table), ``route`` (which route and agent a call would get), ``calls`` (list, show,
-export and erase call records), ``emulate`` (offline Gemini Live / OpenAI Realtime servers).
+export and erase call records), ``status`` and ``drain`` (ask a running server through its HTTP
+listener), ``emulate`` (offline Gemini Live / OpenAI Realtime servers).
 Exit codes: 0 success, 1 failure, 2 bad usage, an invalid config file (one line naming file,
 line and field) or a records database that cannot be opened at start.
 """
@@ -13,6 +14,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import re
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -25,6 +28,9 @@ log = logging.getLogger("sipbot")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+DEFAULT_HTTP_URL = "http://127.0.0.1:8089"
+MAX_UNSET_VARIABLES = 100  # sipbot check: placeholders tried before giving up
+_UNSET_RE = re.compile(r"environment variable ([A-Za-z_][A-Za-z0-9_]*) is not set")
 
 
 def _run_parser(commands: Any) -> None:
@@ -54,7 +60,39 @@ def _run_parser(commands: Any) -> None:
         metavar="S",
         help="end every call after S seconds (overrides agents' max_duration_s)",
     )
+    run.add_argument(
+        "--http",
+        metavar="HOST:PORT|off",
+        help="the HTTP side listener (metrics, health, status, live calls), or off",
+    )
+    run.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="S",
+        help="on SIGTERM let calls finish for up to S seconds (limits.drain_timeout_s)",
+    )
     run.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
+    run.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="json: one object a line"
+    )
+
+
+def _ops_parsers(commands: Any) -> None:
+    for name, text in (
+        ("status", "show a running server's calls, drain state and refusals"),
+        ("drain", "ask a running server to drain (stop admitting, end calls after the timeout)"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument(
+            "--url",
+            default=DEFAULT_HTTP_URL,
+            help=f"its HTTP listener (default {DEFAULT_HTTP_URL})",
+        )
+        sub.add_argument(
+            "--token", help="bearer token (default: the SIPBOT_HTTP_TOKEN environment variable)"
+        )
+        if name == "status":
+            sub.add_argument("--json", action="store_true", help="print the raw JSON")
 
 
 def _call_parser(commands: Any) -> None:
@@ -80,6 +118,9 @@ def _call_parser(commands: Any) -> None:
 def _check_route_parsers(commands: Any) -> None:
     check = commands.add_parser("check", help="validate a config file, print its routing table")
     check.add_argument("-c", "--config", metavar="FILE", help="YAML config (default: embedded)")
+    check.add_argument(
+        "--strict", action="store_true", help="unset ${VAR}s are errors, not warnings"
+    )
     rt = commands.add_parser("route", help="show which route and agent a call would get")
     rt.add_argument("-c", "--config", metavar="FILE", help="YAML config (default: embedded)")
     rt.add_argument("--did", default="", help="the called number")
@@ -114,11 +155,15 @@ def _calls_parser(commands: Any) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from sipbot.version import __version__
+
     parser = argparse.ArgumentParser(prog="sipbot", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"sipbot {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _run_parser(commands)
     _call_parser(commands)
     _check_route_parsers(commands)
+    _ops_parsers(commands)
     _calls_parser(commands)
     commands.add_parser(
         "emulate", help="run a Gemini Live or OpenAI Realtime emulator", add_help=False
@@ -135,9 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return emulate_main(args_list[1:])
     args = _parser().parse_args(args_list)
     if args.command == "check":
-        from sipbot.commands import check_command
+        return _check(args)
+    if args.command in ("status", "drain"):
+        from sipbot.ops.client import drain_command, status_command
 
-        return check_command(args.config, sys.stdout, sys.stderr)
+        token = args.token or os.environ.get("SIPBOT_HTTP_TOKEN")
+        if args.command == "drain":
+            return drain_command(args.url, token, sys.stdout, sys.stderr)
+        return status_command(args.url, token, sys.stdout, sys.stderr, raw=args.json)
     if args.command == "route":
         return _route(args)
     if args.command == "calls":
@@ -160,6 +210,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     return _serve(args)
+
+
+def _check(args: argparse.Namespace) -> int:
+    """``sipbot check [--strict]``: unset ${VAR}s are warnings unless --strict.
+
+    Without --strict, each variable the file needs (one without a ``:-default``) and the
+    environment lacks is set to a placeholder ``unset-NAME`` for the check, and reported.
+    """
+    from sipbot.commands import check_command
+    from sipbot.config import load_config
+
+    if args.strict:
+        return check_command(args.config, sys.stdout, sys.stderr)
+    environ = dict(os.environ)
+    missing: list[str] = []
+    for _ in range(MAX_UNSET_VARIABLES):
+        try:
+            load_config(args.config, environ=environ)
+        except ConfigError as exc:
+            match = _UNSET_RE.search(str(exc))
+            if match is None or match.group(1) in environ:
+                break
+            missing.append(match.group(1))
+            environ[match.group(1)] = f"unset-{match.group(1)}"
+            continue
+        break
+    code = check_command(args.config, sys.stdout, sys.stderr, environ=environ)
+    for name in missing:
+        print(
+            f"{args.config or 'the default config'}: warning: environment variable {name} is not "
+            "set (checked with a placeholder; --strict makes this an error)",
+            file=sys.stdout,
+        )
+    return code
 
 
 def _route(args: argparse.Namespace) -> int:
@@ -245,12 +329,18 @@ def _serve(args: argparse.Namespace) -> int:
     options = RunOptions(
         local_mode=args.local_mode, ring_s=args.answer_after, max_duration_s=args.max_duration
     )
-    return run_config(config, options, log_level=args.log_level)
+    return run_config(config, options, log_level=args.log_level, log_format=args.log_format)
 
 
-def run_config(config: Any, options: Any = None, *, log_level: str | None = None) -> int:
-    """Run a server for a loaded :class:`~sipbot.config.Config` until SIGTERM/SIGINT."""
-    _logging(log_level or config.server.log_level)
+def run_config(
+    config: Any, options: Any = None, *, log_level: str | None = None, log_format: str = "text"
+) -> int:
+    """Run a server for a loaded :class:`~sipbot.config.Config` until stopped.
+
+    SIGTERM drains when ``limits.drain_timeout_s`` > 0 (new calls refused, calls up end after it
+    with a goodbye); otherwise, on a second SIGTERM, or on SIGINT, every call ends at once.
+    """
+    _logging(log_level or config.server.log_level, log_format)
     return _run_async(_run_server(config, options))
 
 
@@ -271,10 +361,33 @@ def _apply_overrides(config: Any, args: argparse.Namespace) -> Any:
             )
         if args.rtp_ports:
             media = media.model_copy(update={"rtp_ports": parse_port_range(args.rtp_ports)})
+        http, limits = config.server.http, config.server.limits
+        if getattr(args, "http", None):
+            http = _http_override(http, args.http)
+        if getattr(args, "drain_timeout", None) is not None:
+            if args.drain_timeout < 0:
+                raise ValueError("--drain-timeout must be >= 0")
+            limits = limits.model_copy(update={"drain_timeout_s": args.drain_timeout})
     except ValueError as exc:
         raise ConfigError(str(exc), field="command line") from None
-    server = config.server.model_copy(update={"sip": sip, "media": media})
+    update = {"sip": sip, "media": media, "http": http, "limits": limits}
+    server = config.server.model_copy(update=update)
     return replace(config, server=server)
+
+
+def _http_override(http: Any, text: str) -> Any:
+    """``--http HOST:PORT|off`` over ``server.http`` (validated again: a token rule)."""
+    from pydantic import ValidationError
+
+    from sipbot.config import HttpSettings
+
+    data = http.model_dump()
+    data["listen"] = text
+    try:
+        return HttpSettings.model_validate(data)
+    except ValidationError as exc:
+        message = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+        raise ValueError(f"--http: {message}") from None
 
 
 async def _run_server(config: Any, options: Any) -> int:
@@ -295,20 +408,36 @@ async def _run_server(config: Any, options: Any) -> int:
         await server.stop()
         return EXIT_FAILURE
     print(server.ready_line, file=sys.stderr, flush=True)
+    if server.http is not None:
+        print(f"sipbot http {server.http.url}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+
+    def on_sigterm() -> None:
+        if config.server.limits.drain_timeout_s <= 0 or not server.drain():
+            stop.set()  # no drain configured, or a second SIGTERM: end every call at once
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    drained = loop.create_task(server.drained.wait())
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait({drained, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    drained.cancel()
+    stopping.cancel()
     await server.stop()
     return 0
 
 
-def _logging(level: str | None) -> None:
+def _logging(level: str | None, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from sipbot.logjson import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(
-        level=getattr(logging, str(level or "info").upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=getattr(logging, str(level or "info").upper(), logging.INFO), handlers=[handler]
     )
 
 

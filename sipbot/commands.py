@@ -22,18 +22,25 @@ EXIT_OK = 0
 EXIT_CONFIG = 2
 
 
-def _load(path: str | None, err: TextIO) -> Config | None:
+def _load(path: str | None, err: TextIO, environ: Mapping[str, str] | None = None) -> Config | None:
     try:
-        return load_config(path)
+        return load_config(path, environ=environ)
     except ConfigError as exc:
         print(exc, file=err)
         return None
 
 
-def check_command(path: str | None, out: TextIO, err: TextIO | None = None) -> int:
+def check_command(
+    path: str | None,
+    out: TextIO,
+    err: TextIO | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> int:
     """Validate the config at ``path`` (None: the embedded default), print its warnings and
-    routing table. Returns 0, or 2 for an invalid config."""
-    config = _load(path, err or out)
+    routing table. Returns 0, or 2 for an invalid config. ``environ``: where ``${VAR}``s are
+    looked up (default ``os.environ``)."""
+    config = _load(path, err or out, environ)
     if config is None:
         return EXIT_CONFIG
     for warning in config.warnings:

@@ -167,7 +167,8 @@ class MediaSettings(StrictModel):
 
 
 class LimitSettings(StrictModel):
-    """``server.limits``: the whole server's calls, and what one source address may take.
+    """``server.limits``: admission (503 + Retry-After), the graceful drain, and what one source
+    address may take.
 
     ``per_source_calls`` above ``max_calls`` means ``max_calls`` (one source may then take all).
     ``per_source_rps`` counts every SIP message (requests and responses) from one IP address: the
@@ -178,6 +179,63 @@ class LimitSettings(StrictModel):
     per_source_calls: Annotated[int, Field(ge=1)] = 100
     per_source_rps: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 50.0
     per_source_burst: Annotated[int, Field(ge=1)] = 100
+    max_loop_lag_ms: Annotated[float, Field(gt=0)] = 200.0  # refuse new calls above this lag
+    # SIGTERM with > 0: drain (calls may finish this long); 0: SIGTERM ends every call at once
+    drain_timeout_s: Annotated[float, Field(ge=0)] = 0.0
+    retry_after_s: Annotated[int, Field(ge=1)] = 5
+
+
+def parse_http_listen(text: Any) -> tuple[str, int] | None:
+    """``"127.0.0.1:8089"`` → (host, port); ``off``/``false``/None → None (no listener)."""
+    if text is None or text is False or str(text).lower() in ("off", "false", "no", "none"):
+        return None
+    if isinstance(text, tuple):
+        return text
+    match = _HOSTPORT_RE.fullmatch(str(text))
+    if not match or match.group(2) is None:
+        raise _invalid(f"bad HTTP address {text!r}: expected HOST:PORT such as 127.0.0.1:8089")
+    host, port = match.group(1).strip("[]"), int(match.group(2))
+    if not _is_ip(host) or port > 65535:
+        raise _invalid(f"bad HTTP address {text!r}: the host must be an IP address")
+    return host, port
+
+
+def _http_section(value: Any) -> Any:
+    """``http: off`` (YAML reads it as False) is the whole section switched off."""
+    if value is False or (isinstance(value, str) and value.lower() == "off"):
+        return {"listen": None}
+    return value
+
+
+class HttpSettings(StrictModel):
+    """``server.http``: the side listener (metrics, health, status, the live-calls page).
+
+    A listener on an address other than loopback needs ``token`` (a bearer token required for
+    everything but ``/healthz``).
+    """
+
+    listen: Annotated[tuple[str, int] | None, BeforeValidator(parse_http_listen)] = (
+        "127.0.0.1",
+        8089,
+    )
+    token: Any = None  # an EnvString or str (kept: pydantic would make it a plain str)
+    max_body_bytes: Annotated[int, Field(ge=0)] = 64 * 1024
+    request_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.token is not None and not isinstance(self.token, str):
+            raise _invalid("token must be a string (e.g. ${SIPBOT_HTTP_TOKEN})")
+        if self.listen is not None and self.token is None and not _is_loopback(self.listen[0]):
+            raise _invalid(
+                f"http.listen {self.listen[0]} is not loopback: set http.token (a bearer token)"
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _records_url(value: Any) -> str | None:
@@ -229,6 +287,9 @@ class ServerSettings(StrictModel):
     trust: TrustSettings = Field(default_factory=TrustSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    http: Annotated[HttpSettings, BeforeValidator(_http_section)] = Field(
+        default_factory=HttpSettings
+    )
     recordings_dir: str | None = None
     data_dir: str | None = None  # None: $XDG_DATA_HOME/sipbot or ~/.local/share/sipbot
     records: RecordSettings = Field(default_factory=RecordSettings)
@@ -401,6 +462,7 @@ def _unwrap(annotation: Any) -> Any:
 __all__ = [
     "Config",
     "ConfigModel",
+    "HttpSettings",
     "LimitSettings",
     "ListenAddress",
     "MediaSettings",
@@ -410,6 +472,7 @@ __all__ = [
     "SipTimers",
     "format_path",
     "load_config",
+    "parse_http_listen",
     "parse_listen",
     "parse_listen_option",
 ]

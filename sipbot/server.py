@@ -10,13 +10,14 @@ Rules:
 * Rule 0: trust before everything: an INVITE the trust policy refuses (unknown source, failed
   digest; see :mod:`sipbot.sip.trust`) gets 403, a 401 challenge or nothing at all, costs no
   provider session and no RTP port, and is logged on a rate-limited line.
-* Rule 1: admission first: while shutting down, at ``limits.max_calls``, or when the INVITE's
-  source address already has ``limits.per_source_calls`` calls, a new INVITE gets 503 with
-  Retry-After and nothing else is allocated (no RTP port, no provider session; refusals are
-  logged rate-limited, never one line per call). Messages over ``limits.per_source_rps`` from
-  one address are dropped by the user agent before they are parsed. A trunk's own addresses
-  (its allow-list, its registrars) are exempt from both per-source limits: a PBX or a carrier
-  sends every call from one address.
+* Rule 1: admission first (:mod:`sipbot.ops.admission`): while draining or shutting down, at
+  ``limits.max_calls``, while the event loop lags, or when the INVITE's source address already
+  has ``limits.per_source_calls`` calls, a new INVITE gets 503 with Retry-After and nothing else
+  is allocated (no RTP port, no provider session; per-source refusals are logged rate-limited,
+  never one line per call). The call is counted (``_admitted``) before any await. Messages over
+  ``limits.per_source_rps`` from one address are dropped by the user agent before they are
+  parsed. A trunk's own addresses (its allow-list, its registrars) are exempt from both
+  per-source limits: a PBX or a carrier sends every call from one address.
 * Rule 2: routing uses the dialplan current when the INVITE arrives; a reload never touches
   calls in progress.
 * Rule 3: one call's failure (a bug included) is logged and ends that call only.
@@ -25,6 +26,9 @@ Rules:
   and its DID header.
 * Rule 5: every INVITE gets one call record (answered, rejected, refused, failed, crashed),
   handed to the records writer without waiting (:mod:`sipbot.records`).
+* Rule 6: drain (SIGTERM, ``sipbot drain``, ``POST /drain``): new INVITEs and OPTIONS get 503,
+  calls in progress may finish for ``limits.drain_timeout_s``, then each hears a short goodbye
+  and gets BYE.
 """
 
 from __future__ import annotations
@@ -48,10 +52,15 @@ from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
 from sipbot.dialplan.trunks import Trunk
 from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError, SipParseError
+from sipbot.media.formats import PCM16_24K
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
 from sipbot.media_leg import MediaLeg
-from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt
+from sipbot.ops.admission import Admission
+from sipbot.ops.looplag import LoopLagMonitor
+from sipbot.ops.metrics import Gauges, Metrics
+from sipbot.ops.observe import ObservedProvider, RecentCalls, SessionWatch
+from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt, render
 from sipbot.providers.base import Provider
 from sipbot.providers.registry import make_provider
 from sipbot.ratelimit import RateLimitedLog
@@ -77,6 +86,8 @@ WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 STOP_TIMEOUT_S = 5.0
 # Headers a prompt template or a route may use ({header.X-Customer-Id}); all are kept.
 PROMPT_RATE_HZ = 16_000
+GOODBYE_PROMPT = "goodbye.wav"
+GOODBYE_MARGIN_S = 0.3  # after the goodbye's length, before BYE
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +154,28 @@ class Server:
         self.apology = load_prompt(APOLOGY_PROMPT, PROMPT_RATE_HZ)
         self.filler = load_prompt(FILLER_PROMPT, PROMPT_RATE_HZ)
         self.calls_total = 0
+        limits = settings.limits
+        self.admission = Admission(limits.max_calls, limits.max_loop_lag_ms, limits.retry_after_s)
+        self._admitted = 0  # INVITEs admitted and not finished (Rule 1: counted before awaits)
+        self.started_at = time.time()
+        self.watches: dict[str, SessionWatch] = {}
+        self.routes: dict[str, str] = {}  # call id -> route name (a metric label)
+        self.recent = RecentCalls()
+        self.metrics = Metrics(
+            Gauges(
+                active=self._active_by_route,
+                sip_counts=lambda: self.ua.message_counts,
+                ticker=lambda: self.engine.ticker.stats,
+                loop_lag_ms=lambda: self.lag.lag_ms,
+                draining=lambda: self.admission.draining,
+                max_calls=limits.max_calls,
+            )
+        )
+        self.lag = LoopLagMonitor(on_sample=self.metrics.lag_sample)
+        self.goodbye = load_prompt(GOODBYE_PROMPT, PROMPT_RATE_HZ)
+        self.drained = asyncio.Event()
+        self._drain_task: asyncio.Task[None] | None = None
+        self.http: Any = None  # the side listener (sipbot.ops.http), once started
         self.records = make_records(config)
         self.registrations: dict[str, Registration] = {}
         trust = settings.trust
@@ -168,8 +201,13 @@ class Server:
         self.ua.request_filter = self._source_filter
         self.ua.rate_exempt = self._is_trunk_source
         self._start_registrations()
+        if self.config.server.http.listen is not None:
+            from sipbot.ops.http import start_http  # before the gc.freeze() in _warm_providers
+
+            self.http = await start_http(self, self.config.server.http)
         self._warm_providers()
         self._spawn(self.watcher.run())
+        self.lag.start()
         for warning in self.config.warnings:
             log.warning("%s", warning)
 
@@ -189,6 +227,7 @@ class Server:
             await self._stopped.wait()
             return
         self._stopping = True
+        self.admission.draining = True
         log.info("shutting down: ending %d call(s)", len(self.calls))
         for call in list(self.calls.values()):
             call.hang_up_now("shutdown")
@@ -200,6 +239,9 @@ class Server:
         if self.registrations:
             await _wait_all([asyncio.ensure_future(r.stop()) for r in self.registrations.values()])
         await self.ua.close(STOP_TIMEOUT_S)
+        await self.lag.stop()
+        if self.http is not None:
+            await self.http.close()
         await self.engine.close()
         await aclose_http_clients()
         if self.records is not None:
@@ -212,33 +254,31 @@ class Server:
         trunk = self._admit(dialog)
         if trunk is None:
             return
-        if self._stopping:
-            dialog.reject(503, "Service Unavailable", [("Retry-After", "30")])
-            self._refused(dialog, "shutdown")
-            return
-        now = asyncio.get_running_loop().time()
-        if len(self.calls) >= self.config.server.limits.max_calls:
-            self._refusals.warning(
-                "max-calls",
-                now,
-                "call %s rejected: %d calls in progress (limits.max_calls)",
+        refusal = self.admission.decide(self._admitted, self.lag.lag_ms)
+        if refusal is not None:  # Rule 1
+            log.warning(
+                "call %s refused (%s): %d calls in progress, loop lag %.0f ms",
                 dialog.call_id,
-                len(self.calls),
+                refusal.reason,
+                self._admitted,
+                self.lag.lag_ms,
             )
-            dialog.reject(503, "Service Unavailable", [("Retry-After", "5")])
-            self._refused(dialog, "capacity")
+            self.metrics.refusal(refusal.reason)
+            retry = [("Retry-After", str(refusal.retry_after_s))]
+            dialog.reject(refusal.status, "Service Unavailable", retry)
+            self._refused(dialog, refusal.reason)
             return
         source = dialog.source[1]
-        if trunk:  # a trusted trunk (PBX, carrier) sends every call from one address
-            self._spawn(self._handle(dialog, trunk), name=f"call:{dialog.call_id}")
-            return
-        if not self.limiter.open_call(source):
+        arrived = self.ua.loop.time()
+        # a trusted trunk (PBX, carrier) sends every call from one address: no per-source limit
+        if not trunk and not self.limiter.open_call(source):
             # 503, not 486: the caller's callee is not busy, this server refuses the load from
             # that address; 503 + Retry-After makes a proxy in front fail over or back off,
             # where 486 would be relayed to the caller as "busy".
+            self.metrics.refusal("per-source")
             self._refusals.warning(
                 "per-source-calls",
-                now,
+                arrived,
                 "calls from %s rejected: %d in progress (limits.per_source_calls); %d refused",
                 source,
                 self.limiter.open_calls(source),
@@ -247,17 +287,24 @@ class Server:
             dialog.reject(503, "Service Unavailable", [("Retry-After", "5")])
             self._refused(dialog, "per-source")
             return
-        task = self._spawn(self._handle(dialog, trunk), name=f"call:{dialog.call_id}")
-        # the place is given back however the task ends, even cancelled before it started
-        task.add_done_callback(lambda _: self.limiter.close_call(source))
+        self._admitted += 1  # Rule 1: counted before any await
+        task = self._spawn(self._handle(dialog, trunk, arrived), name=f"call:{dialog.call_id}")
+        # the counts are given back however the task ends, even cancelled before it started
+        task.add_done_callback(lambda _: self._call_done(source if not trunk else None))
 
-    async def _handle(self, dialog: ServerCall, trunk_name: str = "") -> None:
+    def _call_done(self, limited_source: str | None) -> None:
+        self._admitted -= 1
+        if limited_source is not None:
+            self.limiter.close_call(limited_source)
+
+    async def _handle(self, dialog: ServerCall, trunk_name: str, arrived: float) -> None:
         trunk = self.watcher.current.trunks.get(trunk_name)
         did_header = trunk.did_header if trunk is not None else None
         info = call_info(dialog.invite, dialog.source, did_header)
         attempt = self._attempt(dialog, info, trunk_name)
         call: Call | None = None
         reason: str | None = None
+        outcome = "error"
         try:
             try:
                 plan = self._plan(dialog, info, attempt, trunk_name)
@@ -271,20 +318,27 @@ class Server:
             call = Call(dialog, plan)
             self.calls[info.call_id] = call
             self.calls_total += 1
+            outcome = "not-answered"
             try:
                 leg = MediaLeg(dialog, self._answerer(plan, dialog), info.call_id)
                 answered = await call.answer(leg, self.engine, ring_s=self.options.ring_s)
                 if answered:
                     attempt.answered = time.time()
-                    reason = await call.run()
+                    self.metrics.setup_time(self.ua.loop.time() - arrived)
+                    reason = outcome = await call.run()
                     self._cdr(call, reason)
             except Exception:  # Rule 3
                 log.exception("call %s failed", info.call_id)
                 attempt.note("crashed", "error")
+                outcome = "error"
                 with contextlib.suppress(Exception):
                     await call.dialog.bye()
         finally:
             self.calls.pop(info.call_id, None)
+            self.watches.pop(info.call_id, None)
+            route_name = self.routes.pop(info.call_id, "")
+            if call is not None:
+                self.metrics.call_ended(route_name, call.plan.agent.name, outcome)
             try:  # Rule 4 (and Rule 3: a bad record must not escape the call's task)
                 media = cdr_media(call) if attempt.answered is not None and call else None
                 attempt.finish(call, reason=reason, media=media)
@@ -325,6 +379,7 @@ class Server:
         )
         decision = route(self.watcher.current, request)
         action = decision.action
+        self.routes[info.call_id] = decision.route_name or ""
         log.info(
             "call %s from %s to %s via %s%s: route %s → %s",
             info.call_id,
@@ -337,10 +392,13 @@ class Server:
         )
         attempt.route = decision.route_name
         if isinstance(action, Reject):
+            self.metrics.refusal("route")
+            self.metrics.call_ended(decision.route_name or "", "", "rejected")
             dialog.reject(action.status, action.reason)
             attempt.note("rejected", "route")
             return None
         if isinstance(action, Transfer):
+            self.metrics.call_ended(decision.route_name or "", "", "transfer-302")
             dialog.reject(302, "Moved Temporarily", [("Contact", f"<{action.uri}>")])
             attempt.note("redirected", "route")
             return None
@@ -383,7 +441,8 @@ class Server:
         key = _provider_key(agent)
         provider = self._providers.get(key)
         if provider is None:
-            provider = self._providers[key] = make_provider(agent)
+            observed = ObservedProvider(make_provider(agent), self.watches, self.metrics)
+            provider = self._providers[key] = observed
         return provider
 
     def _warm_providers(self) -> None:
@@ -427,22 +486,30 @@ class Server:
         "p99", "max"}`` in ms (see :mod:`sipbot.media.latency` for what each measures).
         """
         r = call.record
-        cdr_log.info(
-            json.dumps(
-                {
-                    "call_id": r.call_id,
-                    "caller": r.caller,
-                    "did": r.did,
-                    "agent": r.agent,
-                    "start": round(r.started, 3),
-                    "duration_s": round((r.ended or time.time()) - r.started, 3),
-                    "reason": reason,
-                    "turns": r.turns,
-                    "tool_calls": r.tool_calls,
-                    "interruptions": r.interruptions,
-                    **cdr_media(call),
-                }
-            )
+        if call.media is not None:
+            self.metrics.media_ended(call.media.stats, call.media.latency)
+        record = {
+            "call_id": r.call_id,
+            "caller": r.caller,
+            "did": r.did,
+            "agent": r.agent,
+            "start": round(r.started, 3),
+            "duration_s": round((r.ended or time.time()) - r.started, 3),
+            "reason": reason,
+            "turns": r.turns,
+            "tool_calls": r.tool_calls,
+            "interruptions": r.interruptions,
+            **cdr_media(call),
+        }
+        cdr_log.info(json.dumps(record))
+        self.recent.add(
+            {
+                **record,
+                "route": self.routes.get(r.call_id, ""),
+                "codec": call.info.codec,
+                "recording": call.plan.recording_path,
+                "transcript": [{"role": t.role, "text": t.text} for t in call.transcript],
+            }
         )
 
     # ------------------------------------------------------------------ trunks and trust
@@ -520,6 +587,53 @@ class Server:
         self.refused_total += 1
         now = time.monotonic()
         self._refused_log.warning(kind, now, "refused INVITE from %s: %s", source, why)
+
+    # ------------------------------------------------------------------ drain (Rule 6)
+
+    def drain(self) -> bool:
+        """Stop admitting calls; end the ones up after ``drain_timeout_s`` (Rule 6).
+
+        Returns False when already draining. :attr:`drained` is set once no call is left.
+        """
+        if not self.admission.start_drain(time.time()):
+            return False
+        self.ua.refuse_options(True)
+        timeout = self.config.server.limits.drain_timeout_s
+        log.info("draining: %d call(s) up, ending them after %.0f s", len(self.calls), timeout)
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain(timeout))
+        return True
+
+    async def _drain(self, timeout_s: float) -> None:
+        calls = self._call_tasks()
+        if calls:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_wait_all(calls), timeout_s)
+        left = list(self.calls.values())
+        if left:
+            log.info("drain timeout: ending %d call(s) with a goodbye", len(left))
+            await asyncio.gather(*(self._say_goodbye(c) for c in left), return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_wait_all(self._call_tasks()), STOP_TIMEOUT_S)
+        log.info("drained")
+        self.drained.set()
+
+    async def _say_goodbye(self, call: Call) -> None:
+        """The goodbye prompt, then BYE (a call not answered yet just ends)."""
+        media = call.media
+        if media is not None and self.goodbye:
+            watch = self.watches.get(call.info.call_id)
+            fmt = watch.out_format if watch is not None and watch.out_format else PCM16_24K
+            media.flush()
+            media.play(render(self.goodbye, PROMPT_RATE_HZ, fmt), "goodbye")
+            await asyncio.sleep(len(self.goodbye) / 2 / PROMPT_RATE_HZ + GOODBYE_MARGIN_S)
+        call.hang_up_now("drain")
+
+    def _active_by_route(self) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for call_id, call in list(self.calls.items()):
+            key = (self.routes.get(call_id, ""), call.plan.agent.name)
+            out[key] = out.get(key, 0) + 1
+        return out
 
     # ------------------------------------------------------------------ helpers
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sipbot.errors import SipParseError
 from sipbot.sip.address import Via, format_host, parse_name_addr, parse_via
 from sipbot.sip.legs import Peer
-from sipbot.sip.message import SipMessage, SipRequest
+from sipbot.sip.message import SipMessage, SipRequest, SipResponse
 
 ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO", "NOTIFY", "REFER")
 ALLOW_VALUE = ", ".join(ALLOW)
@@ -20,6 +20,26 @@ SDP_TYPE = "application/sdp"
 SDP_RANGES = frozenset({SDP_TYPE, "application/*", "*/*"})
 DEFAULT_REQUEST_STATUS = {"INFO": 200, "NOTIFY": 200, "MESSAGE": 200, "REFER": 603}
 CONTACT_METHODS = frozenset({"INVITE", "UPDATE", "REFER", "SUBSCRIBE", "NOTIFY"})
+
+
+COUNTED_METHODS = frozenset(ALLOW) | KNOWN_NOT_ALLOWED
+
+
+def count_key(direction: str, message: SipMessage) -> tuple[str, str, str]:
+    """``(direction, method, status)`` for the message counters; ``status`` is "" for requests.
+
+    Methods outside :data:`COUNTED_METHODS` count as ``other`` (a bounded set of keys, whatever
+    a peer sends)."""
+    if isinstance(message, SipResponse):
+        try:
+            method = message.cseq[1]
+        except SipParseError:
+            method = "other"
+        status = str(message.status)
+    else:
+        assert isinstance(message, SipRequest)
+        method, status = message.method, ""
+    return direction, method if method in COUNTED_METHODS else "other", status
 
 
 def tag_of(value: str | None) -> str | None:

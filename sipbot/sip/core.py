@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Sequence
 
 from sipbot.errors import SipParseError
 from sipbot.sip.auth import Credentials
-from sipbot.sip.compose import ALLOW, stamp_via
+from sipbot.sip.compose import ALLOW, count_key, stamp_via
 from sipbot.sip.endpoint import TransactionLayer
 from sipbot.sip.legs import (
     AddressFor,
@@ -134,10 +135,25 @@ class Core:
         except SipParseError as exc:
             self._answer_parse_error(exc, source, now)
             return
+        self._layer.message_counts[count_key("in", message)] += 1
         if isinstance(message, SipResponse):
             self._uac.receive_response(message, source, now)
         else:
             self._receive_request(message, source, now)
+
+    @property
+    def message_counts(self) -> Counter[tuple[str, str, str]]:
+        """Messages received and sent: ``(direction, method, status or "") -> count``."""
+        return self._layer.message_counts
+
+    @property
+    def options_status(self) -> int:
+        """The answer to out-of-dialog OPTIONS (503 while draining)."""
+        return self._layer.options_status
+
+    @options_status.setter
+    def options_status(self, status: int) -> None:
+        self._layer.options_status = status
 
     def data_to_send(self) -> list[Outgoing]:
         """Return and clear the messages to put on the wire."""

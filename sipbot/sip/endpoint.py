@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 from sipbot.errors import SipParseError
@@ -26,6 +27,7 @@ from sipbot.sip.compose import (
     SDP_TYPE,
     SUPPORTED,
     contact_value,
+    count_key,
     tag_of,
     via_value,
 )
@@ -122,6 +124,9 @@ class TransactionLayer:
         self._ids = itertools.count(1)
         self._out: list[Outgoing] = []
         self._events: list[Event] = []
+        # (direction "in"/"out", method, status or "") -> messages; read by the metrics
+        self.message_counts: Counter[tuple[str, str, str]] = Counter()
+        self.options_status = 200  # out-of-dialog OPTIONS answer (503 while draining)
 
     # ----------------------------------------------------------------- the core's outputs
 
@@ -144,6 +149,7 @@ class TransactionLayer:
             data = entry.data[1]  # a retransmission: serialize once
         else:
             data = bytes(message)
+            self.message_counts[count_key("out", message)] += 1
             if entry is not None:
                 entry.data = (message, data)
         self._out.append(Outgoing(data, peer))
@@ -391,8 +397,10 @@ class TransactionLayer:
         response.headers.add("Server", self.settings.user_agent)
         return response
 
-    def options_response(self, request: SipRequest) -> SipResponse:
-        response = self.response(request, 200, tag=generate_tag())
+    def options_response(self, request: SipRequest, status: int = 200) -> SipResponse:
+        response = self.response(request, status, tag=generate_tag())
+        if status == 503:
+            response.headers.add("Retry-After", "30")
         response.headers.add("Allow", ALLOW_VALUE)
         response.headers.add("Accept", SDP_TYPE)
         response.headers.add("Supported", ", ".join(sorted(SUPPORTED)))

@@ -37,7 +37,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -417,6 +417,15 @@ class UserAgent:
         bound = await self._transports.listen(transport, host, port)
         self.bound.append(bound)
         return bound
+
+    @property
+    def message_counts(self) -> Mapping[tuple[str, str, str], int]:
+        """Messages received and sent: ``(direction, method, status or "") -> count``."""
+        return self._core.message_counts
+
+    def refuse_options(self, refuse: bool) -> None:
+        """Answer out-of-dialog OPTIONS with 503 (draining: a dispatcher moves traffic away)."""
+        self._core.options_status = 503 if refuse else 200
 
     @property
     def calls(self) -> list[Dialog]:

@@ -199,7 +199,8 @@ class Uas:
         elif method == "INVITE":
             self._receive_invite(entry, request, source, now)
         elif method == "OPTIONS":
-            self._layer.respond(entry, self._layer.options_response(request), now)
+            options = self._layer.options_response(request, self._layer.options_status)
+            self._layer.respond(entry, options, now)
         else:
             self._layer.respond(entry, self._layer.response(request, 481, tag=generate_tag()), now)
 

@@ -1,0 +1,3 @@
+"""sipbot's version (one place; ``sipbot.__version__`` re-exports it)."""
+
+__version__ = "0.1.0"
