@@ -38,6 +38,23 @@ class AudioFormat:
         return self.bytes_per_ms * FRAME_MS
 
 
+# --------------------------------------------------------------------------- SRTP
+
+SrtpMode = Literal["off", "optional", "required"]  # a trunk's or agent's ``srtp:`` setting
+SRTP_MODES: tuple[SrtpMode, ...] = ("off", "optional", "required")
+SRTP_KEY_SALT_BYTES = 30  # AES-128 master key (16) + salt (14), both SDES suites
+
+
+@dataclass(frozen=True, slots=True)
+class SrtpKeys:
+    """The SRTP keys of one negotiated stream (SDES, RFC 4568): ``local`` protects what we
+    send, ``remote`` unprotects what we receive (master key + salt each). The repr hides them."""
+
+    suite: str
+    local: bytes = field(repr=False)
+    remote: bytes = field(repr=False)
+
+
 PCM16_8K = AudioFormat("pcm16", 8_000)
 PCM16_16K = AudioFormat("pcm16", 16_000)
 PCM16_24K = AudioFormat("pcm16", 24_000)

@@ -15,6 +15,7 @@ Every error sipbot raises on purpose derives from :class:`SipbotError`::
     ├── MediaError
     │   ├── RtpParseError         a datagram is not RTP
     │   ├── CodecError            an unknown/unsupported codec or a bad payload
+    │   ├── SrtpError             an SRTP packet fails authentication/replay, or bad keys
     │   └── PortRangeExhausted    no free RTP port in the configured range
     ├── ProviderError
     │   ├── ProviderConnectError  the provider cannot be reached or rejects the key
@@ -135,6 +136,10 @@ class RtpParseError(MediaError, ValueError):
 
 class CodecError(MediaError):
     """An unknown or unsupported codec, or a payload that cannot be decoded."""
+
+
+class SrtpError(MediaError):
+    """An SRTP packet fails authentication or replay checks, or SRTP cannot be set up."""
 
 
 class PortRangeExhausted(MediaError):

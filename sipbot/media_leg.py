@@ -92,7 +92,9 @@ class MediaLeg:
         assert negotiated.answer is not None
         self.dialog.accept(bytes(negotiated.answer))
         media.start()
-        log.info("call %s: RTP %s:%d", self.label, host, negotiated.remote_port)
+        log.info(
+            "call %s: RTP %s:%d%s", self.label, host, negotiated.remote_port, _srtp(negotiated)
+        )
         return negotiated
 
     async def _late_offer(self, media: MediaSession, ring_s: float) -> Negotiated | None:
@@ -114,7 +116,11 @@ class MediaLeg:
         self._apply(negotiated, host)
         media.start()
         log.info(
-            "call %s: answered (late offer), RTP %s:%d", self.label, host, negotiated.remote_port
+            "call %s: answered (late offer), RTP %s:%d%s",
+            self.label,
+            host,
+            negotiated.remote_port,
+            _srtp(negotiated),
         )
         return negotiated
 
@@ -145,6 +151,7 @@ class MediaLeg:
             remote=(host, negotiated.remote_port),
             direction=negotiated.direction,
             ptime_ms=negotiated.ptime_ms,
+            srtp=negotiated.srtp,
         )
         self.dialog.on_reoffer = self.on_reoffer
 
@@ -176,6 +183,11 @@ class MediaLeg:
         )
         assert negotiated.answer is not None
         return bytes(negotiated.answer)
+
+
+def _srtp(negotiated: Negotiated) -> str:
+    """The log's note on SRTP: the suite only, never a key."""
+    return f" (SRTP {negotiated.srtp.suite})" if negotiated.srtp is not None else ""
 
 
 async def _resolve(host: str, ours: str) -> str:

@@ -49,7 +49,7 @@ from typing import Any
 from sipbot.call import Call, CallPlan
 from sipbot.config import Config, TrustSettings
 from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
-from sipbot.dialplan.trunks import Trunk
+from sipbot.dialplan.trunks import Trunk, call_srtp
 from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError, SipParseError
 from sipbot.media.formats import PCM16_24K
@@ -320,7 +320,8 @@ class Server:
             self.calls_total += 1
             outcome = "not-answered"
             try:
-                leg = MediaLeg(dialog, self._answerer(plan, dialog), info.call_id)
+                answerer = self._answerer(plan, dialog, trunk)
+                leg = MediaLeg(dialog, answerer, info.call_id)
                 answered = await call.answer(leg, self.engine, ring_s=self.options.ring_s)
                 if answered:
                     attempt.answered = time.time()
@@ -463,8 +464,9 @@ class Server:
             gc.collect()
         gc.freeze()
 
-    def _answerer(self, plan: CallPlan, dialog: ServerCall) -> SdpAnswerer:
+    def _answerer(self, plan: CallPlan, dialog: ServerCall, trunk: Trunk | None) -> SdpAnswerer:
         codecs = plan.agent.codecs or self.config.server.media.codecs
+        srtp = call_srtp(trunk, plan.agent.srtp)
         public = self.config.server.sip.public_address
         if public is not None:
             address = public[0]
@@ -472,7 +474,7 @@ class Server:
             address = self.rtp_host
         else:
             address = self.ua.advertised_host(dialog.source[1])
-        return SdpAnswerer(codecs, address)
+        return SdpAnswerer(codecs, address, srtp=srtp)
 
     def _on_reload(self, config: Config) -> None:
         log.info("dialplan reloaded from %s: new calls use it", config.source)

@@ -14,10 +14,10 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from sipbot.dialplan.fields import did_you_mean, fail, with_field
+from sipbot.dialplan.fields import did_you_mean, fail, parse_srtp, with_field
 from sipbot.dialplan.match import zone
 from sipbot.dialplan.template import Template
-from sipbot.domain import CallInfo, SessionConfig, ToolSpec, TurnDetection
+from sipbot.domain import CallInfo, SessionConfig, SrtpMode, ToolSpec, TurnDetection
 from sipbot.errors import ConfigError, ToolDefinitionError
 from sipbot.secret import Secret, to_secret
 from sipbot.tools.builtin import BUILTIN_NAMES, builtin_tool
@@ -75,6 +75,8 @@ class Agent:
         tool_timeout_s: default timeout of this agent's tools.
         filler_after_ms: a tool running longer than this triggers the call's filler ("one
             moment"); None → no filler.
+        srtp: ``off``, ``optional`` or ``required`` (SDES SRTP, docs/CONFIG.md); None → not
+            set (off, unless the call's trunk sets it: the trunk's setting wins).
 
     Raises:
         ConfigError: an invalid value (``field`` names it, relative to the agent).
@@ -102,6 +104,7 @@ class Agent:
     options: Mapping[str, Any] = field(default_factory=dict)
     tool_timeout_s: float = 10.0
     filler_after_ms: int | None = None
+    srtp: SrtpMode | None = None
     resolved_tools: tuple[Tool, ...] = field(init=False, repr=False, compare=False)
     _prompt: Template = field(init=False, repr=False, compare=False)
     _greeting: Template | None = field(init=False, repr=False, compare=False)
@@ -125,6 +128,7 @@ class Agent:
         )
         _set(self, "_greeting", greeting)
         _set(self, "_zone", with_field("timezone", zone, self.timezone))
+        _set(self, "srtp", with_field("srtp", parse_srtp, self.srtp))
         if self.api_key is not None:
             _set(self, "api_key", to_secret(self.api_key))
         if self.ca_file is not None and not os.path.isfile(self.ca_file):

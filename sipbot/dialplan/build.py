@@ -170,6 +170,7 @@ def _agent(
             options=spec.options,
             tool_timeout_s=spec.tool_timeout_s,
             filler_after_ms=spec.filler_after_ms,
+            srtp=spec.srtp,
         ),
     )
 

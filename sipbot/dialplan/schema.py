@@ -52,6 +52,7 @@ class AgentModel(StrictModel):
     options: dict[str, Any] = Field(default_factory=dict)
     tool_timeout_s: float = 10.0
     filler_after_ms: int | None = None
+    srtp: Any = None  # off | optional | required (YAML's bare off is false); checked by Agent
 
 
 class HttpModel(StrictModel):
@@ -84,6 +85,7 @@ class TrunkModel(StrictModel):
     retry_min_s: float = Field(default=5.0, gt=0)
     retry_max_s: float = Field(default=300.0, gt=0)
     did_header: str | None = None
+    srtp: Any = None  # off | optional | required; checked by build_trunk
 
 
 class MatchModel(StrictModel):

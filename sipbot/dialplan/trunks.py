@@ -11,6 +11,9 @@ Rules:
   ``contact_user`` to ``user``, the AOR domain to the first registrar's host.
 * Rule 3: ``transport: tls`` is accepted by the schema but refused with "not supported yet"
   until SIP over TLS exists.
+* Rule 4 (SRTP): a call's ``srtp`` policy is its trunk's ``srtp`` when the trunk sets one (the
+  trunk describes the link: a carrier that requires SRTP requires it whatever agent answers),
+  else its agent's, else ``off`` (:func:`call_srtp`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sipbot.dialplan.fields import with_field
+from sipbot.dialplan.fields import parse_srtp, with_field
 from sipbot.dialplan.match import IpNetwork, parse_network
+from sipbot.domain import SrtpMode
 from sipbot.errors import ConfigError, SipParseError
 from sipbot.secret import EnvString, Secret, to_secret
 from sipbot.sip.address import format_host, parse_uri
@@ -96,6 +100,7 @@ class Trunk:
         did_header: a header whose URI user is the called number (``P-Called-Party-ID``,
             ``Diversion``, ``X-...``); None: the Request-URI user, else the To user.
         description: free text.
+        srtp: ``off``/``optional``/``required``, or None (the agent decides; Rule 4).
     """
 
     name: str
@@ -103,6 +108,7 @@ class Trunk:
     registration: TrunkRegistration | None = None
     did_header: str | None = None
     description: str | None = None
+    srtp: SrtpMode | None = None
     networks: tuple[IpNetwork, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -140,6 +146,7 @@ def build_trunk(name: str, spec: Any) -> Trunk:
         registration=registration,
         did_header=spec.did_header,
         description=spec.description,
+        srtp=with_field("srtp", parse_srtp, spec.srtp),
     )
 
 
@@ -214,3 +221,11 @@ def trunk_for_source(trunks: Sequence[Trunk], ip: str) -> Trunk | None:
         if any(address in network for network in trunk.networks):
             return trunk
     return None
+
+
+def call_srtp(trunk: Trunk | None, agent_srtp: SrtpMode | None) -> SrtpMode:
+    """The SRTP policy of a call through ``trunk`` (None: not through a trunk) answered by an
+    agent whose setting is ``agent_srtp`` (Rule 4)."""
+    if trunk is not None and trunk.srtp is not None:
+        return trunk.srtp
+    return agent_srtp or "off"

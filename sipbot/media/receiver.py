@@ -27,19 +27,26 @@ Rules:
   packet arrived (:mod:`sipbot.media.latency`: 0 in sequence, the jitter wait otherwise).
 * Rule 6 (hot path): a packet in sequence costs one 1-tuple (the payload bytes are the
   parser's); digits and the restart marker are shared constants; nothing is kept between calls.
+* Rule 7 (SRTP): with :attr:`RtpReceiver.srtp` set (:mod:`sipbot.media.srtp`), every datagram
+  that passes the foreign-source check is unprotected before it is parsed (telephone-events
+  too); one that fails authentication or the replay check (a duplicate) is counted in
+  ``srtp_failures`` and dropped, and latches nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from sipbot.errors import RtpParseError
+from sipbot.errors import RtpParseError, SrtpError
 from sipbot.media.dtmf import EVENT_CODES, DtmfReceiver
 from sipbot.media.jitter import JitterBuffer
 from sipbot.media.latency import LatencyHistogram
 from sipbot.media.rtp import RtpPacket, parse_rtp
 from sipbot.ratelimit import RateLimitedLog
+
+if TYPE_CHECKING:
+    from sipbot.media.srtp import SrtpContext
 
 Address = tuple[Any, ...]
 COMFORT_NOISE_PT = 13  # RFC 3389
@@ -80,6 +87,7 @@ class ReceiveStats:
     dtmf_in: int = 0
     relatches: int = 0
     ssrc_changes: int = 0
+    srtp_failures: int = 0  # SRTP authentication or replay failures (Rule 7)
 
 
 class RtpReceiver:
@@ -115,6 +123,7 @@ class RtpReceiver:
         self._ssrc: int | None = None
         self.latency = LatencyHistogram()  # arrival → payload returned (Rule 5)
         self._arrivals = [0.0] * ARRIVAL_SLOTS
+        self.srtp: SrtpContext | None = None  # Rule 7
 
     def configure(self, payload_type: int, dtmf_payload_type: int | None, remote: Address) -> None:
         """Accept ``payload_type`` (+ telephone-event); a new ``remote`` restarts latching."""
@@ -139,6 +148,14 @@ class RtpReceiver:
             self.stats.foreign_packets += 1
             self._log.warning("foreign", now, "%s: RTP from foreign source %s ignored", self, addr)
             return NOTHING
+        srtp = self.srtp
+        if srtp is not None:  # Rule 7
+            try:
+                data = srtp.unprotect(data)
+            except SrtpError as error:
+                self.stats.srtp_failures += 1
+                self._log.warning("srtp", now, "%s: SRTP from %s dropped: %s", self, addr, error)
+                return NOTHING
         try:
             packet = parse_rtp(data)
         except RtpParseError as error:

@@ -19,11 +19,14 @@ Rules:
   ``barge_in_latency`` gets flush → the next packet. Without ``now`` nothing is measured.
 * Rule 6 (underruns): ``underruns`` counts the times an item's audio resumed after silence was
   sent in its middle (the queue ran dry: the caller heard a gap). A flush starts afresh.
+* Rule 7 (SRTP): with :attr:`RtpSender.srtp` set (:mod:`sipbot.media.srtp`), every packet
+  :meth:`RtpSender.next_packet` returns is protected, telephone-events included.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from sipbot.errors import MediaError
 from sipbot.media.chain import OutboundChain
@@ -33,6 +36,9 @@ from sipbot.media.formats import PCM16_24K, AudioFormat
 from sipbot.media.latency import LatencyHistogram
 from sipbot.media.pacer import Pacer
 from sipbot.media.rtp import OutboundStream
+
+if TYPE_CHECKING:
+    from sipbot.media.srtp import SrtpContext
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,7 @@ class RtpSender:
         self._flushed_at: float | None = None  # flush(), no packet sent since
         self.underruns = 0  # Rule 6
         self._spurt_item: str | None = None  # item of the last audio frame sent
+        self.srtp: SrtpContext | None = None  # Rule 7
 
     def configure(self, codec: CodecInfo, payload_type: int, dtmf_payload_type: int | None) -> None:
         """Use ``codec`` from now on (the stream's SSRC, sequence and timestamp continue)."""
@@ -182,11 +189,17 @@ class RtpSender:
     def next_packet(self, want_pcm: bool = False, now: float | None = None) -> bytes:
         """The packet for this slot. ``want_pcm`` fills ``last_pcm`` (for the recorder).
 
-        ``now`` (monotonic seconds, when the packet is sent) closes latency measures (Rule 5).
+        ``now`` (monotonic seconds, when the packet is sent) closes latency measures (Rule 5);
+        the packet is SRTP-protected when :attr:`srtp` is set (Rule 7).
 
         Raises:
             MediaError: not configured yet.
         """
+        packet = self._next_rtp(want_pcm, now)
+        srtp = self.srtp
+        return packet if srtp is None else srtp.protect(packet)
+
+    def _next_rtp(self, want_pcm: bool, now: float | None) -> bytes:
         stream, pacer, chain = self.stream, self.pacer, self.chain
         if stream is None or pacer is None or chain is None:
             raise MediaError("configure() must be called before sending")

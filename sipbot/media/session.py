@@ -32,6 +32,10 @@ Rules:
   at most once per 10 s per call; callbacks that raise are logged the same way.
 * Rule 5 (latency): :attr:`MediaSession.latency` summarises the call's inbound, first-audio and
   barge-in latencies (:mod:`sipbot.media.latency`), timed with the loop's clock readings.
+* Rule 6 (SRTP): :meth:`MediaSession.configure` with ``srtp`` keys makes one
+  :class:`~sipbot.media.srtp.SrtpContext` that the sender protects with and the receiver
+  unprotects with; a re-offer with the same keys keeps it (its rollover counters and replay
+  window), new keys replace it, None returns to plain RTP.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import cast
 
+from sipbot.domain import SrtpKeys
 from sipbot.errors import MediaError
 from sipbot.media.chain import InboundChain
 from sipbot.media.codecs import CodecInfo, codec_info
@@ -53,6 +58,7 @@ from sipbot.media.ports import PortAllocator
 from sipbot.media.receiver import RESTART, Address, Digit, Received, RtpReceiver
 from sipbot.media.recorder import CallRecorder
 from sipbot.media.sender import RtpSender
+from sipbot.media.srtp import SrtpContext
 from sipbot.media.ticker import Ticker
 from sipbot.ratelimit import RateLimitedLog
 
@@ -96,6 +102,7 @@ class MediaStats:
     dtmf_out: int = 0
     relatches: int = 0
     underruns: int = 0  # an item's audio resumed after a gap of silence (the queue ran dry)
+    srtp_failures: int = 0  # inbound SRTP packets that failed authentication or replay checks
 
 
 class MediaEngine:
@@ -266,16 +273,23 @@ class MediaSession:
         remote: tuple[str, int],
         direction: str = "sendrecv",
         ptime_ms: int = 20,
+        srtp: SrtpKeys | None = None,
     ) -> None:
         """Apply the negotiated SDP (again on a re-INVITE).
 
         ``remote`` is the SDP's connection address (an IP literal) and port; ``direction`` is
         OUR direction (Rule 3). We always send 20 ms packets: ``ptime_ms`` is the peer's
-        preference, and inbound packets of any duration are accepted.
+        preference, and inbound packets of any duration are accepted. ``srtp``: the SRTP keys,
+        None for plain RTP (Rule 6).
 
         Raises:
             CodecError: an unsupported codec.
+            SrtpError: unusable SRTP keys.
         """
+        current = self._rx.srtp
+        if srtp != (current.keys if current is not None else None):
+            context = SrtpContext(srtp) if srtp is not None else None
+            self._rx.srtp = self._tx.srtp = context
         del ptime_ms  # documented above: outbound is always 20 ms
         info = codec_info(codec)
         remote_addr = (remote[0], int(remote[1]))
@@ -387,6 +401,7 @@ class MediaSession:
             dtmf_out=self._tx.dtmf_sent,
             relatches=rx.relatches,
             underruns=self._tx.underruns,
+            srtp_failures=rx.srtp_failures,
         )
 
     @property

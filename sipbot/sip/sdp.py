@@ -5,8 +5,8 @@ The model and parser live in :mod:`sipbot.sip.sdp_syntax` and are re-exported he
 Rules of :func:`negotiate` (sipbot answers an offer):
 
 * Rule 1: the answer mirrors the offer's m-lines in order. The first ``audio`` stream with a
-  non-zero port, an ``RTP/AVP`` or ``RTP/AVPF`` profile and a codec we support is accepted;
-  every other stream (video, SRTP, a second audio, an unusable audio) gets port 0.
+  non-zero port, a profile we take (Rule 6) and a codec we support is accepted; every other
+  stream (video, a second audio, an unusable audio) gets port 0.
 * Rule 2: the codec is the first of *our* preference list that the offer has: static payload
   types 0/8/9 count without an rtpmap; dynamic ones by rtpmap name (case-insensitive) and clock
   rate 8000 (RFC 3551: G.722 says 8000 though it samples at 16 kHz). The answer lists only that
@@ -18,6 +18,14 @@ Rules of :func:`negotiate` (sipbot answers an offer):
   ``ptime_ms``), capped by ``a=maxptime``; the answer asks for our ``ptime_ms``.
 * Rule 5: ``t=`` is copied from the offer (§6); ``o=`` carries the caller's session id and
   version: incrementing the version on every new answer is the caller's job (§8).
+* Rule 6 (SRTP, RFC 4568 SDES; ``srtp`` is ``off``/``optional``/``required``): ``RTP/SAVP(F)``
+  streams are taken only when ``srtp`` is not ``off`` and they carry a usable ``a=crypto``
+  (:mod:`sipbot.sip.sdp_crypto`), and are answered ``RTP/SAVP(F)`` with our key; an
+  ``RTP/AVP(F)`` stream with a usable ``a=crypto`` is answered with crypto when ``srtp`` is
+  ``optional`` (best-effort SRTP, e.g. baresip's ``mediaenc=srtp``), plainly when ``off``; with
+  ``required`` a stream without usable crypto is refused. Nothing acceptable → 488. As the
+  offerer, ``required`` offers ``RTP/SAVP``, ``optional`` offers ``RTP/AVP`` with crypto, both
+  suites with one key; the answer's tag says which suite is used.
 """
 
 from __future__ import annotations
@@ -27,6 +35,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sipbot.errors import LocalSipError, SdpError, SdpNegotiationError
+from sipbot.sip.sdp_crypto import (
+    PLAIN_PROFILES,
+    SECURE_PROFILES,
+    SUITES,
+    CryptoAttribute,
+    SrtpKeys,
+    SrtpMode,
+    choose_crypto,
+    new_key,
+    parse_crypto,
+)
 from sipbot.sip.sdp_syntax import (
     DIRECTIONS,
     MediaDescription,
@@ -42,6 +61,8 @@ __all__ = [
     "Negotiated",
     "Origin",
     "SessionDescription",
+    "SrtpKeys",
+    "SrtpMode",
     "accept_answer",
     "build_offer",
     "negotiate",
@@ -51,7 +72,7 @@ __all__ = [
 RTP_CLOCK_HZ = 8000  # the SDP clock rate of every codec we speak, G.722 included
 DTMF_PAYLOAD_TYPE = 101  # what we offer for telephone-event
 DTMF_FMTP = "0-16"
-AUDIO_PROFILES = ("RTP/AVP", "RTP/AVPF")
+AUDIO_PROFILES = PLAIN_PROFILES + SECURE_PROFILES
 HOLD_ADDRESS = "0.0.0.0"
 _STATIC = {"PCMU": 0, "PCMA": 8, "G722": 9}
 _STATIC_BY_PT = {pt: name for name, pt in _STATIC.items()}
@@ -80,7 +101,7 @@ class Negotiated:
 
     ``remote_host``/``remote_port`` say where to send RTP ("0.0.0.0" or port 0: nowhere, the
     peer holds or disabled the stream); ``direction`` is OUR direction; ``answer`` is what we
-    send back when we are the answerer, else None.
+    send back when we are the answerer, else None; ``srtp`` the SRTP keys (None: plain RTP).
     """
 
     codec: Codec
@@ -90,6 +111,7 @@ class Negotiated:
     direction: str
     ptime_ms: int
     answer: SessionDescription | None
+    srtp: SrtpKeys | None = None
 
 
 def _check_codecs(codecs: Sequence[str]) -> list[str]:
@@ -169,7 +191,13 @@ def _send_ptime(m: MediaDescription, session: SessionDescription, ours: int) -> 
 
 
 def _audio_media(
-    codec: Codec, dtmf_pt: int | None, port: int, proto: str, ptime_ms: int, direction: str
+    codec: Codec,
+    dtmf_pt: int | None,
+    port: int,
+    proto: str,
+    ptime_ms: int,
+    direction: str,
+    crypto: CryptoAttribute | None = None,
 ) -> MediaDescription:
     formats = [str(codec.payload_type)]
     attributes: list[tuple[str, str | None]] = [
@@ -181,8 +209,20 @@ def _audio_media(
             ("rtpmap", f"{dtmf_pt} telephone-event/{RTP_CLOCK_HZ}"),
             ("fmtp", f"{dtmf_pt} {DTMF_FMTP}"),
         ]
+    if crypto is not None:
+        attributes.append(("crypto", str(crypto)))
     attributes += [("ptime", str(ptime_ms)), (direction, None)]
     return MediaDescription("audio", port, proto, tuple(formats), attributes=tuple(attributes))
+
+
+def _usable_crypto(m: MediaDescription, srtp: SrtpMode) -> tuple[bool, CryptoAttribute | None]:
+    """Whether the m-line's profile can be taken under ``srtp``, and the crypto to use (Rule 6)."""
+    crypto = choose_crypto(m.attribute_values("crypto")) if srtp != "off" else None
+    if m.proto in SECURE_PROFILES:
+        return crypto is not None, crypto
+    if srtp == "required":
+        return crypto is not None, crypto
+    return True, crypto
 
 
 def _session(
@@ -210,6 +250,8 @@ def negotiate(
     username: str = "sipbot",
     ptime_ms: int = 20,
     dtmf: bool = True,
+    srtp: SrtpMode = "off",
+    srtp_key: bytes | None = None,
 ) -> Negotiated:
     """Answer ``offer`` (rules in the module docstring).
 
@@ -218,31 +260,57 @@ def negotiate(
         codecs: our codecs in preference order, e.g. ``["G722", "PCMU", "PCMA"]``.
         address, port: where we receive RTP (never 0.0.0.0: the advertised address).
         session_id, session_version: our ``o=`` values.
+        srtp: the SRTP policy (Rule 6); ``srtp_key``: our master key + salt (needed unless
+            ``srtp`` is ``off``).
 
     Raises:
         SdpNegotiationError: no audio stream we can accept (answer 488).
         LocalSipError: ``codecs`` names a codec sipbot does not have.
     """
     names = _check_codecs(codecs)
-    chosen: tuple[MediaDescription, Codec] | None = None
+    if srtp != "off" and srtp_key is None:
+        raise LocalSipError("SRTP needs our key (srtp_key)")
+    chosen: tuple[MediaDescription, Codec, CryptoAttribute | None] | None = None
     answer_media: list[MediaDescription] = []
+    refused_for_srtp = False
     for m in offer.media:
         codec = None
+        crypto: CryptoAttribute | None = None
         if chosen is None and m.media == "audio" and m.port != 0 and m.proto in AUDIO_PROFILES:
-            codec = _find_codec(m, names)
+            usable, crypto = _usable_crypto(m, srtp)
+            if usable:
+                codec = _find_codec(m, names)
+            else:
+                refused_for_srtp = True
         if codec is None:
             answer_media.append(MediaDescription(m.media, 0, m.proto, m.formats[:1]))
             continue
-        chosen = (m, codec)
+        chosen = (m, codec, crypto)
         host = m.connection or offer.connection or HOLD_ADDRESS
         direction = _ANSWER_DIRECTION[_direction(offer, m, host)]
         dtmf_pt = _find_dtmf(m) if dtmf else None
-        answer_media.append(_audio_media(codec, dtmf_pt, port, m.proto, ptime_ms, direction))
+        ours = None
+        if crypto is not None:
+            assert srtp_key is not None
+            ours = CryptoAttribute(crypto.tag, crypto.suite, srtp_key)
+        answer_media.append(_audio_media(codec, dtmf_pt, port, m.proto, ptime_ms, direction, ours))
     if chosen is None:
+        if refused_for_srtp and srtp == "required":
+            raise SdpNegotiationError(
+                f"SRTP is required and the offer has no usable a=crypto ({', '.join(SUITES)})"
+            )
+        if refused_for_srtp:
+            raise SdpNegotiationError(
+                "The offer asks for SRTP (RTP/SAVP) without a usable a=crypto, or srtp is off"
+            )
         raise SdpNegotiationError(
             f"No common audio codec in the offer (we have {', '.join(names)})"
         )
-    m, codec = chosen
+    m, codec, crypto = chosen
+    keys = None
+    if crypto is not None:
+        assert srtp_key is not None
+        keys = SrtpKeys(crypto.suite, local=srtp_key, remote=crypto.key)
     answer = _session(
         answer_media,
         address=address,
@@ -260,6 +328,7 @@ def negotiate(
         _ANSWER_DIRECTION[_direction(offer, m, host)],
         _send_ptime(m, offer, ptime_ms),
         answer,
+        keys,
     )
 
 
@@ -274,8 +343,11 @@ def build_offer(
     dtmf: bool = True,
     direction: str = "sendrecv",
     username: str = "sipbot",
+    srtp: SrtpMode = "off",
+    srtp_key: bytes | None = None,
 ) -> SessionDescription:
-    """An audio offer listing ``codecs`` in order (static payload types) and telephone-event.
+    """An audio offer listing ``codecs`` in order (static payload types) and telephone-event;
+    with ``srtp`` on, ``a=crypto`` lines for both suites with ``srtp_key`` (Rule 6).
 
     Raises:
         LocalSipError: an unknown codec or direction.
@@ -293,8 +365,16 @@ def build_offer(
             ("rtpmap", f"{DTMF_PAYLOAD_TYPE} telephone-event/{RTP_CLOCK_HZ}"),
             ("fmtp", f"{DTMF_PAYLOAD_TYPE} {DTMF_FMTP}"),
         ]
+    if srtp != "off":
+        if srtp_key is None:
+            raise LocalSipError("SRTP needs our key (srtp_key)")
+        attributes += [
+            ("crypto", str(CryptoAttribute(tag, suite, srtp_key)))
+            for tag, suite in enumerate(SUITES, start=1)
+        ]
     attributes += [("ptime", str(ptime_ms)), (direction, None)]
-    media = MediaDescription("audio", port, "RTP/AVP", tuple(formats), attributes=tuple(attributes))
+    proto = "RTP/SAVP" if srtp == "required" else "RTP/AVP"
+    media = MediaDescription("audio", port, proto, tuple(formats), attributes=tuple(attributes))
     return _session(
         [media],
         address=address,
@@ -326,6 +406,7 @@ def accept_answer(offer: SessionDescription, answer: SessionDescription) -> Nego
         host = theirs.connection or answer.connection or HOLD_ADDRESS
         their_direction = _direction(answer, theirs, host)
         our_direction = ours.direction or offer.direction or "sendrecv"
+        keys = _answered_keys(ours, theirs)
         return Negotiated(
             codec,
             _find_dtmf(theirs) if _find_dtmf(ours) is not None else None,
@@ -334,8 +415,30 @@ def accept_answer(offer: SessionDescription, answer: SessionDescription) -> Nego
             _combine(our_direction, their_direction),
             _send_ptime(theirs, answer, _ptime_or(ours, 20)),
             None,
+            keys,
         )
     raise SdpNegotiationError("The SDP answer rejected our audio stream")
+
+
+def _answered_keys(ours: MediaDescription, theirs: MediaDescription) -> SrtpKeys | None:
+    """The SRTP keys from the answer's ``a=crypto`` to our offered ones (Rule 6).
+
+    Raises:
+        SdpNegotiationError: we offered RTP/SAVP and the answer has no matching crypto, or it
+            answers with a tag or suite we did not offer.
+    """
+    offered = {a.tag: a for a in map(parse_crypto, ours.attribute_values("crypto")) if a}
+    if not offered:
+        return None  # a plain offer: an a=crypto in the answer means nothing
+    answered = choose_crypto(theirs.attribute_values("crypto"))
+    if answered is None:
+        if ours.proto in SECURE_PROFILES or theirs.attribute_values("crypto"):
+            raise SdpNegotiationError("The SDP answer has no usable a=crypto for our SRTP offer")
+        return None
+    mine = offered.get(answered.tag)
+    if mine is None or mine.suite != answered.suite:
+        raise SdpNegotiationError("The SDP answer's a=crypto matches no tag/suite we offered")
+    return SrtpKeys(mine.suite, local=mine.key, remote=answered.key)
 
 
 def _offered_names(m: MediaDescription) -> list[str]:
@@ -376,10 +479,15 @@ class SdpAnswerer:
         codecs: our codecs in preference order.
         address: the address we advertise for RTP.
         port: our RTP port (set once the media session is bound).
+        srtp: the call's SRTP policy (Rule 6); our key is made here, once per call.
     """
 
-    def __init__(self, codecs: Sequence[str], address: str, port: int = 0) -> None:
+    def __init__(
+        self, codecs: Sequence[str], address: str, port: int = 0, srtp: SrtpMode = "off"
+    ) -> None:
         self.codecs = tuple(codecs)
+        self.srtp: SrtpMode = srtp
+        self._key = new_key() if srtp != "off" else None
         self.address = address
         self.port = port
         self.session_id = secrets.randbelow(2**31)
@@ -405,6 +513,8 @@ class SdpAnswerer:
             port=self.port,
             session_id=self.session_id,
             session_version=self.version + 1,
+            srtp=self.srtp,
+            srtp_key=self._key,
         )
         self.version += 1
         self.current = negotiated.codec
@@ -419,6 +529,8 @@ class SdpAnswerer:
             port=self.port,
             session_id=self.session_id,
             session_version=self.version,
+            srtp=self.srtp,
+            srtp_key=self._key,
         )
         return bytes(self._offer)
 
