@@ -79,6 +79,11 @@ class Baresip:
         user = self.aor.split(":", 1)[1].split("@", 1)[0]
         return f"sip:{user}@127.0.0.1:{self.port}"
 
+    @property
+    def rtp_ports(self) -> tuple[int, ...]:
+        """The UDP ports its RTP may come from (the reserved range)."""
+        return tuple(self._rtp_ports.ports)
+
     def log(self) -> str:
         return self.process.read_log("stdout") + self.process.read_log("stderr")
 
@@ -168,6 +173,7 @@ def start(
     registration: Registration | None = None,
     lifetime_s: float = DEFAULT_LIFETIME_S,
     ready_timeout: float = READY_TIMEOUT_S,
+    mediaenc: str | None = None,
 ) -> Baresip:
     """Write a config dir and start baresip; returns once it is ready (and registered, if asked).
 
@@ -184,6 +190,8 @@ def start(
         registration: Register the account with digest auth before returning.
         lifetime_s: Upper bound on the process's life when ``duration_s`` is None.
         ready_timeout: Bound on each readiness wait (start, port, registration).
+        mediaenc: ``srtp`` (RTP/AVP offer with a=crypto: SRTP if the far end takes it) or
+            ``srtp-mand`` (RTP/SAVP: SRTP or no call); loads ``srtp.so``. None: plain RTP.
 
     Raises:
         PeerError: baresip did not become ready, bind its port, or register in time.
@@ -207,10 +215,14 @@ def start(
             source.relative_to(log_dir),
             rate,
             snd_dir.relative_to(log_dir),
+            srtp=mediaenc is not None,
         )
     )
     aor = _aor(user, registration)
-    (config_dir / "accounts").write_text(_account(aor, codecs, answer, registration) + "\n")
+    account = _account(aor, codecs, answer, registration)
+    if mediaenc is not None:
+        account += f";mediaenc={mediaenc}"
+    (config_dir / "accounts").write_text(account + "\n")
     argv = [BARESIP, "-4", "-f", str(config_dir), "-t", str(max(1, round(quit_after)))]
     if dial is not None:
         argv += ["-e", f"/dial {dial}"]
@@ -247,7 +259,16 @@ def _account(aor: str, codecs: Sequence[str], answer: bool, reg: Registration | 
     return f"<{aor}>;" + ";".join(params)
 
 
-def _config(port: int, rtp_low: int, rtp_high: int, source: Path, rate: int, snd_dir: Path) -> str:
+def _config(
+    port: int,
+    rtp_low: int,
+    rtp_high: int,
+    source: Path,
+    rate: int,
+    snd_dir: Path,
+    *,
+    srtp: bool = False,
+) -> str:
     lines = {
         "poll_method": "epoll",
         "sip_listen": f"127.0.0.1:{port}",
@@ -266,6 +287,8 @@ def _config(port: int, rtp_low: int, rtp_high: int, source: Path, rate: int, snd
     }
     text = "".join(f"{key}\t{value}\n" for key, value in lines.items())
     modules = ["g711.so", "g722.so", "aufile.so", "aubridge.so", "sndfile.so"]
+    if srtp:
+        modules.append("srtp.so")
     text += "".join(f"module\t{m}\n" for m in modules)
     text += "module_app\taccount.so\nmodule_app\tmenu.so\n"
     return text
