@@ -75,7 +75,7 @@ def answer_offer(sdp: bytes, srtp: SrtpMode, key: bytes = KEY_B) -> Negotiated:
 
 def answered_media(result: Negotiated) -> MediaDescription:
     assert result.answer is not None
-    return answered_media(result)
+    return result.answer.media[0]
 
 
 # ------------------------------------------------------------------ a=crypto parsing
