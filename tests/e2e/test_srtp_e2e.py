@@ -149,3 +149,23 @@ def test_srtp_required_refuses_a_plain_offer_with_488(
     result = sipp.run_uac(server.address, scenario, peers_tmp, name="plain-offer", timeout_s=10)
     result.assert_ok(calls=1)
     assert "488: SRTP is required and the offer has no usable a=crypto" in server.log()
+
+
+@pytest.mark.requires_peers("sipp")
+def test_the_trunks_srtp_setting_wins_over_the_agents(
+    sipbot_server: StartServer, peers_tmp: Path
+) -> None:
+    path = peers_tmp / "trunk.yaml"
+    path.write_text(
+        "agents:\n"
+        "  echo: {provider: local, local: {mode: echo}, srtp: optional}\n"
+        "trunks:\n"
+        "  pbx: {source: [127.0.0.1/32], srtp: required}\n"
+        "routes:\n"
+        "  - {match: {trunk: pbx}, answer: echo}\n"
+    )
+    server = sipbot_server("--config", str(path))
+    scenario = sipp_scenarios.reject_scenario(peers_tmp / "t488.xml", 488)
+    result = sipp.run_uac(server.address, scenario, peers_tmp, name="via-trunk", timeout_s=10)
+    result.assert_ok(calls=1)
+    assert "488: SRTP is required" in server.log()

@@ -328,3 +328,18 @@ def test_receiver_and_sender_protect_audio_and_telephone_events() -> None:
     assert rx.receive(rtp(100), ("127.0.0.9", 1), 5.0) == NOTHING  # after the relatch delay
     assert rx.stats.srtp_failures == 2
     assert rx.peer == ("127.0.0.1", 4000)
+
+
+def test_late_offer_round_trip_through_the_answerer() -> None:
+    """An INVITE without SDP: our offer (200 OK) carries crypto, the ACK's answer picks one."""
+    ours = SdpAnswerer(["PCMU"], "127.0.0.1", 20000, srtp="required")
+    offered = parse_sdp(ours.offer())
+    assert offered.media[0].proto == "RTP/SAVP"
+    theirs = SdpAnswerer(["PCMU"], "127.0.0.1", 30000, srtp="optional")
+    answer = theirs.answer(bytes(offered))
+    assert answer.answer is not None
+    assert answer.srtp is not None
+    got = ours.take_answer(bytes(answer.answer))
+    assert got.srtp is not None
+    assert (got.srtp.local, got.srtp.remote) == (answer.srtp.remote, answer.srtp.local)
+    assert got.srtp.suite == answer.srtp.suite == SUITE80  # the offer's first
