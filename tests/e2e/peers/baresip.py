@@ -168,6 +168,7 @@ def start(
     registration: Registration | None = None,
     lifetime_s: float = DEFAULT_LIFETIME_S,
     ready_timeout: float = READY_TIMEOUT_S,
+    transport: str | None = None,
 ) -> Baresip:
     """Write a config dir and start baresip; returns once it is ready (and registered, if asked).
 
@@ -184,6 +185,8 @@ def start(
         registration: Register the account with digest auth before returning.
         lifetime_s: Upper bound on the process's life when ``duration_s`` is None.
         ready_timeout: Bound on each readiness wait (start, port, registration).
+        transport: ``tls`` (or ``tcp``) for the account's requests (``;transport=`` on its AOR;
+            baresip does not verify a TLS server's certificate).
 
     Raises:
         PeerError: baresip did not become ready, bind its port, or register in time.
@@ -210,6 +213,8 @@ def start(
         )
     )
     aor = _aor(user, registration)
+    if transport is not None:
+        aor += f";transport={transport}"
     (config_dir / "accounts").write_text(_account(aor, codecs, answer, registration) + "\n")
     argv = [BARESIP, "-4", "-f", str(config_dir), "-t", str(max(1, round(quit_after)))]
     if dial is not None:
