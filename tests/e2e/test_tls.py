@@ -111,8 +111,8 @@ def test_a_call_over_tls_from_baresip_hears_its_echo(
     heard, rate = caller.received_audio()
     assert audio.correlation(speech.pcm(8000), heard, 8000, rate) >= ECHO_MIN_CORRELATION
     log = server.log()
-    # the INVITE came over TLS and the whole dialog stayed on that connection
     assert re.search(r"call \S+ from alice to bot via 127\.0\.0\.1", log), log[-2000:]
+    assert '"reason": "bye-received"' in log  # baresip's BYE reached our Contact (;transport=tls)
     assert f"tls:127.0.0.1:{tls_port}" in log.split("sipbot ready", 1)[1].splitlines()[0]
     # only sipbot's TLS listener was on that port: the call was over TLS
     assert re.search(
