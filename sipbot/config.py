@@ -32,12 +32,13 @@ from sipbot.secret import EnvString
 from sipbot.yamlsource import Document, Path, format_path, load_yaml
 
 DEFAULT_SOURCE = "sipbot/data/default.yaml"  # how the embedded default is named in messages
-TRANSPORTS = ("udp", "tcp")
+TRANSPORTS = ("udp", "tcp", "tls")
+PLAIN_TRANSPORTS = ("udp", "tcp")  # what a bare HOST:PORT --listen binds
 _HOSTPORT_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(\d+))?")
 
 
 class ListenAddress(NamedTuple):
-    """Where the SIP endpoint listens: transport (``udp``/``tcp``), host (an IP), port."""
+    """Where the SIP endpoint listens: transport (``udp``/``tcp``/``tls``), host (an IP), port."""
 
     transport: str
     host: str
@@ -53,7 +54,8 @@ def _invalid(message: str) -> PydanticCustomError:
 
 
 def parse_listen(text: str) -> ListenAddress:
-    """``"udp:127.0.0.1:5060"`` / ``"tcp:[::1]:5060"`` → :class:`ListenAddress`.
+    """``"udp:127.0.0.1:5060"`` / ``"tcp:[::1]:5060"`` / ``"tls:127.0.0.1:5061"`` →
+    :class:`ListenAddress`.
 
     Raises:
         ValueError: (a ``PydanticCustomError``) the text is not ``transport:ip:port``.
@@ -79,7 +81,7 @@ def parse_listen_option(text: str) -> tuple[ListenAddress, ...]:
     """
     if text.split(":", 1)[0].lower() in TRANSPORTS:
         return (parse_listen(text),)
-    return tuple(parse_listen(f"{transport}:{text}") for transport in TRANSPORTS)
+    return tuple(parse_listen(f"{transport}:{text}") for transport in PLAIN_TRANSPORTS)
 
 
 def parse_public_address(text: Any) -> tuple[str, int | None] | None:
@@ -140,8 +142,30 @@ class SipTimers(StrictModel):
     t4_ms: Annotated[int, Field(gt=0)] = 5000
 
 
+class SipTls(StrictModel):
+    """``server.sip.tls``: certificates for SIP over TLS (docs/CONFIG.md).
+
+    ``cert_file``/``key_file`` (PEM) are needed to listen on ``tls:``; ``ca_file`` is the CA
+    bundle that outgoing connections trust (default: the system's); ``verify: false`` turns off
+    the check of the server's certificate and name on outgoing connections.
+    """
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
+    verify: bool = True
+
+    def model_post_init(self, context: Any, /) -> None:
+        for key in ("cert_file", "key_file", "ca_file"):
+            path = getattr(self, key)
+            if path is not None and not os.path.isfile(path):
+                raise _invalid(f"tls.{key} {path!r}: no such file")
+        if self.key_file is not None and self.cert_file is None:
+            raise _invalid("tls.key_file needs tls.cert_file")
+
+
 class SipSettings(StrictModel):
-    """``server.sip``: listen addresses, advertised address, User-Agent, timers."""
+    """``server.sip``: listen addresses, advertised address, User-Agent, timers, TLS."""
 
     listen: tuple[Annotated[ListenAddress, BeforeValidator(parse_listen)], ...] = (
         ListenAddress("udp", "127.0.0.1", 5060),
@@ -154,6 +178,11 @@ class SipSettings(StrictModel):
     timers: SipTimers = Field(default_factory=SipTimers)
     dns_servers: tuple[str, ...] = ()  # trunk name lookups; empty: /etc/resolv.conf
     dns_port: Annotated[int, Field(gt=0, lt=65536)] = 53
+    tls: SipTls = Field(default_factory=SipTls)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if any(a.transport == "tls" for a in self.listen) and self.tls.cert_file is None:
+            raise _invalid("listening on tls: needs tls.cert_file and tls.key_file")
 
 
 class MediaSettings(StrictModel):
@@ -470,6 +499,7 @@ __all__ = [
     "ServerSettings",
     "SipSettings",
     "SipTimers",
+    "SipTls",
     "format_path",
     "load_config",
     "parse_http_listen",

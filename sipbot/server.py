@@ -75,6 +75,7 @@ from sipbot.sip.message import SipRequest
 from sipbot.sip.register import RegistrationState
 from sipbot.sip.registration import Registration
 from sipbot.sip.sdp import SdpAnswerer
+from sipbot.sip.transport import TlsSettings
 from sipbot.sip.trust import Admit, Challenge, Drop, TrustedSource, TrustPolicy
 from sipbot.sip.ua import ServerCall, SipSettings, UserAgent
 from sipbot.tools.http import aclose_http_clients
@@ -130,6 +131,12 @@ class Server:
                 t1=timers.t1_ms / 1000,
                 t2=timers.t2_ms / 1000,
                 t4=timers.t4_ms / 1000,
+                tls=TlsSettings(
+                    cert_file=settings.sip.tls.cert_file,
+                    key_file=settings.sip.tls.key_file,
+                    ca_file=settings.sip.tls.ca_file,
+                    verify=settings.sip.tls.verify,
+                ),
             ),
             self._on_invite,
             self.limiter,

@@ -9,8 +9,7 @@ Rules:
 * Rule 1: a password is a secret from the environment (``${VAR}``), never text in the file.
 * Rule 2: a registration needs ``registrar`` and ``user``; ``auth_user`` defaults to ``user``,
   ``contact_user`` to ``user``, the AOR domain to the first registrar's host.
-* Rule 3: ``transport: tls`` is accepted by the schema but refused with "not supported yet"
-  until SIP over TLS exists.
+* Rule 3: ``transport`` is ``udp``, ``tcp`` or ``tls`` (certificates: ``server.sip.tls``).
 * Rule 4 (SRTP): a call's ``srtp`` policy is its trunk's ``srtp`` when the trunk sets one (the
   trunk describes the link: a carrier that requires SRTP requires it whatever agent answers),
   else its agent's, else ``off`` (:func:`call_srtp`).
@@ -33,7 +32,6 @@ from sipbot.sip.auth import Credentials
 from sipbot.sip.register import RegistrationSettings
 
 TRANSPORTS = ("udp", "tcp", "tls")
-SUPPORTED_TRANSPORTS = ("udp", "tcp")
 USER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.+*#!~")
 
 
@@ -48,7 +46,7 @@ class TrunkRegistration:
         password: the digest password (a :class:`~sipbot.secret.Secret`).
         expires_s: the expiry asked for.
         outbound_proxy: a SIP URI every REGISTER goes through (Route ``;lr``), or None.
-        transport: ``udp``/``tcp``/None (RFC 3263 chooses).
+        transport: ``udp``/``tcp``/``tls``/None (RFC 3263 chooses).
         contact_user: the user of our Contact: calls from the trunk are addressed to it.
         keepalive_s: CRLF keep-alive period while registered (0: none).
         retry_min_s, retry_max_s: the failure backoff bounds.
@@ -167,11 +165,8 @@ def _registration(spec: Any) -> TrunkRegistration:
         raise ConfigError(message, field="password")
     transport = spec.transport.lower() if spec.transport else None
     if transport is not None and transport not in TRANSPORTS:
-        raise ConfigError(f"unknown transport {spec.transport!r}: udp or tcp", field="transport")
-    if transport is not None and transport not in SUPPORTED_TRANSPORTS:
-        raise ConfigError(
-            f"transport {transport} is not supported yet: use udp or tcp", field="transport"
-        )
+        message = f"unknown transport {spec.transport!r}: udp, tcp or tls"
+        raise ConfigError(message, field="transport")
     if not 0 < spec.expires <= 86_400:
         raise ConfigError("expires must be 1..86400 seconds", field="expires")
     domain = spec.domain or format_host(parse_uri(registrars[0]).host)

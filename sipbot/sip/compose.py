@@ -89,7 +89,7 @@ def via_value(transport: str, host: str, port: int, branch: str) -> str:
 
 
 def contact_value(transport: str, host: str, port: int, user: str) -> str:
-    """Our Contact: ``<sip:user@host:port>`` (``;transport=tcp`` on TCP)."""
+    """Our Contact: ``<sip:user@host:port>`` (``;transport=tcp``/``tls`` on TCP/TLS)."""
     user = user.split("@", 1)[0]
-    params = ";transport=tcp" if transport == "tcp" else ""
+    params = f";transport={transport}" if transport in ("tcp", "tls") else ""
     return f"<sip:{user}@{format_host(host)}:{port}{params}>"

@@ -6,10 +6,11 @@ on asyncio.
 
 Rules:
 
-* Rule 1: a numeric host is used as is (port: the URI's, else 5060; transport: the URI's
-  ``transport`` parameter, else UDP).
+* Rule 1: a numeric host is used as is (port: the URI's, else 5060 — 5061 for TLS; transport:
+  the URI's ``transport`` parameter, else TLS for a ``sips:`` URI, else UDP).
 * Rule 2: a host with a port: its A/AAAA records (no NAPTR, no SRV; RFC 3263 §4.2).
-* Rule 3: a host with a ``transport`` parameter: the SRV records of that transport, else A/AAAA.
+* Rule 3: a host with a ``transport`` parameter (or ``sips:``): the SRV records of that
+  transport (``_sips._tcp`` for TLS), else A/AAAA.
 * Rule 4: otherwise NAPTR records with services ``SIP+D2U``/``SIP+D2T`` (by order, then
   preference) name the SRV records; without NAPTR records, ``_sip._udp`` then ``_sip._tcp``
   SRV; without those, A/AAAA on port 5060 over UDP.
@@ -35,6 +36,8 @@ from sipbot.sip.address import parse_uri
 DEFAULT_PORT = 5060
 NAPTR_SERVICES = {"SIP+D2U": "udp", "SIP+D2T": "tcp"}
 SRV_PREFIX = {"udp": "_sip._udp.", "tcp": "_sip._tcp."}
+TLS_PORT = 5061
+TLS_SRV_PREFIX = "_sips._tcp."
 LIFETIME_S = 4.0  # the longest one lookup may take
 
 
@@ -119,15 +122,21 @@ class SipResolver:
         parsed = parse_uri(uri)
         transport = parsed.param("transport")
         transport = transport.lower() if transport else None
+        if parsed.scheme == "sips" and transport in (None, "tcp"):
+            transport = "tls"
+        default_port = TLS_PORT if transport == "tls" else DEFAULT_PORT
         host = parsed.host
         ip = _ip(host)
         if ip is not None:  # Rule 1
-            return [ServerAddress(transport or "udp", ip, parsed.port or DEFAULT_PORT)]
+            return [ServerAddress(transport or "udp", ip, parsed.port or default_port)]
         if parsed.port is not None:  # Rule 2
             return await self._addresses(transport or "udp", host, parsed.port)
         if transport is not None:  # Rule 3
-            found = await self._srv(transport, SRV_PREFIX.get(transport, "_sip._udp.") + host)
-            return found or await self._addresses(transport, host, DEFAULT_PORT)
+            prefix = (
+                TLS_SRV_PREFIX if transport == "tls" else SRV_PREFIX.get(transport, "_sip._udp.")
+            )
+            found = await self._srv(transport, prefix + host)
+            return found or await self._addresses(transport, host, default_port)
         found = []  # Rule 4
         for service, name in await self._naptr(host):
             found += await self._srv(service, name)

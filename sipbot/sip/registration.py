@@ -11,12 +11,18 @@ Rules:
   re-arm), as in the user agent.
 * Rule 2: names are resolved again before each retry after a failed round (the DNS may have
   moved the registrar), never in a tight loop: the client's backoff paces it.
+* Rule 3: ``transport: tls`` (or a ``sips:`` registrar) registers over TLS; the registrar's
+  certificate is verified against the host name of its URI. When a round fails because the
+  transport did (code 503), the state's reason carries the transport's own reason (e.g.
+  "TLS certificate not trusted: self-signed certificate"), in the log line and in
+  :attr:`Registration.state`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 
@@ -26,6 +32,7 @@ from sipbot.sip.dns import SipResolver
 from sipbot.sip.legs import Peer
 from sipbot.sip.message import SipResponse
 from sipbot.sip.register import (
+    LOCAL_TRANSPORT_ERROR,
     RegistrationClient,
     RegistrationSettings,
     RegistrationState,
@@ -48,7 +55,7 @@ class Registration:
         settings: what to register.
         registrars: registrar URIs, in failover order.
         outbound_proxy: when set, every REGISTER goes to this URI's addresses instead.
-        transport: ``udp``/``tcp`` to force; None lets RFC 3263 choose.
+        transport: ``udp``/``tcp``/``tls`` to force; None lets RFC 3263 choose.
         resolver: the DNS resolver.
         on_change: called with each :class:`StateChanged` (after it is logged).
     """
@@ -78,12 +85,22 @@ class Registration:
         self._stopped = asyncio.Event()
         self._targets_cache: tuple[Target, ...] = ()
         self.history: list[StateChanged] = []
+        self.last_transport_error: str | None = None  # Rule 3
         ua.add_response_hook(self._on_response)
         ua.add_transport_error_hook(self._on_transport_error)
 
     @property
     def state(self) -> RegistrationState:
-        return self.client.state
+        return self._explained(self.client.state)
+
+    def _explained(self, state: RegistrationState) -> RegistrationState:
+        """Rule 3: a transport failure's state with the transport's reason."""
+        why = self.last_transport_error
+        if state.phase not in ("registering", "failed") or state.code != LOCAL_TRANSPORT_ERROR:
+            return state
+        if not why or why in state.reason:
+            return state
+        return dataclasses.replace(state, reason=f"{state.reason}: {why}" if state.reason else why)
 
     @property
     def addresses(self) -> set[tuple[str, int]]:
@@ -118,7 +135,10 @@ class Registration:
             except (DnsError, SipParseError) as exc:
                 log.warning("trunk %s: cannot resolve %s: %s", self.name, where, exc)
                 continue
-            targets += [Target(registrar, Peer(a.transport, a.host, a.port)) for a in found]
+            name = parse_uri(where).host
+            for a in found:
+                self._ua.remember_name(a.host, a.port, name)  # Rule 3: TLS verifies this name
+                targets.append(Target(registrar, Peer(a.transport, a.host, a.port)))
             if self._proxy:
                 break
         self._targets_cache = tuple(targets)
@@ -137,6 +157,9 @@ class Registration:
         return True
 
     def _on_transport_error(self, peer: Peer) -> None:
+        reason = self._ua.transport_error_reason(peer)
+        if reason is not None and any(t.peer == peer for t in self._targets_cache):
+            self.last_transport_error = reason
         self.client.transport_error(peer, self._ua.loop.time())
         self._pump()
 
@@ -156,7 +179,11 @@ class Registration:
         self._arm()
 
     def _report(self, event: StateChanged) -> None:
-        new = event.new
+        new = self._explained(event.new)
+        if new is not event.new:
+            event = dataclasses.replace(event, new=new)
+        if new.phase == "registered":
+            self.last_transport_error = None
         level = logging.WARNING if new.phase == "failed" else logging.INFO
         log.log(level, "trunk %s: registration %s", self.name, new)
         self.history.append(event)

@@ -1,4 +1,4 @@
-"""The asyncio transports under the SIP core: UDP sockets, TCP listeners and connections.
+"""The asyncio transports under the SIP core: UDP sockets, TCP and TLS listeners and connections.
 
 A thin shell: it moves bytes between sockets and one callback, ``on_message(data, peer)``,
 and sends what the core asks for with :meth:`Transports.send`. It knows nothing of SIP except
@@ -14,6 +14,12 @@ Rules:
 * Rule 3: TCP connections idle for ``idle_timeout`` seconds are closed unless the core still
   uses them (``in_use()``).
 * Rule 4: host names are resolved with the loop's resolver before sending; sending never blocks.
+* Rule 5: TLS is TCP with Python's :mod:`ssl` (TLS 1.2 at least). An outgoing TLS connection
+  verifies the server's certificate against ``ca_file`` (or the system's CAs) and its name —
+  the host name the destination was resolved from (also sent as SNI), else its IP — unless
+  ``verify`` is off. A failed handshake is one log line and ``on_error(peer)``, bounded by
+  :data:`CONNECT_TIMEOUT_S`; :meth:`Transports.last_error` keeps its reason. A TCP and a TLS
+  connection to the same host:port are never mixed up.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import ipaddress
 import itertools
 import logging
 import socket
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import cast
 
 from sipbot.errors import SipParseError
@@ -36,6 +44,69 @@ log = logging.getLogger(__name__)
 OnMessage = Callable[[bytes, Peer], None]
 OnError = Callable[[Peer], None]
 IDLE_CHECK_S = 30.0
+CONNECT_TIMEOUT_S = 10.0  # TCP connect + TLS handshake
+STREAM_TRANSPORTS = ("tcp", "tls")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """Certificates for SIP over TLS (``server.sip.tls``).
+
+    Attributes:
+        cert_file: our certificate chain (PEM); needed to listen on TLS.
+        key_file: its private key (PEM); default: in ``cert_file``.
+        ca_file: CA bundle that signs the servers we connect to; None: the system's CAs.
+        verify: verify the server's certificate and name on outgoing connections.
+    """
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
+    verify: bool = True
+
+    def server_context(self) -> ssl.SSLContext:
+        """The context of a TLS listener.
+
+        Raises:
+            OSError: no ``cert_file``, or the files cannot be read (``ssl.SSLError`` is one).
+        """
+        if not self.cert_file:
+            raise OSError("listening on TLS needs server.sip.tls.cert_file (and key_file)")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert_file, self.key_file or None)
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        """The context of outgoing TLS connections (Rule 5).
+
+        Raises:
+            OSError, ssl.SSLError: the files cannot be read.
+        """
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.verify:
+            if self.ca_file:
+                context.load_verify_locations(cafile=self.ca_file)
+            else:
+                context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        else:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.cert_file:  # a client certificate, for servers that ask (mutual TLS)
+            context.load_cert_chain(self.cert_file, self.key_file or None)
+        return context
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line reason for a failed connect or handshake."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, TimeoutError):
+        return "connect timed out"
+    return str(exc) or type(exc).__name__
 
 
 def is_ip(host: str) -> bool:
@@ -58,8 +129,9 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class _Tcp(asyncio.Protocol):
-    def __init__(self, owner: Transports) -> None:
+    def __init__(self, owner: Transports, transport: str = "tcp") -> None:
         self.owner = owner
+        self.kind = transport  # "tcp" or "tls"
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
@@ -68,7 +140,7 @@ class _Tcp(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         host, port = transport.get_extra_info("peername")[:2]
-        self.peer = Peer("tcp", host, port, next(self.owner.connection_ids))
+        self.peer = Peer(self.kind, host, port, next(self.owner.connection_ids))
         self.owner.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
@@ -78,7 +150,13 @@ class _Tcp(asyncio.Protocol):
         try:
             messages = self.framer.feed(data)
         except SipParseError as exc:
-            log.info("closing TCP connection from %s:%s: %s", self.peer.host, self.peer.port, exc)
+            log.info(
+                "closing %s connection from %s:%s: %s",
+                self.kind.upper(),
+                self.peer.host,
+                self.peer.port,
+                exc,
+            )
             self.transport.close()
             return
         for message in messages:
@@ -101,6 +179,7 @@ class Transports:
         on_error: called when a message could not be sent to a peer (TCP connect failure).
         in_use: TCP connection ids the core still needs (not idle-closed).
         idle_timeout: seconds of silence before an unused TCP connection is closed.
+        tls: certificates for TLS listeners and connections (Rule 5).
     """
 
     def __init__(
@@ -109,6 +188,7 @@ class Transports:
         on_error: OnError,
         in_use: Callable[[], set[int]],
         idle_timeout: float = 300.0,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.on_message = on_message
@@ -121,8 +201,12 @@ class Transports:
         self._udp: list[asyncio.DatagramTransport] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: dict[int, _Tcp] = {}
-        self._by_addr: dict[tuple[str, int], _Tcp] = {}
-        self._connecting: dict[tuple[str, int], list[bytes]] = {}
+        self._by_addr: dict[tuple[str, str, int], _Tcp] = {}
+        self._connecting: dict[tuple[str, str, int], list[bytes]] = {}
+        self.tls = tls or TlsSettings()
+        self._client_context: ssl.SSLContext | None = None
+        self._names: dict[tuple[str, int], str] = {}  # (IP, port) → host name (TLS: SNI)
+        self._errors: dict[tuple[str, str, int], str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle_timer: asyncio.TimerHandle | None = None
 
@@ -145,11 +229,34 @@ class Transports:
             )
             self._servers.append(server)
             sockname = server.sockets[0].getsockname()
+        elif transport == "tls":
+            context = self.tls.server_context()
+            server = await self.loop.create_server(
+                lambda: _Tcp(self, "tls"),
+                host,
+                port,
+                reuse_address=True,
+                ssl=context,
+                ssl_handshake_timeout=CONNECT_TIMEOUT_S,
+            )
+            self._servers.append(server)
+            sockname = server.sockets[0].getsockname()
         else:
             raise ValueError(f"unknown transport {transport!r}")
         bound = (transport, str(sockname[0]), int(sockname[1]))
         self.bound.append(bound)
         return bound
+
+    def remember_name(self, ip: str, port: int, name: str) -> None:
+        """``name`` resolved to ``ip``: verify a TLS server at ip:port as ``name`` (Rule 5)."""
+        if not is_ip(name):
+            if len(self._names) > 4096:
+                self._names.clear()
+            self._names[(ip, port)] = name
+
+    def last_error(self, peer: Peer) -> str | None:
+        """Why the last connection to ``peer`` (transport, host, port) failed, if it did."""
+        return self._errors.get((peer.transport, peer.host, peer.port))
 
     def send(self, data: bytes, peer: Peer) -> None:
         """Send one message (see Rule 2 and Rule 4)."""
@@ -172,12 +279,14 @@ class Transports:
 
     def _send_tcp(self, data: bytes, peer: Peer) -> None:
         conn = self._conns.get(peer.connection) if peer.connection is not None else None
+        if conn is not None and conn.kind != peer.transport:
+            conn = None
+        key = (peer.transport, peer.host, peer.port)
         if conn is None:
-            conn = self._by_addr.get((peer.host, peer.port))
+            conn = self._by_addr.get(key)
         if conn is not None:
             conn.write(data)
             return
-        key = (peer.host, peer.port)
         if key in self._connecting:
             self._connecting[key].append(data)
             return
@@ -185,16 +294,35 @@ class Transports:
         self._spawn(self._connect(peer))
 
     async def _connect(self, peer: Peer) -> None:
-        key = (peer.host, peer.port)
+        key = (peer.transport, peer.host, peer.port)
+        kind = "tls" if peer.transport == "tls" else "tcp"
+        name = self._names.get((peer.host, peer.port), peer.host)
         try:
-            _, protocol = await asyncio.wait_for(
-                self.loop.create_connection(lambda: _Tcp(self), peer.host, peer.port), 10.0
+            if kind == "tls":
+                if self._client_context is None:
+                    self._client_context = self.tls.client_context()
+                connecting = self.loop.create_connection(
+                    lambda: _Tcp(self, "tls"),
+                    peer.host,
+                    peer.port,
+                    ssl=self._client_context,
+                    server_hostname=name,
+                    ssl_handshake_timeout=CONNECT_TIMEOUT_S,
+                )
+            else:
+                connecting = self.loop.create_connection(lambda: _Tcp(self), peer.host, peer.port)
+            _, protocol = await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S)
+        except (TimeoutError, OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            reason = describe_error(exc)
+            where = (
+                f"{name}:{peer.port}" if name == peer.host else f"{name} ({peer.host}:{peer.port})"
             )
-        except (TimeoutError, OSError) as exc:
-            log.info("TCP connect to %s:%s failed: %s", peer.host, peer.port, exc)
+            log.warning("%s connect to %s failed: %s", kind.upper(), where, reason)
+            self._errors[key] = reason
             self._connecting.pop(key, None)
             self.on_error(peer)
             return
+        self._errors.pop(key, None)
         for data in self._connecting.pop(key, []):
             protocol.write(data)
 
@@ -206,21 +334,23 @@ class Transports:
             self.on_error(peer)
             return
         host = str(infos[0][4][0])
+        self.remember_name(host, peer.port, peer.host)
         self.send(data, Peer(peer.transport, host, peer.port, peer.connection))
 
     def connection_opened(self, conn: _Tcp) -> None:
         assert conn.peer is not None
         conn.last_active = self.loop.time()
         self._conns[conn.peer.connection or 0] = conn
-        self._by_addr[(conn.peer.host, conn.peer.port)] = conn
+        self._by_addr[(conn.kind, conn.peer.host, conn.peer.port)] = conn
         self._arm_idle_check()
 
     def connection_closed(self, conn: _Tcp) -> None:
         if conn.peer is None:
             return
         self._conns.pop(conn.peer.connection or 0, None)
-        if self._by_addr.get((conn.peer.host, conn.peer.port)) is conn:
-            del self._by_addr[(conn.peer.host, conn.peer.port)]
+        key = (conn.kind, conn.peer.host, conn.peer.port)
+        if self._by_addr.get(key) is conn:
+            del self._by_addr[key]
         if self.on_closed is not None:
             self.on_closed(conn.peer)
 

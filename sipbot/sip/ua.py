@@ -38,7 +38,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sipbot.errors import LocalSipError, RequestFailed, SipParseError
@@ -66,7 +66,7 @@ from sipbot.sip.limiter import SourceLimiter
 from sipbot.sip.message import SipRequest, SipResponse, parse_message
 from sipbot.sip.sipfrag import refer_event, sipfrag_status
 from sipbot.sip.transaction import TimerSettings
-from sipbot.sip.transport import Transports, is_ip
+from sipbot.sip.transport import TlsSettings, Transports, is_ip
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,6 +93,7 @@ class SipSettings:
     answer_timeout: float = 60.0  # no accept/reject by then → 480
     tcp_idle_timeout: float = 300.0
     force_rport: bool = True  # UDP answers to the source port even without rport (NAT)
+    tls: TlsSettings = field(default_factory=TlsSettings)  # certificates for TLS
 
 
 def _mark_retrieved(future: asyncio.Future[Any]) -> None:
@@ -400,6 +401,7 @@ class UserAgent:
             self._on_transport_error,
             self._core.connections_in_use,
             self.settings.tcp_idle_timeout,
+            self.settings.tls,
         )
         self._transports.on_closed = self._on_connection_closed
         for transport, host, port in self.settings.listen:
@@ -509,12 +511,13 @@ class UserAgent:
             raise LocalSipError(f"not a SIP URI: {target!r}") from None
         if not hop.is_sip:
             raise LocalSipError(f"not a SIP URI: {target!r}")
-        chosen = (hop.param("transport") or transport).lower()
-        port = hop.port or (5061 if hop.scheme == "sips" else 5060)
+        chosen = select_transport(hop.scheme, hop.param("transport"), transport)
+        port = hop.port or (5061 if chosen == "tls" else 5060)
         host = hop.host
         if not is_ip(host):
             infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
             host = str(infos[0][4][0])
+            self.remember_name(host, port, hop.host)
         return Peer(chosen, host, port)
 
     # ----------------------------------------------------------------- addresses
@@ -573,6 +576,15 @@ class UserAgent:
         if self._transports is None:
             raise LocalSipError("send_raw() before start()")
         self._transports.send(data, peer)
+
+    def remember_name(self, ip: str, port: int, name: str) -> None:
+        """``name`` resolved to ip:port: a TLS connection there verifies ``name`` (and SNI)."""
+        if self._transports is not None:
+            self._transports.remember_name(ip, port, name)
+
+    def transport_error_reason(self, peer: Peer) -> str | None:
+        """Why the last connection to ``peer`` failed (e.g. an untrusted TLS certificate)."""
+        return self._transports.last_error(peer) if self._transports is not None else None
 
     def add_response_hook(self, hook: Callable[[SipResponse, Peer], bool]) -> None:
         """``hook(response, source)`` sees every response before the core; True consumes it
@@ -830,6 +842,15 @@ class UserAgent:
             dialog.confirmed.set_exception(RequestFailed(f"call ended before the ACK: {reason}"))
             _mark_retrieved(dialog.confirmed)
         self._calls.pop(leg.id, None)
+
+
+def select_transport(scheme: str, param: str | None, default: str = "udp") -> str:
+    """The transport to reach a URI: its ``;transport=`` parameter, else ``tls`` for a
+    ``sips:`` URI (RFC 3261 §26.2), else ``default``. ``sips:`` over TCP means TLS."""
+    chosen = (param or default).lower()
+    if scheme.lower() == "sips" and chosen in ("udp", "tcp"):
+        return "tls"
+    return chosen
 
 
 def _split_public(address: str | None) -> tuple[str | None, int | None]:

@@ -3,8 +3,9 @@
 Markers registered here:
 - ``peers_selfcheck``: tests of the peer library itself; deselect: ``-m "not peers_selfcheck"``.
 - ``requires_peers(*names)``: programs/capabilities the test needs. Names are executables on PATH,
-  or ``capture`` (dumpcap on lo), ``dtmf_pcap`` (SIPp play_pcap_audio: root/CAP_NET_RAW) and
-  ``pjsua2`` (the Python module). Missing → skipped with the reason, except under ``CI=true``
+  or ``capture`` (dumpcap on lo), ``dtmf_pcap`` (SIPp play_pcap_audio: root/CAP_NET_RAW),
+  ``pjsua2`` (the Python module) and ``kamailio_tls`` (Kamailio's tls module). Missing → skipped
+  with the reason, except under ``CI=true``
   where it fails: CI installs everything (scripts/install-system-deps), so a gap there is a defect.
 
 Set ``SIPBOT_E2E_LOG_DIR`` to keep every test's peer logs under that directory (one sub-directory
@@ -52,6 +53,9 @@ def _missing(name: str) -> str | None:
         return capture_unavailable()
     if name == "dtmf_pcap":
         return dtmf_unavailable()
+    if name == "kamailio_tls":
+        module = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so")
+        return None if module.exists() else "kamailio-tls-modules is not installed"
     if name == "pjsua2":
         return None if importlib.util.find_spec("pjsua2") else "python module pjsua2 is missing"
     return None if shutil.which(name) else f"{name} is not installed (scripts/install-system-deps)"

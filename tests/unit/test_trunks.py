@@ -95,9 +95,9 @@ def test_routes_match_the_trunk_the_server_identified(tmp_path: Path) -> None:
             id="uri",
         ),
         pytest.param(
-            "{registrar: 'sip:r.example', user: bob, password: '${TRUNK_PW}', transport: tls}",
-            "d.yaml:4: trunks.t.transport: transport tls is not supported yet: use udp or tcp",
-            id="tls",
+            "{registrar: 'sip:r.example', user: bob, password: '${TRUNK_PW}', transport: sctp}",
+            "d.yaml:4: trunks.t.transport: unknown transport 'sctp': udp, tcp or tls",
+            id="transport",
         ),
         pytest.param(
             "{registrar: 'sip:r.example', password: '${TRUNK_PW}'}",

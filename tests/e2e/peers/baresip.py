@@ -174,6 +174,7 @@ def start(
     lifetime_s: float = DEFAULT_LIFETIME_S,
     ready_timeout: float = READY_TIMEOUT_S,
     mediaenc: str | None = None,
+    transport: str | None = None,
 ) -> Baresip:
     """Write a config dir and start baresip; returns once it is ready (and registered, if asked).
 
@@ -192,6 +193,8 @@ def start(
         ready_timeout: Bound on each readiness wait (start, port, registration).
         mediaenc: ``srtp`` (RTP/AVP offer with a=crypto: SRTP if the far end takes it) or
             ``srtp-mand`` (RTP/SAVP: SRTP or no call); loads ``srtp.so``. None: plain RTP.
+        transport: ``tls`` (or ``tcp``) for the account's requests (``;transport=`` on its AOR;
+            baresip does not verify a TLS server's certificate).
 
     Raises:
         PeerError: baresip did not become ready, bind its port, or register in time.
@@ -219,6 +222,8 @@ def start(
         )
     )
     aor = _aor(user, registration)
+    if transport is not None:
+        aor += f";transport={transport}"
     account = _account(aor, codecs, answer, registration)
     if mediaenc is not None:
         account += f";mediaenc={mediaenc}"

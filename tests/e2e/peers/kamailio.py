@@ -9,7 +9,9 @@ Three roles (each config is syntax-checked with ``kamailio -c`` before it starts
 - :func:`start_dispatcher`: round robin over several backends, OPTIONS probing every second,
   failover to the next backend on 500/503/timeout (the failed one is marked inactive + probing).
 
-All listen on UDP and TCP on one port. Logs go to stderr (``-E``): ``kamailio.stderr.log``.
+All listen on UDP and TCP on one port (the registrar also on TLS on ``tls_port`` when given a
+certificate: the ``tls`` module, Debian's ``kamailio-tls-modules``, TLS 1.2 at least). Logs go to
+stderr (``-E``): ``kamailio.stderr.log``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ rev_dns=no
 listen=udp:127.0.0.1:@@PORT@@
 listen=tcp:127.0.0.1:@@PORT@@
 alias="127.0.0.1:@@PORT@@"
+@@TLS_LISTEN@@
 mpath="@@MODULE_DIR@@"
+@@TLS_MODULE@@
 
 loadmodule "kex.so"
 loadmodule "corex.so"
@@ -123,6 +127,7 @@ route[PASSWORD] {
 request_route {
     route(COMMON);
     if (is_method("REGISTER")) {
+        @@TCP_ALIAS@@
         $var(user) = $tU;
         route(PASSWORD);
         if ($var(pw) == "" || !pv_www_authenticate("$td", "$var(pw)", "0")) {
@@ -199,6 +204,7 @@ class Kamailio:
     port: int
     run_dir: Path
     config_path: Path
+    tls_port: int | None = None
 
     def uri(self, user: str = "bot", transport: str = "udp") -> str:
         """A SIP URI for ``user`` at this Kamailio."""
@@ -283,6 +289,8 @@ def start_registrar(
     qop: bool = False,
     min_expires: int | None = None,
     port: int | None = None,
+    tls: tuple[Path, Path] | None = None,
+    reuse_connection: bool = False,
 ) -> Kamailio:
     """Kamailio as a digest-authenticating registrar (realm 127.0.0.1) that routes to contacts.
 
@@ -294,6 +302,9 @@ def start_registrar(
         qop: Challenge REGISTER with ``qop=auth``.
         min_expires: Answer a shorter expiry with ``423 Interval Too Brief`` + Min-Expires.
         port: Listen on this port (e.g. to restart a registrar where it was).
+        tls: (certificate, private key) PEM files: also listen on TLS (``Kamailio.tls_port``).
+        reuse_connection: ``force_tcp_alias()`` on REGISTER: requests to a contact at the Via's
+            host:port go over the registering TCP/TLS connection (no new connection).
     """
     passwords = "\n".join(
         f'    if ($var(user) == "{_quote(user)}") $var(pw) = "{_quote(pw)}";'
@@ -302,6 +313,7 @@ def start_registrar(
     route = _REGISTRAR_ROUTE.replace("@@PASSWORDS@@", passwords)
     route = route.replace("@@AUTH_INVITES@@", "1" if auth_invites else "0")
     route = route.replace("@@QOP@@", "1" if qop else "0")
+    route = route.replace("@@TCP_ALIAS@@", "force_tcp_alias();" if reuse_connection else "")
     # with min_expires, save() sends the 423 itself; sl_reply_error() would add a bogus 500
     save = 'save("location");' if min_expires else 'if (!save("location")) sl_reply_error();'
     route = route.replace("@@SAVE@@", save)
@@ -312,7 +324,7 @@ def start_registrar(
     if min_expires:
         params.append(f'modparam("registrar", "min_expires", {min_expires})')
         params.append('modparam("registrar", "min_expires_mode", 1)')
-    return _start(log_dir, route, modules=modules, params="\n".join(params), port=port)
+    return _start(log_dir, route, modules=modules, params="\n".join(params), port=port, tls=tls)
 
 
 def start_dispatcher(
@@ -348,11 +360,26 @@ def _start(
     params: str = "",
     fr_timer_ms: int = 3000,
     port: int | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> Kamailio:
     port = port or free_port("both")
     run_dir = _run_dir(log_dir)
+    tls_port = free_port("tcp") if tls is not None else None
+    if tls is not None:
+        params += (
+            f'\nmodparam("tls", "certificate", "{tls[0]}")'
+            f'\nmodparam("tls", "private_key", "{tls[1]}")'
+            '\nmodparam("tls", "tls_method", "TLSv1.2+")'  # the default is TLS 1.0 only
+            '\nmodparam("tls", "verify_certificate", 0)'
+        )
     text = (_HEADER + route).replace("@@EXTRA_PARAMS@@", params)
     values = {
+        "TLS_LISTEN": (
+            f'enable_tls=yes\nlisten=tls:127.0.0.1:{tls_port}\nalias="127.0.0.1:{tls_port}"'
+            if tls_port
+            else ""
+        ),
+        "TLS_MODULE": 'loadmodule "tls.so"' if tls_port else "",
         "PORT": str(port),
         "MODULE_DIR": MODULE_DIR,
         "RUN_DIR": str(run_dir),
@@ -374,9 +401,11 @@ def _start(
     argv = [KAMAILIO, "-f", str(config), "-Y", str(run_dir), "-w", str(run_dir), "-DD", "-E"]
     argv += ["-m", "32", "-M", "8"]
     proc = ManagedProcess.start("kamailio", argv, log_dir)
-    kam = Kamailio(proc, port, run_dir, config)
+    kam = Kamailio(proc, port, run_dir, config, tls_port)
     ctl = run_dir / "kamailio_ctl"
     ready = wait_bound(port, "udp", READY_TIMEOUT_S) and wait_bound(port, "tcp", READY_TIMEOUT_S)
+    if ready and tls_port is not None:
+        ready = wait_bound(tls_port, "tcp", READY_TIMEOUT_S)
     if not ready or not _wait_path(ctl, READY_TIMEOUT_S):
         kam.stop()
         raise PeerError(f"kamailio did not listen on {port} in time:\n{proc.logs()[-3000:]}")
