@@ -88,11 +88,14 @@ def write_config(
     prebuffer_ms: int,
     max_calls: int = 1000,
     limits: Mapping[str, Any] | None = None,
+    ops: bool = True,
 ) -> Path:
     """A sipbot config for the benchmark (PCMU only, the server's RTP range, info logging).
 
     ``limits`` go under ``server.limits``; by default the per-source limits are raised out of
-    the way, since one SIPp process places every call from one address.
+    the way, since one SIPp process places every call from one address. ``ops``: the HTTP side
+    listener (metrics, page) on a free loopback port and the call records in SQLite beside the
+    config, as shipped; False switches both off (what metrics + records cost is the difference).
     """
     if limits is None:
         limits = {"per_source_calls": max_calls, "per_source_rps": 1e6, "per_source_burst": 10**6}
@@ -106,6 +109,14 @@ def write_config(
             },
             "limits": {"max_calls": max_calls, **limits},
             "log_level": "info",
+            **(
+                {
+                    "http": {"listen": f"127.0.0.1:{free_port('tcp')}"},
+                    "data_dir": str(path.parent / "data"),
+                }
+                if ops
+                else {"http": "off", "records": {"enabled": False}}
+            ),
         },
         "agents": dict(agents),
         "routes": list(routes),

@@ -196,6 +196,12 @@ def main() -> None:
     parser.add_argument(
         "--server-nice", type=int, default=0, help="run the server under nice -n N (diagnosis)"
     )
+    parser.add_argument(
+        "--ops",
+        choices=("on", "off"),
+        default="on",
+        help="HTTP listener (metrics) and call records: on as shipped, off to measure their cost",
+    )
     parser.add_argument("--workdir", help="keep logs, captures and configs here")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args()
@@ -207,11 +213,12 @@ def main() -> None:
         {"bench": {"provider": "local", "local": {"mode": "loopback"}}},
         [{"name": "all", "answer": "bench"}],
         prebuffer_ms=args.prebuffer_ms,
+        ops=args.ops == "on",
     )
     print(
         f"# bench_calls: {os.cpu_count()} CPUs (shared), load average {os.getloadavg()[0]:.2f}"
         f" at start; loopback, PCMU, pre-buffer {args.prebuffer_ms} ms, {args.rate:g} calls/s;"
-        f" server nice {args.server_nice}; logs in {workdir}",
+        f" server nice {args.server_nice}; metrics+records {args.ops}; logs in {workdir}",
         flush=True,
     )
     runs = []
