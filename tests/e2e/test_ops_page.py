@@ -3,12 +3,14 @@
 A SIPp call into an agent served by the OpenAI emulator: the page lists it, its transcript
 lines appear, the caller's level meter moves; after BYE the call leaves the live list and shows
 in recent calls with its recording, which the browser loads, and in the call records (the
-records database) with its transcript. Screenshots are kept in the test's
-log directory (``SIPBOT_E2E_LOG_DIR`` keeps them as CI artifacts).
+records database) with its transcript. Screenshots are kept in the test's log directory
+(``SIPBOT_E2E_LOG_DIR`` keeps those) and copied to ``artifacts/page/`` in the checkout (ignored by
+git), the artifact path a run leaves behind.
 """
 
 from __future__ import annotations
 
+import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +29,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 UI_WAIT_S = 20.0
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "page"
 TURN = {"silence_ms": 500, "prefix_ms": 300}
+
+
+def _screenshot(browser: Any, path: Path) -> None:
+    """Save a PNG of the page at ``path`` and a copy under ``artifacts/page/``."""
+    assert browser.save_screenshot(str(path)), f"no screenshot written to {path}"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, ARTIFACTS / path.name)
 
 
 @pytest.fixture
@@ -113,7 +123,7 @@ def test_the_page_shows_a_live_call_its_transcript_and_levels_then_its_record(
             )
             assert lines[0] == "agent: you said it, turn 1"
             assert "caller: caller turn 1" in js(browser, "#calls .transcript li")
-            browser.save_screenshot(str(peers_tmp / "live-calls.png"))
+            _screenshot(browser, peers_tmp / "live-calls.png")
         finally:
             result = caller.wait(hold_s + 40)
         result.assert_ok(1)
@@ -155,4 +165,4 @@ def test_the_page_shows_a_live_call_its_transcript_and_levels_then_its_record(
         stored = browser.execute_script("return document.querySelector('#records audio').src;")
         with urllib.request.urlopen(stored, timeout=5) as response:  # by record id
             assert response.read(4) == b"RIFF"
-        browser.save_screenshot(str(peers_tmp / "recent-calls.png"))
+        _screenshot(browser, peers_tmp / "recent-calls.png")
