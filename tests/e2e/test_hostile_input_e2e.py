@@ -6,6 +6,10 @@
   unparsed), gets at most ``limits.per_source_calls`` calls (503 for the rest), opens no
   provider session (the emulator its calls are routed to records none: a session opens only
   after the ACK) and holds at most that many RTP ports, which the ack-timeout (64·T1) releases.
+- A flood of 2,000 INVITEs and OPTIONS at 400/s from an address no trunk trusts (issue 9),
+  while a trunk's caller talks: the flood's INVITEs are refused (403, or dropped unparsed over
+  the per-source rate), none is answered, it opens no provider session and no RTP port, and the
+  trunk's call keeps its cadence.
 - A caller whose BYE carries an empty ``Route:`` (SIPp's ``[routes]`` with no route set, as a
   public interop suite sends it) gets 200 and the call record says ``bye-received``.
 """
@@ -68,15 +72,37 @@ def flood_invite(i: int, host: str, port: int, target: str, media_port: int) -> 
     ).encode()
 
 
+def flood_options(i: int, host: str, port: int, target: str) -> bytes:
+    return (
+        f"OPTIONS sip:bot@{target} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-opt{i}\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:scanner@{host}>;tag=o{i}\r\n"
+        f"To: <sip:bot@{target}>\r\n"
+        f"Call-ID: flood-opt-{i}@{host}\r\n"
+        "CSeq: 1 OPTIONS\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
 class Flood:
     """Sends the INVITEs from :data:`FLOOD_HOST` at a fixed rate in a thread; never ACKs.
+
+    ``options_every``: every n-th message is an OPTIONS instead (0: INVITEs only).
 
     ``finals`` maps each Call-ID to the final statuses it got; ``max_ports`` is the most RTP
     ports the server held at once while the flood ran (sampled every 20 INVITEs).
     """
 
-    def __init__(self, server: SipbotServer) -> None:
+    def __init__(
+        self,
+        server: SipbotServer,
+        count: int = FLOOD_INVITES,
+        rate: float = FLOOD_RATE,
+        options_every: int = 0,
+    ) -> None:
         self.server = server
+        self.count, self.rate, self.options_every = count, rate, options_every
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((FLOOD_HOST, 0))
         self.sock.setblocking(False)
@@ -113,12 +139,15 @@ class Flood:
         port = self.sock.getsockname()[1]
         media_port = self.media.getsockname()[1]
         start = time.monotonic()
-        for i in range(FLOOD_INVITES):
-            delay = start + i / FLOOD_RATE - time.monotonic()
+        for i in range(self.count):
+            delay = start + i / self.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            invite = flood_invite(i, FLOOD_HOST, port, self.server.address, media_port)
-            self.sock.sendto(invite, (self.server.host, self.server.port))
+            if self.options_every and i % self.options_every == 0:
+                message = flood_options(i, FLOOD_HOST, port, self.server.address)
+            else:
+                message = flood_invite(i, FLOOD_HOST, port, self.server.address, media_port)
+            self.sock.sendto(message, (self.server.host, self.server.port))
             self.sent += 1
             self.drain()
             if i % 20 == 0:
@@ -214,6 +243,72 @@ def test_an_invite_flood_from_one_source_costs_no_provider_session_and_others_ke
     assert len(re.findall(r"flood-\d+@", log)) <= 6 * PER_SOURCE_CALLS
     assert "Traceback" not in log
     assert sessions == 0, f"{sessions} provider sessions for the flood's calls; {summary}"
+
+
+TRUST_FLOOD_MESSAGES = 2000
+TRUST_FLOOD_RATE = 400.0  # messages per second: 5 s of flood
+
+
+@pytest.mark.requires_peers("sipp", "capture")
+def test_a_flood_from_an_untrusted_source_is_refused_while_a_trunk_call_keeps_its_cadence(
+    speech: audio.Speech, sipbot_server: StartServer, peers_tmp: Path
+) -> None:
+    """Issue 9: 2,000 INVITEs and OPTIONS from an address no trunk trusts, during a call from
+    the trunk's address (exempt from the per-source limits)."""
+    with EmulatorThread("openai", EmulatorScript(reply="echo", speed=4.0)) as emulator:
+        config = write_dialplan(
+            peers_tmp / "trust-flood.yaml",
+            {
+                "server": {"trust": {"unknown_sources": "reject"}},
+                "trunks": {"pbx": {"source": ["127.0.0.1/32"]}},
+                # were the flood admitted, its calls would reach the emulated model
+                "agents": {"model": emulator.agent(), "echo": {"provider": "local"}},
+                "routes": [
+                    {"name": "flood", "match": {"source": [FLOOD_HOST]}, "answer": "model"},
+                    {"name": "pbx", "match": {"trunk": "pbx"}, "answer": "echo"},
+                ],
+            },
+        )
+        server = sipbot_server("-c", str(config), env=server_env())
+        favour(server.pid)
+        witness = StallWitness(peers_tmp)
+        hold_s = TRUST_FLOOD_MESSAGES / TRUST_FLOOD_RATE + 5.0
+        scenario = sipp.uac_scenario(peers_tmp / "uac.xml", speech.ulaw, hold_s=hold_s)
+        uac = sipp.start_uac(
+            server.address, scenario, peers_tmp, timeout_s=hold_s + 30, capture=True
+        )
+        wait_answer(uac)
+        flood = Flood(server, TRUST_FLOOD_MESSAGES, TRUST_FLOOD_RATE, options_every=2)
+        try:
+            flood.start()
+            flood.join(TRUST_FLOOD_MESSAGES / TRUST_FLOOD_RATE + 20)
+            result = uac.wait(hold_s + 40)
+            stalls = witness.stalls()
+            flood.drain()
+        finally:
+            flood.close()
+        sessions = emulator.session_count
+    result.assert_ok(calls=1)
+    packets = bot_packets(result)
+    assert_steady(packets, audio.PT_PCMU, int(hold_s * 40), stalls)
+    invite_finals = [
+        status
+        for cid, finals in flood.finals.items()
+        if not cid.startswith("flood-opt-")
+        for status in finals
+    ]
+    summary = (
+        f"sent {flood.sent}, INVITE finals {sorted(set(invite_finals))} x{len(invite_finals)},"
+        f" max RTP ports {flood.max_ports}"
+    )
+    assert flood.sent == TRUST_FLOOD_MESSAGES, summary
+    assert invite_finals, summary  # those under the per-source rate were parsed and refused
+    assert set(invite_finals) == {403}, summary
+    assert flood.max_ports <= 1, summary  # the trunk call's own port only
+    log = server.log()
+    assert len(re.findall(r"refused INVITE from 127\.0\.0\.2", log)) <= 2, summary
+    assert "Traceback" not in log
+    assert sessions == 0, f"{sessions} provider sessions for the flood; {summary}"
 
 
 @pytest.mark.requires_peers("sipp")
