@@ -90,6 +90,8 @@ class CallPlan:
         recording_path: where to record the call, or None.
         apology: the apology prompt, PCM16 16 kHz.
         filler: the "one moment" prompt for slow tools, PCM16 16 kHz, or None.
+        log_transcripts: log what each side says at INFO (else DEBUG: transcripts stay in the
+            call record, out of the log).
     """
 
     info: CallInfo
@@ -100,6 +102,7 @@ class CallPlan:
     recording_path: str | None = None
     apology: bytes = b""
     filler: bytes | None = None
+    log_transcripts: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +424,8 @@ class Call:
             if event.final:
                 self.transcript.append(event)
                 self.record.lines.append(TranscriptLine(time.time(), event.role, event.text))
-                log.info("call %s: %s: %s", self.info.call_id, event.role, event.text)
+                level = logging.INFO if self.plan.log_transcripts else logging.DEBUG
+                log.log(level, "call %s: %s: %s", self.info.call_id, event.role, event.text)
             return
         if isinstance(event, ProviderNotice):
             log.info("call %s: provider: %s", self.info.call_id, event.message)

@@ -325,6 +325,8 @@ class ServerSettings(StrictModel):
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], BeforeValidator(lambda v: str(v).lower())
     ] = "info"
+    # what callers and agents say goes to the call records, and to the INFO log only when true
+    log_transcripts: bool = False
 
 
 class ConfigModel(DialplanModel):

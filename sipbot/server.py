@@ -176,6 +176,7 @@ class Server:
                 loop_lag_ms=lambda: self.lag.lag_ms,
                 draining=lambda: self.admission.draining,
                 max_calls=limits.max_calls,
+                registrations=lambda: self.registration_states,
             )
         )
         self.lag = LoopLagMonitor(on_sample=self.metrics.lag_sample)
@@ -435,6 +436,7 @@ class Server:
             recording_path=recording,
             apology=self.apology,
             filler=self.filler,
+            log_transcripts=self.config.server.log_transcripts,
         )
 
     def _agent_overrides(self, agent: Agent) -> Agent:
@@ -582,6 +584,7 @@ class Server:
         if isinstance(verdict, Challenge):
             dialog.reject(401, "Unauthorized", [("WWW-Authenticate", verdict.www_authenticate)])
             return None
+        self.metrics.refusal("trust")
         if isinstance(verdict, Drop):  # the source filter normally drops it before the core
             dialog.reject(403, "Forbidden")
             self._refused_by_trust("drop", source, verdict.why)

@@ -77,6 +77,8 @@ class Gauges:
     loop_lag_ms: Callable[[], float]
     draining: Callable[[], bool]
     max_calls: int
+    # trunk -> its registration state (phase, code, failures: RegistrationState), if any
+    registrations: Callable[[], Mapping[str, Any]] = dict
 
 
 class Metrics:
@@ -92,7 +94,8 @@ class Metrics:
         )
         self.refused = PromCounter(
             "sipbot_refused_invites",
-            "INVITEs refused before routing: draining, capacity, loop-lag (503); route (rejected)",
+            "INVITEs refused before routing: trust (403/drop), draining, capacity, loop-lag,"
+            " per-source (503); route (rejected)",
             ["reason"],
             registry=registry,
         )
@@ -229,6 +232,28 @@ class _ServerCollector:
         yield GaugeMetricFamily(
             "sipbot_draining", "1 while draining (new calls refused)", value=int(g.draining())
         )
+        registrations = g.registrations()
+        if registrations:
+            up = GaugeMetricFamily(
+                "sipbot_registration_up", "1 while the trunk is registered", labels=["trunk"]
+            )
+            code = GaugeMetricFamily(
+                "sipbot_registration_last_code",
+                "The last final status of the trunk's REGISTER (0: none yet)",
+                labels=["trunk"],
+            )
+            failures = GaugeMetricFamily(
+                "sipbot_registration_failures",
+                "Consecutive failed registration rounds",
+                labels=["trunk"],
+            )
+            for trunk, state in sorted(registrations.items()):
+                up.add_metric([trunk], int(state.phase == "registered"))
+                code.add_metric([trunk], state.code or 0)
+                failures.add_metric([trunk], state.failures)
+            yield up
+            yield code
+            yield failures
         yield GaugeMetricFamily(
             "sipbot_event_loop_lag_recent_seconds",
             "Recent event-loop lag (what admission and /healthz use)",

@@ -238,7 +238,8 @@ class Rigs:
         self._emulators.append(emu.__enter__())
         specs = agents if agents is not None else {"bot": {}}
         config: dict[str, Any] = {
-            "server": {"media": {"codecs": ["PCMU", "PCMA", "G722"]}},
+            # log_transcripts: the assertions read what each side said from the log
+            "server": {"media": {"codecs": ["PCMU", "PCMA", "G722"]}, "log_transcripts": True},
             "agents": {name: emu.agent(**{"turn": TURN, **spec}) for name, spec in specs.items()},
             "routes": [{"name": name, "match": {"did": name}, "answer": name} for name in specs],
         }

@@ -113,6 +113,7 @@ def test_python_and_http_tools_reach_the_model(
         ToolService(response={"ticket": "T-42", "status": "noted"}) as crm,
     ):
         config = {
+            "server": {"log_transcripts": True},  # the assertions read the agent's words
             "agents": {
                 "shop": model.agent(
                     prompt="You help with orders.", tools=["lookup_order", "crm_note"]
@@ -240,6 +241,7 @@ def test_transfer_call_to_a_forbidden_uri_is_refused(
     with EmulatorThread("openai", script(rule)) as model:
         allow = "sip:*@pbx.example.com"
         config = {
+            "server": {"log_transcripts": True},  # the assertions read the agent's words
             "agents": {"desk": desk_agent(model, allow)},
             "routes": [{"match": {"did": "500"}, "answer": "desk"}],
         }

@@ -8,9 +8,12 @@ plays queued audio out in that virtual time (24 kHz PCM16: 48 bytes a millisecon
 from __future__ import annotations
 
 import asyncio
+import logging
 import selectors
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
+
+import pytest
 
 from sipbot.call import Call, CallPlan
 from sipbot.conversation import (
@@ -282,6 +285,7 @@ class Rig:
         refer: RecorderReferral | Exception | None = None,
         filler: bytes | None = None,
         dtmf: dict[str, HangUp | Transfer] | None = None,
+        log_transcripts: bool = False,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.session = RecorderSession()
@@ -301,6 +305,7 @@ class Rig:
             recording_path=None,
             apology=APOLOGY,
             filler=filler,
+            log_transcripts=log_transcripts,
         )
         self.dialog = RecorderDialog(refer)
         self.media = RecorderMedia()
@@ -572,3 +577,21 @@ def test_the_first_end_reason_wins_and_transcripts_are_recorded() -> None:
         assert [(line.role, line.text) for line in rig.call.record.lines] == [("caller", "hello")]
 
     run(main)
+
+
+@pytest.mark.parametrize("log_transcripts", [False, True])
+def test_transcripts_reach_the_info_log_only_when_asked(
+    log_transcripts: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        rig = Rig(log_transcripts=log_transcripts)
+        await rig.confirm()
+        rig.session.emit(Transcript("caller", "my card is 4111"))
+        await until(lambda: bool(rig.call.transcript))
+        rig.call.hang_up_now("shutdown")
+        await rig.reason()
+
+    with caplog.at_level(logging.INFO, logger="sipbot.call"):
+        run(main)
+    said = [r for r in caplog.records if "my card is 4111" in r.getMessage()]
+    assert len(said) == (1 if log_transcripts else 0)

@@ -44,6 +44,7 @@ from sipbot.providers.base import (
     ToolCall,
     Transcript,
 )
+from sipbot.sip.register import RegistrationState
 from tests.unit.test_core import Harness, request
 
 # --------------------------------------------------------------------------- admission
@@ -251,6 +252,31 @@ def test_metrics_read_the_server_at_scrape_time() -> None:
     assert got["sipbot_event_loop_lag_recent_seconds"] == pytest.approx(0.012)
     assert got['sipbot_sip_requests_total{direction="in",method="INVITE"}'] == 3
     assert got['sipbot_sip_responses_total{code="503",direction="out",method="INVITE"}'] == 1
+
+
+def test_registrations_are_gauges_per_trunk() -> None:
+    states = {
+        "carrier": RegistrationState(phase="registered", code=200),
+        "pbx": RegistrationState(phase="failed", code=401, failures=3),
+    }
+    m = Metrics(
+        Gauges(
+            active=dict,
+            sip_counts=dict,
+            ticker=lambda: None,
+            loop_lag_ms=lambda: 0.0,
+            draining=lambda: False,
+            max_calls=5,
+            registrations=lambda: states,
+        )
+    )
+    got = samples(m.exposition().decode())
+    assert got['sipbot_registration_up{trunk="carrier"}'] == 1
+    assert got['sipbot_registration_up{trunk="pbx"}'] == 0
+    assert got['sipbot_registration_last_code{trunk="pbx"}'] == 401
+    assert got['sipbot_registration_failures{trunk="pbx"}'] == 3
+    # no trunk registers: no registration series at all
+    assert not [name for name in samples(metrics().exposition().decode()) if "registration" in name]
 
 
 def test_call_outcomes_are_a_bounded_label_set() -> None:
