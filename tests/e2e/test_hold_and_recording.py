@@ -7,6 +7,7 @@ import subprocess
 import sys
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,22 +28,29 @@ HOSTNAME_SCENARIO = Path(__file__).parent / "scenarios" / "sip" / "uac_hold_resu
 HOLD_S = 1.5
 
 
-@pytest.mark.requires_peers("capture")
-def test_hold_stops_our_rtp_and_resume_restarts_it(sipbot_server, peers_tmp: Path):
-    server = sipbot_server()
+def run_hold_scenario(
+    server: Any, scenario: Path, peers_tmp: Path
+) -> tuple[subprocess.CompletedProcess[str], list[Any]]:
+    """Run a one-call SIPp hold/resume scenario; its result and our RTP packets to it."""
     sip_port, media_port = free_port(), free_port_block()
     capture = RtpCapture.start(peers_tmp, [media_port])
     args = [
-        "sipp", server.address, "-sf", str(HOLD_SCENARIO), "-s", "bot",
+        "sipp", server.address, "-sf", str(scenario), "-s", "bot",
         "-i", "127.0.0.1", "-p", str(sip_port), "-mi", "127.0.0.1", "-mp", str(media_port),
         "-m", "1", "-nostdin", "-timeout", "30s", "-timeout_error",
     ]  # fmt: skip
     result = subprocess.run(args, cwd=peers_tmp, capture_output=True, text=True, timeout=60)
     capture.stop()
+    return result, select(capture.packets(), dst_port=media_port, audio_only=True)
+
+
+@pytest.mark.requires_peers("capture")
+def test_hold_stops_our_rtp_and_resume_restarts_it(sipbot_server, peers_tmp: Path):
+    server = sipbot_server()
+    result, ours = run_hold_scenario(server, HOLD_SCENARIO, peers_tmp)
     assert result.returncode == 0, result.stdout[-2000:] + server.log()[-2000:]
     assert re.search(r"re-offer: PCMU recvonly", server.log())
     assert re.search(r"re-offer: PCMU sendrecv", server.log())
-    ours = select(capture.packets(), dst_port=media_port, audio_only=True)
     times = np.array([p.time for p in ours])
     gaps = np.diff(times)
     assert gaps.max() >= HOLD_S - 0.2, "sipbot kept sending while the caller held the call"
@@ -58,19 +66,10 @@ def test_a_resume_naming_its_host_by_name_is_answered_after_resolving_it(
     sipbot_server, peers_tmp: Path
 ):
     server = sipbot_server()
-    sip_port, media_port = free_port(), free_port_block()
-    capture = RtpCapture.start(peers_tmp, [media_port])
-    args = [
-        "sipp", server.address, "-sf", str(HOSTNAME_SCENARIO), "-s", "bot",
-        "-i", "127.0.0.1", "-p", str(sip_port), "-mi", "127.0.0.1", "-mp", str(media_port),
-        "-m", "1", "-nostdin", "-timeout", "30s", "-timeout_error",
-    ]  # fmt: skip
-    result = subprocess.run(args, cwd=peers_tmp, capture_output=True, text=True, timeout=60)
-    capture.stop()
+    result, ours = run_hold_scenario(server, HOSTNAME_SCENARIO, peers_tmp)
     # the scenario needs a 200 with a=sendrecv to the resume (a 488 fails it)
     assert result.returncode == 0, result.stdout[-2000:] + server.log()[-2000:]
     assert re.search(r"re-offer: PCMU sendrecv", server.log())
-    ours = select(capture.packets(), dst_port=media_port, audio_only=True)
     gaps = np.diff(np.array([p.time for p in ours]))
     assert gaps.max() >= HOLD_S - 0.2, "sipbot kept sending while the caller held the call"
     assert len(ours) - int(gaps.argmax()) >= 30, "RTP did not resume to the resolved host"

@@ -25,6 +25,7 @@ from tests.e2e.test_trunk_registration import (
     USERS,
     binding,
     reg_lines,
+    registered_caller_hears_its_echo,
     trunk,
     wait_until,
 )
@@ -146,18 +147,7 @@ def test_registration_over_tls_and_a_call_on_the_same_connection(
     texts = [t for _s, t in reg_lines(server, "pbx")]
     assert texts[-1].startswith("registered code=200"), texts
 
-    caller = baresip.start(
-        peers_tmp,
-        speech.wav_8k,
-        name="alice",
-        user="alice",
-        dial=kam.uri("bot"),
-        duration_s=ECHO_HOLD_S,
-        registration=baresip.Registration(kam.address, "alicepw"),
-    )
-    assert caller.wait(30) == 0
-    heard, rate = caller.received_audio()
-    assert audio.correlation(speech.pcm(8000), heard, 8000, rate) >= ECHO_MIN_CORRELATION
+    registered_caller_hears_its_echo(peers_tmp, speech, kam, kam.uri("bot"))
     log = server.log()
     assert re.search(r"call \S+ from alice to bot via 127\.0\.0\.1 \(trunk pbx\)", log), log
     assert "TLS connect" not in log  # one connection: the registration's, never refused

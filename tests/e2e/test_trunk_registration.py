@@ -113,6 +113,24 @@ def start_registrar(
     return kam
 
 
+def registered_caller_hears_its_echo(
+    peers_tmp: Path, speech: audio.Speech, kam: kamailio.Kamailio, dial: str
+) -> None:
+    """baresip user ``alice``, registered at ``kam``, dials ``dial`` and hears its speech back."""
+    caller = baresip.start(
+        peers_tmp,
+        speech.wav_8k,
+        name="alice",
+        user="alice",
+        dial=dial,
+        duration_s=ECHO_HOLD_S,
+        registration=baresip.Registration(kam.address, "alicepw"),
+    )
+    assert caller.wait(30) == 0
+    heard, rate = caller.received_audio()
+    assert audio.correlation(speech.pcm(8000), heard, 8000, rate) >= ECHO_MIN_CORRELATION
+
+
 @pytest.mark.requires_peers("kamailio", "kamcmd", "baresip")
 def test_registers_sha256_and_md5_refreshes_and_a_registered_caller_hears_its_echo(
     sipbot_server: StartServer,
@@ -142,18 +160,7 @@ def test_registers_sha256_and_md5_refreshes_and_a_registered_caller_hears_its_ec
     for name in ("sha", "md5"):
         assert [t for _s, t in reg_lines(server, name)][-1].startswith("registered code=200")
 
-    caller = baresip.start(
-        peers_tmp,
-        speech.wav_8k,
-        name="alice",
-        user="alice",
-        dial=md5.uri("bot"),
-        duration_s=ECHO_HOLD_S,
-        registration=baresip.Registration(md5.address, "alicepw"),
-    )
-    assert caller.wait(30) == 0
-    heard, rate = caller.received_audio()
-    assert audio.correlation(speech.pcm(8000), heard, 8000, rate) >= ECHO_MIN_CORRELATION
+    registered_caller_hears_its_echo(peers_tmp, speech, md5, md5.uri("bot"))
     assert re.search(r"call \S+ from alice to bot via 127\.0\.0\.1 \(trunk md5\)", server.log())
 
 
@@ -304,18 +311,7 @@ def test_pbx_trunk_example_registers_and_only_the_pbx_gets_in(
     server = sipbot_server("--config", example, "--public-address", "127.0.0.1", env=env)
     bound = wait_until(lambda: binding(pbx, "600"), what="the extension's binding")
     assert bound["Address"].startswith(f"sip:600@127.0.0.1:{server.port}")
-    caller = baresip.start(
-        peers_tmp,
-        speech.wav_8k,
-        name="alice",
-        user="alice",
-        dial=pbx.uri("600"),
-        duration_s=ECHO_HOLD_S,
-        registration=baresip.Registration(pbx.address, "alicepw"),
-    )
-    assert caller.wait(30) == 0
-    heard, rate = caller.received_audio()
-    assert audio.correlation(speech.pcm(8000), heard, 8000, rate) >= ECHO_MIN_CORRELATION
+    registered_caller_hears_its_echo(peers_tmp, speech, pbx, pbx.uri("600"))
     scenario = sipp_scenarios.reject_scenario(peers_tmp / "r403.xml", 403)
     outsider = sipp.run_uac(
         server.address, scenario, peers_tmp, service="600", extra_args=["-i", "127.0.0.2"]
