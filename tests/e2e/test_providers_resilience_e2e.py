@@ -259,7 +259,9 @@ def test_provider_lost_for_good_mid_call_apologises_and_hangs_up(
         hold_s=20.0,
         hangup="callee",
     )
-    wait_until(lambda: r.emu.sessions, 10.0, "the call's provider session")
+    # set up, not only connected: Gemini checks the key of a connection at its setup message
+    ready = "setupComplete" if kind == "gemini" else "session.created"
+    wait_until(lambda: out_frames(r.emu, ready), 10.0, "the call's provider session")
     r.emu.set_script(replace(r.emu.emulator.script, api_keys=frozenset({"another-key"})))
     heard = r.finish(caller)
 
