@@ -670,6 +670,7 @@ def cdr_media(call: Call) -> dict[str, Any]:
         "rtp_out": stats.packets_out if stats else 0,
         "rtp_lost": stats.lost if stats else 0,
         "rtp_underruns": stats.underruns if stats else 0,
+        "rtp_concealed": stats.concealed_frames if stats else 0,
         "latency_ms": latency.as_dict(),
     }
 

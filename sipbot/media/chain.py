@@ -4,6 +4,9 @@
   provider's input format, returned by :meth:`InboundChain.feed` (usually one frame per 20 ms
   payload, in a 1-tuple; ``()`` while a frame is still partial). A G.711 provider format that
   matches the codec is passed through untouched.
+  A lost stretch (:class:`~sipbot.media.receiver.Gap`) goes through :meth:`InboundChain.fill`:
+  concealed (:mod:`sipbot.media.plc`) and silence-filled at the codec's rate, then down the same
+  path, so the provider hears continuous audio with no clicks and no time compression.
 * :class:`OutboundChain`: provider audio → (decode) → resample → the *pacer format* (PCM16 at the
   codec's rate, or the G.711 bytes themselves in pass-through), and pacer frames → payloads.
   Encoding happens per slot, after the pacer, so a stateful encoder (G.722) sees one continuous
@@ -19,6 +22,7 @@ from typing import Final
 from sipbot.errors import CodecError
 from sipbot.media.codecs import CodecInfo, Decoder, make_decoder, make_encoder, silence_payload
 from sipbot.media.formats import FRAME_MS, AudioFormat
+from sipbot.media.plc import Concealer
 from sipbot.media.resample import Resampler
 
 G711_RATE_HZ = 8_000
@@ -60,29 +64,57 @@ class InboundChain:
         self._frame_bytes = target.frame_bytes
         self._partial = bytearray()
         self.last_pcm = b""  # PCM16 at the codec's rate of the last payload (for recording)
+        self.plc = Concealer(codec.pcm_rate_hz)
+        self._units_to_samples = codec.pcm_rate_hz // codec.clock_rate_hz
+        self._passthrough_encoder = make_encoder(codec.name) if self.passthrough else None
 
     def restart(self) -> None:
         """A new inbound stream (SSRC): fresh decoder state; a partial frame is dropped."""
         self._decoder = make_decoder(self.codec.name)
         self._partial.clear()
+        self.plc.reset()
 
     def feed(self, payload: bytes, want_pcm: bool = False) -> tuple[bytes, ...]:
         """Convert one payload; return the frames it completed, oldest first.
 
         A 20 ms payload with nothing pending gives one frame (a 1-tuple, the only allocation
         besides the DSP's own); a shorter one may give :data:`NO_FRAMES`, a longer one two.
-        ``want_pcm`` makes ``last_pcm`` valid in pass-through too (decoding only for the recorder).
+        Pass-through decodes too (the concealer's history); ``want_pcm`` makes ``last_pcm``
+        valid there (for the recorder).
         """
+        pcm = self._decoder.decode(payload)
+        if want_pcm or not self.passthrough:
+            self.last_pcm = pcm
+        heard = self.plc.good(pcm)
         if self.passthrough:
             audio = payload
-            if want_pcm:
-                self.last_pcm = self._decoder.decode(payload)
+            if heard is not pcm:  # blended after a concealment
+                assert self._passthrough_encoder is not None
+                audio = self._passthrough_encoder.encode(heard)
         else:
-            pcm = self._decoder.decode(payload)
-            self.last_pcm = pcm
+            audio = self._resampler.process(heard)
+            if self._encoder is not None:
+                audio = self._encoder.encode(audio)
+        return self._frames(audio)
+
+    def fill(self, lost_units: int, silence_units: int) -> tuple[bytes, ...]:
+        """Audio for a gap in RTP timestamp units: concealed, then silence (receiver Rule 8).
+
+        Returns the frames completed, as :meth:`feed` does; ``last_pcm`` holds the filler.
+        """
+        scale = self._units_to_samples
+        pcm = self.plc.conceal(lost_units * scale) + self.plc.silence(silence_units * scale)
+        self.last_pcm = pcm
+        if self.passthrough:
+            assert self._passthrough_encoder is not None
+            audio = self._passthrough_encoder.encode(pcm)
+        else:
             audio = self._resampler.process(pcm)
             if self._encoder is not None:
                 audio = self._encoder.encode(audio)
+        return self._frames(audio)
+
+    def _frames(self, audio: bytes) -> tuple[bytes, ...]:
         frame_bytes = self._frame_bytes
         partial = self._partial
         if not partial and len(audio) == frame_bytes:
