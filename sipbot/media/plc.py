@@ -91,9 +91,9 @@ class Concealer:
 
     def silence(self, samples: int) -> bytes:
         """``samples`` of silence for a gap the sender meant (Rule 3)."""
-        self._erasing = False
         if samples <= 0:
             return b""
+        self._erasing = False
         out = np.zeros(samples, dtype=np.int16)
         self._remember(out)
         return out.tobytes()
