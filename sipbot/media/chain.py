@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Final
 
+import numpy as np
+
 from sipbot.errors import CodecError
 from sipbot.media.codecs import CodecInfo, Decoder, make_decoder, make_encoder, silence_payload
 from sipbot.media.formats import FRAME_MS, AudioFormat
@@ -200,6 +202,13 @@ class OutboundChain:
         if self._record_decoder is not None:
             return self._record_decoder.decode(frame)
         return frame
+
+    def scale(self, frame: bytes, gain: float) -> bytes:
+        """A pacer frame at ``gain`` (linear, < 1: ducking), in the pacer format."""
+        if self._record_decoder is not None:  # G.711 pass-through: decode, scale, encode
+            pcm = np.frombuffer(self._record_decoder.decode(frame), dtype="<i2")
+            return self._encoder.encode((pcm * gain).astype("<i2").tobytes())
+        return (np.frombuffer(frame, dtype="<i2") * gain).astype("<i2").tobytes()
 
     def reset(self) -> None:
         """Forget resampler history and remainder (after a flush)."""

@@ -135,9 +135,9 @@ class Concealer:
         # read cyclically over the last `length` samples of the cycle buffer
         index = self._cycle.size - length + (phase % length)
         gain = 1.0 - (phase - FULL_LEVEL_MS * self._ms) / (FADE_MS * self._ms)
-        out = self._cycle[index] * np.clip(gain, 0.0, 1.0)
+        out: np.ndarray = np.rint(self._cycle[index] * np.clip(gain, 0.0, 1.0)).astype(np.int16)
         self._phase += samples
-        return np.rint(out).astype(np.int16)
+        return out
 
     def _blend(self, pcm: bytes) -> bytes:
         """Overlap-add the concealment's continuation into a good frame's start (Rule 1)."""

@@ -2,8 +2,9 @@
 
 ``receive(data, addr, now)`` takes every datagram that reaches the call's port and returns
 what it produced, in order: in-order audio payloads (``bytes``), :class:`Digit` events,
-:class:`Gap` notes (Rule 8) and :data:`RESTART` markers (a tuple, usually of one payload; ``()`` when the datagram produced
-nothing). ``poll(now)`` returns what the jitter buffer releases after a wait, the same way.
+:class:`Gap` notes (Rule 8) and :data:`RESTART` markers (a tuple, usually of one payload;
+``()`` when the datagram produced nothing). ``poll(now)`` returns what the jitter buffer
+releases after a wait, the same way.
 The receiver also decides where our own packets go (:attr:`RtpReceiver.peer`), because
 symmetric RTP answers to where the caller's packets come from.
 

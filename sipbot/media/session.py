@@ -354,6 +354,10 @@ class MediaSession:
         """Milliseconds of ``item_id`` sent so far."""
         return self._tx.played_ms(item_id)
 
+    def duck(self, gain_db: float) -> None:
+        """Play queued audio at ``gain_db`` (0: as it is) from the next packet (barge-in guard)."""
+        self._tx.gain = min(1.0, 10.0 ** (gain_db / 20.0))
+
     def queued_ms(self) -> int:
         """Milliseconds of audio waiting in the pacer."""
         return self._tx.queued_ms()

@@ -211,5 +211,6 @@ def test_passthrough_reencodes_only_the_blended_frame() -> None:
     (concealed,) = chain.fill(160, 0)
     assert len(concealed) == 160
     (blended,) = chain.feed(payloads[1])
-    assert blended != payloads[1] and len(blended) == 160
+    assert blended != payloads[1]
+    assert len(blended) == 160
     assert chain.feed(payloads[2]) == (payloads[2],)

@@ -91,7 +91,8 @@ def test_silence_is_zeros_and_ends_the_concealment() -> None:
     assert plc.silence(240) == bytes(480)
     frame = voiced(8000, 20, 57).tobytes()
     assert plc.good(frame) is frame  # no overlap-add after meant silence
-    assert plc.silence(0) == b"" and plc.conceal(0) == b""
+    assert plc.silence(0) == b""
+    assert plc.conceal(0) == b""
     plc.conceal(80)
     plc.silence(0)  # nothing meant: the concealment goes on
     assert plc.good(frame) is not frame

@@ -267,7 +267,12 @@ def test_restart_comes_between_the_old_streams_payloads_and_the_new_one() -> Non
     assert rx.receive(rtp(1, payload=old), SDP, 1.0) == (old,)  # the first stream: no restart
     rx.receive(rtp(3, payload=held), SDP, 1.02)  # held: 2 is missing
     # a new SSRC releases what the old stream held first, then restarts
-    assert rx.receive(rtp(9000, ssrc=2, payload=new), SDP, 1.04) == (Gap(160, 0, 1), held, RESTART, new)
+    assert rx.receive(rtp(9000, ssrc=2, payload=new), SDP, 1.04) == (
+        Gap(160, 0, 1),
+        held,
+        RESTART,
+        new,
+    )
     assert rx.receive(rtp(9001, ssrc=2, payload=new), SDP, 1.06) == (new,)
     assert rx.stats.ssrc_changes == 1
 

@@ -80,7 +80,8 @@ def test_a_version_2_database_gets_concealed_frames_zero(tmp_path: Path) -> None
         )
     assert db.migrate() == 2
     record = db.get("old")
-    assert record is not None and record["concealed_frames"] == 0
+    assert record is not None
+    assert record["concealed_frames"] == 0
     db.write([row(2, concealed_frames=12)])
     assert db.get(f"{2:032x}")["concealed_frames"] == 12  # type: ignore[index]
 

