@@ -8,15 +8,17 @@ production, :mod:`sipbot.media.silero`), and returns what the conversation shoul
 
 Rules:
 
-* Rule 1 (cost): the model runs only while the agent is audible and the caller's chunk is loud
-  enough to be anything but the line's own echo: its level must be within ``ECHO_MARGIN_DB``
-  of the agent's recent level (the bot's echo comes back well below it) and above
-  ``FLOOR_DBFS``. Otherwise the chunk is not speech, and costs a level computation only.
+* Rule 1 (cost, echo): the model runs only while the agent is audible and the caller's chunk is
+  loud enough to be anything but the line's own echo: its level must be within
+  ``ECHO_MARGIN_DB`` of the agent's recent peak level (``CONTINUE_MARGIN_DB`` once an episode
+  is open; the bot's echo comes back ~20 dB below it) and above ``FLOOR_DBFS``. Otherwise the
+  chunk is not speech, and costs a level computation only.
 * Rule 2: a chunk the model scores at ``SPEECH_PROB`` or more is speech. The first speech chunk
   while the agent is audible is :data:`SUSPECT`, once per episode.
-* Rule 3: speech adding up to more than ``min_speech_ms`` within the episode (pauses up to
-  ``GAP_MS`` do not break it) is :data:`CONFIRM`; so are caller words that are not just a
-  backchannel (:func:`is_backchannel`) during an episode, or while the agent is audible.
+* Rule 3: an utterance is the span from its first speech chunk to its last, pauses of up to
+  ``GAP_MS`` included; one longer than ``min_speech_ms`` is :data:`CONFIRM`; so are caller
+  words that are not just a backchannel (:func:`is_backchannel`) during an episode, or while
+  the agent is audible.
 * Rule 4: ``CLEAR_MS`` without speech after a :data:`SUSPECT` ends the episode:
   :data:`CLEAR`. When the agent stops being audible the episode ends the same way.
 * Rule 5: after :data:`CONFIRM` nothing more is reported until the agent is audible again
@@ -38,13 +40,14 @@ from sipbot.media.resample import Resampler
 
 RATE_HZ = 16_000
 SPEECH_PROB = 0.5  # Rule 2
-GAP_MS = 120  # Rule 3: a pause this short does not break an utterance
-CLEAR_MS = 240  # Rule 4
-ECHO_MARGIN_DB = 12.0  # Rule 1: caller chunks this far below the agent's level are echo
+GAP_MS = 300  # Rule 3: a pause this short does not break an utterance
+CLEAR_MS = 400  # Rule 4
+ECHO_MARGIN_DB = 12.0  # Rule 1: caller chunks this far below the agent's peak level are echo
+CONTINUE_MARGIN_DB = 16.0  # Rule 1, within an open episode
 FLOOR_DBFS = -50.0  # Rule 1: quieter chunks are not speech (line noise)
 AGENT_LEVEL_DECAY_DB_PER_S = 6.0  # the agent's tracked level falls this fast between its chunks
 SILENCE_DBFS = -96.0
-DEFAULT_MIN_SPEECH_MS = 600
+DEFAULT_MIN_SPEECH_MS = 800
 BACKCHANNELS: Final = frozenset(
     {
         *("mm", "mhm", "mmhm", "mm-hm", "hm", "hmm", "uh-huh", "uhhuh", "uh", "huh", "um"),
@@ -165,13 +168,16 @@ class BargeInGuard:
         ms = self._chunk_ms
         self._agent_db = max(SILENCE_DBFS, self._agent_db - AGENT_LEVEL_DECAY_DB_PER_S * ms / 1000)
         level = level_dbfs(chunk)
+        margin = CONTINUE_MARGIN_DB if self._episode else ECHO_MARGIN_DB
         speech = False
-        if level >= FLOOR_DBFS and level >= self._agent_db - ECHO_MARGIN_DB:  # Rule 1
+        if level >= FLOOR_DBFS and level >= self._agent_db - margin:  # Rule 1
             self.stats.chunks_scored += 1
             speech = self.model.score(chunk) >= SPEECH_PROB
         if speech:
+            # Rule 3: a short pause is part of the utterance, a long one starts a new one
+            kept = self._speech_ms + self._quiet_ms if self._quiet_ms <= GAP_MS else 0.0
+            self._speech_ms = kept + ms
             self._quiet_ms = 0.0
-            self._speech_ms += ms
             if not self._episode:
                 self._episode = True
                 self.stats.suspected += 1
@@ -185,8 +191,6 @@ class BargeInGuard:
             self._speech_ms = 0.0
             return None
         self._quiet_ms += ms
-        if self._quiet_ms > GAP_MS:
-            self._speech_ms = 0.0  # Rule 3: the utterance broke off
         if self._quiet_ms >= CLEAR_MS:
             return self._clear()
         return None

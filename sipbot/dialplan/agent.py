@@ -46,7 +46,7 @@ class BargeIn:
     """
 
     mode: BargeInMode = "provider"
-    min_speech_ms: int = 600
+    min_speech_ms: int = 800
 
 
 def check_codecs(codecs: Sequence[str]) -> tuple[str, ...]:

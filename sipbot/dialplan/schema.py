@@ -28,7 +28,7 @@ class TurnModel(StrictModel):
 
 class BargeInModel(StrictModel):
     mode: str = "provider"
-    min_speech_ms: int = 600
+    min_speech_ms: int = 800
 
 
 class LocalModel(StrictModel):
