@@ -88,16 +88,9 @@ class InboundChain:
         if want_pcm or not self.passthrough:
             self.last_pcm = pcm
         heard = self.plc.good(pcm)
-        if self.passthrough:
-            audio = payload
-            if heard is not pcm:  # blended after a concealment
-                assert self._passthrough_encoder is not None
-                audio = self._passthrough_encoder.encode(heard)
-        else:
-            audio = self._resampler.process(heard)
-            if self._encoder is not None:
-                audio = self._encoder.encode(audio)
-        return self._frames(audio)
+        if self.passthrough and heard is pcm:
+            return self._frames(payload)
+        return self._frames(self._convert(heard))  # pass-through: blended after a concealment
 
     def fill(self, lost_units: int, silence_units: int) -> tuple[bytes, ...]:
         """Audio for a gap in RTP timestamp units: concealed, then silence (receiver Rule 8).
@@ -107,14 +100,15 @@ class InboundChain:
         scale = self._units_to_samples
         pcm = self.plc.conceal(lost_units * scale) + self.plc.silence(silence_units * scale)
         self.last_pcm = pcm
+        return self._frames(self._convert(pcm))
+
+    def _convert(self, pcm: bytes) -> bytes:
+        """PCM16 at the codec's rate → the target format."""
         if self.passthrough:
             assert self._passthrough_encoder is not None
-            audio = self._passthrough_encoder.encode(pcm)
-        else:
-            audio = self._resampler.process(pcm)
-            if self._encoder is not None:
-                audio = self._encoder.encode(audio)
-        return self._frames(audio)
+            return self._passthrough_encoder.encode(pcm)
+        audio = self._resampler.process(pcm)
+        return audio if self._encoder is None else self._encoder.encode(audio)
 
     def _frames(self, audio: bytes) -> tuple[bytes, ...]:
         frame_bytes = self._frame_bytes
