@@ -463,7 +463,8 @@ class Call:
         from sipbot.media.silero import SileroModel  # the native model loads off the loop
 
         model = await asyncio.to_thread(SileroModel)
-        self.guard = BargeInGuard(model, min_speech_ms=self.plan.agent.barge_in.min_speech_ms)
+        if self.guard is None:  # a test may have put its own in place
+            self.guard = BargeInGuard(model, min_speech_ms=self.plan.agent.barge_in.min_speech_ms)
 
     def _agent_audible(self) -> bool:
         now = self._loop.time()
