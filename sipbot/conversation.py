@@ -34,8 +34,9 @@ Rules:
   own interruption is off): suspected caller speech over the agent ducks the agent's audio by
   GUARD_DUCK_DB, nothing is flushed; a confirmed barge-in restores the level and is handled as
   Rule 2 (flush, cancel tools, truncate), and the rest of every cut item's audio still arriving
-  from the provider is dropped until its turn completes; a false alarm restores the level and
-  costs nothing else.
+  from the provider is dropped until its turn completes (at most GUARD_CUT_DROP_S: a provider
+  that never completes a turn, such as the local loopback, keeps its voice); a false alarm
+  restores the level and costs nothing else.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ HANGUP_WAIT_S = 15.0  # longest hang_up waits for the agent to finish speaking
 HANGUP_GRACE_S = 0.1  # after HANGUP_WAIT_S, this long more for the pacer to drain
 TRANSFER_NOTIFY_TIMEOUT_S = 10.0  # longest we wait for the REFER's final NOTIFY before BYE
 GUARD_DUCK_DB = -12.0  # Rule 9: the agent's level while a barge-in is suspected
+GUARD_CUT_DROP_S = 5.0  # Rule 9: longest a cut item's late audio is dropped
 
 Prompt = Literal["apology", "filler"]
 
@@ -234,6 +236,7 @@ class _State:
     ducked: bool = False  # Rule 9: a barge-in is suspected
     guard_cut: bool = False  # Rule 9: the next reported flush is the guard's
     cut_items: set[str] = field(default_factory=set)  # Rule 9: their late audio is dropped
+    cut_at: float = 0.0  # Rule 9: when the guard cut them
 
 
 class Conversation:
@@ -325,6 +328,8 @@ class Conversation:
         if s.ended is not None or s.apologising is not None:
             return []
         if isinstance(event, AudioOut):
+            if s.cut_items and now - s.cut_at > GUARD_CUT_DROP_S:
+                s.cut_items.clear()  # Rule 9: bounded
             if s.muted or event.item_id in s.cut_items:
                 return []
             s.last_agent_audio = now
@@ -355,6 +360,7 @@ class Conversation:
         if self._s.guard_cut:
             self._s.guard_cut = False
             self._s.cut_items.update(heard)  # Rule 9
+            self._s.cut_at = now
         return [Truncate(item_id, ms) for item_id, ms in heard.items()]
 
     # ------------------------------------------------------------------ barge-in guard (Rule 9)

@@ -12,6 +12,7 @@ from sipbot.conversation import (
     APOLOGY,
     APOLOGY_TIMEOUT_S,
     FILLER,
+    GUARD_CUT_DROP_S,
     GUARD_DUCK_DB,
     HANGUP_DEADLINE,
     HANGUP_GRACE,
@@ -414,6 +415,16 @@ def test_a_confirmed_barge_in_restores_then_flushes_and_drops_the_cut_items_rest
     assert core.provider_event(AudioOut(b"late", "item-1"), 2.0) == []  # never to be heard
     core.provider_event(TurnComplete("item-1"), 2.1)
     assert core.provider_event(AudioOut(b"next", "item-2"), 3.0) == [Play(b"next", "item-2")]
+
+
+def test_a_cut_items_audio_is_dropped_for_a_bounded_time_only() -> None:
+    core = opened()
+    core.provider_event(AudioOut(b"a", "loop"), 1.0)
+    core.barge_in_confirmed(1.1)
+    core.media_flushed({"loop": 100}, 1.1)
+    assert core.provider_event(AudioOut(b"b", "loop"), 1.1 + GUARD_CUT_DROP_S) == []
+    after = 1.2 + GUARD_CUT_DROP_S
+    assert core.provider_event(AudioOut(b"c", "loop"), after) == [Play(b"c", "loop")]
 
 
 def test_a_provider_interruption_does_not_drop_later_audio_of_its_item() -> None:
