@@ -65,25 +65,10 @@ def test_a_version_1_database_keeps_its_records_through_the_migration(tmp_path: 
     assert record is not None
     assert (record["turns"], record["media"], record["recording_path"]) == (3, None, None)
     assert record["lines"] == [{"seq": 0, "at": T0, "role": "agent", "text": "hi"}]
-    db.write([row(1, media='{"rtp_in": 5}')])
+    assert record["concealed_frames"] == 0  # version 3
+    db.write([row(1, media='{"rtp_in": 5}', concealed_frames=12)])
     assert db.get(f"{1:032x}")["media"] == '{"rtp_in": 5}'  # type: ignore[index]
-
-
-def test_a_version_2_database_gets_concealed_frames_zero(tmp_path: Path) -> None:
-    db = SqliteStore(str(tmp_path / "r.sqlite3"))
-    assert db.migrate(target=2) == 0
-    with sqlite3.connect(db.path) as old:
-        old.execute(
-            "INSERT INTO calls (id, call_id, caller, did, outcome, started)"
-            " VALUES ('old', 'c', '+1', '100', 'answered', ?)",
-            (T0,),
-        )
-    assert db.migrate() == 2
-    record = db.get("old")
-    assert record is not None
-    assert record["concealed_frames"] == 0
-    db.write([row(2, concealed_frames=12)])
-    assert db.get(f"{2:032x}")["concealed_frames"] == 12  # type: ignore[index]
+    assert db.get(f"{1:032x}")["concealed_frames"] == 12  # type: ignore[index]
 
 
 def test_a_newer_database_is_refused(store: SqliteStore) -> None:
