@@ -202,6 +202,12 @@ def main() -> None:
         default="on",
         help="HTTP listener (metrics) and call records: on as shipped, off to measure their cost",
     )
+    parser.add_argument(
+        "--barge-in",
+        choices=("provider", "guard"),
+        default="provider",
+        help="the agent's barge_in.mode (guard: the Silero barge-in guard runs on every call)",
+    )
     parser.add_argument("--workdir", help="keep logs, captures and configs here")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args()
@@ -210,7 +216,13 @@ def main() -> None:
     speech = audio.make_speech(workdir / "speech")
     config = write_config(
         workdir / "sipbot.yaml",
-        {"bench": {"provider": "local", "local": {"mode": "loopback"}}},
+        {
+            "bench": {
+                "provider": "local",
+                "local": {"mode": "loopback"},
+                "barge_in": {"mode": args.barge_in},
+            }
+        },
         [{"name": "all", "answer": "bench"}],
         prebuffer_ms=args.prebuffer_ms,
         ops=args.ops == "on",
@@ -218,7 +230,8 @@ def main() -> None:
     print(
         f"# bench_calls: {os.cpu_count()} CPUs (shared), load average {os.getloadavg()[0]:.2f}"
         f" at start; loopback, PCMU, pre-buffer {args.prebuffer_ms} ms, {args.rate:g} calls/s;"
-        f" server nice {args.server_nice}; metrics+records {args.ops}; logs in {workdir}",
+        f" server nice {args.server_nice}; metrics+records {args.ops};"
+        f" barge-in {args.barge_in}; logs in {workdir}",
         flush=True,
     )
     runs = []

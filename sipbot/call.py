@@ -15,6 +15,11 @@ Rules:
   REFER, a tool, a provider call) runs as a task and reports its outcome back to the core.
 * Rule 3: every timer, task, tool, the provider session and the media are closed when the call
   ends, whatever ended it.
+* Rule 4 (barge-in guard, agent ``barge_in.mode: guard``): caller frames also go to the
+  :class:`~sipbot.bargein.BargeInGuard` while the agent is audible (audio queued in the pacer,
+  or within AUDIBLE_HOLD_S of it), caller transcripts too; its verdicts go to the core
+  (Conversation Rule 9). The Silero model loads in a thread when the call starts; until it is
+  loaded nothing interrupts the agent.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from sipbot import prompts
+from sipbot.bargein import CLEAR, CONFIRM, SUSPECT, BargeInGuard, GuardInput, Verdict
 from sipbot.call_ports import CallDialog, CallMedia, Referral
 from sipbot.conversation import (
     Action,
     CancelTools,
     Conversation,
+    Duck,
     End,
     Flush,
     Hangup,
@@ -75,6 +82,7 @@ PROVIDER_OPEN_TIMEOUT_S = 15.0
 PENDING_AUDIO_FRAMES = 100  # 2 s of caller audio kept while the provider connects
 CLOSE_TIMEOUT_S = 3.0
 TOOL_LOG_OUTPUT_CHARS = 2_000  # a tool's output as the call record keeps it
+AUDIBLE_HOLD_S = 0.3  # Rule 4: the agent counts as audible this long after its queue ran dry
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +187,10 @@ class Call:
             plan.agent.resolved_tools,
             timeout_s=plan.agent.tool_timeout_s,
         )
+        self.guard: BargeInGuard | None = None  # Rule 4, once its model is loaded
+        self._guard_in = GuardInput(PCM16_16K)
+        self._guard_out = GuardInput(self._outbound)
+        self._audible_at = float("-inf")
 
     # ------------------------------------------------------------------ answering
 
@@ -262,6 +274,8 @@ class Call:
             except (OSError, SipbotError) as exc:
                 log.warning("call %s: cannot record: %s", self.info.call_id, exc)
         self._run(self.core.start(self._loop.time()))
+        if self.plan.agent.barge_in.mode == "guard":
+            self._spawn(self._load_guard())
         try:
             reason = await self._ended
         finally:
@@ -289,6 +303,8 @@ class Call:
         session = self._session
         if session is not None:
             session.send_audio(frame)  # Rule 1
+            if self.guard is not None:
+                self._guard_caller(frame)
             return
         self._pending.append(frame)
         if not self._heard_caller:
@@ -313,6 +329,10 @@ class Call:
             match action:
                 case Play(audio, item_id):
                     self._media.play(audio, item_id)
+                    if self.guard is not None:
+                        self.guard.agent_audio(self._guard_out.floats(audio))
+                case Duck(gain_db):
+                    self._media.duck(gain_db)
                 case Flush(report):
                     heard = self._media.flush()
                     if report:
@@ -415,12 +435,15 @@ class Call:
             self._pending.clear()  # buffered in another format: better lost than garbled
         self._media.set_formats(inbound, outbound)
         self._outbound = outbound
+        self._guard_in, self._guard_out = GuardInput(inbound), GuardInput(outbound)
         self._session = session
         while self._pending:
             session.send_audio(self._pending.popleft())
 
     def _on_event(self, event: ProviderEvent) -> None:
         if isinstance(event, Transcript):
+            if event.role == "caller" and self.guard is not None:
+                self._guard_verdict(self.guard.caller_words(event.text, self._agent_audible()))
             if event.final:
                 self.transcript.append(event)
                 self.record.lines.append(TranscriptLine(time.time(), event.role, event.text))
@@ -433,6 +456,39 @@ class Call:
         if isinstance(event, ProviderFailed):
             log.warning("call %s: provider failed: %s", self.info.call_id, event.message)
         self._run(self.core.provider_event(event, self._loop.time()))
+
+    # ------------------------------------------------------------------ barge-in guard (Rule 4)
+
+    async def _load_guard(self) -> None:
+        from sipbot.media.silero import SileroModel  # the native model loads off the loop
+
+        model = await asyncio.to_thread(SileroModel)
+        if self.guard is None:  # a test may have put its own in place
+            self.guard = BargeInGuard(model, min_speech_ms=self.plan.agent.barge_in.min_speech_ms)
+
+    def _agent_audible(self) -> bool:
+        now = self._loop.time()
+        if self.media is not None and self.media.queued_ms() > 0:
+            self._audible_at = now
+            return True
+        return now - self._audible_at < AUDIBLE_HOLD_S
+
+    def _guard_caller(self, frame: bytes) -> None:
+        guard = self.guard
+        assert guard is not None
+        audible = self._agent_audible()
+        pcm = self._guard_in.pcm16k(frame) if audible else b""
+        self._guard_verdict(guard.caller_audio(pcm, audible))
+
+    def _guard_verdict(self, verdict: Verdict | None) -> None:
+        now = self._loop.time()
+        if verdict == SUSPECT:
+            self._run(self.core.barge_in_suspected(now))
+        elif verdict == CONFIRM:
+            log.info("call %s: barge-in confirmed by the guard", self.info.call_id)
+            self._run(self.core.barge_in_confirmed(now))
+        elif verdict == CLEAR:
+            self._run(self.core.barge_in_cleared(now))
 
     # ------------------------------------------------------------------ tools and transfers
 

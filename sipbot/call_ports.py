@@ -78,6 +78,10 @@ class CallMedia(Protocol):
         """Milliseconds of audio waiting in the pacer."""
         ...
 
+    def duck(self, gain_db: float) -> None:
+        """Play queued audio at ``gain_db`` (0: as it is), nothing dropped (barge-in guard)."""
+        ...
+
     def drained(self) -> Awaitable[None]:
         """Resolves once everything queued has been sent (or the media closed)."""
         ...

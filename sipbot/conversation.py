@@ -30,6 +30,13 @@ Rules:
   or TRANSFER_NOTIFY_TIMEOUT_S after the acceptance if none came.
 * Rule 8: the provider session opens once, on the first of: the call is confirmed (ACK), the
   caller's first audio arrived (an INVITE never ACKed costs no model session).
+* Rule 9 (barge-in guard, ``barge_in.mode: guard``; :mod:`sipbot.bargein` decides, the provider's
+  own interruption is off): suspected caller speech over the agent ducks the agent's audio by
+  GUARD_DUCK_DB, nothing is flushed; a confirmed barge-in restores the level and is handled as
+  Rule 2 (flush, cancel tools, truncate), and the rest of every cut item's audio still arriving
+  from the provider is dropped until its turn completes (at most GUARD_CUT_DROP_S: a provider
+  that never completes a turn, such as the local loopback, keeps its voice); a false alarm
+  restores the level and costs nothing else.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ HANGUP_QUIET_S = 2.0  # no agent audio this long after hang_up: it said goodbye 
 HANGUP_WAIT_S = 15.0  # longest hang_up waits for the agent to finish speaking
 HANGUP_GRACE_S = 0.1  # after HANGUP_WAIT_S, this long more for the pacer to drain
 TRANSFER_NOTIFY_TIMEOUT_S = 10.0  # longest we wait for the REFER's final NOTIFY before BYE
+GUARD_DUCK_DB = -12.0  # Rule 9: the agent's level while a barge-in is suspected
+GUARD_CUT_DROP_S = 5.0  # Rule 9: longest a cut item's late audio is dropped
 
 Prompt = Literal["apology", "filler"]
 
@@ -95,6 +104,13 @@ class Flush:
     """Drop the pacer's queue; when ``report``, pass what it returns to ``media_flushed``."""
 
     report: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Duck:
+    """Play the agent's audio at ``gain_db`` (0: its own level) from the next packet (Rule 9)."""
+
+    gain_db: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +188,7 @@ Action = (
     | Play
     | PlayPrompt
     | Flush
+    | Duck
     | WatchDrain
     | Truncate
     | StartTool
@@ -216,6 +233,10 @@ class _State:
     hangup: _HangupWait | None = None
     tools: dict[str, ToolCall] = field(default_factory=dict)  # running, by call id
     filler_due: set[str] = field(default_factory=set)  # running tools whose filler timer is out
+    ducked: bool = False  # Rule 9: a barge-in is suspected
+    guard_cut: bool = False  # Rule 9: the next reported flush is the guard's
+    cut_items: set[str] = field(default_factory=set)  # Rule 9: their late audio is dropped
+    cut_at: float = 0.0  # Rule 9: when the guard cut them
 
 
 class Conversation:
@@ -307,7 +328,9 @@ class Conversation:
         if s.ended is not None or s.apologising is not None:
             return []
         if isinstance(event, AudioOut):
-            if s.muted:
+            if s.cut_items and now - s.cut_at > GUARD_CUT_DROP_S:
+                s.cut_items.clear()  # Rule 9: bounded
+            if s.muted or event.item_id in s.cut_items:
                 return []
             s.last_agent_audio = now
             s.turn_done = False
@@ -320,6 +343,7 @@ class Conversation:
         if isinstance(event, ToolCallCancelled):
             return [CancelTools(event.ids)]
         if isinstance(event, TurnComplete):
+            s.cut_items.clear()  # Rule 9
             self.counts.turns += 1
             s.turn_done = True
             return self._hangup_check(now)
@@ -333,7 +357,42 @@ class Conversation:
         """What a reporting :class:`Flush` cut: ``{item_id: ms heard}`` (Rule 2)."""
         if self._s.ended is not None:
             return []
+        if self._s.guard_cut:
+            self._s.guard_cut = False
+            self._s.cut_items.update(heard)  # Rule 9
+            self._s.cut_at = now
         return [Truncate(item_id, ms) for item_id, ms in heard.items()]
+
+    # ------------------------------------------------------------------ barge-in guard (Rule 9)
+
+    def barge_in_suspected(self, now: float) -> list[Action]:
+        """The guard heard caller speech over the agent: duck, do not flush yet."""
+        s = self._s
+        if s.ended is not None or s.muted or s.ducked:
+            return []
+        s.ducked = True
+        return [Duck(GUARD_DUCK_DB)]
+
+    def barge_in_cleared(self, now: float) -> list[Action]:
+        """A false alarm (a backchannel, a cough, echo): the agent's level comes back."""
+        s = self._s
+        if not s.ducked:
+            return []
+        s.ducked = False
+        return [] if s.ended is not None else [Duck(0.0)]
+
+    def barge_in_confirmed(self, now: float) -> list[Action]:
+        """A real interruption: as Rule 2, and the cut items' late audio is dropped."""
+        s = self._s
+        if s.ended is not None or s.apologising is not None:
+            return []
+        restore: list[Action] = [Duck(0.0)] if s.ducked else []
+        s.ducked = False
+        if s.muted:
+            return restore
+        self.counts.interruptions += 1
+        s.guard_cut = True
+        return [*restore, Flush(report=True), CancelTools(tuple(s.tools))]
 
     def media_drained(self, now: float) -> list[Action]:
         """The pacer has sent everything queued (after a :class:`WatchDrain`)."""

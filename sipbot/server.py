@@ -662,14 +662,26 @@ class Server:
 
 
 def cdr_media(call: Call) -> dict[str, Any]:
-    """The media-quality fields of the CDR line (also the call record's ``media``)."""
+    """The media-quality fields of the CDR line (also the call record's ``media``); with the
+    barge-in guard, what it did (``barge_in_guard``: suspected, confirmed, cleared = false
+    alarms)."""
     stats = call.media.stats if call.media is not None else None
     latency = call.media.latency if call.media is not None else MediaLatency()
+    guard = call.guard.stats if call.guard is not None else None
+    extra: dict[str, Any] = {}
+    if guard is not None:
+        extra["barge_in_guard"] = {
+            "suspected": guard.suspected,
+            "confirmed": guard.confirmed,
+            "cleared": guard.cleared,
+        }
     return {
+        **extra,
         "rtp_in": stats.packets_in if stats else 0,
         "rtp_out": stats.packets_out if stats else 0,
         "rtp_lost": stats.lost if stats else 0,
         "rtp_underruns": stats.underruns if stats else 0,
+        "rtp_concealed": stats.concealed_frames if stats else 0,
         "latency_ms": latency.as_dict(),
     }
 

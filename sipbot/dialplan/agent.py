@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -29,6 +29,24 @@ PROVIDERS: tuple[ProviderName, ...] = ("local", "gemini", "openai")
 CODECS = ("G722", "PCMU", "PCMA")
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 DEFAULT_MAX_DURATION_S = 3600.0
+BargeInMode = Literal["guard", "provider", "off"]
+BARGE_IN_MODES: tuple[BargeInMode, ...] = ("guard", "provider", "off")
+MIN_SPEECH_MS_RANGE = (100, 5000)
+
+
+@dataclass(frozen=True, slots=True)
+class BargeIn:
+    """Who decides that the caller interrupts the agent (docs/CONFIG.md, ``barge_in``).
+
+    Attributes:
+        mode: ``guard`` (sipbot's guard: Silero VAD + ``min_speech_ms``, the provider's own
+            interruption off), ``provider`` (the provider's VAD, as ``turn.barge_in`` says) or
+            ``off`` (the caller never interrupts).
+        min_speech_ms: speech the guard needs before it cuts the agent.
+    """
+
+    mode: BargeInMode = "provider"
+    min_speech_ms: int = 800
 
 
 def check_codecs(codecs: Sequence[str]) -> tuple[str, ...]:
@@ -77,6 +95,7 @@ class Agent:
             moment"); None → no filler.
         srtp: ``off``, ``optional`` or ``required`` (SDES SRTP, docs/CONFIG.md); None → not
             set (off, unless the call's trunk sets it: the trunk's setting wins).
+        barge_in: who decides that the caller interrupts (:class:`BargeIn`).
 
     Raises:
         ConfigError: an invalid value (``field`` names it, relative to the agent).
@@ -105,6 +124,7 @@ class Agent:
     tool_timeout_s: float = 10.0
     filler_after_ms: int | None = None
     srtp: SrtpMode | None = None
+    barge_in: BargeIn = field(default_factory=BargeIn, repr=False)
     resolved_tools: tuple[Tool, ...] = field(init=False, repr=False, compare=False)
     _prompt: Template = field(init=False, repr=False, compare=False)
     _greeting: Template | None = field(init=False, repr=False, compare=False)
@@ -170,6 +190,19 @@ class Agent:
             fail("temperature", f"must be between 0 and 2, not {self.temperature}")
         if self.tool_timeout_s <= 0:
             fail("tool_timeout_s", "must be > 0")
+        self._check_barge_in()
+
+    def _check_barge_in(self) -> None:
+        barge_in = self.barge_in
+        if barge_in.mode not in BARGE_IN_MODES:
+            hint = did_you_mean(barge_in.mode, BARGE_IN_MODES)
+            fail("barge_in.mode", f"unknown mode {barge_in.mode!r}{hint} (guard, provider, off)")
+        low, high = MIN_SPEECH_MS_RANGE
+        if not low <= barge_in.min_speech_ms <= high:
+            fail(
+                "barge_in.min_speech_ms",
+                f"must be between {low} and {high}, not {barge_in.min_speech_ms}",
+            )
 
     @property
     def tool_specs(self) -> tuple[ToolSpec, ...]:
@@ -203,7 +236,9 @@ class Agent:
             temperature=self.temperature,
             tools=self.tool_specs if tools is None else tuple(tools),
             greeting=None if self._greeting is None else self._greeting.fill(call, local),
-            turn_detection=self.turn,
+            turn_detection=self.turn
+            if self.barge_in.mode == "provider"
+            else replace(self.turn, barge_in=False),  # the guard decides, or nobody does
             options=options,
         )
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
-from sipbot.dialplan.agent import Agent
+from sipbot.dialplan.agent import Agent, BargeIn
 from sipbot.dialplan.fields import did_you_mean, with_field
 from sipbot.dialplan.match import Exact, Match, Prefix, Regex, TextMatcher
 from sipbot.dialplan.model import (
@@ -171,6 +171,7 @@ def _agent(
             tool_timeout_s=spec.tool_timeout_s,
             filler_after_ms=spec.filler_after_ms,
             srtp=spec.srtp,
+            barge_in=BargeIn(**spec.barge_in.model_dump()),  # mode checked by Agent
         ),
     )
 

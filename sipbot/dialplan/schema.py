@@ -26,6 +26,11 @@ class TurnModel(StrictModel):
     barge_in: bool = True
 
 
+class BargeInModel(StrictModel):
+    mode: str = "provider"
+    min_speech_ms: int = 800
+
+
 class LocalModel(StrictModel):
     mode: str = "echo"
 
@@ -53,6 +58,7 @@ class AgentModel(StrictModel):
     tool_timeout_s: float = 10.0
     filler_after_ms: int | None = None
     srtp: Any = None  # off | optional | required (YAML's bare off is false); checked by Agent
+    barge_in: BargeInModel = Field(default_factory=BargeInModel)
 
 
 class HttpModel(StrictModel):

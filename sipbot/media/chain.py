@@ -4,6 +4,9 @@
   provider's input format, returned by :meth:`InboundChain.feed` (usually one frame per 20 ms
   payload, in a 1-tuple; ``()`` while a frame is still partial). A G.711 provider format that
   matches the codec is passed through untouched.
+  A lost stretch (:class:`~sipbot.media.receiver.Gap`) goes through :meth:`InboundChain.fill`:
+  concealed (:mod:`sipbot.media.plc`) and silence-filled at the codec's rate, then down the same
+  path, so the provider hears continuous audio with no clicks and no time compression.
 * :class:`OutboundChain`: provider audio → (decode) → resample → the *pacer format* (PCM16 at the
   codec's rate, or the G.711 bytes themselves in pass-through), and pacer frames → payloads.
   Encoding happens per slot, after the pacer, so a stateful encoder (G.722) sees one continuous
@@ -16,9 +19,12 @@ from __future__ import annotations
 
 from typing import Final
 
+import numpy as np
+
 from sipbot.errors import CodecError
 from sipbot.media.codecs import CodecInfo, Decoder, make_decoder, make_encoder, silence_payload
 from sipbot.media.formats import FRAME_MS, AudioFormat
+from sipbot.media.plc import Concealer
 from sipbot.media.resample import Resampler
 
 G711_RATE_HZ = 8_000
@@ -60,29 +66,51 @@ class InboundChain:
         self._frame_bytes = target.frame_bytes
         self._partial = bytearray()
         self.last_pcm = b""  # PCM16 at the codec's rate of the last payload (for recording)
+        self.plc = Concealer(codec.pcm_rate_hz)
+        self._units_to_samples = codec.pcm_rate_hz // codec.clock_rate_hz
+        self._passthrough_encoder = make_encoder(codec.name) if self.passthrough else None
 
     def restart(self) -> None:
         """A new inbound stream (SSRC): fresh decoder state; a partial frame is dropped."""
         self._decoder = make_decoder(self.codec.name)
         self._partial.clear()
+        self.plc.reset()
 
     def feed(self, payload: bytes, want_pcm: bool = False) -> tuple[bytes, ...]:
         """Convert one payload; return the frames it completed, oldest first.
 
         A 20 ms payload with nothing pending gives one frame (a 1-tuple, the only allocation
         besides the DSP's own); a shorter one may give :data:`NO_FRAMES`, a longer one two.
-        ``want_pcm`` makes ``last_pcm`` valid in pass-through too (decoding only for the recorder).
+        Pass-through decodes too (the concealer's history); ``want_pcm`` makes ``last_pcm``
+        valid there (for the recorder).
         """
-        if self.passthrough:
-            audio = payload
-            if want_pcm:
-                self.last_pcm = self._decoder.decode(payload)
-        else:
-            pcm = self._decoder.decode(payload)
+        pcm = self._decoder.decode(payload)
+        if want_pcm or not self.passthrough:
             self.last_pcm = pcm
-            audio = self._resampler.process(pcm)
-            if self._encoder is not None:
-                audio = self._encoder.encode(audio)
+        heard = self.plc.good(pcm)
+        if self.passthrough and heard is pcm:
+            return self._frames(payload)
+        return self._frames(self._convert(heard))  # pass-through: blended after a concealment
+
+    def fill(self, lost_units: int, silence_units: int) -> tuple[bytes, ...]:
+        """Audio for a gap in RTP timestamp units: concealed, then silence (receiver Rule 8).
+
+        Returns the frames completed, as :meth:`feed` does; ``last_pcm`` holds the filler.
+        """
+        scale = self._units_to_samples
+        pcm = self.plc.conceal(lost_units * scale) + self.plc.silence(silence_units * scale)
+        self.last_pcm = pcm
+        return self._frames(self._convert(pcm))
+
+    def _convert(self, pcm: bytes) -> bytes:
+        """PCM16 at the codec's rate → the target format."""
+        if self.passthrough:
+            assert self._passthrough_encoder is not None
+            return self._passthrough_encoder.encode(pcm)
+        audio = self._resampler.process(pcm)
+        return audio if self._encoder is None else self._encoder.encode(audio)
+
+    def _frames(self, audio: bytes) -> tuple[bytes, ...]:
         frame_bytes = self._frame_bytes
         partial = self._partial
         if not partial and len(audio) == frame_bytes:
@@ -168,6 +196,13 @@ class OutboundChain:
         if self._record_decoder is not None:
             return self._record_decoder.decode(frame)
         return frame
+
+    def scale(self, frame: bytes, gain: float) -> bytes:
+        """A pacer frame at ``gain`` (linear, < 1: ducking), in the pacer format."""
+        if self._record_decoder is not None:  # G.711 pass-through: decode, scale, encode
+            pcm = np.frombuffer(self._record_decoder.decode(frame), dtype="<i2")
+            return self._encoder.encode((pcm * gain).astype("<i2").tobytes())
+        return (np.frombuffer(frame, dtype="<i2") * gain).astype("<i2").tobytes()
 
     def reset(self) -> None:
         """Forget resampler history and remainder (after a flush)."""

@@ -1,9 +1,10 @@
 """The inbound side of one call's RTP, sans-I/O: source latching, parsing, reordering, DTMF.
 
 ``receive(data, addr, now)`` takes every datagram that reaches the call's port and returns
-what it produced, in order: in-order audio payloads (``bytes``), :class:`Digit` events and
-:data:`RESTART` markers (a tuple, usually of one payload; ``()`` when the datagram produced
-nothing). ``poll(now)`` returns what the jitter buffer releases after a wait, the same way.
+what it produced, in order: in-order audio payloads (``bytes``), :class:`Digit` events,
+:class:`Gap` notes (Rule 8) and :data:`RESTART` markers (a tuple, usually of one payload;
+``()`` when the datagram produced nothing). ``poll(now)`` returns what the jitter buffer
+releases after a wait, the same way.
 The receiver also decides where our own packets go (:attr:`RtpReceiver.peer`), because
 symmetric RTP answers to where the caller's packets come from.
 
@@ -31,6 +32,14 @@ Rules:
   that passes the foreign-source check is unprotected before it is parsed (telephone-events
   too); one that fails authentication or the replay check (a duplicate) is counted in
   ``srtp_failures`` and dropped, and latches nothing.
+* Rule 8 (gaps, for :mod:`sipbot.media.plc`): within one SSRC, an audio payload that does not
+  follow the previous one in time is preceded by a :class:`Gap`: the timestamp units of the
+  lost packets (a sequence gap: the jitter buffer skipped them, or they came too late) to
+  conceal, and the rest of the timestamp jump (the sender's silence suppression, a DTMF
+  event: no sequence gap) to fill with silence, at most ``MAX_SILENCE_UNITS``. A jump backwards
+  or beyond the jitter buffer's ``MAX_JUMP`` is a discontinuity: no gap. Timestamp units are
+  payload bytes for PCMU, PCMA and G.722 alike (8 kHz clock; G.722 is 2 samples at 16 kHz per
+  byte and per unit), so a packet's duration is its payload length.
 """
 
 from __future__ import annotations
@@ -40,9 +49,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sipbot.errors import RtpParseError, SrtpError
 from sipbot.media.dtmf import EVENT_CODES, DtmfReceiver
-from sipbot.media.jitter import JitterBuffer
+from sipbot.media.jitter import MAX_JUMP, JitterBuffer
 from sipbot.media.latency import LatencyHistogram
-from sipbot.media.rtp import RtpPacket, parse_rtp
+from sipbot.media.rtp import RtpPacket, parse_rtp, seq_distance
 from sipbot.ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
@@ -55,6 +64,7 @@ RELATCH_AFTER_S = 1.0
 # max_packets): no per-packet allocation, and a held packet's slot is never reused before it
 # is released.
 ARRIVAL_SLOTS = 64
+MAX_SILENCE_UNITS = 16_000  # Rule 8: 2 s at the 8 kHz RTP clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +79,23 @@ class StreamRestart:
     """The inbound stream changed SSRC: the payloads after it are a new stream (Rule 3)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Audio missing before the next payload (Rule 8), in RTP timestamp units.
+
+    Attributes:
+        lost_units: what lost packets carried: conceal it.
+        silence_units: what the sender did not send (silence suppression): fill with silence.
+        lost_packets: how many packets were lost.
+    """
+
+    lost_units: int
+    silence_units: int
+    lost_packets: int
+
+
 RESTART: Final = StreamRestart()
-Received = bytes | Digit | StreamRestart  # one thing a datagram produced (see the module doc)
+Received = bytes | Digit | StreamRestart | Gap  # one thing a datagram produced (module doc)
 NOTHING: Final[tuple[Received, ...]] = ()
 _DIGITS: Final = {code: (Digit(code),) for code in EVENT_CODES}  # Rule 6: no allocation per digit
 
@@ -124,6 +149,9 @@ class RtpReceiver:
         self.latency = LatencyHistogram()  # arrival → payload returned (Rule 5)
         self._arrivals = [0.0] * ARRIVAL_SLOTS
         self.srtp: SrtpContext | None = None  # Rule 7
+        self._next_seq: int | None = None  # Rule 8: what follows the last payload returned
+        self._next_ts = 0
+        self._last_units = 0
 
     def configure(self, payload_type: int, dtmf_payload_type: int | None, remote: Address) -> None:
         """Accept ``payload_type`` (+ telephone-event); a new ``remote`` restarts latching."""
@@ -182,9 +210,18 @@ class RtpReceiver:
         released = self.jitter.push(packet, now)
         if len(released) == 1:  # Rule 6: the common case, one audio packet in sequence
             first = released[0]
-            if first.ssrc == self._ssrc and first.payload_type != self._dtmf_pt:
+            if (
+                first.ssrc == self._ssrc
+                and first.payload_type != self._dtmf_pt
+                and first.sequence == self._next_seq
+                and first.timestamp == self._next_ts
+            ):
+                payload = first.payload
+                self._next_seq = (first.sequence + 1) & 0xFFFF
+                self._next_ts = (first.timestamp + len(payload)) & 0xFFFFFFFF
+                self._last_units = len(payload)
                 self.latency.record(now - self._arrivals[first.sequence & (ARRIVAL_SLOTS - 1)])
-                return (first.payload,)
+                return (payload,)
         return self._deliver(released, now) if released else NOTHING
 
     def poll(self, now: float) -> tuple[Received, ...]:
@@ -219,12 +256,37 @@ class RtpReceiver:
                     self._dtmf.reset()
                     produced.append(RESTART)
                 self._ssrc = packet.ssrc
+                self._next_seq = None
             if packet.payload_type == self._dtmf_pt:
+                if self._next_seq is not None:
+                    self._next_seq = (packet.sequence + 1) & 0xFFFF
                 produced.extend(self._digit(packet))
                 continue
+            gap = self._gap(packet)
+            if gap is not None:
+                produced.append(gap)
             self.latency.record(now - self._arrivals[packet.sequence & (ARRIVAL_SLOTS - 1)])
             produced.append(packet.payload)
         return tuple(produced)
+
+    def _gap(self, packet: RtpPacket) -> Gap | None:
+        """What is missing before ``packet`` (Rule 8); moves the expectation past it."""
+        expected_seq, expected_ts, last_units = self._next_seq, self._next_ts, self._last_units
+        units = len(packet.payload)
+        self._next_seq = (packet.sequence + 1) & 0xFFFF
+        self._next_ts = (packet.timestamp + units) & 0xFFFFFFFF
+        self._last_units = units
+        if expected_seq is None:
+            return None
+        lost = seq_distance(packet.sequence, expected_seq)
+        jump = (packet.timestamp - expected_ts) & 0xFFFFFFFF
+        if jump >= 0x80000000 or lost < 0 or lost > MAX_JUMP or (jump == 0 and lost == 0):
+            return None
+        lost_units = min(jump, lost * (last_units or units))
+        silence_units = min(jump - lost_units, MAX_SILENCE_UNITS)
+        if lost_units == 0 and silence_units == 0:
+            return None
+        return Gap(lost_units, silence_units, lost)
 
     def _digit(self, packet: RtpPacket) -> tuple[Received, ...]:
         digit = self._dtmf.receive(packet)

@@ -21,6 +21,9 @@ Rules:
   sent in its middle (the queue ran dry: the caller heard a gap). A flush starts afresh.
 * Rule 7 (SRTP): with :attr:`RtpSender.srtp` set (:mod:`sipbot.media.srtp`), every packet
   :meth:`RtpSender.next_packet` returns is protected, telephone-events included.
+* Rule 8 (ducking): with :attr:`RtpSender.gain` below 1, audio frames (not silence, not DTMF)
+  are scaled by it before encoding: the barge-in guard's "duck, don't flush" (the queue and
+  the played-ms accounting are untouched).
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class RtpSender:
         self.underruns = 0  # Rule 6
         self._spurt_item: str | None = None  # item of the last audio frame sent
         self.srtp: SrtpContext | None = None  # Rule 7
+        self.gain = 1.0  # Rule 8
 
     def configure(self, codec: CodecInfo, payload_type: int, dtmf_payload_type: int | None) -> None:
         """Use ``codec`` from now on (the stream's SSRC, sequence and timestamp continue)."""
@@ -222,6 +226,8 @@ class RtpSender:
             self._audio_since = None
         marker = pacer.talkspurt_start or self._marker_next
         self._marker_next = False
+        if self.gain < 1.0 and pacer.last_was_audio:  # Rule 8
+            frame = chain.scale(frame, self.gain)
         if want_pcm:
             self.last_pcm = chain.to_pcm(frame)
         return stream.packet(self.payload_type, chain.encode(frame), marker)

@@ -36,6 +36,10 @@ Rules:
   :class:`~sipbot.media.srtp.SrtpContext` that the sender protects with and the receiver
   unprotects with; a re-offer with the same keys keeps it (its rollover counters and replay
   window), new keys replace it, None returns to plain RTP.
+* Rule 7 (continuity): a :class:`~sipbot.media.receiver.Gap` in the caller's stream becomes
+  audio (:meth:`~sipbot.media.chain.InboundChain.fill`: concealment for lost packets, silence
+  for suppressed ones) before the next payload, so ``on_audio`` gets the caller's time without
+  holes; ``concealed_frames`` and ``silence_filled_ms`` count it.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from sipbot.media.codecs import CodecInfo, codec_info
 from sipbot.media.formats import PCM16_16K, AudioFormat
 from sipbot.media.latency import MediaLatency
 from sipbot.media.ports import PortAllocator
-from sipbot.media.receiver import RESTART, Address, Digit, Received, RtpReceiver
+from sipbot.media.receiver import RESTART, Address, Digit, Gap, Received, RtpReceiver
 from sipbot.media.recorder import CallRecorder
 from sipbot.media.sender import RtpSender
 from sipbot.media.srtp import SrtpContext
@@ -103,6 +107,8 @@ class MediaStats:
     relatches: int = 0
     underruns: int = 0  # an item's audio resumed after a gap of silence (the queue ran dry)
     srtp_failures: int = 0  # inbound SRTP packets that failed authentication or replay checks
+    concealed_frames: int = 0  # 20 ms of lost or late caller audio concealed (Rule 7)
+    silence_filled_ms: int = 0  # the caller's silence suppression, filled with silence (Rule 7)
 
 
 class MediaEngine:
@@ -348,6 +354,10 @@ class MediaSession:
         """Milliseconds of ``item_id`` sent so far."""
         return self._tx.played_ms(item_id)
 
+    def duck(self, gain_db: float) -> None:
+        """Play queued audio at ``gain_db`` (0: as it is) from the next packet (barge-in guard)."""
+        self._tx.gain = min(1.0, 10.0 ** (gain_db / 20.0))
+
     def queued_ms(self) -> int:
         """Milliseconds of audio waiting in the pacer."""
         return self._tx.queued_ms()
@@ -504,17 +514,9 @@ class MediaSession:
         assert inbound is not None
         for item in produced:
             if type(item) is bytes:
-                recorder = self._recorder
-                frames = inbound.feed(item, want_pcm=recorder is not None)
-                if recorder is not None:
-                    recorder.caller(inbound.last_pcm, inbound.codec.pcm_rate_hz)
-                for frame in frames:
-                    try:
-                        self._on_audio(frame)
-                    except Exception:
-                        self._log.exception(
-                            "on_audio", self._loop.time(), "%r: on_audio failed", self
-                        )
+                self._audio(inbound, inbound.feed(item, want_pcm=self._recorder is not None))
+            elif type(item) is Gap:
+                self._audio(inbound, self._fill(inbound, item))
             elif type(item) is Digit:
                 try:
                     self._on_dtmf(item.digit)
@@ -522,3 +524,22 @@ class MediaSession:
                     self._log.exception("on_dtmf", self._loop.time(), "%r: on_dtmf failed", self)
             elif item is RESTART:
                 inbound.restart()
+
+    def _audio(self, inbound: InboundChain, frames: tuple[bytes, ...]) -> None:
+        """Frames the chain produced go to ``on_audio``; its PCM to the recorder."""
+        recorder = self._recorder
+        if recorder is not None:
+            recorder.caller(inbound.last_pcm, inbound.codec.pcm_rate_hz)
+        for frame in frames:
+            try:
+                self._on_audio(frame)
+            except Exception:
+                self._log.exception("on_audio", self._loop.time(), "%r: on_audio failed", self)
+
+    def _fill(self, inbound: InboundChain, gap: Gap) -> tuple[bytes, ...]:
+        """Audio for a gap in the caller's stream (Rule 7), counted."""
+        frame_units = inbound.codec.samples_per_frame
+        counters = self._counters
+        counters.concealed_frames += -(-gap.lost_units // frame_units)
+        counters.silence_filled_ms += gap.silence_units * 1000 // inbound.codec.clock_rate_hz
+        return inbound.fill(gap.lost_units, gap.silence_units)

@@ -135,6 +135,7 @@ class Attempt:
             media=None if media is None else json.dumps(media, sort_keys=True),
             recording_path=self.recording_path if answered else None,
             source=self.source,
+            concealed_frames=int((media or {}).get("rtp_concealed", 0) or 0),
             trunk=self.trunk,
             lines=transcript_lines(call, started),
         )

@@ -16,7 +16,7 @@ OUTCOMES: Final = ("answered", "rejected", "redirected", "refused", "failed", "c
 TRUNCATE_CHARS = 2000  # longest tool argument/result text kept per tool call
 TRUNCATED_MARK = "…[truncated]"
 
-# The columns of ``calls`` in the order CallRow holds them (schema version 2).
+# The columns of ``calls`` in the order CallRow holds them (schema version 3).
 CALL_COLUMNS: Final = (
     "id",
     "call_id",
@@ -40,6 +40,7 @@ CALL_COLUMNS: Final = (
     "media",
     "recording_path",
     "source",
+    "concealed_frames",
 )
 LINE_COLUMNS: Final = ("record_id", "seq", "at", "role", "text")
 
@@ -67,6 +68,7 @@ class CallRow:
         sip_status: the final response to the INVITE when it was not answered (else 200).
         tools: JSON list of ``{"name", "arguments", "output", "started", "ended", "error"}``.
         media: JSON object of the CDR line's media fields, or None (never answered).
+        concealed_frames: 20 ms frames of lost caller audio concealed (the media's Rule 7).
         lines: the transcript.
     """
 
@@ -92,6 +94,7 @@ class CallRow:
     media: str | None = None
     recording_path: str | None = None
     source: str | None = None
+    concealed_frames: int = 0
     lines: tuple[LineRow, ...] = field(default=())
 
     def values(self) -> tuple[Any, ...]:

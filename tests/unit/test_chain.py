@@ -170,3 +170,47 @@ def test_bad_formats() -> None:
         OutboundChain(PCMU, AudioFormat("pcmu", 16000))
     with pytest.raises(CodecError, match="no resampler from 8000 Hz to 44100 Hz"):
         InboundChain(PCMU, AudioFormat("pcm16", 44100))
+
+
+# --------------------------------------------------------------------------- gaps (PLC)
+
+
+@pytest.mark.parametrize(
+    ("codec", "target"),
+    [(PCMU, PCM16_16K), (G722, PCM16_16K), (PCMU, PCMU_8K), (PCMA, PCMU_8K), (G722, PCM16_24K)],
+)
+def test_a_gap_keeps_the_caller_time_whole(codec: CodecInfo, target: AudioFormat) -> None:
+    chain = InboundChain(codec, target)
+    encoder = make_encoder(codec.name)
+    frames: list[bytes] = []
+    for _ in range(5):
+        frames.extend(chain.feed(encoder.encode(sine(codec.pcm_rate_hz, 20, freq=200.0))))
+    frames.extend(chain.fill(2 * codec.samples_per_frame, codec.samples_per_frame))  # 40 + 20 ms
+    for _ in range(4):
+        frames.extend(chain.feed(encoder.encode(sine(codec.pcm_rate_hz, 20, freq=200.0))))
+    assert [len(f) for f in frames] == [target.frame_bytes] * 12
+    assert chain.plc.concealed_samples == 2 * codec.pcm_bytes_per_frame // 2
+
+
+def test_a_concealed_gap_is_not_a_hole() -> None:
+    chain = InboundChain(PCMU, PCM16_8K)
+    encoder = make_encoder("PCMU")
+    for _ in range(5):
+        chain.feed(encoder.encode(sine(8000, 20, freq=250.0)))
+    (concealed,) = chain.fill(160, 0)
+    assert level(concealed) > 0.5 * level(sine(8000, 20, freq=250.0))
+    (silence,) = chain.fill(0, 160)
+    assert silence == bytes(320)
+
+
+def test_passthrough_reencodes_only_the_blended_frame() -> None:
+    chain = InboundChain(PCMU, PCMU_8K)
+    encoder = make_encoder("PCMU")
+    payloads = [encoder.encode(sine(8000, 20, freq=f)) for f in (250.0, 430.0, 250.0)]
+    assert chain.feed(payloads[0]) == (payloads[0],)
+    (concealed,) = chain.fill(160, 0)
+    assert len(concealed) == 160
+    (blended,) = chain.feed(payloads[1])
+    assert blended != payloads[1]
+    assert len(blended) == 160
+    assert chain.feed(payloads[2]) == (payloads[2],)

@@ -652,3 +652,17 @@ def test_merged_key_errors_point_at_the_anchor(in_tmp: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(in_tmp, text))
     assert str(info.value) == "d.yaml:1: agents.a.max_duration_s: must be > 0"
+
+
+def test_barge_in_guard_loads_and_a_bad_mode_says_where(in_tmp: Path) -> None:
+    text = (
+        "agents:\n  a:\n    provider: local\n    barge_in: {mode: guard, min_speech_ms: 600}\n"
+        "routes:\n  - {name: r, answer: a}\n"
+    )
+    agent = load_config(write(in_tmp, text)).dialplan.routes[0].action.agent  # type: ignore[attr-defined]
+    assert (agent.barge_in.mode, agent.barge_in.min_speech_ms) == ("guard", 600)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(in_tmp, text.replace("mode: guard", "mode: nope")))
+    assert str(info.value) == (
+        "d.yaml:4: agents.a.barge_in.mode: unknown mode 'nope' (guard, provider, off)"
+    )

@@ -12,6 +12,8 @@ from sipbot.conversation import (
     APOLOGY,
     APOLOGY_TIMEOUT_S,
     FILLER,
+    GUARD_CUT_DROP_S,
+    GUARD_DUCK_DB,
     HANGUP_DEADLINE,
     HANGUP_GRACE,
     HANGUP_GRACE_S,
@@ -23,6 +25,7 @@ from sipbot.conversation import (
     TRANSFER_NOTIFY_TIMEOUT_S,
     CancelTools,
     Conversation,
+    Duck,
     End,
     Flush,
     Hangup,
@@ -381,3 +384,61 @@ def test_the_core_imports_no_asyncio_and_reads_no_clock() -> None:
     }
     imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not imported & {"asyncio", "time", "datetime", "threading", "socket"}, imported
+
+
+# --------------------------------------------------------------------------- Rule 9 (guard)
+
+
+def test_a_suspected_barge_in_ducks_and_a_false_alarm_restores() -> None:
+    core = opened()
+    core.provider_event(AudioOut(b"a" * 10, "item-1"), 1.0)
+    assert core.barge_in_suspected(1.1) == [Duck(GUARD_DUCK_DB)]
+    assert core.barge_in_suspected(1.2) == []  # once
+    assert core.provider_event(AudioOut(b"b" * 10, "item-1"), 1.3) == [Play(b"b" * 10, "item-1")]
+    assert core.barge_in_cleared(1.5) == [Duck(0.0)]
+    assert core.barge_in_cleared(1.6) == []
+    assert core.counts.interruptions == 0
+
+
+def test_a_confirmed_barge_in_restores_then_flushes_and_drops_the_cut_items_rest() -> None:
+    core = opened()
+    core.provider_event(LOOKUP, 0.5)
+    core.provider_event(AudioOut(b"a" * 10, "item-1"), 1.0)
+    core.barge_in_suspected(1.1)
+    assert core.barge_in_confirmed(1.9) == [
+        Duck(0.0),
+        Flush(report=True),
+        CancelTools(("t1",)),
+    ]  # Rule 2, as a provider interruption
+    assert core.media_flushed({"item-1": 700}, 1.9) == [Truncate("item-1", 700)]
+    assert core.counts.interruptions == 1
+    assert core.provider_event(AudioOut(b"late", "item-1"), 2.0) == []  # never to be heard
+    core.provider_event(TurnComplete("item-1"), 2.1)
+    assert core.provider_event(AudioOut(b"next", "item-2"), 3.0) == [Play(b"next", "item-2")]
+
+
+def test_a_cut_items_audio_is_dropped_for_a_bounded_time_only() -> None:
+    core = opened()
+    core.provider_event(AudioOut(b"a", "loop"), 1.0)
+    core.barge_in_confirmed(1.1)
+    core.media_flushed({"loop": 100}, 1.1)
+    assert core.provider_event(AudioOut(b"b", "loop"), 1.1 + GUARD_CUT_DROP_S) == []
+    after = 1.2 + GUARD_CUT_DROP_S
+    assert core.provider_event(AudioOut(b"c", "loop"), after) == [Play(b"c", "loop")]
+
+
+def test_a_provider_interruption_does_not_drop_later_audio_of_its_item() -> None:
+    core = opened()
+    core.provider_event(AudioOut(b"a", "loop"), 1.0)
+    core.provider_event(Interrupted("loop"), 1.1)
+    core.media_flushed({"loop": 100}, 1.1)
+    assert core.provider_event(AudioOut(b"b", "loop"), 1.2) == [Play(b"b", "loop")]
+
+
+def test_guard_verdicts_after_the_end_do_nothing() -> None:
+    core = opened()
+    core.barge_in_suspected(1.0)
+    core.dialog_ended("bye", 1.1)
+    assert core.barge_in_confirmed(1.2) == []
+    assert core.barge_in_cleared(1.3) == []
+    assert core.barge_in_suspected(1.4) == []

@@ -33,6 +33,7 @@ from sipbot.dialplan import (
     dialplan_warnings,
     route,
 )
+from sipbot.dialplan.agent import BargeIn
 from sipbot.dialplan.analysis import covers
 from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError
@@ -442,3 +443,35 @@ def test_route_command(tmp_path: Path) -> None:
         == 0
     )
     assert out.getvalue() == "route: (none matched)\naction: reject 404 Not Found\n"
+
+
+# --------------------------------------------------------------------------- barge_in
+
+
+def test_barge_in_defaults_to_the_provider() -> None:
+    agent = Agent("a")
+    assert (agent.barge_in.mode, agent.barge_in.min_speech_ms) == ("provider", 800)
+    config = agent.session_config(CallInfo("c"), datetime(2026, 1, 1, tzinfo=UTC))
+    assert config.turn_detection.barge_in is True
+
+
+@pytest.mark.parametrize("mode", ["guard", "off"])
+def test_guard_and_off_turn_the_providers_own_interruption_off(mode: str) -> None:
+    agent = Agent("a", barge_in=BargeIn(mode, 500))  # type: ignore[arg-type]
+    config = agent.session_config(CallInfo("c"), datetime(2026, 1, 1, tzinfo=UTC))
+    assert config.turn_detection.barge_in is False
+    assert config.turn_detection.silence_ms == agent.turn.silence_ms
+
+
+@pytest.mark.parametrize(
+    ("barge_in", "field", "message"),
+    [
+        (BargeIn("gaurd", 500), "barge_in.mode",  # type: ignore[arg-type]
+         "unknown mode 'gaurd'; did you mean 'guard'? (guard, provider, off)"),
+        (BargeIn("guard", 50), "barge_in.min_speech_ms", "must be between 100 and 5000, not 50"),
+    ],
+)  # fmt: skip
+def test_barge_in_errors(barge_in: BargeIn, field: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Agent("a", barge_in=barge_in)
+    assert (info.value.field, info.value.message) == (field, message)

@@ -7,7 +7,16 @@ import struct
 
 import pytest
 
-from sipbot.media.receiver import NOTHING, RESTART, Address, Digit, Received, RtpReceiver
+from sipbot.media.receiver import (
+    MAX_SILENCE_UNITS,
+    NOTHING,
+    RESTART,
+    Address,
+    Digit,
+    Gap,
+    Received,
+    RtpReceiver,
+)
 from sipbot.media.rtp import RtpPacket
 from sipbot.ratelimit import RateLimitedLog
 
@@ -38,6 +47,7 @@ class Sink:
         self.payloads: list[bytes] = []
         self.digits: list[str] = []
         self.restarts = 0
+        self.gaps: list[Gap] = []
 
     def receiver(self, **kwargs: float) -> RtpReceiver:
         return _Collecting(self, **kwargs)
@@ -48,6 +58,8 @@ class Sink:
                 self.payloads.append(item)
             elif isinstance(item, Digit):
                 self.digits.append(item.digit)
+            elif isinstance(item, Gap):
+                self.gaps.append(item)
             else:
                 assert item is RESTART
                 self.restarts += 1
@@ -143,6 +155,7 @@ def test_dtmf_events_share_the_sequence_space() -> None:
     assert len(sink.payloads) == 2
     assert rx.stats.dtmf_in == 1
     assert rx.jitter.stats.lost == 0
+    assert sink.gaps == [Gap(0, 480, 0)]  # the event replaced audio: silence, not loss
 
 
 def test_dtmf_events_under_their_own_ssrc_beside_the_audio() -> None:
@@ -181,6 +194,7 @@ def test_poll_releases_after_a_gap() -> None:
     rx.poll(1.1)
     assert len(sink.payloads) == 2
     assert rx.jitter.stats.lost == 1
+    assert sink.gaps == [Gap(160, 0, 1)]
 
 
 @pytest.mark.parametrize("data", [b"", b"\x80", b"\x00" * 40, b"\xff" * 200])
@@ -225,7 +239,7 @@ def test_poll_returns_what_the_wait_releases() -> None:
     rx.receive(rtp(1), SDP, 1.0)
     rx.receive(rtp(3, payload=three), SDP, 1.04)
     assert rx.poll(1.09) == ()
-    assert rx.poll(1.1) == (three,)
+    assert rx.poll(1.1) == (Gap(160, 0, 1), three)
     assert rx.poll(1.12) is NOTHING  # nothing held
 
 
@@ -237,7 +251,7 @@ def test_a_digit_is_returned_once_in_stream_order() -> None:
     assert rx.receive(dtmf(3, 320, end=True), SDP, 1.04) == ()
     assert rx.receive(dtmf(5, 640), SDP, 1.06) == ()  # held: 4 is missing
     # 4 fills the gap: audio, then the next event's digit, in sequence order
-    assert rx.receive(rtp(4), SDP, 1.07) == (audio, Digit("3"))
+    assert rx.receive(rtp(4), SDP, 1.07) == (Gap(0, 320, 0), audio, Digit("3"))
 
 
 def test_a_digit_beside_the_audio_stream_is_returned_at_once() -> None:
@@ -253,7 +267,12 @@ def test_restart_comes_between_the_old_streams_payloads_and_the_new_one() -> Non
     assert rx.receive(rtp(1, payload=old), SDP, 1.0) == (old,)  # the first stream: no restart
     rx.receive(rtp(3, payload=held), SDP, 1.02)  # held: 2 is missing
     # a new SSRC releases what the old stream held first, then restarts
-    assert rx.receive(rtp(9000, ssrc=2, payload=new), SDP, 1.04) == (held, RESTART, new)
+    assert rx.receive(rtp(9000, ssrc=2, payload=new), SDP, 1.04) == (
+        Gap(160, 0, 1),
+        held,
+        RESTART,
+        new,
+    )
     assert rx.receive(rtp(9001, ssrc=2, payload=new), SDP, 1.06) == (new,)
     assert rx.stats.ssrc_changes == 1
 
@@ -266,3 +285,61 @@ def test_every_event_code_comes_back_as_its_digit() -> None:
         got.extend(rx.receive(RtpPacket(101, code, code * 800, 1, payload).serialize(), SDP, 1.0))
     assert got == [Digit(c) for c in "0123456789*#ABCD"]
     assert rx.stats.dtmf_in == 16
+
+
+# --------------------------------------------------------------------------- gaps (Rule 8)
+
+
+def rtp_at(seq: int, ts: int, payload: bytes = b"\xff" * 160, marker: bool = False) -> bytes:
+    return RtpPacket(0, seq, ts, 1, payload, marker=marker).serialize()
+
+
+def test_a_lost_packet_is_a_gap_to_conceal() -> None:
+    rx = make_receiver(jitter_max_s=0.06)
+    rx.receive(rtp_at(1, 160), SDP, 1.0)
+    rx.receive(rtp_at(4, 640), SDP, 1.06)  # 2 and 3 are lost
+    assert rx.poll(1.12) == (Gap(320, 0, 2), b"\xff" * 160)
+
+
+def test_silence_suppression_is_a_gap_to_fill_with_silence() -> None:
+    rx = make_receiver()
+    rx.receive(rtp_at(1, 160), SDP, 1.0)
+    # the next packet in sequence, 1 s later in time, with the marker bit (RFC 3551 §4.1)
+    assert rx.receive(rtp_at(2, 160 + 160 + 8000, marker=True), SDP, 2.0) == (
+        Gap(0, 8000, 0),
+        b"\xff" * 160,
+    )
+
+
+def test_loss_inside_silence_conceals_only_what_the_lost_packets_carried() -> None:
+    rx = make_receiver(jitter_max_s=0.06)
+    rx.receive(rtp_at(1, 160), SDP, 1.0)
+    rx.receive(rtp_at(3, 320 + 160 + 4000), SDP, 1.5)
+    assert rx.poll(1.6)[0] == Gap(160, 4000, 1)
+
+
+def test_a_long_silence_is_filled_up_to_the_bound() -> None:
+    rx = make_receiver()
+    rx.receive(rtp_at(1, 160), SDP, 1.0)
+    produced = rx.receive(rtp_at(2, 320 + 10 * 8000), SDP, 11.0)
+    assert produced[0] == Gap(0, MAX_SILENCE_UNITS, 0)
+
+
+@pytest.mark.parametrize("ts", [0, 320 - 80, 320 + 2**31 + 5])
+def test_a_timestamp_that_goes_back_is_no_gap(ts: int) -> None:
+    rx = make_receiver()
+    rx.receive(rtp_at(1, 160), SDP, 1.0)
+    assert rx.receive(rtp_at(2, ts), SDP, 1.02) == (b"\xff" * 160,)
+
+
+def test_a_new_stream_starts_without_a_gap() -> None:
+    rx = make_receiver()
+    rx.receive(rtp_at(1, 160), SDP, 1.0)
+    new = RtpPacket(0, 500, 999_999, 2, b"\x01" * 160).serialize()
+    assert rx.receive(new, SDP, 1.02) == (RESTART, b"\x01" * 160)
+
+
+def test_shorter_packets_advance_the_expected_timestamp_by_their_length() -> None:
+    rx = make_receiver()
+    rx.receive(rtp_at(1, 0, b"\xff" * 80), SDP, 1.0)  # 10 ms
+    assert rx.receive(rtp_at(2, 80, b"\xff" * 80), SDP, 1.01) == (b"\xff" * 80,)

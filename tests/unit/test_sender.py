@@ -7,7 +7,7 @@ import pytest
 
 from sipbot.domain import PCMU_8K
 from sipbot.errors import MediaError
-from sipbot.media.codecs import G722, PCMA, PCMU
+from sipbot.media.codecs import G722, PCMA, PCMU, make_decoder, make_encoder
 from sipbot.media.rtp import RtpPacket, parse_rtp
 from sipbot.media.sender import RtpSender
 
@@ -140,3 +140,32 @@ def test_want_pcm_gives_the_frame_for_the_recorder() -> None:
 def test_send_dtmf_before_configure() -> None:
     with pytest.raises(MediaError, match="configure"):
         RtpSender().send_dtmf("1")
+
+
+def test_a_ducked_sender_scales_audio_and_keeps_the_queue() -> None:
+    tx = sender()
+    tx.play(loud(100), "item")
+    first = slots(tx, 1)[0]
+    tx.gain = 0.25  # -12 dB
+    ducked = slots(tx, 1)[0]
+    tx.gain = 1.0
+    again = slots(tx, 1)[0]
+    decode = make_decoder("PCMU").decode
+
+    def peak(packet: RtpPacket) -> int:
+        return int(np.max(np.abs(np.frombuffer(decode(packet.payload), dtype="<i2"))))
+
+    assert peak(ducked) == pytest.approx(peak(first) / 4, rel=0.1)
+    assert peak(again) == pytest.approx(peak(first), rel=0.05)
+    assert tx.played_ms("item") == 60  # nothing dropped
+
+
+def test_ducking_leaves_silence_and_passthrough_work() -> None:
+    tx = RtpSender(prebuffer_ms=0, max_hold_ms=40, source=PCMU_8K)
+    tx.configure(PCMU, 0, None)
+    tx.gain = 0.25
+    assert silent(slots(tx, 1)[0])
+    tx.play(make_encoder("PCMU").encode(loud(40, 8000)), "g711")
+    payload = slots(tx, 1)[0].payload
+    pcm = np.frombuffer(make_decoder("PCMU").decode(payload), dtype="<i2")
+    assert 2000 < int(np.max(np.abs(pcm))) < 4000  # 12000 / 4
