@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from sipbot import prompts
-from sipbot.call_ports import CallDialog, CallMedia, Referral
+from sipbot.call_ports import CallDialog, CallMedia
 from sipbot.conversation import (
     Action,
     CancelTools,
@@ -47,6 +47,7 @@ from sipbot.conversation import (
     SendToolResult,
     SetTimer,
     StartTool,
+    TransferDone,
     Truncate,
     WatchDrain,
 )
@@ -62,7 +63,7 @@ from sipbot.domain import (
     ToolCall,
     Transcript,
 )
-from sipbot.errors import ProviderError, SipbotError
+from sipbot.errors import ProviderError, RequestFailed, SipbotError
 from sipbot.media.session import MediaEngine
 from sipbot.media_leg import MediaLeg
 from sipbot.providers.base import Provider, ProviderSession
@@ -165,6 +166,7 @@ class Call:
             dtmf=plan.dtmf,
             max_duration_s=plan.agent.max_duration_s,
             filler_after_s=None if filler_ms is None else filler_ms / 1000,
+            transfer_timeout_s=plan.agent.transfer_timeout_s,
         )
         self._loop = asyncio.get_running_loop()
         self._ended: asyncio.Future[str] = self._loop.create_future()
@@ -174,6 +176,7 @@ class Call:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._outbound = PCM16_24K  # what media.play() takes now
+        self._transfers: dict[str, asyncio.Future[str]] = {}  # tool transfers, by request id
         self.runner = ToolRunner(
             ToolContext(self, self.transcript),
             plan.agent.resolved_tools,
@@ -230,17 +233,15 @@ class Call:
         log.info("call %s: hang-up requested by the agent", self.info.call_id)
         self._run(self.core.hang_up_requested(self._loop.time()))
 
-    async def transfer(self, uri: str) -> None:
-        """Blind transfer (RFC 3515 REFER); returns once the peer accepted the REFER.
-
-        Raises:
-            RequestFailed: the peer refused the REFER or did not answer.
-        """
-        referral = await self.dialog.refer(uri)
-        status = referral.response.status if referral.response is not None else "2xx"
-        log.info("call %s: transfer to %s accepted (%s)", self.info.call_id, uri, status)
-        self._run(self.core.refer_accepted(self._loop.time()))
-        self._spawn(self._await_transfer(referral))
+    async def transfer(self, uri: str) -> str:
+        """Blind transfer (RFC 3515 REFER); returns the outcome in words once it is known
+        (Conversation Rule 7): "transferred" (our leg then ends), "busy (486)", "refused (403)",
+        "no final NOTIFY within 10 s"... In every outcome but the first the caller stays."""
+        request = f"transfer-{len(self._transfers) + 1}"
+        done: asyncio.Future[str] = self._loop.create_future()
+        self._transfers[request] = done
+        self._run(self.core.transfer_requested(uri, request, self._loop.time()))
+        return await done
 
     async def send_dtmf(self, digits: str) -> None:
         """Send ``digits`` as RFC 4733 events."""
@@ -335,7 +336,9 @@ class Call:
                 case SetTimer(at, kind):
                     self._set_timer(at, kind)
                 case Refer(uri):
-                    self._spawn(self._transfer_by_dtmf(uri))
+                    self._spawn(self._refer(uri))
+                case TransferDone(request, outcome, _):
+                    self._transfer_done(request, outcome)
                 case OpenProvider():
                     self._spawn(self._converse())
                 case Hangup():
@@ -464,21 +467,32 @@ class Call:
             )
         )
 
-    async def _await_transfer(self, referral: Referral) -> None:
-        """After an accepted REFER: its final NOTIFY (the core bounds the wait, Rule 7)."""
+    async def _refer(self, uri: str) -> None:
+        """Send the REFER, then wait for its final NOTIFY (the core bounds the wait, Rule 7)."""
         try:
-            status = await referral.final()
+            referral = await self.dialog.refer(uri)
+        except SipbotError as exc:
+            log.info("call %s: transfer to %s refused: %s", self.info.call_id, uri, exc)
+            response = exc.response if isinstance(exc, RequestFailed) else None
+            status = None if response is None else response.status
+            self._run(self.core.refer_refused(status, self._loop.time()))
+            return
+        accepted = referral.response.status if referral.response is not None else "2xx"
+        log.info("call %s: transfer to %s accepted (%s)", self.info.call_id, uri, accepted)
+        self._run(self.core.refer_accepted(self._loop.time()))
+        try:
+            final = await referral.final()
         except SipbotError as exc:
             log.info("call %s: transfer outcome unknown: %s", self.info.call_id, exc)
             return
-        log.info("call %s: transfer target answered %d", self.info.call_id, status)
-        self._run(self.core.refer_final(status, self._loop.time()))
+        log.info("call %s: transfer target answered %d", self.info.call_id, final)
+        self._run(self.core.refer_final(final, self._loop.time()))
 
-    async def _transfer_by_dtmf(self, uri: str) -> None:
-        try:
-            await self.transfer(uri)
-        except SipbotError as exc:
-            log.warning("call %s: DTMF transfer to %s failed: %s", self.info.call_id, uri, exc)
+    def _transfer_done(self, request: str | None, outcome: str) -> None:
+        log.info("call %s: transfer outcome: %s", self.info.call_id, outcome)
+        done = None if request is None else self._transfers.get(request)
+        if done is not None and not done.done():
+            done.set_result(outcome)
 
     # ------------------------------------------------------------------ the end
 

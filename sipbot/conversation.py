@@ -26,8 +26,12 @@ Rules:
   HANGUP_GRACE_S for the drain).
 * Rule 6: a tool still running ``filler_after_s`` after it started gets the filler prompt once,
   and only into silence (nothing queued in the pacer, agent not muted).
-* Rule 7: an accepted transfer mutes the agent and flushes; BYE follows the REFER's final NOTIFY,
-  or TRANSFER_NOTIFY_TIMEOUT_S after the acceptance if none came.
+* Rule 7: an accepted transfer mutes the agent and flushes; only a 2xx final NOTIFY ends our leg
+  (BYE). When the target fails — a final NOTIFY of 300 or more, no final NOTIFY within
+  ``transfer_timeout_s`` (TRANSFER_NOTIFY_TIMEOUT_S by default) of the acceptance, or the REFER
+  refused — the caller stays with the agent: it is unmuted and told the outcome in words
+  (:func:`transfer_outcome`): the tool that asked gets it as its result (:class:`TransferDone`),
+  a keypress transfer as text. One transfer at a time; a second request fails at once.
 * Rule 8: the provider session opens once, on the first of: the call is confirmed (ACK), the
   caller's first audio arrived (an INVITE never ACKed costs no model session).
 """
@@ -53,7 +57,7 @@ APOLOGY_TIMEOUT_S = 10.0  # longest the apology may take to play out
 HANGUP_QUIET_S = 2.0  # no agent audio this long after hang_up: it said goodbye before the tool
 HANGUP_WAIT_S = 15.0  # longest hang_up waits for the agent to finish speaking
 HANGUP_GRACE_S = 0.1  # after HANGUP_WAIT_S, this long more for the pacer to drain
-TRANSFER_NOTIFY_TIMEOUT_S = 10.0  # longest we wait for the REFER's final NOTIFY before BYE
+TRANSFER_NOTIFY_TIMEOUT_S = 10.0  # default longest wait for the REFER's final NOTIFY (Rule 7)
 
 Prompt = Literal["apology", "filler"]
 
@@ -148,6 +152,20 @@ class Refer:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferDone:
+    """A transfer is over (Rule 7): answer the tool that asked (``request``, from
+    ``transfer_requested``; None for a keypress transfer).
+
+    ``outcome`` in words for the model ("transferred", "busy (486)", "no answer (480)",
+    "refused (403)", "no final NOTIFY within 10 s"...); ``transferred`` only for a 2xx.
+    """
+
+    request: str | None
+    outcome: str
+    transferred: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Hangup:
     """Send BYE (the :class:`End` that goes with it carries the reason)."""
 
@@ -179,6 +197,7 @@ Action = (
     | SendToolResult
     | SendText
     | Refer
+    | TransferDone
     | Hangup
     | End
     | SetTimer
@@ -204,13 +223,22 @@ class _HangupWait:
 
 
 @dataclass(slots=True)
+class _Transfer:
+    """A transfer under way (Rule 7)."""
+
+    uri: str
+    request: str | None  # the tool's request id; None: asked for by a keypress
+    deadline: float | None = None  # set when the REFER was accepted
+
+
+@dataclass(slots=True)
 class _State:
     ended: str | None = None
     opening: bool = False
     session: bool = False  # the provider session is open
     muted: bool = False  # after a transfer or an apology, agent audio is dropped
     apologising: str | None = None  # the reason to end with once the apology played out
-    transferring: bool = False
+    transfer: _Transfer | None = None
     last_agent_audio: float = 0.0
     turn_done: bool = False
     hangup: _HangupWait | None = None
@@ -225,6 +253,7 @@ class Conversation:
         dtmf: route-level keypress actions (other digits go to the model as text).
         max_duration_s: the call is ended this long after :meth:`start`.
         filler_after_s: a tool running this long gets the filler (Rule 6); None → no filler.
+        transfer_timeout_s: longest wait for an accepted REFER's final NOTIFY (Rule 7).
     """
 
     def __init__(
@@ -233,8 +262,10 @@ class Conversation:
         dtmf: Mapping[str, DtmfAction] | None = None,
         max_duration_s: float | None = None,
         filler_after_s: float | None = None,
+        transfer_timeout_s: float = TRANSFER_NOTIFY_TIMEOUT_S,
     ) -> None:
         self._dtmf = dict(dtmf or {})
+        self._transfer_timeout_s = transfer_timeout_s
         self._max_duration_s = max_duration_s
         self._filler_after_s = filler_after_s
         self._s = _State()
@@ -396,6 +427,9 @@ class Conversation:
             return []
         action = self._dtmf.get(digit)
         if isinstance(action, Transfer):
+            if self._s.transfer is not None:
+                return []
+            self._s.transfer = _Transfer(action.uri, None)
             return [Refer(action.uri)]
         if isinstance(action, HangUp):
             return self._bye("dtmf-hangup")
@@ -403,19 +437,61 @@ class Conversation:
             return [SendText(f"The caller pressed the key {digit}.")]
         return []
 
+    def transfer_requested(self, uri: str, request: str, now: float) -> list[Action]:
+        """A tool asks to transfer the caller to ``uri`` (Rule 7); ``request`` names its
+        :class:`TransferDone`."""
+        s = self._s
+        if s.ended is not None:
+            return [TransferDone(request, "the call has ended", False)]
+        if s.transfer is not None:
+            return [TransferDone(request, "another transfer is in progress", False)]
+        s.transfer = _Transfer(uri, request)
+        return [Refer(uri)]
+
     def refer_accepted(self, now: float) -> list[Action]:
         """The peer accepted our REFER (Rule 7): mute, flush, wait for the final NOTIFY."""
         s = self._s
-        if s.ended is not None:
+        if s.ended is not None or s.transfer is None:
             return []
-        s.muted = s.transferring = True
-        return [Flush(), SetTimer(now + TRANSFER_NOTIFY_TIMEOUT_S, TRANSFER)]
+        s.muted = True
+        s.transfer.deadline = now + self._transfer_timeout_s
+        return [Flush(), SetTimer(s.transfer.deadline, TRANSFER)]
+
+    def refer_refused(self, status: int | None, now: float) -> list[Action]:
+        """The peer refused our REFER (``status``) or never answered it (None), Rule 7."""
+        s = self._s
+        if s.ended is not None or s.transfer is None or s.transfer.deadline is not None:
+            return []
+        return self._transfer_failed(
+            "no answer to the REFER" if status is None else f"refused ({status})"
+        )
 
     def refer_final(self, status: int, now: float) -> list[Action]:
-        """The REFER's final NOTIFY (the transfer target's answer): BYE (RFC 5589)."""
-        if not self._s.transferring:
+        """The REFER's final NOTIFY (the transfer target's answer), Rule 7: a 2xx ends our leg
+        (RFC 5589), anything else gives the caller back to the agent."""
+        t = self._s.transfer
+        if self._s.ended is not None or t is None or t.deadline is None:
             return []
-        return self._bye("transferred")
+        if status >= 300:
+            return self._transfer_failed(transfer_outcome(status))
+        return [TransferDone(t.request, "transferred", True), *self._bye("transferred")]
+
+    def _transfer_failed(self, outcome: str) -> list[Action]:
+        s = self._s
+        t = s.transfer
+        assert t is not None
+        s.transfer = None
+        s.muted = s.apologising is not None
+        done: list[Action] = [TransferDone(t.request, outcome, False)]
+        if t.request is not None or not s.session:
+            return done
+        return [
+            *done,
+            SendText(
+                f"The caller pressed a key to be transferred to {t.uri}, but the transfer did "
+                f"not happen: {outcome}. The caller is still on the line with you; tell them."
+            ),
+        ]
 
     # ------------------------------------------------------------------ timers
 
@@ -428,8 +504,13 @@ class Conversation:
             return self._bye("max-duration")
         if kind == APOLOGY and s.apologising is not None:
             return self._bye(s.apologising)
-        if kind == TRANSFER and s.transferring:
-            return self._bye("transferred")
+        if kind == TRANSFER:
+            t = s.transfer
+            if t is None or t.deadline is None:
+                return []
+            if now < t.deadline:  # the loop may fire a hair early: look again then
+                return [SetTimer(t.deadline, TRANSFER)]
+            return self._transfer_failed(f"no final NOTIFY within {self._transfer_timeout_s:g} s")
         if kind.startswith(FILLER):
             return self._filler(kind[len(FILLER) :], queued_ms)
         wait = s.hangup
@@ -494,3 +575,16 @@ class Conversation:
             return []
         self._s.ended = reason
         return [Hangup(), End(reason)]
+
+
+def transfer_outcome(status: int) -> str:
+    """A transfer target's final status in words (Rule 7): "transferred", "busy (486)"..."""
+    if 200 <= status < 300:
+        return "transferred"
+    if status in (486, 600):
+        return f"busy ({status})"
+    if status in (408, 480, 487):
+        return f"no answer ({status})"
+    if status in (403, 603):
+        return f"refused ({status})"
+    return f"failed ({status})"

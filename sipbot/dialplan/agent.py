@@ -20,7 +20,7 @@ from sipbot.dialplan.template import Template
 from sipbot.domain import CallInfo, SessionConfig, SrtpMode, ToolSpec, TurnDetection
 from sipbot.errors import ConfigError, ToolDefinitionError
 from sipbot.secret import Secret, to_secret
-from sipbot.tools.builtin import BUILTIN_NAMES, builtin_tool
+from sipbot.tools.builtin import BUILTIN_NAMES, MAX_TRANSFER_TIMEOUT_S, builtin_tool
 from sipbot.tools.registry import Tool
 
 ProviderName = Literal["local", "gemini", "openai"]
@@ -75,6 +75,9 @@ class Agent:
         tool_timeout_s: default timeout of this agent's tools.
         filler_after_ms: a tool running longer than this triggers the call's filler ("one
             moment"); None → no filler.
+        transfer_timeout_s: longest wait for an accepted REFER's final NOTIFY; without one the
+            caller stays with the agent (Conversation Rule 7). At most
+            MAX_TRANSFER_TIMEOUT_S.
         srtp: ``off``, ``optional`` or ``required`` (SDES SRTP, docs/CONFIG.md); None → not
             set (off, unless the call's trunk sets it: the trunk's setting wins).
 
@@ -105,6 +108,7 @@ class Agent:
     tool_timeout_s: float = 10.0
     filler_after_ms: int | None = None
     srtp: SrtpMode | None = None
+    transfer_timeout_s: float = 10.0
     resolved_tools: tuple[Tool, ...] = field(init=False, repr=False, compare=False)
     _prompt: Template = field(init=False, repr=False, compare=False)
     _greeting: Template | None = field(init=False, repr=False, compare=False)
@@ -170,6 +174,8 @@ class Agent:
             fail("temperature", f"must be between 0 and 2, not {self.temperature}")
         if self.tool_timeout_s <= 0:
             fail("tool_timeout_s", "must be > 0")
+        if not 0 < self.transfer_timeout_s <= MAX_TRANSFER_TIMEOUT_S:
+            fail("transfer_timeout_s", f"must be > 0 and at most {MAX_TRANSFER_TIMEOUT_S:g}")
 
     @property
     def tool_specs(self) -> tuple[ToolSpec, ...]:

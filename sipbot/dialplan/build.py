@@ -171,6 +171,7 @@ def _agent(
             tool_timeout_s=spec.tool_timeout_s,
             filler_after_ms=spec.filler_after_ms,
             srtp=spec.srtp,
+            transfer_timeout_s=spec.transfer_timeout_s,
         ),
     )
 

@@ -53,6 +53,7 @@ class AgentModel(StrictModel):
     tool_timeout_s: float = 10.0
     filler_after_ms: int | None = None
     srtp: Any = None  # off | optional | required (YAML's bare off is false); checked by Agent
+    transfer_timeout_s: float = 10.0
 
 
 class HttpModel(StrictModel):

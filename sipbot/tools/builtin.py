@@ -18,6 +18,10 @@ from sipbot.tools.registry import PythonTool, tool
 
 BUILTIN_NAMES = ("hang_up", "transfer_call", "send_dtmf", "get_caller_info")
 DTMF_RE = re.compile(r"[0-9*#A-D]{1,32}")
+MAX_TRANSFER_TIMEOUT_S = 60.0  # an agent's longest wait for a REFER's final NOTIFY
+# transfer_call waits for the outcome: the REFER's own transaction (64·T1 = 32 s at most) plus
+# the longest NOTIFY wait, with room to spare (the call bounds the wait, not this)
+TRANSFER_TOOL_TIMEOUT_S = 120.0
 
 # A destination is a bare URI: no display name, parameters, headers or spaces, which could
 # smuggle a different target past a pattern.
@@ -129,14 +133,26 @@ class TransferCallTool(PythonTool):
                 destination: the SIP URI to transfer to, e.g. sip:200@pbx.example.com.
             """
             uri = policy.check(destination)
-            await context.control.transfer(uri)
-            return f"transferring the caller to {uri}"
+            outcome = await context.control.transfer(uri)
+            return transfer_result(uri, outcome)
 
         description = (
-            "Transfer the caller to another phone number or SIP address (blind transfer); your "
-            "part of the call ends. Allowed destinations: " + ", ".join(policy.patterns)
+            "Transfer the caller to another phone number or SIP address (blind transfer). The "
+            "result says what happened: when the target answered, your part of the call ends; "
+            "when it was busy, did not answer or refused, the caller is still with you. "
+            "Allowed destinations: " + ", ".join(policy.patterns)
         )
-        super().__init__(transfer_call, description=description)
+        super().__init__(transfer_call, description=description, timeout_s=TRANSFER_TOOL_TIMEOUT_S)
+
+
+def transfer_result(uri: str, outcome: str) -> str:
+    """What ``transfer_call`` tells the model: the outcome first, in words it can repeat."""
+    if outcome == "transferred":
+        return f"transferred: the caller is now connected to {uri}"
+    return (
+        f"{outcome}: the transfer to {uri} did not happen; the caller is still on the line "
+        "with you, tell them"
+    )
 
 
 def transfer_call(allow: Iterable[str]) -> TransferCallTool:

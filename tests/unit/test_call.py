@@ -41,6 +41,7 @@ from sipbot.providers.base import (
 )
 from sipbot.sip.message import SipResponse
 from sipbot.tools import ToolContext, tool
+from sipbot.tools.builtin import TRANSFER_TOOL_TIMEOUT_S
 
 T = TypeVar("T")
 BYTES_PER_MS = 48  # PCM16 24 kHz
@@ -264,15 +265,14 @@ async def slow_lookup(what: str) -> str:
     return await slow_gate[what]
 
 
-@tool
+@tool(timeout_s=TRANSFER_TOOL_TIMEOUT_S)  # it waits for the transfer's outcome
 async def ask_transfer(uri: str, context: ToolContext) -> str:
     """Transfer the caller.
 
     Args:
         uri: where to.
     """
-    await context.control.transfer(uri)
-    return "transferred"
+    return await context.control.transfer(uri)
 
 
 class Rig:
@@ -503,7 +503,7 @@ def test_dtmf_route_actions_and_digits_for_the_model() -> None:
     run(main)
 
 
-def test_an_accepted_transfer_byes_after_the_final_notify() -> None:
+def test_an_accepted_transfer_byes_after_a_2xx_final_notify() -> None:
     async def main() -> None:
         referral = RecorderReferral()
         rig = Rig(refer=referral)
@@ -512,12 +512,11 @@ def test_an_accepted_transfer_byes_after_the_final_notify() -> None:
             AudioOut(speech(2000), "talk"),
             ToolCall("t", "ask_transfer", {"uri": "sip:desk@example.com"}),
         )
-        await until(lambda: bool(rig.results()))
-        assert rig.results() == [("result", "t", "ask_transfer", "transferred")]
-        assert rig.media.flushes  # the agent stops at once
+        await until(lambda: bool(rig.media.flushes))  # accepted: the agent stops at once
         rig.session.emit(AudioOut(speech(500), "muted"))
         await asyncio.sleep(3)
         assert rig.dialog.byes == []  # the target has not answered yet
+        assert rig.results() == []  # the tool waits for the outcome
         referral.outcome.set_result(200)
         notified = rig.loop.time()
         assert await rig.reason() == "transferred"
@@ -527,35 +526,87 @@ def test_an_accepted_transfer_byes_after_the_final_notify() -> None:
     run(main)
 
 
+def test_a_busy_target_gives_the_caller_back_to_the_agent_with_the_outcome() -> None:
+    async def main() -> None:
+        referral = RecorderReferral()
+        rig = Rig(refer=referral)
+        await rig.confirm()
+        rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "sip:desk@example.com"}))
+        await until(lambda: bool(rig.media.flushes))
+        rig.session.emit(AudioOut(speech(300), "muted"))
+        await asyncio.sleep(1)
+        referral.outcome.set_result(486)
+        await until(lambda: bool(rig.results()))
+        assert rig.results() == [("result", "t", "ask_transfer", "busy (486)")]
+        rig.session.emit(AudioOut(speech(300), "sorry"))  # the agent says so
+        await asyncio.sleep(1)
+        assert rig.media.items() == ["sorry"]
+        assert rig.dialog.byes == []
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
+
+    run(main)
+
+
 def test_a_transfer_without_a_final_notify_is_bounded() -> None:
     async def main() -> None:
         rig = Rig(refer=RecorderReferral())
         await rig.confirm()
         rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "sip:desk@example.com"}))
-        await until(lambda: bool(rig.results()))
+        await until(lambda: bool(rig.media.flushes))
         accepted = rig.loop.time()
-        assert await rig.reason() == "transferred"
-        waited = rig.dialog.byes[0] - accepted
+        await until(lambda: bool(rig.results()))
+        waited = rig.loop.time() - accepted
         assert TRANSFER_NOTIFY_TIMEOUT_S - 0.02 <= waited <= TRANSFER_NOTIFY_TIMEOUT_S + 0.02
+        outcome = f"no final NOTIFY within {TRANSFER_NOTIFY_TIMEOUT_S:g} s"
+        assert rig.results() == [("result", "t", "ask_transfer", outcome)]
+        assert rig.dialog.byes == []  # the caller is still with the agent
+        rig.session.emit(AudioOut(speech(300), "sorry"))
+        await until(lambda: rig.media.items() == ["sorry"])
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
 
     run(main)
 
 
-def test_a_refused_transfer_gives_the_tool_the_error_and_the_call_goes_on() -> None:
+def test_a_refused_transfer_gives_the_tool_the_status_and_the_call_goes_on() -> None:
     async def main() -> None:
-        refused = RequestFailed("the transfer was refused (603 Decline)")
+        decline = SipResponse(603, "Decline")
+        refused = RequestFailed("the transfer was refused (603 Decline)", decline)
         rig = Rig(refer=refused)
         await rig.confirm()
         rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "sip:desk@example.com"}))
         await until(lambda: bool(rig.results()))
-        assert rig.results() == [
-            ("result", "t", "ask_transfer", {"error": "the transfer was refused (603 Decline)"})
-        ]
+        assert rig.results() == [("result", "t", "ask_transfer", "refused (603)")]
         rig.session.emit(AudioOut(speech(300), "sorry"))
         await asyncio.sleep(1)
         assert rig.media.items() == ["sorry"]
         assert rig.dialog.byes == []
-        assert rig.call.record.tools[0].error
+        assert not rig.call.record.tools[0].error
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
+
+    run(main)
+
+
+def test_a_keypress_transfer_to_a_busy_target_is_told_to_the_model() -> None:
+    async def main() -> None:
+        referral = RecorderReferral()
+        rig = Rig(dtmf={"9": Transfer("sip:desk@example.com")}, refer=referral)
+        await rig.confirm()
+        rig.call.on_dtmf("9")
+        await until(lambda: bool(rig.media.flushes))
+        referral.outcome.set_result(486)
+        await until(lambda: bool(rig.session.sent))
+        assert rig.session.sent == [
+            (
+                "text",
+                "The caller pressed a key to be transferred to sip:desk@example.com, but the "
+                "transfer did not happen: busy (486). The caller is still on the line with you; "
+                "tell them.",
+            )
+        ]
+        assert rig.dialog.byes == []
         rig.dialog.terminated.set_result("bye-received")
         assert await rig.reason() == "bye-received"
 
