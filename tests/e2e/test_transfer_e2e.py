@@ -1,0 +1,150 @@
+"""End to end: transfers report their outcome (issue 11, Conversation Rule 7).
+
+A baresip caller talks to a real ``sipbot run -c FILE`` whose emulated model calls
+``transfer_call`` on the caller's first turn. baresip follows the REFER and calls a SIPp target:
+one that answers 486 (the NOTIFY says 486) and one that rings for ever (no final NOTIFY within
+the agent's ``transfer_timeout_s``). Either way the caller stays in the call with sipbot and hears
+the agent again: the model's only audio is its reply to the tool result (a tone at REPLY_HZ), so
+a caller recording that holds that tone proves the agent was unmuted after the failed transfer.
+The 2xx case (BYE after the NOTIFY) is ``test_tools_e2e.test_transfer_call_to_an_allowed_uri...``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from sipbot.emulators.script import EmulatorScript, ToolCallRule
+from tests.e2e.calls import caller_wav, dominant_hz
+from tests.e2e.conftest import StartServer
+from tests.e2e.emulated import EmulatorThread, server_env, wait_until, write_dialplan
+from tests.e2e.peers import audio, baresip, sipp
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+SCENARIOS = Path(__file__).parent / "scenarios" / "sip"
+REPLY_HZ = 1000.0  # the agent's reply tone (the caller's own turn is 300 Hz)
+REPLY_MS = 1500
+TRANSFER_TIMEOUT_S = 3.0  # the agent's bound on the NOTIFYs (short: this is a test)
+
+
+def run_failed_transfer(
+    sipbot_server: StartServer, peers_tmp: Path, target_scenario: str
+) -> tuple[str, list[dict[str, object]], baresip.Baresip, sipp.SippResult, float]:
+    """One call whose transfer to a SIPp target running ``target_scenario`` fails.
+
+    Returns the server log, the tool results the model got, the (stopped) caller, the target's
+    result and the seconds from the REFER's acceptance to the outcome (sipbot's log lines).
+    """
+    target = sipp.start_uas(
+        peers_tmp, SCENARIOS / target_scenario, name="target", calls=1, lifetime_s=40
+    )
+    uri = target.uri("desk")
+    script = EmulatorScript(
+        tool_calls=(ToolCallRule("transfer_call", {"destination": uri}),),
+        reply="tone",
+        reply_ms=REPLY_MS,
+        tone_hz=REPLY_HZ,
+        vad_silence_ms=300,
+    )
+    with EmulatorThread("gemini", script) as model:
+        agent = model.agent(
+            prompt="Transfer callers who ask for a human.",
+            tools=["transfer_call", "hang_up"],
+            transfer_allow=[f"sip:*@127.0.0.1:{target.port}"],
+            transfer_timeout_s=TRANSFER_TIMEOUT_S,
+        )
+        config = {
+            "server": {"log_transcripts": True},  # the test waits for the agent's reply line
+            "agents": {"desk": agent},
+            "routes": [{"match": {"did": "500"}, "answer": "desk"}],
+        }
+        server = sipbot_server("-c", str(write_dialplan(peers_tmp / "desk.yaml", config)),
+                               env=server_env())  # fmt: skip
+        caller = baresip.start(
+            peers_tmp, caller_wav(peers_tmp / "turn.wav"), dial=server.uri("500"), duration_s=30
+        )
+        try:
+            wait_until(caller.transfers, 15, "baresip to follow the REFER")
+            wait_until(lambda: "transfer outcome:" in server.log(), 15, "the transfer outcome")
+            wait_until(model.tool_results, 5, "the tool result to reach the model")
+            # the agent's reply plays out to the caller (and the call goes on meanwhile)
+            wait_until(lambda: "agent: reply 1" in server.log(), 10, "the agent's reply")
+            results = model.tool_results()
+            log = server.log()
+            assert caller.terminated() == [] or all(
+                not peer.startswith("sip:500@") for peer, _ in caller.terminated()
+            ), caller.log()[-2000:]
+        finally:
+            caller.stop()
+        target_result = target.wait(15) if target_scenario == "uas_busy.xml" else target.stop()
+        wait_until(lambda: '"reason"' in server.log(), 10, "the call record")
+    return server.log(), results, caller, target_result, _outcome_delay(log)
+
+
+def _outcome_delay(log: str) -> float:
+    def at(what: str) -> float:
+        match = re.search(rf"^\S+ (\d\d):(\d\d):(\d\d),(\d\d\d) .*{what}", log, re.M)
+        assert match, log[-3000:]
+        h, m, s, ms = (int(g) for g in match.groups())
+        return h * 3600 + m * 60 + s + ms / 1000
+
+    return at("transfer outcome: ") - at(r"transfer to \S+ accepted")
+
+
+def heard_reply(caller: baresip.Baresip) -> tuple[float, float]:
+    """(dominant Hz, seconds of audible audio) of what the caller received from sipbot."""
+    samples, rate = caller.received_audio()
+    frame = rate // 50
+    loud = sum(
+        1
+        for i in range(0, len(samples) - frame + 1, frame)
+        if audio.rms_dbfs(samples[i : i + frame]) > -40.0
+    )
+    return dominant_hz(samples, rate), loud * 0.02
+
+
+@pytest.mark.requires_peers("baresip", "sipp")
+def test_a_busy_target_leaves_the_caller_with_the_agent(
+    sipbot_server: StartServer, peers_tmp: Path
+) -> None:
+    log, results, caller, target, waited = run_failed_transfer(
+        sipbot_server, peers_tmp, "uas_busy.xml"
+    )
+    assert waited < 2.0, waited  # at the NOTIFY, not at the bound
+    target.assert_ok(calls=1)  # the target really was called, and said 486
+    assert "transfer target answered 486" in log  # the NOTIFY's sipfrag said 486
+    assert "transfer outcome: busy (486)" in log
+    [result] = results
+    output = result["output"]
+    assert isinstance(output, dict)
+    assert str(output["output"]).startswith("busy (486): the transfer to sip:desk@")
+    assert not re.search(r'"reason": "transferred"', log)
+    assert '"reason": "bye-received"' in log  # the caller hung up, not sipbot
+    hz, seconds = heard_reply(caller)
+    assert abs(hz - REPLY_HZ) < 20, hz
+    assert seconds >= REPLY_MS / 1000 * 0.8, seconds
+
+
+@pytest.mark.requires_peers("baresip", "sipp")
+def test_no_final_notify_leaves_the_caller_with_the_agent_after_the_bound(
+    sipbot_server: StartServer, peers_tmp: Path
+) -> None:
+    log, results, caller, _, waited = run_failed_transfer(
+        sipbot_server, peers_tmp, "uas_ring_forever.xml"
+    )
+    assert "transfer target answered" not in log  # only 180 came: no final NOTIFY
+    assert TRANSFER_TIMEOUT_S - 0.05 <= waited <= TRANSFER_TIMEOUT_S + 0.5, waited
+    assert f"transfer outcome: no final NOTIFY within {TRANSFER_TIMEOUT_S:g} s" in log
+    [result] = results
+    output = result["output"]
+    assert isinstance(output, dict)
+    assert str(output["output"]).startswith(
+        f"no final NOTIFY within {TRANSFER_TIMEOUT_S:g} s: the transfer to sip:desk@"
+    )
+    assert '"reason": "bye-received"' in log
+    hz, seconds = heard_reply(caller)
+    assert abs(hz - REPLY_HZ) < 20, hz
+    assert seconds >= REPLY_MS / 1000 * 0.8, seconds
