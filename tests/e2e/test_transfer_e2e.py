@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sipbot.emulators.script import EmulatorScript, ToolCallRule
-from tests.e2e.calls import caller_wav, dominant_hz
+from tests.e2e.calls import caller_turns, caller_wav, dominant_hz, transferee_scenario
 from tests.e2e.conftest import StartServer
 from tests.e2e.emulated import EmulatorThread, server_env, wait_until, write_dialplan
 from tests.e2e.peers import audio, baresip, sipp
@@ -148,3 +148,36 @@ def test_no_final_notify_leaves_the_caller_with_the_agent_after_the_bound(
     hz, seconds = heard_reply(caller)
     assert abs(hz - REPLY_HZ) < 20, hz
     assert seconds >= REPLY_MS / 1000 * 0.8, seconds
+
+
+@pytest.mark.requires_peers("sipp", "dtmf_pcap")
+def test_a_keypress_transfer_to_a_busy_target_is_told_to_the_model(
+    sipbot_server: StartServer, peers_tmp: Path
+) -> None:
+    operator = "sip:operator@pbx.example.com"
+    with EmulatorThread("gemini", EmulatorScript(vad_silence_ms=300)) as model:
+        config = {
+            "agents": {"ivr": model.agent(prompt="Callers press keys.")},
+            "routes": [{"answer": "ivr", "dtmf": {"0": {"transfer": operator}}}],
+        }
+        server = sipbot_server("-c", str(write_dialplan(peers_tmp / "ivr.yaml", config)),
+                               env=server_env())  # fmt: skip
+        quiet = caller_turns(peers_tmp / "quiet.ulaw", turns=0, tail_ms=6000)
+        # the caller's NOTIFY says the operator was busy; sipbot must not hang up on it
+        transferee = transferee_scenario(
+            peers_tmp / "transferee.xml",
+            quiet,
+            dtmf_pcap=sipp.dtmf_pcap("0"),
+            notify="486 Busy Here",
+            stay_s=2.0,
+        )
+        result = sipp.run_uac(server.address, transferee, peers_tmp, service="1", timeout_s=20)
+        texts = model.texts()
+    result.assert_ok(calls=1)  # REFER, NOTIFY 486, no BYE from sipbot, the caller's BYE
+    assert texts == [
+        f"The caller pressed a key to be transferred to {operator}, but the transfer did not "
+        "happen: busy (486). The caller is still on the line with you; tell them."
+    ]
+    log = server.log()
+    assert "transfer outcome: busy (486)" in log
+    assert '"reason": "bye-received"' in log
