@@ -32,6 +32,12 @@ Rules:
   refused — the caller stays with the agent: it is unmuted and told the outcome in words
   (:func:`transfer_outcome`): the tool that asked gets it as its result (:class:`TransferDone`),
   a keypress transfer as text. One transfer at a time; a second request fails at once.
+* Rule 9: a warm transfer first calls the target (:class:`Consult`) while the caller, the agent
+  muted, hears hold audio (topped up every HOLD_TICK_S while less than HOLD_LOW_MS is queued,
+  until the REFER is accepted); once the target answered and the briefing played to it
+  (:class:`Brief`), the caller is REFERred to the target with Replaces (RFC 3891) and Rule 7
+  applies. When the target does not answer, or the REFER fails, the consultation call is ended
+  (:class:`EndConsult`), the hold audio stops and the caller is back with the agent.
 * Rule 8: the provider session opens once, on the first of: the call is confirmed (ACK), the
   caller's first audio arrived (an INVITE never ACKed costs no model session).
 """
@@ -59,7 +65,7 @@ HANGUP_WAIT_S = 15.0  # longest hang_up waits for the agent to finish speaking
 HANGUP_GRACE_S = 0.1  # after HANGUP_WAIT_S, this long more for the pacer to drain
 TRANSFER_NOTIFY_TIMEOUT_S = 10.0  # default longest wait for the REFER's final NOTIFY (Rule 7)
 
-Prompt = Literal["apology", "filler"]
+Prompt = Literal["apology", "filler", "hold"]
 
 # timer kinds (a filler timer is "filler:" + the tool call id)
 MAX_DURATION = "max-duration"
@@ -68,6 +74,9 @@ HANGUP_DEADLINE = "hangup-deadline"
 HANGUP_GRACE = "hangup-grace"
 APOLOGY = "apology"
 TRANSFER = "transfer"
+HOLD = "hold"
+HOLD_TICK_S = 1.0  # Rule 9: how often the hold audio is topped up
+HOLD_LOW_MS = 1_000  # top it up (one more PlayPrompt("hold")) when less than this is queued
 FILLER = "filler:"
 
 
@@ -146,9 +155,29 @@ class SendText:
 
 @dataclass(frozen=True, slots=True)
 class Refer:
-    """Blind-transfer the caller (REFER); report with ``refer_accepted`` / ``_refused``."""
+    """Blind-transfer the caller (REFER); report with ``refer_accepted`` / ``_refused``.
+
+    ``replaces``: refer the caller to the consultation call's target with Replaces (Rule 9)."""
 
     uri: str
+    replaces: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Consult:
+    """Call the warm transfer's target (Rule 9); report ``consult_answered`` / ``_failed``."""
+
+    uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class Brief:
+    """Play the briefing to the consulted target; report ``consult_briefed`` once it played."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndConsult:
+    """Hang up the consultation call (the warm transfer failed, Rule 9)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +226,9 @@ Action = (
     | SendToolResult
     | SendText
     | Refer
+    | Consult
+    | Brief
+    | EndConsult
     | TransferDone
     | Hangup
     | End
@@ -229,6 +261,8 @@ class _Transfer:
     uri: str
     request: str | None  # the tool's request id; None: asked for by a keypress
     deadline: float | None = None  # set when the REFER was accepted
+    warm: bool = False  # Rule 9: a consultation call comes first
+    consulting: bool = False  # the consultation call is up (answered, not ended by us)
 
 
 @dataclass(slots=True)
@@ -437,16 +471,52 @@ class Conversation:
             return [SendText(f"The caller pressed the key {digit}.")]
         return []
 
-    def transfer_requested(self, uri: str, request: str, now: float) -> list[Action]:
-        """A tool asks to transfer the caller to ``uri`` (Rule 7); ``request`` names its
-        :class:`TransferDone`."""
+    def transfer_requested(
+        self, uri: str, request: str, now: float, *, warm: bool = False
+    ) -> list[Action]:
+        """A tool asks to transfer the caller to ``uri`` (Rule 7; ``warm``: Rule 9);
+        ``request`` names its :class:`TransferDone`."""
         s = self._s
         if s.ended is not None:
             return [TransferDone(request, "the call has ended", False)]
         if s.transfer is not None:
             return [TransferDone(request, "another transfer is in progress", False)]
-        s.transfer = _Transfer(uri, request)
-        return [Refer(uri)]
+        s.transfer = _Transfer(uri, request, warm=warm)
+        if not warm:
+            return [Refer(uri)]
+        s.muted = True
+        return [Flush(), PlayPrompt("hold"), SetTimer(now + HOLD_TICK_S, HOLD), Consult(uri)]
+
+    def consult_answered(self, now: float) -> list[Action]:
+        """The warm transfer's target answered (Rule 9): brief it."""
+        t = self._s.transfer
+        if self._s.ended is not None or t is None or not t.warm:
+            return [EndConsult()]
+        t.consulting = True
+        return [Brief()]
+
+    def consult_failed(self, status: int | None, now: float) -> list[Action]:
+        """The warm transfer's target did not answer: ``status`` (None: no answer at all)."""
+        t = self._s.transfer
+        if self._s.ended is not None or t is None or not t.warm:
+            return []
+        outcome = "no answer" if status is None else transfer_outcome(status)
+        return [Flush(), *self._transfer_failed(outcome)]
+
+    def consult_briefed(self, now: float) -> list[Action]:
+        """The briefing played to the target (Rule 9): hand the caller over (REFER + Replaces)."""
+        t = self._s.transfer
+        if self._s.ended is not None or t is None or not t.consulting:
+            return []
+        return [Refer(t.uri, replaces=True)]
+
+    def consult_ended(self, now: float) -> list[Action]:
+        """The consultation call ended by itself before the handover (the target hung up)."""
+        t = self._s.transfer
+        if self._s.ended is not None or t is None or not t.consulting or t.deadline is not None:
+            return []
+        t.consulting = False
+        return [Flush(), *self._transfer_failed("the target hung up")]
 
     def refer_accepted(self, now: float) -> list[Action]:
         """The peer accepted our REFER (Rule 7): mute, flush, wait for the final NOTIFY."""
@@ -455,7 +525,7 @@ class Conversation:
             return []
         s.muted = True
         s.transfer.deadline = now + self._transfer_timeout_s
-        return [Flush(), SetTimer(s.transfer.deadline, TRANSFER)]
+        return [Flush(), SetTimer(s.transfer.deadline, TRANSFER)]  # (a warm one's hold audio too)
 
     def refer_refused(self, status: int | None, now: float) -> list[Action]:
         """The peer refused our REFER (``status``) or never answered it (None), Rule 7."""
@@ -483,6 +553,8 @@ class Conversation:
         s.transfer = None
         s.muted = s.apologising is not None
         done: list[Action] = [TransferDone(t.request, outcome, False)]
+        if t.consulting:
+            done = [Flush(), EndConsult(), *done]
         if t.request is not None or not s.session:
             return done
         return [
@@ -504,6 +576,12 @@ class Conversation:
             return self._bye("max-duration")
         if kind == APOLOGY and s.apologising is not None:
             return self._bye(s.apologising)
+        if kind == HOLD:
+            t = s.transfer
+            if t is None or not t.warm or t.deadline is not None:
+                return []  # the hold is over (the caller is back, or being handed over)
+            top_up: list[Action] = [PlayPrompt("hold")] if queued_ms < HOLD_LOW_MS else []
+            return [*top_up, SetTimer(now + HOLD_TICK_S, HOLD)]
         if kind == TRANSFER:
             t = s.transfer
             if t is None or t.deadline is None:

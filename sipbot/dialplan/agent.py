@@ -78,6 +78,10 @@ class Agent:
         transfer_timeout_s: longest wait for an accepted REFER's final NOTIFY; without one the
             caller stays with the agent (Conversation Rule 7). At most
             MAX_TRANSFER_TIMEOUT_S.
+        transfer_briefing: a WAV file the target hears in a warm transfer before the caller is
+            joined (Conversation Rule 9); None → none.
+        transfer_hold: a WAV file the caller hears while a warm transfer calls the target;
+            None → the built-in chime.
         srtp: ``off``, ``optional`` or ``required`` (SDES SRTP, docs/CONFIG.md); None → not
             set (off, unless the call's trunk sets it: the trunk's setting wins).
 
@@ -109,6 +113,8 @@ class Agent:
     filler_after_ms: int | None = None
     srtp: SrtpMode | None = None
     transfer_timeout_s: float = 10.0
+    transfer_briefing: str | None = None
+    transfer_hold: str | None = None
     resolved_tools: tuple[Tool, ...] = field(init=False, repr=False, compare=False)
     _prompt: Template = field(init=False, repr=False, compare=False)
     _greeting: Template | None = field(init=False, repr=False, compare=False)
@@ -137,6 +143,10 @@ class Agent:
             _set(self, "api_key", to_secret(self.api_key))
         if self.ca_file is not None and not os.path.isfile(self.ca_file):
             fail("ca_file", f"no such file {self.ca_file!r}")
+        for key in ("transfer_briefing", "transfer_hold"):
+            path = getattr(self, key)
+            if path is not None and not os.path.isfile(path):
+                fail(key, f"no such file {path!r}")
         self._check_numbers()
 
     def _resolve_tools(self) -> tuple[Tool, ...]:

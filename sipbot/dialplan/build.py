@@ -172,6 +172,8 @@ def _agent(
             filler_after_ms=spec.filler_after_ms,
             srtp=spec.srtp,
             transfer_timeout_s=spec.transfer_timeout_s,
+            transfer_briefing=spec.transfer_briefing,
+            transfer_hold=spec.transfer_hold,
         ),
     )
 

@@ -11,10 +11,13 @@ The 2xx case (BYE after the NOTIFY) is ``test_tools_e2e.test_transfer_call_to_an
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sipbot.emulators.script import EmulatorScript, ToolCallRule
@@ -22,6 +25,8 @@ from tests.e2e.calls import caller_turns, caller_wav, dominant_hz, transferee_sc
 from tests.e2e.conftest import StartServer
 from tests.e2e.emulated import EmulatorThread, server_env, wait_until, write_dialplan
 from tests.e2e.peers import audio, baresip, sipp
+from tests.e2e.peers.ports import free_port, free_port_block, wait_bound
+from tests.e2e.peers.process import ManagedProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -182,3 +187,103 @@ def test_a_keypress_transfer_to_a_busy_target_is_told_to_the_model(
     log = server.log()
     assert "transfer outcome: busy (486)" in log
     assert '"reason": "bye-received"' in log
+
+
+# --------------------------------------------------------------------------- warm transfer
+
+WARM_SCRIPT = Path(__file__).parent / "peers" / "pjsua2_warm.py"
+CALLER_TONE_HZ = 500.0  # the caller's voice: bursts of this
+TARGET_TONE_HZ = 1300.0  # the target's
+BRIEFING_HZ = 1700.0  # the briefing prompt sipbot plays to the target
+WARM_RUN_S = 13.0  # each pjsua2 party's life (the join comes ~3 s after the start)
+LAST_S = 5.0  # the end of each party's recording: the two are joined by then
+
+
+def bursts(path: Path, hz: float, on_s: float, off_s: float) -> Path:
+    """An 8 kHz WAV of one tone burst and a pause (the party loops it: turns of speech)."""
+    pcm = np.concatenate([audio.tone(hz, on_s, 8000, 0.3), np.zeros(round(off_s * 8000))])
+    return audio.write_wav(path, pcm.astype(np.int16), 8000)
+
+
+def start_party(peers_tmp: Path, name: str, play: Path, *args: str) -> ManagedProcess:
+    argv = [sys.executable, str(WARM_SCRIPT), "--play", str(play), "--duration", f"{WARM_RUN_S:g}"]
+    argv += ["--record", str(peers_tmp / f"{name}.wav"), "--rtp-port", str(free_port_block())]
+    return ManagedProcess.start(name, [*argv, "--user", name, *args], peers_tmp)
+
+
+def events(party: ManagedProcess) -> list[dict[str, object]]:
+    lines = [ln for ln in party.read_log("stdout").splitlines() if ln.startswith("{")]
+    assert lines, party.read_log("stderr")[-3000:]
+    found: list[dict[str, object]] = json.loads(lines[-1])["events"]
+    return found
+
+
+def tone_seconds(path: Path, hz: float, *, last_s: float | None = None) -> float:
+    """Seconds of audible 20 ms frames whose strongest frequency is ``hz`` (±30 Hz) in the
+    recording at ``path`` (in its last ``last_s`` seconds only, when given)."""
+    samples, rate = audio.read_wav(path)
+    frame = rate // 50
+    count = 0
+    first = 0 if last_s is None else max(0, len(samples) - round(last_s * rate))
+    for i in range(first, len(samples) - frame + 1, frame):
+        chunk = samples[i : i + frame]
+        if audio.rms_dbfs(chunk) > -40.0 and abs(dominant_hz(chunk, rate) - hz) <= 30:
+            count += 1
+    return count * 0.02
+
+
+@pytest.mark.requires_peers("pjsua2")
+def test_a_warm_transfer_joins_the_caller_and_the_target(
+    sipbot_server: StartServer, peers_tmp: Path
+) -> None:
+    target_port = free_port("udp")
+    target_uri = f"sip:desk@127.0.0.1:{target_port}"
+    briefing = peers_tmp / "briefing.wav"
+    audio.write_wav(briefing, audio.tone(BRIEFING_HZ, 1.5, 16000, 0.3), 16000)
+    rule = ToolCallRule("transfer_call", {"destination": target_uri, "warm": True})
+    script = EmulatorScript(tool_calls=(rule,), reply="tone", reply_ms=500, vad_silence_ms=300)
+    with EmulatorThread("gemini", script) as model:
+        agent = model.agent(
+            prompt="Transfer callers who ask for a human, warm.",
+            tools=["transfer_call"],
+            transfer_allow=[f"sip:*@127.0.0.1:{target_port}"],
+            transfer_briefing=str(briefing),
+        )
+        config = {"agents": {"desk": agent}, "routes": [{"answer": "desk"}]}
+        server = sipbot_server("-c", str(write_dialplan(peers_tmp / "desk.yaml", config)),
+                               env=server_env())  # fmt: skip
+        target_wav = bursts(peers_tmp / "target-voice.wav", TARGET_TONE_HZ, 0.6, 0.4)
+        target = start_party(
+            peers_tmp, "target", target_wav, "--answer", "--port", str(target_port)
+        )
+        assert wait_bound(target_port, "udp", 15), target.read_log("stderr")[-2000:]
+        caller_voice = bursts(peers_tmp / "caller-voice.wav", CALLER_TONE_HZ, 0.6, 0.9)
+        caller = start_party(peers_tmp, "caller", caller_voice, "--call", server.uri("500"))
+        try:
+            wait_until(lambda: "transfer outcome:" in server.log(), 12, "the transfer outcome")
+            wait_until(lambda: "consultation call ended" in server.log(), 8, "the target's BYE")
+            for party in (caller, target):
+                party.wait(WARM_RUN_S + 15)
+        finally:
+            caller.stop(timeout=3.0)
+            target.stop(timeout=3.0)
+    log = server.log()
+    assert "transfer outcome: transferred" in log, log[-3000:]
+    assert '"reason": "transferred"' in log  # the call record: our leg with the caller ended
+    # the target ended our consultation call itself when the caller's INVITE replaced it
+    assert re.search(r"consultation call ended \(bye-received\)", log), log[-3000:]
+    caller_events, target_events = events(caller), events(target)
+    [request] = [e for e in caller_events if e["event"] == "transfer-request"]
+    assert str(request["target"]).startswith(f"<{target_uri}?Replaces="), request
+    assert "transfer target answered 200" in log  # the caller's NOTIFY: it reached the target
+    assert any(e["event"] == "replaced" for e in target_events), target_events
+    # the target heard the briefing; then, joined without sipbot, each hears the other: the
+    # last LAST_S of each party's recording (its life ends WARM_RUN_S after start, ~10 s after
+    # the join) holds the other's bursts (measured 3.2 s and 0.7 s of 5 s with 60 % and 20 %
+    # duty), and nobody hears its own voice
+    assert tone_seconds(peers_tmp / "target.wav", TARGET_TONE_HZ) == 0
+    assert tone_seconds(peers_tmp / "target.wav", BRIEFING_HZ) >= 1.0
+    heard_target = tone_seconds(peers_tmp / "caller.wav", TARGET_TONE_HZ, last_s=LAST_S)
+    heard_caller = tone_seconds(peers_tmp / "target.wav", CALLER_TONE_HZ, last_s=LAST_S)
+    assert heard_target >= 0.6 * LAST_S * 0.6, heard_target  # bursts 60 % of the time
+    assert heard_caller >= 0.4 * LAST_S * 0.6, heard_caller  # bursts 40 % of the time

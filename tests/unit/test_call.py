@@ -265,6 +265,43 @@ async def slow_lookup(what: str) -> str:
     return await slow_gate[what]
 
 
+class RecorderConsultLeg:
+    def __init__(self) -> None:
+        self.terminated: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.briefed: list[bytes] = []
+        self.closed = False
+
+    @property
+    def replaces(self) -> str:
+        return "c2;to-tag=t;from-tag=f"
+
+    async def brief(self, pcm16k: bytes) -> None:
+        self.briefed.append(pcm16k)
+        await asyncio.sleep(len(pcm16k) / 32_000)
+
+    async def close(self) -> None:
+        self.closed = True
+        if not self.terminated.done():
+            self.terminated.set_result("bye-sent")
+
+
+class RecorderConsulter:
+    def __init__(self, answer: RecorderConsultLeg | Exception) -> None:
+        self.answer = answer
+        self.placed: list[str] = []
+
+    async def place(self, uri: str) -> RecorderConsultLeg:
+        self.placed.append(uri)
+        await asyncio.sleep(2)  # it rings
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+HOLD = b"\x01\x00" * 16_000 * 2  # loops
+BRIEFING = b"\x02\x00" * 16_000 * 3
+
+
 @tool(timeout_s=TRANSFER_TOOL_TIMEOUT_S)  # it waits for the transfer's outcome
 async def ask_transfer(uri: str, context: ToolContext) -> str:
     """Transfer the caller.
@@ -272,7 +309,7 @@ async def ask_transfer(uri: str, context: ToolContext) -> str:
     Args:
         uri: where to.
     """
-    return await context.control.transfer(uri)
+    return await context.control.transfer(uri, warm=uri.startswith("warm:"))
 
 
 class Rig:
@@ -286,6 +323,7 @@ class Rig:
         filler: bytes | None = None,
         dtmf: dict[str, HangUp | Transfer] | None = None,
         log_transcripts: bool = False,
+        consulter: RecorderConsulter | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.session = RecorderSession()
@@ -306,6 +344,9 @@ class Rig:
             apology=APOLOGY,
             filler=filler,
             log_transcripts=log_transcripts,
+            consulter=consulter,
+            hold=HOLD,
+            briefing=BRIEFING,
         )
         self.dialog = RecorderDialog(refer)
         self.media = RecorderMedia()
@@ -646,3 +687,80 @@ def test_transcripts_reach_the_info_log_only_when_asked(
         run(main)
     said = [r for r in caplog.records if "my card is 4111" in r.getMessage()]
     assert len(said) == (1 if log_transcripts else 0)
+
+
+def test_a_warm_transfer_holds_the_caller_briefs_the_target_and_refers_with_replaces() -> None:
+    async def main() -> None:
+        referral = RecorderReferral()
+        leg = RecorderConsultLeg()
+        consulter = RecorderConsulter(leg)
+        rig = Rig(refer=referral, consulter=consulter)
+        await rig.confirm()
+        rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "warm:sip:desk@example.com"}))
+        await until(lambda: bool(rig.dialog.refers))
+        # the caller heard hold audio (2 s, looped) while the target rang and was briefed
+        # (2 s + 3 s)
+        assert set(rig.media.items()) == {"hold"}
+        assert sum(end - start for _, start, end in rig.media.segments) >= 4.9
+        assert consulter.placed == ["warm:sip:desk@example.com"]
+        assert leg.briefed == [BRIEFING]
+        assert rig.dialog.refers == [
+            "warm:sip:desk@example.com?Replaces=c2%3Bto-tag%3Dt%3Bfrom-tag%3Df"
+        ]
+        referral.outcome.set_result(200)
+        leg.terminated.set_result("bye-received")  # the target replaced our call with the caller's
+        assert await rig.reason() == "transferred"
+        assert len(rig.dialog.byes) == 1
+
+    run(main)
+
+
+def test_a_warm_transfer_to_a_busy_target_gives_the_caller_back() -> None:
+    async def main() -> None:
+        busy = RequestFailed("486 Busy Here", SipResponse(486, "Busy Here"))
+        rig = Rig(consulter=RecorderConsulter(busy))
+        await rig.confirm()
+        rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "warm:sip:desk@example.com"}))
+        await until(lambda: bool(rig.results()))
+        assert rig.results() == [("result", "t", "ask_transfer", "busy (486)")]
+        assert rig.dialog.refers == []
+        assert rig.media.flushes  # the hold audio stopped
+        rig.session.emit(AudioOut(speech(300), "sorry"))
+        await until(lambda: rig.media.items()[-1:] == ["sorry"])
+        assert set(rig.media.items()) == {"hold", "sorry"}
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
+
+    run(main)
+
+
+def test_a_failed_handover_hangs_up_the_consultation_call() -> None:
+    async def main() -> None:
+        referral = RecorderReferral()
+        leg = RecorderConsultLeg()
+        rig = Rig(refer=referral, consulter=RecorderConsulter(leg))
+        await rig.confirm()
+        rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "warm:sip:desk@example.com"}))
+        await until(lambda: bool(rig.dialog.refers))
+        referral.outcome.set_result(481)  # the caller's INVITE with Replaces failed
+        await until(lambda: bool(rig.results()))
+        assert rig.results() == [("result", "t", "ask_transfer", "failed (481)")]
+        assert leg.closed
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
+
+    run(main)
+
+
+def test_warm_transfers_need_a_consulter() -> None:
+    async def main() -> None:
+        rig = Rig()
+        await rig.confirm()
+        rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "warm:sip:desk@example.com"}))
+        await until(lambda: bool(rig.results()))
+        outcome = "failed: warm transfers are not available on this call"
+        assert rig.results() == [("result", "t", "ask_transfer", outcome)]
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
+
+    run(main)

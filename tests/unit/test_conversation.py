@@ -18,12 +18,18 @@ from sipbot.conversation import (
     HANGUP_QUIET,
     HANGUP_QUIET_S,
     HANGUP_WAIT_S,
+    HOLD,
+    HOLD_LOW_MS,
+    HOLD_TICK_S,
     MAX_DURATION,
     TRANSFER,
     TRANSFER_NOTIFY_TIMEOUT_S,
+    Brief,
     CancelTools,
+    Consult,
     Conversation,
     End,
+    EndConsult,
     Flush,
     Hangup,
     OpenProvider,
@@ -461,6 +467,91 @@ def test_a_failed_transfer_during_the_apology_stays_muted() -> None:
     core.provider_lost("provider-closed", 2.5)
     assert core.refer_final(486, 3.0) == [TransferDone("x1", "busy (486)", False)]
     assert core.provider_event(AudioOut(b"x", "i"), 3.1) == []
+
+
+# --------------------------------------------------------------------------- Rule 9: warm
+
+
+def consulting() -> Conversation:
+    """A warm transfer to DESK (request "w1") whose target answered and was briefed."""
+    core = opened()
+    assert core.transfer_requested(DESK, "w1", 1.0, warm=True) == [
+        Flush(),
+        PlayPrompt("hold"),
+        SetTimer(1.0 + HOLD_TICK_S, HOLD),
+        Consult(DESK),
+    ]
+    assert core.provider_event(AudioOut(b"x", "i"), 1.1) == []  # the agent is muted
+    assert core.consult_answered(3.0) == [Brief()]
+    assert core.consult_briefed(5.0) == [Refer(DESK, replaces=True)]
+    return core
+
+
+def test_a_warm_transfer_calls_briefs_and_hands_over_with_replaces() -> None:
+    core = consulting()
+    core.refer_accepted(5.1)
+    assert core.consult_ended(5.5) == []  # the target ends our consultation call (Replaces)
+    assert core.refer_final(200, 5.6) == [
+        TransferDone("w1", "transferred", True),
+        Hangup(),
+        End("transferred"),
+    ]
+
+
+def test_the_hold_audio_is_topped_up_until_the_handover() -> None:
+    core = opened()
+    core.transfer_requested(DESK, "w1", 1.0, warm=True)
+    assert core.timer_fired(HOLD, 2.0, HOLD_LOW_MS) == [SetTimer(2.0 + HOLD_TICK_S, HOLD)]
+    assert core.timer_fired(HOLD, 3.0, HOLD_LOW_MS - 1) == [
+        PlayPrompt("hold"),
+        SetTimer(3.0 + HOLD_TICK_S, HOLD),
+    ]
+    core.consult_answered(3.5)
+    core.consult_briefed(3.6)
+    assert core.timer_fired(HOLD, 4.0, 0) == [PlayPrompt("hold"), SetTimer(5.0, HOLD)]
+    core.refer_accepted(4.5)
+    assert core.timer_fired(HOLD, 5.0, 0) == []  # handed over: the hold is over
+
+
+def test_a_warm_transfer_whose_target_does_not_answer_goes_back_to_the_agent() -> None:
+    core = opened()
+    core.transfer_requested(DESK, "w1", 1.0, warm=True)
+    assert core.consult_failed(486, 2.0) == [Flush(), TransferDone("w1", "busy (486)", False)]
+    assert core.provider_event(AudioOut(b"x", "i"), 2.1) == [Play(b"x", "i")]
+    assert core.timer_fired(HOLD, 2.2, 0) == []  # no more hold audio
+    core.transfer_requested(DESK, "w2", 3.0, warm=True)
+    assert core.consult_failed(None, 33.0) == [Flush(), TransferDone("w2", "no answer", False)]
+
+
+def test_a_warm_transfer_whose_refer_fails_ends_the_consultation_call() -> None:
+    core = consulting()
+    core.refer_accepted(5.1)
+    assert core.refer_final(603, 6.0) == [
+        Flush(),
+        EndConsult(),
+        TransferDone("w1", "refused (603)", False),
+    ]
+    core = consulting()
+    assert core.refer_refused(405, 5.1) == [
+        Flush(),
+        EndConsult(),
+        TransferDone("w1", "refused (405)", False),
+    ]
+
+
+def test_the_target_hanging_up_during_the_briefing_goes_back_to_the_agent() -> None:
+    core = opened()
+    core.transfer_requested(DESK, "w1", 1.0, warm=True)
+    core.consult_answered(3.0)
+    assert core.consult_ended(4.0) == [Flush(), TransferDone("w1", "the target hung up", False)]
+    assert core.consult_briefed(5.0) == []  # no REFER for a call that is gone
+
+
+def test_a_consultation_answered_after_the_call_ended_is_hung_up() -> None:
+    core = opened()
+    core.transfer_requested(DESK, "w1", 1.0, warm=True)
+    core.dialog_ended("bye-received", 2.0)
+    assert core.consult_answered(3.0) == [EndConsult()]
 
 
 def test_transfer_outcome_words() -> None:

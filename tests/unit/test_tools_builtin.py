@@ -124,9 +124,10 @@ def test_transfer_call_waits_longer_than_any_agent_transfer_timeout() -> None:
 def test_transfer_spec_lists_the_allowed_destinations() -> None:
     spec = transfer_call(["sip:*@pbx.example.com"]).spec
     assert spec.description == (
-        "Transfer the caller to another phone number or SIP address (blind transfer). The "
-        "result says what happened: when the target answered, your part of the call ends; "
-        "when it was busy, did not answer or refused, the caller is still with you. "
+        "Transfer the caller to another phone number or SIP address (blind, or warm: the "
+        "destination is called and briefed first while the caller holds). The result says "
+        "what happened: when the target answered, your part of the call ends; when it was "
+        "busy, did not answer or refused, the caller is still with you. "
         "Allowed destinations: sip:*@pbx.example.com"
     )
     assert spec.parameters == {
@@ -135,7 +136,13 @@ def test_transfer_spec_lists_the_allowed_destinations() -> None:
             "destination": {
                 "type": "string",
                 "description": "the SIP URI to transfer to, e.g. sip:200@pbx.example.com.",
-            }
+            },
+            "warm": {
+                "type": "boolean",
+                "description": "true to call the destination first and brief them while the "
+                "caller is on hold, then connect the two (attended transfer); false or absent: "
+                "blind.",
+            },
         },
         "required": ["destination"],
     }

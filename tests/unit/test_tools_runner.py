@@ -30,8 +30,8 @@ class Control:
     async def hang_up(self) -> None:
         self.actions.append(("hang_up", ""))
 
-    async def transfer(self, uri: str) -> str:
-        self.actions.append(("transfer", uri))
+    async def transfer(self, uri: str, *, warm: bool = False) -> str:
+        self.actions.append(("warm-transfer" if warm else "transfer", uri))
         return self.transfer_outcome
 
     async def send_dtmf(self, digits: str) -> None:

@@ -133,7 +133,7 @@ def _read_pcm(path: Path) -> tuple[bytes, int]:
         return wav.readframes(wav.getnframes()), wav.getframerate()
 
 
-def _endpoint(args: argparse.Namespace, rate: int, log: _StderrLog) -> Any:
+def _endpoint(args: argparse.Namespace, rate: int, log: _StderrLog, port: int = 0) -> Any:
     ep = pj.Endpoint()
     ep.libCreate()
     cfg = pj.EpConfig()
@@ -152,6 +152,7 @@ def _endpoint(args: argparse.Namespace, rate: int, log: _StderrLog) -> Any:
     tcfg = pj.TransportConfig()
     tcfg.boundAddress = "127.0.0.1"
     tcfg.publicAddress = "127.0.0.1"
+    tcfg.port = port  # 0: any
     kind = pj.PJSIP_TRANSPORT_TCP if args.transport == "tcp" else pj.PJSIP_TRANSPORT_UDP
     ep.transportCreate(kind, tcfg)
     ep.libStart()
