@@ -509,9 +509,7 @@ class Call:
             referral = await self.dialog.refer(uri)
         except SipbotError as exc:
             log.info("call %s: transfer to %s refused: %s", self.info.call_id, uri, exc)
-            response = exc.response if isinstance(exc, RequestFailed) else None
-            status = None if response is None else response.status
-            self._run(self.core.refer_refused(status, self._loop.time()))
+            self._run(self.core.refer_refused(_status_of(exc), self._loop.time()))
             return
         accepted = referral.response.status if referral.response is not None else "2xx"
         log.info("call %s: transfer to %s accepted (%s)", self.info.call_id, uri, accepted)
@@ -535,9 +533,7 @@ class Call:
             leg = await self.plan.consulter.place(uri)
         except SipbotError as exc:
             log.info("call %s: warm transfer: %s did not answer: %s", self.info.call_id, uri, exc)
-            response = exc.response if isinstance(exc, RequestFailed) else None
-            status = None if response is None else response.status
-            self._run(self.core.consult_failed(status, self._loop.time()))
+            self._run(self.core.consult_failed(_status_of(exc), self._loop.time()))
             return
         log.info("call %s: warm transfer: %s answered", self.info.call_id, uri)
         self._consult = leg
@@ -601,6 +597,12 @@ class Call:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("call %s: task failed", self.info.call_id, exc_info=task.exception())
+
+
+def _status_of(exc: SipbotError) -> int | None:
+    """The SIP status of a request that failed (None: no response at all)."""
+    response = exc.response if isinstance(exc, RequestFailed) else None
+    return None if response is None else response.status
 
 
 async def _close_quietly(session: ProviderSession) -> None:

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sipbot.domain import PCM16_16K
+from sipbot.domain import PCM16_16K, AudioFormat
 from sipbot.errors import LocalSipError, SipbotError
 from sipbot.media.session import MediaEngine, MediaSession
 from sipbot.sip.address import parse_uri
-from sipbot.sip.sdp import accept_answer, build_offer, parse_sdp
+from sipbot.sip.sdp import SessionDescription, accept_answer, build_offer, parse_sdp
 from sipbot.sip.ua import ClientCall, UserAgent
 
 RING_TIMEOUT_S = 30.0  # the target has this long to answer (then CANCEL: "no answer")
@@ -117,20 +117,33 @@ class Consulter:
             raise
         leg = ConsultLeg(call, media)
         try:
-            negotiated = accept_answer(offer, parse_sdp(call.remote_sdp))
-            media.configure(
-                codec=negotiated.codec.name,
-                payload_type=negotiated.codec.payload_type,
-                dtmf_payload_type=negotiated.dtmf_payload_type,
-                remote=(negotiated.remote_host, negotiated.remote_port),
-                direction=negotiated.direction,
-            )
-            media.set_formats(PCM16_16K, PCM16_16K)
-            media.start()
+            start_answered(media, offer, call.remote_sdp, PCM16_16K)
         except BaseException:
             await leg.close()
             raise
         return leg
+
+
+def start_answered(
+    media: MediaSession, offer: SessionDescription, answer: bytes, fmt: AudioFormat
+) -> str:
+    """Configure ``media`` for the far end's ``answer`` (SDP) to our ``offer``, exchanging PCM16
+    in ``fmt`` both ways, and start sending; returns the negotiated codec's name.
+
+    Raises:
+        SdpError: the answer does not fit the offer.
+    """
+    negotiated = accept_answer(offer, parse_sdp(answer))
+    media.configure(
+        codec=negotiated.codec.name,
+        payload_type=negotiated.codec.payload_type,
+        dtmf_payload_type=negotiated.dtmf_payload_type,
+        remote=(negotiated.remote_host, negotiated.remote_port),
+        direction=negotiated.direction,
+    )
+    media.set_formats(fmt, fmt)
+    media.start()
+    return negotiated.codec.name
 
 
 def hold_pattern(seconds: float, rate_hz: int = 16_000) -> bytes:

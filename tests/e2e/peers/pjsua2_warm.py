@@ -31,6 +31,7 @@ import pjsua2 as pj
 from pjsua2_caller import (  # type: ignore[import-not-found]  # run from this directory
     FRAME_MS,
     SHUTDOWN_PUMP_S,
+    _account,
     _AudioPort,
     _endpoint,
     _never,
@@ -38,6 +39,9 @@ from pjsua2_caller import (  # type: ignore[import-not-found]  # run from this d
     _read_pcm,
     _StderrLog,
     _write_wav,
+)
+from pjsua2_caller import (
+    _Call as _CallerCall,
 )
 
 EVENTS: list[dict[str, Any]] = []  # what happened, in order (the JSON summary's "events")
@@ -47,18 +51,18 @@ def _event(kind: str, **fields: Any) -> None:
     EVENTS.append({"at": round(time.monotonic(), 3), "event": kind, **fields})
 
 
-class _Call(pj.Call):  # type: ignore[misc]
+class _Call(_CallerCall):  # type: ignore[misc]
     """A call whose audio joins the process's one port; follows REFERs and replacements."""
 
     calls: ClassVar[list[_Call]] = []  # every call object, kept alive until shutdown
 
     def __init__(self, account: Any, port: _AudioPort, call_id: int = pj.PJSUA_INVALID_ID):
-        super().__init__(account, call_id)
+        super().__init__(account, port, call_id)
         self.account = account
-        self.port = port
         _Call.calls.append(self)
 
     def onCallState(self, prm: Any) -> None:
+        super().onCallState(prm)
         info = self.getInfo()
         _event(
             "state",
@@ -67,14 +71,6 @@ class _Call(pj.Call):  # type: ignore[misc]
             status=int(info.lastStatusCode),
             remote=str(info.remoteUri),
         )
-
-    def onCallMediaState(self, prm: Any) -> None:
-        info = self.getInfo()
-        for index, media in enumerate(info.media):
-            if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
-                audio = self.getAudioMedia(index)
-                self.port.startTransmit(audio)
-                audio.startTransmit(self.port)
 
     def onCallTransferRequest(self, prm: Any) -> None:
         _event("transfer-request", target=str(prm.dstUri))
@@ -141,14 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fmt.init(pj.PJMEDIA_FORMAT_PCM, rate, 1, FRAME_MS * 1000, 16)
     port.createPort("warm-e2e", fmt)
     acc = _Account(port)
-    acfg = pj.AccountConfig()
-    acfg.idUri = f"sip:{args.user}@127.0.0.1"
-    acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
-    acfg.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
-    if args.rtp_port:
-        acfg.mediaConfig.transportConfig.port = args.rtp_port
-        acfg.mediaConfig.transportConfig.portRange = 8
-    acc.create(acfg)
+    _account(args, acc)
     _event("ready")
     if args.call:
         _Call(acc, port).makeCall(args.call, pj.CallOpParam(True))
