@@ -18,7 +18,7 @@ Rules:
 * Rule 4 (barge-in guard, agent ``barge_in.mode: guard``): caller frames also go to the
   :class:`~sipbot.bargein.BargeInGuard` while the agent is audible (audio queued in the pacer,
   or within AUDIBLE_HOLD_S of it), caller transcripts too; its verdicts go to the core
-  (Conversation Rule 9). The Silero model loads in a thread when the call starts; until it is
+  (Conversation Rule 10). The Silero model loads in a thread when the call starts; until it is
   loaded nothing interrupts the agent.
 """
 
@@ -36,13 +36,16 @@ from typing import Any, Literal
 
 from sipbot import prompts
 from sipbot.bargein import CLEAR, CONFIRM, SUSPECT, BargeInGuard, GuardInput, Verdict
-from sipbot.call_ports import CallDialog, CallMedia, Referral
+from sipbot.call_ports import CallDialog, CallMedia, Consulter, ConsultLeg
 from sipbot.conversation import (
     Action,
+    Brief,
     CancelTools,
+    Consult,
     Conversation,
     Duck,
     End,
+    EndConsult,
     Flush,
     Hangup,
     OpenProvider,
@@ -54,6 +57,7 @@ from sipbot.conversation import (
     SendToolResult,
     SetTimer,
     StartTool,
+    TransferDone,
     Truncate,
     WatchDrain,
 )
@@ -69,10 +73,11 @@ from sipbot.domain import (
     ToolCall,
     Transcript,
 )
-from sipbot.errors import ProviderError, SipbotError
+from sipbot.errors import ProviderError, RequestFailed, SipbotError
 from sipbot.media.session import MediaEngine
 from sipbot.media_leg import MediaLeg
 from sipbot.providers.base import Provider, ProviderSession
+from sipbot.sip.sipfrag import replacing
 from sipbot.tools import ToolContext, ToolRunner
 from sipbot.tools.runner import ToolResult
 
@@ -83,6 +88,7 @@ PENDING_AUDIO_FRAMES = 100  # 2 s of caller audio kept while the provider connec
 CLOSE_TIMEOUT_S = 3.0
 TOOL_LOG_OUTPUT_CHARS = 2_000  # a tool's output as the call record keeps it
 AUDIBLE_HOLD_S = 0.3  # Rule 4: the agent counts as audible this long after its queue ran dry
+HOLD_CHUNK_S = 3  # hold audio is queued this much at a time (Conversation Rule 9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +106,9 @@ class CallPlan:
         filler: the "one moment" prompt for slow tools, PCM16 16 kHz, or None.
         log_transcripts: log what each side says at INFO (else DEBUG: transcripts stay in the
             call record, out of the log).
+        consulter: places a warm transfer's consultation call; None → no warm transfers.
+        hold: what the caller hears during a warm transfer, PCM16 16 kHz.
+        briefing: what the target hears before a warm transfer joins them, PCM16 16 kHz.
     """
 
     info: CallInfo
@@ -111,6 +120,9 @@ class CallPlan:
     apology: bytes = b""
     filler: bytes | None = None
     log_transcripts: bool = False
+    consulter: Consulter | None = None
+    hold: bytes = b""
+    briefing: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +185,7 @@ class Call:
             dtmf=plan.dtmf,
             max_duration_s=plan.agent.max_duration_s,
             filler_after_s=None if filler_ms is None else filler_ms / 1000,
+            transfer_timeout_s=plan.agent.transfer_timeout_s,
         )
         self._loop = asyncio.get_running_loop()
         self._ended: asyncio.Future[str] = self._loop.create_future()
@@ -182,6 +195,9 @@ class Call:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._outbound = PCM16_24K  # what media.play() takes now
+        self._transfers: dict[str, asyncio.Future[str]] = {}  # tool transfers, by request id
+        self._consult: ConsultLeg | None = None  # a warm transfer's call to the target
+        self._hold_pos = 0  # where the hold audio goes on (bytes into plan.hold)
         self.runner = ToolRunner(
             ToolContext(self, self.transcript),
             plan.agent.resolved_tools,
@@ -242,17 +258,18 @@ class Call:
         log.info("call %s: hang-up requested by the agent", self.info.call_id)
         self._run(self.core.hang_up_requested(self._loop.time()))
 
-    async def transfer(self, uri: str) -> None:
-        """Blind transfer (RFC 3515 REFER); returns once the peer accepted the REFER.
-
-        Raises:
-            RequestFailed: the peer refused the REFER or did not answer.
-        """
-        referral = await self.dialog.refer(uri)
-        status = referral.response.status if referral.response is not None else "2xx"
-        log.info("call %s: transfer to %s accepted (%s)", self.info.call_id, uri, status)
-        self._run(self.core.refer_accepted(self._loop.time()))
-        self._spawn(self._await_transfer(referral))
+    async def transfer(self, uri: str, *, warm: bool = False) -> str:
+        """Blind transfer (RFC 3515 REFER), or with ``warm`` an attended one (Conversation
+        Rule 9); returns the outcome in words once it is known (Rule 7): "transferred" (our leg
+        then ends), "busy (486)", "refused (403)", "no final NOTIFY within 10 s"... In every
+        outcome but the first the caller stays."""
+        if warm and self.plan.consulter is None:
+            return "failed: warm transfers are not available on this call"
+        request = f"transfer-{len(self._transfers) + 1}"
+        done: asyncio.Future[str] = self._loop.create_future()
+        self._transfers[request] = done
+        self._run(self.core.transfer_requested(uri, request, self._loop.time(), warm=warm))
+        return await done
 
     async def send_dtmf(self, digits: str) -> None:
         """Send ``digits`` as RFC 4733 events."""
@@ -354,8 +371,16 @@ class Call:
                     self._spawn(self._watch_drain())
                 case SetTimer(at, kind):
                     self._set_timer(at, kind)
-                case Refer(uri):
-                    self._spawn(self._transfer_by_dtmf(uri))
+                case Refer(uri, replaces):
+                    self._spawn(self._refer(self._replacing(uri) if replaces else uri))
+                case Consult(uri):
+                    self._spawn(self._place_consult(uri))
+                case Brief():
+                    self._spawn(self._brief())
+                case EndConsult():
+                    self._spawn(self._end_consult())
+                case TransferDone(request, outcome, _):
+                    self._transfer_done(request, outcome)
                 case OpenProvider():
                     self._spawn(self._converse())
                 case Hangup():
@@ -380,13 +405,27 @@ class Call:
         queued = self.media.queued_ms() if self.media is not None else 0
         self._run(self.core.timer_fired(kind, self._loop.time(), queued))
 
+    def _next_hold_chunk(self) -> bytes:
+        """The next HOLD_CHUNK_S of the hold audio, from where the last one ended (it loops):
+        rendering a few seconds at a time keeps a long hold file off the loop."""
+        hold = self.plan.hold
+        if not hold:
+            return b""
+        size = HOLD_CHUNK_S * 16_000 * 2
+        start = self._hold_pos % len(hold)
+        chunk = hold[start : start + size]
+        self._hold_pos = start + len(chunk)
+        return chunk
+
     async def _watch_drain(self) -> None:
         await self._media.drained()
         self._run(self.core.media_drained(self._loop.time()))
 
     def _play_prompt(self, prompt: Prompt) -> None:
         """Play a 16 kHz prompt in whatever format ``media.play`` takes now."""
-        pcm16k = self.plan.apology if prompt == "apology" else self.plan.filler
+        pcm16k: bytes | None = self.plan.apology if prompt == "apology" else self.plan.filler
+        if prompt == "hold":
+            pcm16k = self._next_hold_chunk()
         if pcm16k:
             self._media.play(prompts.render(pcm16k, 16_000, self._outbound), prompt)
 
@@ -520,21 +559,65 @@ class Call:
             )
         )
 
-    async def _await_transfer(self, referral: Referral) -> None:
-        """After an accepted REFER: its final NOTIFY (the core bounds the wait, Rule 7)."""
+    async def _refer(self, uri: str) -> None:
+        """Send the REFER, then wait for its final NOTIFY (the core bounds the wait, Rule 7)."""
         try:
-            status = await referral.final()
+            referral = await self.dialog.refer(uri)
+        except SipbotError as exc:
+            log.info("call %s: transfer to %s refused: %s", self.info.call_id, uri, exc)
+            self._run(self.core.refer_refused(_status_of(exc), self._loop.time()))
+            return
+        accepted = referral.response.status if referral.response is not None else "2xx"
+        log.info("call %s: transfer to %s accepted (%s)", self.info.call_id, uri, accepted)
+        self._run(self.core.refer_accepted(self._loop.time()))
+        try:
+            final = await referral.final()
         except SipbotError as exc:
             log.info("call %s: transfer outcome unknown: %s", self.info.call_id, exc)
             return
-        log.info("call %s: transfer target answered %d", self.info.call_id, status)
-        self._run(self.core.refer_final(status, self._loop.time()))
+        log.info("call %s: transfer target answered %d", self.info.call_id, final)
+        self._run(self.core.refer_final(final, self._loop.time()))
 
-    async def _transfer_by_dtmf(self, uri: str) -> None:
+    def _replacing(self, uri: str) -> str:
+        leg = self._consult
+        return uri if leg is None else replacing(uri, leg.replaces)
+
+    async def _place_consult(self, uri: str) -> None:
+        """Rule 9: call the warm transfer's target; the core hears how that went."""
+        assert self.plan.consulter is not None
         try:
-            await self.transfer(uri)
+            leg = await self.plan.consulter.place(uri)
         except SipbotError as exc:
-            log.warning("call %s: DTMF transfer to %s failed: %s", self.info.call_id, uri, exc)
+            log.info("call %s: warm transfer: %s did not answer: %s", self.info.call_id, uri, exc)
+            self._run(self.core.consult_failed(_status_of(exc), self._loop.time()))
+            return
+        log.info("call %s: warm transfer: %s answered", self.info.call_id, uri)
+        self._consult = leg
+        leg.terminated.add_done_callback(
+            lambda _: self._run(self.core.consult_ended(self._loop.time()))
+        )
+        self._run(self.core.consult_answered(self._loop.time()))
+
+    async def _brief(self) -> None:
+        leg = self._consult
+        if leg is not None:
+            await leg.brief(self.plan.briefing)
+            self._run(self.core.consult_briefed(self._loop.time()))
+
+    async def _end_consult(self) -> None:
+        leg, self._consult = self._consult, None
+        if leg is not None:
+            await leg.close()
+            reason = leg.terminated.result() if leg.terminated.done() else "?"
+            log.info(
+                "call %s: warm transfer: consultation call ended (%s)", self.info.call_id, reason
+            )
+
+    def _transfer_done(self, request: str | None, outcome: str) -> None:
+        log.info("call %s: transfer outcome: %s", self.info.call_id, outcome)
+        done = None if request is None else self._transfers.get(request)
+        if done is not None and not done.done():
+            done.set_result(outcome)
 
     # ------------------------------------------------------------------ the end
 
@@ -549,6 +632,11 @@ class Call:
                 task.cancel()
         if session is not None:
             await _close_quietly(session)
+        if self._consult is not None and self.core.ended == "transferred":
+            # the target ends the consultation call itself (Replaces): give it the time
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._consult.terminated), CLOSE_TIMEOUT_S)
+            await self._end_consult()
         if self.media is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.media.close(), CLOSE_TIMEOUT_S)
@@ -565,6 +653,12 @@ class Call:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("call %s: task failed", self.info.call_id, exc_info=task.exception())
+
+
+def _status_of(exc: SipbotError) -> int | None:
+    """The SIP status of a request that failed (None: no response at all)."""
+    response = exc.response if isinstance(exc, RequestFailed) else None
+    return None if response is None else response.status
 
 
 async def _close_quietly(session: ProviderSession) -> None:

@@ -59,6 +59,42 @@ class CallDialog(Protocol):
         ...
 
 
+class ConsultLeg(Protocol):
+    """A warm transfer's consultation call to the target (answered), Conversation Rule 9."""
+
+    @property
+    def replaces(self) -> str:
+        """Its dialog as the target sees it, for a Replaces header (RFC 3891):
+        ``call-id;to-tag=<target's tag>;from-tag=<ours>``."""
+        ...
+
+    @property
+    def terminated(self) -> asyncio.Future[str]:
+        """Resolves once, with the reason the call ended."""
+        ...
+
+    async def brief(self, pcm16k: bytes) -> None:
+        """Play ``pcm16k`` (PCM16 16 kHz) to the target; returns once it has played out."""
+        ...
+
+    async def close(self) -> None:
+        """BYE if the call is still up, and release its media (idempotent)."""
+        ...
+
+
+class Consulter(Protocol):
+    """Places consultation calls (the server's user agent and media engine)."""
+
+    async def place(self, uri: str) -> ConsultLeg:
+        """Call ``uri`` and wait for the answer.
+
+        Raises:
+            RequestFailed: a final non-2xx response (``response``), or no answer in time.
+            SipbotError: the call could not be placed (no media port, bad URI...).
+        """
+        ...
+
+
 class CallMedia(Protocol):
     """The RTP side of an answered call (the pacer and the inbound chain behind it)."""
 

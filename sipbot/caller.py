@@ -12,11 +12,12 @@ import contextlib
 import sys
 
 from sipbot import prompts
+from sipbot.consult import start_answered
 from sipbot.domain import AudioFormat
 from sipbot.errors import SipbotError
 from sipbot.media.session import MediaEngine, MediaSettings
 from sipbot.sip.address import parse_uri
-from sipbot.sip.sdp import accept_answer, build_offer, parse_sdp
+from sipbot.sip.sdp import build_offer
 from sipbot.sip.ua import ServerCall, SipSettings, UserAgent
 
 CODEC_NAMES = {"pcmu": "PCMU", "pcma": "PCMA", "g722": "G722"}
@@ -70,19 +71,10 @@ async def place_call(
         except SipbotError as exc:
             print(f"sipbot call: {uri}: {exc}", file=sys.stderr)
             return 1
-        negotiated = accept_answer(offer, parse_sdp(call.remote_sdp))
-        media.configure(
-            codec=negotiated.codec.name,
-            payload_type=negotiated.codec.payload_type,
-            dtmf_payload_type=negotiated.dtmf_payload_type,
-            remote=(negotiated.remote_host, negotiated.remote_port),
-            direction=negotiated.direction,
-        )
-        media.set_formats(pcm_format, pcm_format)
-        media.start()
+        codec_used = start_answered(media, offer, call.remote_sdp, pcm_format)
         if audio:
             media.play(audio, "play")
-        print(f"sipbot call: answered, {negotiated.codec.name}", file=sys.stderr)
+        print(f"sipbot call: answered, {codec_used}", file=sys.stderr)
         if dtmf:
             asyncio.get_running_loop().call_later(DTMF_DELAY_S, media.send_dtmf, dtmf)
         hung_up.clear()

@@ -26,11 +26,21 @@ Rules:
   HANGUP_GRACE_S for the drain).
 * Rule 6: a tool still running ``filler_after_s`` after it started gets the filler prompt once,
   and only into silence (nothing queued in the pacer, agent not muted).
-* Rule 7: an accepted transfer mutes the agent and flushes; BYE follows the REFER's final NOTIFY,
-  or TRANSFER_NOTIFY_TIMEOUT_S after the acceptance if none came.
+* Rule 7: an accepted transfer mutes the agent and flushes; only a 2xx final NOTIFY ends our leg
+  (BYE). When the target fails — a final NOTIFY of 300 or more, no final NOTIFY within
+  ``transfer_timeout_s`` (TRANSFER_NOTIFY_TIMEOUT_S by default) of the acceptance, or the REFER
+  refused — the caller stays with the agent: it is unmuted and told the outcome in words
+  (:func:`transfer_outcome`): the tool that asked gets it as its result (:class:`TransferDone`),
+  a keypress transfer as text. One transfer at a time; a second request fails at once.
 * Rule 8: the provider session opens once, on the first of: the call is confirmed (ACK), the
   caller's first audio arrived (an INVITE never ACKed costs no model session).
-* Rule 9 (barge-in guard, ``barge_in.mode: guard``; :mod:`sipbot.bargein` decides, the provider's
+* Rule 9: a warm transfer first calls the target (:class:`Consult`) while the caller, the agent
+  muted, hears hold audio (topped up every HOLD_TICK_S while less than HOLD_LOW_MS is queued,
+  until the REFER is accepted); once the target answered and the briefing played to it
+  (:class:`Brief`), the caller is REFERred to the target with Replaces (RFC 3891) and Rule 7
+  applies. When the target does not answer, or the REFER fails, the consultation call is ended
+  (:class:`EndConsult`), the hold audio stops and the caller is back with the agent.
+* Rule 10 (barge-in guard, ``barge_in.mode: guard``; :mod:`sipbot.bargein` decides, the provider's
   own interruption is off): suspected caller speech over the agent ducks the agent's audio by
   GUARD_DUCK_DB, nothing is flushed; a confirmed barge-in restores the level and is handled as
   Rule 2 (flush, cancel tools, truncate), and the rest of every cut item's audio still arriving
@@ -61,10 +71,11 @@ HANGUP_QUIET_S = 2.0  # no agent audio this long after hang_up: it said goodbye 
 HANGUP_WAIT_S = 15.0  # longest hang_up waits for the agent to finish speaking
 HANGUP_GRACE_S = 0.1  # after HANGUP_WAIT_S, this long more for the pacer to drain
 TRANSFER_NOTIFY_TIMEOUT_S = 10.0  # longest we wait for the REFER's final NOTIFY before BYE
-GUARD_DUCK_DB = -12.0  # Rule 9: the agent's level while a barge-in is suspected
-GUARD_CUT_DROP_S = 5.0  # Rule 9: longest a cut item's late audio is dropped
+GUARD_DUCK_DB = -12.0  # Rule 10: the agent's level while a barge-in is suspected
+GUARD_CUT_DROP_S = 5.0  # Rule 10: longest a cut item's late audio is dropped
+TRANSFER_NOTIFY_TIMEOUT_S = 10.0  # default longest wait for the REFER's final NOTIFY (Rule 7)
 
-Prompt = Literal["apology", "filler"]
+Prompt = Literal["apology", "filler", "hold"]
 
 # timer kinds (a filler timer is "filler:" + the tool call id)
 MAX_DURATION = "max-duration"
@@ -73,6 +84,9 @@ HANGUP_DEADLINE = "hangup-deadline"
 HANGUP_GRACE = "hangup-grace"
 APOLOGY = "apology"
 TRANSFER = "transfer"
+HOLD = "hold"
+HOLD_TICK_S = 1.0  # Rule 9: how often the hold audio is topped up
+HOLD_LOW_MS = 1_000  # top it up (one more PlayPrompt("hold")) when less than this is queued
 FILLER = "filler:"
 
 
@@ -108,7 +122,7 @@ class Flush:
 
 @dataclass(frozen=True, slots=True)
 class Duck:
-    """Play the agent's audio at ``gain_db`` (0: its own level) from the next packet (Rule 9)."""
+    """Play the agent's audio at ``gain_db`` (0: its own level) from the next packet (Rule 10)."""
 
     gain_db: float
 
@@ -158,9 +172,43 @@ class SendText:
 
 @dataclass(frozen=True, slots=True)
 class Refer:
-    """Blind-transfer the caller (REFER); report with ``refer_accepted`` / ``_refused``."""
+    """Blind-transfer the caller (REFER); report with ``refer_accepted`` / ``_refused``.
+
+    ``replaces``: refer the caller to the consultation call's target with Replaces (Rule 9)."""
 
     uri: str
+    replaces: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Consult:
+    """Call the warm transfer's target (Rule 9); report ``consult_answered`` / ``_failed``."""
+
+    uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class Brief:
+    """Play the briefing to the consulted target; report ``consult_briefed`` once it played."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndConsult:
+    """Hang up the consultation call (the warm transfer failed, Rule 9)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferDone:
+    """A transfer is over (Rule 7): answer the tool that asked (``request``, from
+    ``transfer_requested``; None for a keypress transfer).
+
+    ``outcome`` in words for the model ("transferred", "busy (486)", "no answer (480)",
+    "refused (403)", "no final NOTIFY within 10 s"...); ``transferred`` only for a 2xx.
+    """
+
+    request: str | None
+    outcome: str
+    transferred: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +244,10 @@ Action = (
     | SendToolResult
     | SendText
     | Refer
+    | Consult
+    | Brief
+    | EndConsult
+    | TransferDone
     | Hangup
     | End
     | SetTimer
@@ -221,22 +273,33 @@ class _HangupWait:
 
 
 @dataclass(slots=True)
+class _Transfer:
+    """A transfer under way (Rule 7)."""
+
+    uri: str
+    request: str | None  # the tool's request id; None: asked for by a keypress
+    deadline: float | None = None  # set when the REFER was accepted
+    warm: bool = False  # Rule 9: a consultation call comes first
+    consulting: bool = False  # the consultation call is up (answered, not ended by us)
+
+
+@dataclass(slots=True)
 class _State:
     ended: str | None = None
     opening: bool = False
     session: bool = False  # the provider session is open
     muted: bool = False  # after a transfer or an apology, agent audio is dropped
     apologising: str | None = None  # the reason to end with once the apology played out
-    transferring: bool = False
+    transfer: _Transfer | None = None
     last_agent_audio: float = 0.0
     turn_done: bool = False
     hangup: _HangupWait | None = None
     tools: dict[str, ToolCall] = field(default_factory=dict)  # running, by call id
     filler_due: set[str] = field(default_factory=set)  # running tools whose filler timer is out
-    ducked: bool = False  # Rule 9: a barge-in is suspected
-    guard_cut: bool = False  # Rule 9: the next reported flush is the guard's
-    cut_items: set[str] = field(default_factory=set)  # Rule 9: their late audio is dropped
-    cut_at: float = 0.0  # Rule 9: when the guard cut them
+    ducked: bool = False  # Rule 10: a barge-in is suspected
+    guard_cut: bool = False  # Rule 10: the next reported flush is the guard's
+    cut_items: set[str] = field(default_factory=set)  # Rule 10: their late audio is dropped
+    cut_at: float = 0.0  # Rule 10: when the guard cut them
 
 
 class Conversation:
@@ -246,6 +309,7 @@ class Conversation:
         dtmf: route-level keypress actions (other digits go to the model as text).
         max_duration_s: the call is ended this long after :meth:`start`.
         filler_after_s: a tool running this long gets the filler (Rule 6); None → no filler.
+        transfer_timeout_s: longest wait for an accepted REFER's final NOTIFY (Rule 7).
     """
 
     def __init__(
@@ -254,8 +318,10 @@ class Conversation:
         dtmf: Mapping[str, DtmfAction] | None = None,
         max_duration_s: float | None = None,
         filler_after_s: float | None = None,
+        transfer_timeout_s: float = TRANSFER_NOTIFY_TIMEOUT_S,
     ) -> None:
         self._dtmf = dict(dtmf or {})
+        self._transfer_timeout_s = transfer_timeout_s
         self._max_duration_s = max_duration_s
         self._filler_after_s = filler_after_s
         self._s = _State()
@@ -329,7 +395,7 @@ class Conversation:
             return []
         if isinstance(event, AudioOut):
             if s.cut_items and now - s.cut_at > GUARD_CUT_DROP_S:
-                s.cut_items.clear()  # Rule 9: bounded
+                s.cut_items.clear()  # Rule 10: bounded
             if s.muted or event.item_id in s.cut_items:
                 return []
             s.last_agent_audio = now
@@ -343,7 +409,7 @@ class Conversation:
         if isinstance(event, ToolCallCancelled):
             return [CancelTools(event.ids)]
         if isinstance(event, TurnComplete):
-            s.cut_items.clear()  # Rule 9
+            s.cut_items.clear()  # Rule 10
             self.counts.turns += 1
             s.turn_done = True
             return self._hangup_check(now)
@@ -359,11 +425,11 @@ class Conversation:
             return []
         if self._s.guard_cut:
             self._s.guard_cut = False
-            self._s.cut_items.update(heard)  # Rule 9
+            self._s.cut_items.update(heard)  # Rule 10
             self._s.cut_at = now
         return [Truncate(item_id, ms) for item_id, ms in heard.items()]
 
-    # ------------------------------------------------------------------ barge-in guard (Rule 9)
+    # ------------------------------------------------------------------ barge-in guard (Rule 10)
 
     def barge_in_suspected(self, now: float) -> list[Action]:
         """The guard heard caller speech over the agent: duck, do not flush yet."""
@@ -455,6 +521,9 @@ class Conversation:
             return []
         action = self._dtmf.get(digit)
         if isinstance(action, Transfer):
+            if self._s.transfer is not None:
+                return []
+            self._s.transfer = _Transfer(action.uri, None)
             return [Refer(action.uri)]
         if isinstance(action, HangUp):
             return self._bye("dtmf-hangup")
@@ -462,19 +531,99 @@ class Conversation:
             return [SendText(f"The caller pressed the key {digit}.")]
         return []
 
+    def transfer_requested(
+        self, uri: str, request: str, now: float, *, warm: bool = False
+    ) -> list[Action]:
+        """A tool asks to transfer the caller to ``uri`` (Rule 7; ``warm``: Rule 9);
+        ``request`` names its :class:`TransferDone`."""
+        s = self._s
+        if s.ended is not None:
+            return [TransferDone(request, "the call has ended", False)]
+        if s.transfer is not None:
+            return [TransferDone(request, "another transfer is in progress", False)]
+        s.transfer = _Transfer(uri, request, warm=warm)
+        if not warm:
+            return [Refer(uri)]
+        s.muted = True
+        return [Flush(), PlayPrompt("hold"), SetTimer(now + HOLD_TICK_S, HOLD), Consult(uri)]
+
+    def consult_answered(self, now: float) -> list[Action]:
+        """The warm transfer's target answered (Rule 9): brief it."""
+        t = self._s.transfer
+        if self._s.ended is not None or t is None or not t.warm:
+            return [EndConsult()]
+        t.consulting = True
+        return [Brief()]
+
+    def consult_failed(self, status: int | None, now: float) -> list[Action]:
+        """The warm transfer's target did not answer: ``status`` (None: no answer at all)."""
+        t = self._s.transfer
+        if self._s.ended is not None or t is None or not t.warm:
+            return []
+        outcome = "no answer" if status is None else transfer_outcome(status)
+        return [Flush(), *self._transfer_failed(outcome)]
+
+    def consult_briefed(self, now: float) -> list[Action]:
+        """The briefing played to the target (Rule 9): hand the caller over (REFER + Replaces)."""
+        t = self._s.transfer
+        if self._s.ended is not None or t is None or not t.consulting:
+            return []
+        return [Refer(t.uri, replaces=True)]
+
+    def consult_ended(self, now: float) -> list[Action]:
+        """The consultation call ended by itself before the handover (the target hung up)."""
+        t = self._s.transfer
+        if self._s.ended is not None or t is None or not t.consulting or t.deadline is not None:
+            return []
+        t.consulting = False
+        return [Flush(), *self._transfer_failed("the target hung up")]
+
     def refer_accepted(self, now: float) -> list[Action]:
         """The peer accepted our REFER (Rule 7): mute, flush, wait for the final NOTIFY."""
         s = self._s
-        if s.ended is not None:
+        if s.ended is not None or s.transfer is None:
             return []
-        s.muted = s.transferring = True
-        return [Flush(), SetTimer(now + TRANSFER_NOTIFY_TIMEOUT_S, TRANSFER)]
+        s.muted = True
+        s.transfer.deadline = now + self._transfer_timeout_s
+        return [Flush(), SetTimer(s.transfer.deadline, TRANSFER)]  # (a warm one's hold audio too)
+
+    def refer_refused(self, status: int | None, now: float) -> list[Action]:
+        """The peer refused our REFER (``status``) or never answered it (None), Rule 7."""
+        s = self._s
+        if s.ended is not None or s.transfer is None or s.transfer.deadline is not None:
+            return []
+        return self._transfer_failed(
+            "no answer to the REFER" if status is None else f"refused ({status})"
+        )
 
     def refer_final(self, status: int, now: float) -> list[Action]:
-        """The REFER's final NOTIFY (the transfer target's answer): BYE (RFC 5589)."""
-        if not self._s.transferring:
+        """The REFER's final NOTIFY (the transfer target's answer), Rule 7: a 2xx ends our leg
+        (RFC 5589), anything else gives the caller back to the agent."""
+        t = self._s.transfer
+        if self._s.ended is not None or t is None or t.deadline is None:
             return []
-        return self._bye("transferred")
+        if status >= 300:
+            return self._transfer_failed(transfer_outcome(status))
+        return [TransferDone(t.request, "transferred", True), *self._bye("transferred")]
+
+    def _transfer_failed(self, outcome: str) -> list[Action]:
+        s = self._s
+        t = s.transfer
+        assert t is not None
+        s.transfer = None
+        s.muted = s.apologising is not None
+        done: list[Action] = [TransferDone(t.request, outcome, False)]
+        if t.consulting:
+            done = [Flush(), EndConsult(), *done]
+        if t.request is not None or not s.session:
+            return done
+        return [
+            *done,
+            SendText(
+                f"The caller pressed a key to be transferred to {t.uri}, but the transfer did "
+                f"not happen: {outcome}. The caller is still on the line with you; tell them."
+            ),
+        ]
 
     # ------------------------------------------------------------------ timers
 
@@ -487,8 +636,19 @@ class Conversation:
             return self._bye("max-duration")
         if kind == APOLOGY and s.apologising is not None:
             return self._bye(s.apologising)
-        if kind == TRANSFER and s.transferring:
-            return self._bye("transferred")
+        if kind == HOLD:
+            t = s.transfer
+            if t is None or not t.warm or t.deadline is not None:
+                return []  # the hold is over (the caller is back, or being handed over)
+            top_up: list[Action] = [PlayPrompt("hold")] if queued_ms < HOLD_LOW_MS else []
+            return [*top_up, SetTimer(now + HOLD_TICK_S, HOLD)]
+        if kind == TRANSFER:
+            t = s.transfer
+            if t is None or t.deadline is None:
+                return []
+            if now < t.deadline:  # the loop may fire a hair early: look again then
+                return [SetTimer(t.deadline, TRANSFER)]
+            return self._transfer_failed(f"no final NOTIFY within {self._transfer_timeout_s:g} s")
         if kind.startswith(FILLER):
             return self._filler(kind[len(FILLER) :], queued_ms)
         wait = s.hangup
@@ -553,3 +713,16 @@ class Conversation:
             return []
         self._s.ended = reason
         return [Hangup(), End(reason)]
+
+
+def transfer_outcome(status: int) -> str:
+    """A transfer target's final status in words (Rule 7): "transferred", "busy (486)"..."""
+    if 200 <= status < 300:
+        return "transferred"
+    if status in (486, 600):
+        return f"busy ({status})"
+    if status in (408, 480, 487):
+        return f"no answer ({status})"
+    if status in (403, 603):
+        return f"refused ({status})"
+    return f"failed ({status})"

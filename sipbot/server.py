@@ -48,10 +48,11 @@ from typing import Any
 
 from sipbot.call import Call, CallPlan
 from sipbot.config import Config, TrustSettings
+from sipbot.consult import HOLD_PERIOD_S, Consulter, hold_pattern
 from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
 from sipbot.dialplan.trunks import Trunk, call_srtp
 from sipbot.domain import CallInfo
-from sipbot.errors import ConfigError, SipParseError
+from sipbot.errors import ConfigError, SipbotError, SipParseError
 from sipbot.media.formats import PCM16_24K
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
@@ -60,7 +61,7 @@ from sipbot.ops.admission import Admission
 from sipbot.ops.looplag import LoopLagMonitor
 from sipbot.ops.metrics import Gauges, Metrics
 from sipbot.ops.observe import ObservedProvider, RecentCalls, SessionWatch
-from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt, render
+from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt, load_wav, render
 from sipbot.providers.base import Provider
 from sipbot.providers.registry import make_provider
 from sipbot.ratelimit import RateLimitedLog
@@ -160,6 +161,16 @@ class Server:
         self._stopped = asyncio.Event()
         self.apology = load_prompt(APOLOGY_PROMPT, PROMPT_RATE_HZ)
         self.filler = load_prompt(FILLER_PROMPT, PROMPT_RATE_HZ)
+        # warm transfers (Conversation Rule 9): the consultation calls and their audio
+        public_host = settings.sip.public_address
+        self.consulter = Consulter(
+            self.ua,
+            self.engine,
+            settings.media.codecs,
+            address=public_host[0] if public_host else None,
+        )
+        self.hold = hold_pattern(HOLD_PERIOD_S, PROMPT_RATE_HZ)  # one period: it loops
+        self._wavs: dict[str, bytes] = {}  # agents' transfer prompts, PCM16 16 kHz, by path
         self.calls_total = 0
         limits = settings.limits
         self.admission = Admission(limits.max_calls, limits.max_loop_lag_ms, limits.retry_after_s)
@@ -437,7 +448,21 @@ class Server:
             apology=self.apology,
             filler=self.filler,
             log_transcripts=self.config.server.log_transcripts,
+            consulter=self.consulter,
+            hold=self._wav(agent.transfer_hold) if agent.transfer_hold else self.hold,
+            briefing=self._wav(agent.transfer_briefing) if agent.transfer_briefing else b"",
         )
+
+    def _wav(self, path: str) -> bytes:
+        """A transfer prompt of an agent, PCM16 16 kHz (read once; the dialplan checked it)."""
+        pcm = self._wavs.get(path)
+        if pcm is None:
+            try:
+                pcm = self._wavs[path] = load_wav(path, PROMPT_RATE_HZ)
+            except (OSError, SipbotError) as exc:
+                log.warning("cannot read %s: %s", path, exc)
+                pcm = b""
+        return pcm
 
     def _agent_overrides(self, agent: Agent) -> Agent:
         if self.options.max_duration_s is not None:

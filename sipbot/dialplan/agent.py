@@ -20,7 +20,7 @@ from sipbot.dialplan.template import Template
 from sipbot.domain import CallInfo, SessionConfig, SrtpMode, ToolSpec, TurnDetection
 from sipbot.errors import ConfigError, ToolDefinitionError
 from sipbot.secret import Secret, to_secret
-from sipbot.tools.builtin import BUILTIN_NAMES, builtin_tool
+from sipbot.tools.builtin import BUILTIN_NAMES, MAX_TRANSFER_TIMEOUT_S, builtin_tool
 from sipbot.tools.registry import Tool
 
 ProviderName = Literal["local", "gemini", "openai"]
@@ -93,6 +93,13 @@ class Agent:
         tool_timeout_s: default timeout of this agent's tools.
         filler_after_ms: a tool running longer than this triggers the call's filler ("one
             moment"); None → no filler.
+        transfer_timeout_s: longest wait for an accepted REFER's final NOTIFY; without one the
+            caller stays with the agent (Conversation Rule 7). At most
+            MAX_TRANSFER_TIMEOUT_S.
+        transfer_briefing: a WAV file the target hears in a warm transfer before the caller is
+            joined (Conversation Rule 9); None → none.
+        transfer_hold: a WAV file the caller hears while a warm transfer calls the target;
+            None → the built-in chime.
         srtp: ``off``, ``optional`` or ``required`` (SDES SRTP, docs/CONFIG.md); None → not
             set (off, unless the call's trunk sets it: the trunk's setting wins).
         barge_in: who decides that the caller interrupts (:class:`BargeIn`).
@@ -125,6 +132,9 @@ class Agent:
     filler_after_ms: int | None = None
     srtp: SrtpMode | None = None
     barge_in: BargeIn = field(default_factory=BargeIn, repr=False)
+    transfer_timeout_s: float = 10.0
+    transfer_briefing: str | None = None
+    transfer_hold: str | None = None
     resolved_tools: tuple[Tool, ...] = field(init=False, repr=False, compare=False)
     _prompt: Template = field(init=False, repr=False, compare=False)
     _greeting: Template | None = field(init=False, repr=False, compare=False)
@@ -153,6 +163,10 @@ class Agent:
             _set(self, "api_key", to_secret(self.api_key))
         if self.ca_file is not None and not os.path.isfile(self.ca_file):
             fail("ca_file", f"no such file {self.ca_file!r}")
+        for key in ("transfer_briefing", "transfer_hold"):
+            path = getattr(self, key)
+            if path is not None and not os.path.isfile(path):
+                fail(key, f"no such file {path!r}")
         self._check_numbers()
 
     def _resolve_tools(self) -> tuple[Tool, ...]:
@@ -190,6 +204,8 @@ class Agent:
             fail("temperature", f"must be between 0 and 2, not {self.temperature}")
         if self.tool_timeout_s <= 0:
             fail("tool_timeout_s", "must be > 0")
+        if not 0 < self.transfer_timeout_s <= MAX_TRANSFER_TIMEOUT_S:
+            fail("transfer_timeout_s", f"must be > 0 and at most {MAX_TRANSFER_TIMEOUT_S:g}")
         self._check_barge_in()
 
     def _check_barge_in(self) -> None:

@@ -172,6 +172,9 @@ def _agent(
             filler_after_ms=spec.filler_after_ms,
             srtp=spec.srtp,
             barge_in=BargeIn(**spec.barge_in.model_dump()),  # mode checked by Agent
+            transfer_timeout_s=spec.transfer_timeout_s,
+            transfer_briefing=spec.transfer_briefing,
+            transfer_hold=spec.transfer_hold,
         ),
     )
 

@@ -59,6 +59,9 @@ class AgentModel(StrictModel):
     filler_after_ms: int | None = None
     srtp: Any = None  # off | optional | required (YAML's bare off is false); checked by Agent
     barge_in: BargeInModel = Field(default_factory=BargeInModel)
+    transfer_timeout_s: float = 10.0
+    transfer_briefing: str | None = None  # a WAV file
+    transfer_hold: str | None = None  # a WAV file
 
 
 class HttpModel(StrictModel):

@@ -13,6 +13,8 @@ Rules:
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from sipbot.sip.message import SipRequest
 
 
@@ -39,3 +41,10 @@ def refer_event(request: SipRequest) -> tuple[bool, int | None]:
             number = number.strip().strip('"')
             return True, int(number) if number.isdigit() else None
     return True, None
+
+
+def replacing(uri: str, replaces: str) -> str:
+    """``uri`` with a Replaces header (RFC 3891) embedded for a Refer-To (RFC 3515 §2.1):
+    ``sip:bob@host?Replaces=call-id%3Bto-tag%3Da%3Bfrom-tag%3Db``."""
+    separator = "&" if "?" in uri else "?"
+    return f"{uri}{separator}Replaces={quote(replaces, safe='')}"

@@ -18,6 +18,11 @@ from sipbot.tools.registry import PythonTool, tool
 
 BUILTIN_NAMES = ("hang_up", "transfer_call", "send_dtmf", "get_caller_info")
 DTMF_RE = re.compile(r"[0-9*#A-D]{1,32}")
+MAX_TRANSFER_TIMEOUT_S = 60.0  # an agent's longest wait for a REFER's final NOTIFY
+# transfer_call waits for the outcome: the REFER's own transaction (64·T1 = 32 s at most) plus
+# the longest NOTIFY wait — and for a warm transfer the target's ring time (30 s) and the
+# briefing — with room to spare (the call bounds the waits, not this)
+TRANSFER_TOOL_TIMEOUT_S = 240.0
 
 # A destination is a bare URI: no display name, parameters, headers or spaces, which could
 # smuggle a different target past a pattern.
@@ -122,21 +127,36 @@ class TransferCallTool(PythonTool):
             raise ToolDefinitionError("transfer_call needs at least one allowed destination")
         policy = self.policy
 
-        async def transfer_call(destination: str, context: ToolContext) -> str:
+        async def transfer_call(destination: str, context: ToolContext, warm: bool = False) -> str:
             """Transfer the caller.
 
             Args:
                 destination: the SIP URI to transfer to, e.g. sip:200@pbx.example.com.
+                warm: true to call the destination first and brief them while the caller is
+                    on hold, then connect the two (attended transfer); false or absent: blind.
             """
             uri = policy.check(destination)
-            await context.control.transfer(uri)
-            return f"transferring the caller to {uri}"
+            outcome = await context.control.transfer(uri, warm=warm)
+            return transfer_result(uri, outcome)
 
         description = (
-            "Transfer the caller to another phone number or SIP address (blind transfer); your "
-            "part of the call ends. Allowed destinations: " + ", ".join(policy.patterns)
+            "Transfer the caller to another phone number or SIP address (blind, or warm: the "
+            "destination is called and briefed first while the caller holds). The result says "
+            "what happened: when the target answered, your part of the call ends; when it was "
+            "busy, did not answer or refused, the caller is still with you. "
+            "Allowed destinations: " + ", ".join(policy.patterns)
         )
-        super().__init__(transfer_call, description=description)
+        super().__init__(transfer_call, description=description, timeout_s=TRANSFER_TOOL_TIMEOUT_S)
+
+
+def transfer_result(uri: str, outcome: str) -> str:
+    """What ``transfer_call`` tells the model: the outcome first, in words it can repeat."""
+    if outcome == "transferred":
+        return f"transferred: the caller is now connected to {uri}"
+    return (
+        f"{outcome}: the transfer to {uri} did not happen; the caller is still on the line "
+        "with you, tell them"
+    )
 
 
 def transfer_call(allow: Iterable[str]) -> TransferCallTool:

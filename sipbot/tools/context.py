@@ -30,8 +30,12 @@ class CallControl(Protocol):
         """End the call (BYE) after the sentence now playing has finished."""
         ...
 
-    async def transfer(self, uri: str) -> None:
-        """Blind-transfer the caller to ``uri`` (SIP REFER). The URI was checked by the caller."""
+    async def transfer(self, uri: str, *, warm: bool = False) -> str:
+        """Transfer the caller to ``uri`` (SIP REFER; ``warm``: call and brief the target first,
+        then join them with REFER + Replaces); the outcome in words once known
+        ("transferred", "busy (486)", "refused (403)", ...). The URI was checked by the caller.
+        A tool that awaits this needs a timeout longer than the agent's ``transfer_timeout_s``
+        plus the REFER's own transaction (``TRANSFER_TOOL_TIMEOUT_S`` does)."""
         ...
 
     async def send_dtmf(self, digits: str) -> None:

@@ -183,12 +183,18 @@ TRANSFEREE_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
       Content-Type: message/sipfrag;version=2.0
       Content-Length: [len]
 
-      SIP/2.0 200 OK
+      SIP/2.0 @@NOTIFY_STATUS@@
     ]]>
   </send>
 
   <recv response="200"/>
+@@END@@
+  <pause milliseconds="200"/>
+</scenario>
+"""
 
+# after a 2xx NOTIFY: the transferor's BYE
+TRANSFEROR_BYE_XML = """
   <recv request="BYE" timeout="10000"/>
 
   <send>
@@ -205,9 +211,31 @@ TRANSFEREE_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 
     ]]>
   </send>
+"""
 
-  <pause milliseconds="200"/>
-</scenario>
+# after a failed transfer: the call goes on (a BYE from sipbot would be unexpected: the call
+# fails), then the caller hangs up
+CALLER_BYE_XML = """
+  <pause milliseconds="@@STAY_MS@@"/>
+
+  <send retrans="500">
+    <![CDATA[
+
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "sipp" <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: [$callee_to]
+      Call-ID: [call_id]
+      CSeq: 3 BYE
+      [routes]
+      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+
+  <recv response="200"/>
 """
 
 DTMF_XML = """  <pause milliseconds="@@DTMF_DELAY_MS@@"/>
@@ -226,11 +254,15 @@ def transferee_scenario(
     dtmf_pcap: Path | None = None,
     dtmf_delay_s: float = 0.5,
     refer_timeout_s: float = 15.0,
+    notify: str = "200 OK",
+    stay_s: float = 2.0,
 ) -> Path:
     """Render the SIPp transferee UAC (see :data:`TRANSFEREE_XML`) into ``dest``.
 
     The call succeeds only if sipbot sends a REFER (after the optional DTMF digit), accepts the
-    NOTIFY and then sends BYE; the REFER's headers are in the SIPp message log.
+    NOTIFY (its sipfrag status line: ``notify``) and then — for a 2xx — sends BYE, or — for any
+    other status — does not: the caller stays ``stay_s`` and hangs up itself. The REFER's
+    headers are in the SIPp message log.
     """
     dtmf = ""
     if dtmf_pcap is not None:
@@ -238,6 +270,9 @@ def transferee_scenario(
         dtmf = dtmf.replace("@@DTMF_DELAY_MS@@", str(round(dtmf_delay_s * 1000)))
     text = TRANSFEREE_XML.replace("@@DTMF@@\n", dtmf).replace("@@AUDIO@@", str(audio_file))
     text = text.replace("@@REFER_TIMEOUT_MS@@", str(round(refer_timeout_s * 1000)))
+    end = TRANSFEROR_BYE_XML if notify.startswith("2") else CALLER_BYE_XML
+    text = text.replace("@@END@@\n", end.replace("@@STAY_MS@@", str(round(stay_s * 1000))))
+    text = text.replace("@@NOTIFY_STATUS@@", notify)
     dest.write_text(text)
     return dest
 

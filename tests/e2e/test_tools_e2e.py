@@ -227,9 +227,10 @@ def test_transfer_call_to_an_allowed_uri_moves_the_caller(
     log = server.log()
     assert f"transfer to {target} accepted (202)" in log
     assert "transfer target answered 200" in log
+    assert "transfer outcome: transferred" in log
     assert '"reason": "transferred"' in log
-    # Gemini carries a text result as {"output": text}
-    assert [r["output"] for r in received] == [{"output": f"transferring the caller to {target}"}]
+    # the tool waited for the outcome; by then the agent's leg was gone: no result to send
+    assert received == []
 
 
 @pytest.mark.requires_peers("sipp")

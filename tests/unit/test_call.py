@@ -44,6 +44,7 @@ from sipbot.providers.base import (
 )
 from sipbot.sip.message import SipResponse
 from sipbot.tools import ToolContext, tool
+from sipbot.tools.builtin import TRANSFER_TOOL_TIMEOUT_S
 from tests.unit.test_bargein import ToneModel, tone
 
 T = TypeVar("T")
@@ -272,15 +273,51 @@ async def slow_lookup(what: str) -> str:
     return await slow_gate[what]
 
 
-@tool
+class RecorderConsultLeg:
+    def __init__(self) -> None:
+        self.terminated: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.briefed: list[bytes] = []
+        self.closed = False
+
+    @property
+    def replaces(self) -> str:
+        return "c2;to-tag=t;from-tag=f"
+
+    async def brief(self, pcm16k: bytes) -> None:
+        self.briefed.append(pcm16k)
+        await asyncio.sleep(len(pcm16k) / 32_000)
+
+    async def close(self) -> None:
+        self.closed = True
+        if not self.terminated.done():
+            self.terminated.set_result("bye-sent")
+
+
+class RecorderConsulter:
+    def __init__(self, answer: RecorderConsultLeg | Exception) -> None:
+        self.answer = answer
+        self.placed: list[str] = []
+
+    async def place(self, uri: str) -> RecorderConsultLeg:
+        self.placed.append(uri)
+        await asyncio.sleep(2)  # it rings
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+HOLD = b"\x01\x00" * 16_000 * 2  # loops
+BRIEFING = b"\x02\x00" * 16_000 * 3
+
+
+@tool(timeout_s=TRANSFER_TOOL_TIMEOUT_S)  # it waits for the transfer's outcome
 async def ask_transfer(uri: str, context: ToolContext) -> str:
     """Transfer the caller.
 
     Args:
         uri: where to.
     """
-    await context.control.transfer(uri)
-    return "transferred"
+    return await context.control.transfer(uri, warm=uri.startswith("warm:"))
 
 
 class Rig:
@@ -295,6 +332,7 @@ class Rig:
         dtmf: dict[str, HangUp | Transfer] | None = None,
         log_transcripts: bool = False,
         barge_in: BargeIn | None = None,
+        consulter: RecorderConsulter | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.session = RecorderSession()
@@ -316,6 +354,9 @@ class Rig:
             apology=APOLOGY,
             filler=filler,
             log_transcripts=log_transcripts,
+            consulter=consulter,
+            hold=HOLD,
+            briefing=BRIEFING,
         )
         self.dialog = RecorderDialog(refer)
         self.media = RecorderMedia()
@@ -513,7 +554,7 @@ def test_dtmf_route_actions_and_digits_for_the_model() -> None:
     run(main)
 
 
-def test_an_accepted_transfer_byes_after_the_final_notify() -> None:
+def test_an_accepted_transfer_byes_after_a_2xx_final_notify() -> None:
     async def main() -> None:
         referral = RecorderReferral()
         rig = Rig(refer=referral)
@@ -522,12 +563,11 @@ def test_an_accepted_transfer_byes_after_the_final_notify() -> None:
             AudioOut(speech(2000), "talk"),
             ToolCall("t", "ask_transfer", {"uri": "sip:desk@example.com"}),
         )
-        await until(lambda: bool(rig.results()))
-        assert rig.results() == [("result", "t", "ask_transfer", "transferred")]
-        assert rig.media.flushes  # the agent stops at once
+        await until(lambda: bool(rig.media.flushes))  # accepted: the agent stops at once
         rig.session.emit(AudioOut(speech(500), "muted"))
         await asyncio.sleep(3)
         assert rig.dialog.byes == []  # the target has not answered yet
+        assert rig.results() == []  # the tool waits for the outcome
         referral.outcome.set_result(200)
         notified = rig.loop.time()
         assert await rig.reason() == "transferred"
@@ -537,35 +577,87 @@ def test_an_accepted_transfer_byes_after_the_final_notify() -> None:
     run(main)
 
 
+def test_a_busy_target_gives_the_caller_back_to_the_agent_with_the_outcome() -> None:
+    async def main() -> None:
+        referral = RecorderReferral()
+        rig = Rig(refer=referral)
+        await rig.confirm()
+        rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "sip:desk@example.com"}))
+        await until(lambda: bool(rig.media.flushes))
+        rig.session.emit(AudioOut(speech(300), "muted"))
+        await asyncio.sleep(1)
+        referral.outcome.set_result(486)
+        await until(lambda: bool(rig.results()))
+        assert rig.results() == [("result", "t", "ask_transfer", "busy (486)")]
+        rig.session.emit(AudioOut(speech(300), "sorry"))  # the agent says so
+        await asyncio.sleep(1)
+        assert rig.media.items() == ["sorry"]
+        assert rig.dialog.byes == []
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
+
+    run(main)
+
+
 def test_a_transfer_without_a_final_notify_is_bounded() -> None:
     async def main() -> None:
         rig = Rig(refer=RecorderReferral())
         await rig.confirm()
         rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "sip:desk@example.com"}))
-        await until(lambda: bool(rig.results()))
+        await until(lambda: bool(rig.media.flushes))
         accepted = rig.loop.time()
-        assert await rig.reason() == "transferred"
-        waited = rig.dialog.byes[0] - accepted
+        await until(lambda: bool(rig.results()))
+        waited = rig.loop.time() - accepted
         assert TRANSFER_NOTIFY_TIMEOUT_S - 0.02 <= waited <= TRANSFER_NOTIFY_TIMEOUT_S + 0.02
+        outcome = f"no final NOTIFY within {TRANSFER_NOTIFY_TIMEOUT_S:g} s"
+        assert rig.results() == [("result", "t", "ask_transfer", outcome)]
+        assert rig.dialog.byes == []  # the caller is still with the agent
+        rig.session.emit(AudioOut(speech(300), "sorry"))
+        await until(lambda: rig.media.items() == ["sorry"])
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
 
     run(main)
 
 
-def test_a_refused_transfer_gives_the_tool_the_error_and_the_call_goes_on() -> None:
+def test_a_refused_transfer_gives_the_tool_the_status_and_the_call_goes_on() -> None:
     async def main() -> None:
-        refused = RequestFailed("the transfer was refused (603 Decline)")
+        decline = SipResponse(603, "Decline")
+        refused = RequestFailed("the transfer was refused (603 Decline)", decline)
         rig = Rig(refer=refused)
         await rig.confirm()
         rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "sip:desk@example.com"}))
         await until(lambda: bool(rig.results()))
-        assert rig.results() == [
-            ("result", "t", "ask_transfer", {"error": "the transfer was refused (603 Decline)"})
-        ]
+        assert rig.results() == [("result", "t", "ask_transfer", "refused (603)")]
         rig.session.emit(AudioOut(speech(300), "sorry"))
         await asyncio.sleep(1)
         assert rig.media.items() == ["sorry"]
         assert rig.dialog.byes == []
-        assert rig.call.record.tools[0].error
+        assert not rig.call.record.tools[0].error
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
+
+    run(main)
+
+
+def test_a_keypress_transfer_to_a_busy_target_is_told_to_the_model() -> None:
+    async def main() -> None:
+        referral = RecorderReferral()
+        rig = Rig(dtmf={"9": Transfer("sip:desk@example.com")}, refer=referral)
+        await rig.confirm()
+        rig.call.on_dtmf("9")
+        await until(lambda: bool(rig.media.flushes))
+        referral.outcome.set_result(486)
+        await until(lambda: bool(rig.session.sent))
+        assert rig.session.sent == [
+            (
+                "text",
+                "The caller pressed a key to be transferred to sip:desk@example.com, but the "
+                "transfer did not happen: busy (486). The caller is still on the line with you; "
+                "tell them.",
+            )
+        ]
+        assert rig.dialog.byes == []
         rig.dialog.terminated.set_result("bye-received")
         assert await rig.reason() == "bye-received"
 
@@ -640,5 +732,82 @@ def test_the_guard_ducks_restores_and_cuts_only_a_real_interruption() -> None:
         await rig.reason()
         assert rig.call.record.interruptions == 1
         assert rig.session.audio  # the caller's audio still went to the model
+
+    run(main)
+
+
+def test_a_warm_transfer_holds_the_caller_briefs_the_target_and_refers_with_replaces() -> None:
+    async def main() -> None:
+        referral = RecorderReferral()
+        leg = RecorderConsultLeg()
+        consulter = RecorderConsulter(leg)
+        rig = Rig(refer=referral, consulter=consulter)
+        await rig.confirm()
+        rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "warm:sip:desk@example.com"}))
+        await until(lambda: bool(rig.dialog.refers))
+        # the caller heard hold audio (2 s, looped) while the target rang and was briefed
+        # (2 s + 3 s)
+        assert set(rig.media.items()) == {"hold"}
+        assert sum(end - start for _, start, end in rig.media.segments) >= 4.9
+        assert consulter.placed == ["warm:sip:desk@example.com"]
+        assert leg.briefed == [BRIEFING]
+        assert rig.dialog.refers == [
+            "warm:sip:desk@example.com?Replaces=c2%3Bto-tag%3Dt%3Bfrom-tag%3Df"
+        ]
+        referral.outcome.set_result(200)
+        leg.terminated.set_result("bye-received")  # the target replaced our call with the caller's
+        assert await rig.reason() == "transferred"
+        assert len(rig.dialog.byes) == 1
+
+    run(main)
+
+
+def test_a_warm_transfer_to_a_busy_target_gives_the_caller_back() -> None:
+    async def main() -> None:
+        busy = RequestFailed("486 Busy Here", SipResponse(486, "Busy Here"))
+        rig = Rig(consulter=RecorderConsulter(busy))
+        await rig.confirm()
+        rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "warm:sip:desk@example.com"}))
+        await until(lambda: bool(rig.results()))
+        assert rig.results() == [("result", "t", "ask_transfer", "busy (486)")]
+        assert rig.dialog.refers == []
+        assert rig.media.flushes  # the hold audio stopped
+        rig.session.emit(AudioOut(speech(300), "sorry"))
+        await until(lambda: rig.media.items()[-1:] == ["sorry"])
+        assert set(rig.media.items()) == {"hold", "sorry"}
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
+
+    run(main)
+
+
+def test_a_failed_handover_hangs_up_the_consultation_call() -> None:
+    async def main() -> None:
+        referral = RecorderReferral()
+        leg = RecorderConsultLeg()
+        rig = Rig(refer=referral, consulter=RecorderConsulter(leg))
+        await rig.confirm()
+        rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "warm:sip:desk@example.com"}))
+        await until(lambda: bool(rig.dialog.refers))
+        referral.outcome.set_result(481)  # the caller's INVITE with Replaces failed
+        await until(lambda: bool(rig.results()))
+        assert rig.results() == [("result", "t", "ask_transfer", "failed (481)")]
+        assert leg.closed
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
+
+    run(main)
+
+
+def test_warm_transfers_need_a_consulter() -> None:
+    async def main() -> None:
+        rig = Rig()
+        await rig.confirm()
+        rig.session.emit(ToolCall("t", "ask_transfer", {"uri": "warm:sip:desk@example.com"}))
+        await until(lambda: bool(rig.results()))
+        outcome = "failed: warm transfers are not available on this call"
+        assert rig.results() == [("result", "t", "ask_transfer", outcome)]
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
 
     run(main)

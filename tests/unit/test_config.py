@@ -442,6 +442,7 @@ agents:
     greeting: "Hello {display_name}"
     tools: [hang_up, transfer_call, lookup_order, crm]
     transfer_allow: ["sip:*@pbx.example.com"]
+    transfer_timeout_s: 20
     turn: {threshold: 0.6, silence_ms: 700, prefix_ms: 200, barge_in: false}
     max_duration_s: 600
     recording: true
@@ -503,6 +504,7 @@ def test_full_config_values(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert agent.api_key == Secret("AIza-secret")
     assert agent.turn.threshold == 0.6
     assert agent.turn.barge_in is False
+    assert agent.transfer_timeout_s == 20.0
     assert agent.codecs == ("PCMU",)
     assert [t.spec.name for t in agent.resolved_tools] == [
         "hang_up", "transfer_call", "lookup_order", "crm",

@@ -20,13 +20,19 @@ from sipbot.conversation import (
     HANGUP_QUIET,
     HANGUP_QUIET_S,
     HANGUP_WAIT_S,
+    HOLD,
+    HOLD_LOW_MS,
+    HOLD_TICK_S,
     MAX_DURATION,
     TRANSFER,
     TRANSFER_NOTIFY_TIMEOUT_S,
+    Brief,
     CancelTools,
+    Consult,
     Conversation,
     Duck,
     End,
+    EndConsult,
     Flush,
     Hangup,
     OpenProvider,
@@ -37,8 +43,10 @@ from sipbot.conversation import (
     SendToolResult,
     SetTimer,
     StartTool,
+    TransferDone,
     Truncate,
     WatchDrain,
+    transfer_outcome,
 )
 from sipbot.dialplan import HangUp, Transfer
 from sipbot.providers.base import (
@@ -321,6 +329,7 @@ def test_no_filler_without_a_filler_prompt() -> None:
 def test_no_filler_once_muted() -> None:
     core = opened(filler_after_s=1.5)
     core.provider_event(LOOKUP, 1.0)
+    core.transfer_requested("sip:desk@example.com", "x1", 1.1)
     core.refer_accepted(1.2)
     assert core.timer_fired(FILLER + "t1", 2.5, 0) == []
 
@@ -345,30 +354,223 @@ def test_dtmf_before_the_provider_is_open_is_dropped() -> None:
 # --------------------------------------------------------------------------- Rule 7: transfer
 
 
-def test_an_accepted_transfer_mutes_and_byes_after_the_final_notify() -> None:
-    core = opened()
+DESK = "sip:desk@example.com"
+
+
+def transferring(**kwargs: object) -> Conversation:
+    """A conversation whose agent's tool asked for a transfer (request "x1") at 1.5."""
+    core = opened(**kwargs)
+    assert core.transfer_requested(DESK, "x1", 1.5) == [Refer(DESK)]
+    return core
+
+
+def test_an_accepted_transfer_mutes_and_byes_after_a_2xx_final_notify() -> None:
+    core = transferring()
     assert core.refer_accepted(2.0) == [
         Flush(),
         SetTimer(2.0 + TRANSFER_NOTIFY_TIMEOUT_S, TRANSFER),
     ]
     assert core.provider_event(AudioOut(b"x" * 96, "i"), 2.1) == []  # muted
     assert core.ended is None
-    assert core.refer_final(200, 3.0) == [Hangup(), End("transferred")]
-
-
-def test_a_transfer_without_a_final_notify_byes_at_the_timeout() -> None:
-    core = opened()
-    core.refer_accepted(2.0)
-    assert core.timer_fired(TRANSFER, 2.0 + TRANSFER_NOTIFY_TIMEOUT_S, 0) == [
+    assert core.refer_final(200, 3.0) == [
+        TransferDone("x1", "transferred", True),
         Hangup(),
         End("transferred"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [(486, "busy (486)"), (600, "busy (600)"), (480, "no answer (480)"),
+     (408, "no answer (408)"), (603, "refused (603)"), (404, "failed (404)"),
+     (503, "failed (503)")],
+)  # fmt: skip
+def test_a_failed_target_gives_the_caller_back_to_the_agent(status: int, outcome: str) -> None:
+    core = transferring()
+    core.refer_accepted(2.0)
+    assert core.refer_final(status, 3.0) == [TransferDone("x1", outcome, False)]
+    assert core.ended is None
+    # unmuted: the agent can say what happened
+    assert core.provider_event(AudioOut(b"x" * 96, "sorry"), 3.1) == [Play(b"x" * 96, "sorry")]
+    assert core.timer_fired(TRANSFER, 2.0 + TRANSFER_NOTIFY_TIMEOUT_S, 0) == []  # no second word
+    assert core.refer_final(200, 4.0) == []  # a late NOTIFY changes nothing
+
+
+def test_no_final_notify_within_the_bound_gives_the_caller_back() -> None:
+    core = transferring(transfer_timeout_s=3.0)
+    assert core.refer_accepted(2.0) == [Flush(), SetTimer(5.0, TRANSFER)]
+    assert core.timer_fired(TRANSFER, 4.999, 0) == [SetTimer(5.0, TRANSFER)]  # a hair early
+    assert core.timer_fired(TRANSFER, 5.0, 0) == [
+        TransferDone("x1", "no final NOTIFY within 3 s", False)
+    ]
+    assert core.ended is None
+    assert core.provider_event(AudioOut(b"x", "i"), 5.1) == [Play(b"x", "i")]
+
+
+def test_a_refused_refer_gives_the_caller_back_with_the_status() -> None:
+    core = transferring()
+    assert core.refer_refused(403, 2.0) == [TransferDone("x1", "refused (403)", False)]
+    core = transferring()
+    assert core.refer_refused(None, 2.0) == [TransferDone("x1", "no answer to the REFER", False)]
+    assert core.ended is None
+
+
+def test_one_transfer_at_a_time() -> None:
+    core = transferring(dtmf={"9": Transfer("sip:other@example.com")})
+    assert core.transfer_requested("sip:other@example.com", "x2", 1.6) == [
+        TransferDone("x2", "another transfer is in progress", False)
+    ]
+    assert core.dtmf("9", 1.7) == []  # a keypress transfer waits its turn too
+    core.refer_refused(486, 2.0)
+    assert core.transfer_requested(DESK, "x3", 3.0) == [Refer(DESK)]  # the next one may go
+
+
+def test_a_transfer_request_after_the_end_is_answered_at_once() -> None:
+    core = opened()
+    core.dialog_ended("bye-received", 1.0)
+    assert core.transfer_requested(DESK, "x1", 1.5) == [
+        TransferDone("x1", "the call has ended", False)
+    ]
+
+
+def test_a_stale_transfer_timer_does_not_end_the_next_transfer() -> None:
+    core = transferring(transfer_timeout_s=3.0)
+    core.refer_accepted(2.0)
+    core.refer_final(486, 2.5)
+    core.transfer_requested(DESK, "x2", 4.0)
+    assert core.timer_fired(TRANSFER, 5.0, 0) == []  # the first one's: REFER 2 not accepted
+    assert core.refer_accepted(6.0) == [Flush(), SetTimer(9.0, TRANSFER)]
+
+
+def test_a_keypress_transfer_that_fails_is_told_to_the_model() -> None:
+    core = opened(dtmf={"9": Transfer(DESK)})
+    assert core.dtmf("9", 1.0) == [Refer(DESK)]
+    core.refer_accepted(1.5)
+    assert core.refer_final(486, 2.0) == [
+        TransferDone(None, "busy (486)", False),
+        SendText(
+            "The caller pressed a key to be transferred to sip:desk@example.com, but the "
+            "transfer did not happen: busy (486). The caller is still on the line with you; "
+            "tell them."
+        ),
+    ]
+    assert core.provider_event(AudioOut(b"x", "i"), 2.1) == [Play(b"x", "i")]
+    assert core.dtmf("9", 3.0) == [Refer(DESK)]
+    core.refer_accepted(3.5)
+    assert core.refer_final(202, 4.0) == [
+        TransferDone(None, "transferred", True),
+        Hangup(),
+        End("transferred"),
+    ]
+
+
+def test_a_failed_transfer_during_the_apology_stays_muted() -> None:
+    core = transferring()
+    core.refer_accepted(2.0)
+    core.provider_lost("provider-closed", 2.5)
+    assert core.refer_final(486, 3.0) == [TransferDone("x1", "busy (486)", False)]
+    assert core.provider_event(AudioOut(b"x", "i"), 3.1) == []
+
+
+# --------------------------------------------------------------------------- Rule 9: warm
+
+
+def consulting() -> Conversation:
+    """A warm transfer to DESK (request "w1") whose target answered and was briefed."""
+    core = opened()
+    assert core.transfer_requested(DESK, "w1", 1.0, warm=True) == [
+        Flush(),
+        PlayPrompt("hold"),
+        SetTimer(1.0 + HOLD_TICK_S, HOLD),
+        Consult(DESK),
+    ]
+    assert core.provider_event(AudioOut(b"x", "i"), 1.1) == []  # the agent is muted
+    assert core.consult_answered(3.0) == [Brief()]
+    assert core.consult_briefed(5.0) == [Refer(DESK, replaces=True)]
+    return core
+
+
+def test_a_warm_transfer_calls_briefs_and_hands_over_with_replaces() -> None:
+    core = consulting()
+    core.refer_accepted(5.1)
+    assert core.consult_ended(5.5) == []  # the target ends our consultation call (Replaces)
+    assert core.refer_final(200, 5.6) == [
+        TransferDone("w1", "transferred", True),
+        Hangup(),
+        End("transferred"),
+    ]
+
+
+def test_the_hold_audio_is_topped_up_until_the_handover() -> None:
+    core = opened()
+    core.transfer_requested(DESK, "w1", 1.0, warm=True)
+    assert core.timer_fired(HOLD, 2.0, HOLD_LOW_MS) == [SetTimer(2.0 + HOLD_TICK_S, HOLD)]
+    assert core.timer_fired(HOLD, 3.0, HOLD_LOW_MS - 1) == [
+        PlayPrompt("hold"),
+        SetTimer(3.0 + HOLD_TICK_S, HOLD),
+    ]
+    core.consult_answered(3.5)
+    core.consult_briefed(3.6)
+    assert core.timer_fired(HOLD, 4.0, 0) == [PlayPrompt("hold"), SetTimer(5.0, HOLD)]
+    core.refer_accepted(4.5)
+    assert core.timer_fired(HOLD, 5.0, 0) == []  # handed over: the hold is over
+
+
+def test_a_warm_transfer_whose_target_does_not_answer_goes_back_to_the_agent() -> None:
+    core = opened()
+    core.transfer_requested(DESK, "w1", 1.0, warm=True)
+    assert core.consult_failed(486, 2.0) == [Flush(), TransferDone("w1", "busy (486)", False)]
+    assert core.provider_event(AudioOut(b"x", "i"), 2.1) == [Play(b"x", "i")]
+    assert core.timer_fired(HOLD, 2.2, 0) == []  # no more hold audio
+    core.transfer_requested(DESK, "w2", 3.0, warm=True)
+    assert core.consult_failed(None, 33.0) == [Flush(), TransferDone("w2", "no answer", False)]
+
+
+def test_a_warm_transfer_whose_refer_fails_ends_the_consultation_call() -> None:
+    core = consulting()
+    core.refer_accepted(5.1)
+    assert core.refer_final(603, 6.0) == [
+        Flush(),
+        EndConsult(),
+        TransferDone("w1", "refused (603)", False),
+    ]
+    core = consulting()
+    assert core.refer_refused(405, 5.1) == [
+        Flush(),
+        EndConsult(),
+        TransferDone("w1", "refused (405)", False),
+    ]
+
+
+def test_the_target_hanging_up_during_the_briefing_goes_back_to_the_agent() -> None:
+    core = opened()
+    core.transfer_requested(DESK, "w1", 1.0, warm=True)
+    core.consult_answered(3.0)
+    assert core.consult_ended(4.0) == [Flush(), TransferDone("w1", "the target hung up", False)]
+    assert core.consult_briefed(5.0) == []  # no REFER for a call that is gone
+
+
+def test_a_consultation_answered_after_the_call_ended_is_hung_up() -> None:
+    core = opened()
+    core.transfer_requested(DESK, "w1", 1.0, warm=True)
+    core.dialog_ended("bye-received", 2.0)
+    assert core.consult_answered(3.0) == [EndConsult()]
+
+
+def test_transfer_outcome_words() -> None:
+    assert transfer_outcome(200) == "transferred"
+    assert transfer_outcome(486) == "busy (486)"
+    assert transfer_outcome(487) == "no answer (487)"
+    assert transfer_outcome(500) == "failed (500)"
 
 
 def test_a_notify_without_an_accepted_refer_does_nothing() -> None:
     core = opened()
     assert core.refer_final(200, 1.0) == []
     assert core.timer_fired(TRANSFER, 1.0, 0) == []
+    assert core.refer_accepted(1.0) == []
+    core = transferring()
+    assert core.refer_final(200, 1.6) == []  # before the 202: not ours yet
 
 
 # --------------------------------------------------------------------------- sans-I/O
@@ -386,7 +588,7 @@ def test_the_core_imports_no_asyncio_and_reads_no_clock() -> None:
     assert not imported & {"asyncio", "time", "datetime", "threading", "socket"}, imported
 
 
-# --------------------------------------------------------------------------- Rule 9 (guard)
+# --------------------------------------------------------------------------- Rule 10 (guard)
 
 
 def test_a_suspected_barge_in_ducks_and_a_false_alarm_restores() -> None:

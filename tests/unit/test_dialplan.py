@@ -256,6 +256,8 @@ def test_route_request_needs_an_aware_datetime() -> None:
         (lambda: Agent("a", timezone="Nowhere"), "timezone",
          "unknown timezone 'Nowhere': use an IANA name such as Europe/Berlin"),
         (lambda: Agent("a", max_duration_s=0), "max_duration_s", "must be > 0"),
+        (lambda: Agent("a", transfer_timeout_s=61), "transfer_timeout_s",
+         "must be > 0 and at most 60"),
         (lambda: Regex("("), None,
          "bad regex '(': missing ), unterminated subpattern at position 0"),
         (lambda: Match(source=["1.2.3"]), "source[0]",
@@ -271,7 +273,9 @@ def test_route_request_needs_an_aware_datetime() -> None:
          "turn=TurnDetection(threshold=0.5, silence_ms=500, prefix_ms=300, barge_in=True), "
          "max_duration_s=3600.0, recording=False, codecs=(), temperature=None, "
          "timezone='UTC', api_key=None, base_url=None, ca_file=None, local_mode='echo', "
-         "options={}, tool_timeout_s=10.0, filler_after_ms=None, srtp=None) (Answer, Reject or Transfer)"),
+         "options={}, tool_timeout_s=10.0, filler_after_ms=None, srtp=None, "
+         "transfer_timeout_s=10.0, transfer_briefing=None, transfer_hold=None) "
+         "(Answer, Reject or Transfer)"),
         (lambda: Route("r", Answer(ECHO), dtmf={"5": Reject(486)}), "dtmf.5",  # type: ignore[dict-item]
          "a DTMF action is a transfer or hang_up"),
         (lambda: Dialplan([Route("a", Reject()), Route("a", Reject())]), "routes[1].name",

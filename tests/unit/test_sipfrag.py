@@ -6,7 +6,7 @@ import pytest
 
 from sipbot.sip.headers import Headers
 from sipbot.sip.message import SipRequest
-from sipbot.sip.sipfrag import refer_event, sipfrag_status
+from sipbot.sip.sipfrag import refer_event, replacing, sipfrag_status
 
 
 @pytest.mark.parametrize(
@@ -45,3 +45,13 @@ def test_refer_event(method: str, event: str | None, expected: tuple[bool, int |
 def test_refer_event_compact_form() -> None:
     request = SipRequest("NOTIFY", "sip:bot@192.0.2.1", Headers([("o", "refer;id=3")]))
     assert refer_event(request) == (True, 3)
+
+
+def test_replacing_embeds_an_escaped_replaces_header() -> None:
+    # RFC 3891 §6.1's example shape: the ; and = of the value are escaped inside the URI
+    assert replacing("sip:bob@127.0.0.1:5070", "98asjd8@h;to-tag=a7;from-tag=b3") == (
+        "sip:bob@127.0.0.1:5070?Replaces=98asjd8%40h%3Bto-tag%3Da7%3Bfrom-tag%3Db3"
+    )
+    assert replacing("sip:bob@h?X-A=1", "c;to-tag=1;from-tag=2") == (
+        "sip:bob@h?X-A=1&Replaces=c%3Bto-tag%3D1%3Bfrom-tag%3D2"
+    )

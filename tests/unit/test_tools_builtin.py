@@ -16,6 +16,7 @@ from sipbot.tools import (
     send_dtmf,
     transfer_call,
 )
+from sipbot.tools.builtin import MAX_TRANSFER_TIMEOUT_S, TRANSFER_TOOL_TIMEOUT_S
 from tests.unit.test_tools_runner import Control
 
 ALLOW = ["sip:*@pbx.example.com", "sip:+4930*@Trunk.example.com:5070", "tel:+1800*"]
@@ -98,15 +99,36 @@ async def test_forbidden_transfer_never_reaches_call_control() -> None:
     result = await runner.start(
         ToolCall("2", "transfer_call", {"destination": "sip:200@pbx.example.com"})
     )
-    assert result.output == "transferring the caller to sip:200@pbx.example.com"
+    assert result.output == "transferred: the caller is now connected to sip:200@pbx.example.com"
     assert control.actions == [("transfer", "sip:200@pbx.example.com")]
+
+
+async def test_a_failed_transfer_tells_the_model_the_outcome_and_that_the_caller_stays() -> None:
+    control = Control()
+    control.transfer_outcome = "busy (486)"
+    result = await runner_for(control).start(
+        ToolCall("1", "transfer_call", {"destination": "sip:200@pbx.example.com"})
+    )
+    assert result.output == (
+        "busy (486): the transfer to sip:200@pbx.example.com did not happen; the caller is "
+        "still on the line with you, tell them"
+    )
+
+
+def test_transfer_call_waits_longer_than_any_agent_transfer_timeout() -> None:
+    # the REFER's own transaction (32 s) plus the longest NOTIFY wait fit in the tool timeout
+    assert transfer_call(ALLOW).timeout_s == TRANSFER_TOOL_TIMEOUT_S
+    assert TRANSFER_TOOL_TIMEOUT_S > 32 + MAX_TRANSFER_TIMEOUT_S
 
 
 def test_transfer_spec_lists_the_allowed_destinations() -> None:
     spec = transfer_call(["sip:*@pbx.example.com"]).spec
     assert spec.description == (
-        "Transfer the caller to another phone number or SIP address (blind transfer); your "
-        "part of the call ends. Allowed destinations: sip:*@pbx.example.com"
+        "Transfer the caller to another phone number or SIP address (blind, or warm: the "
+        "destination is called and briefed first while the caller holds). The result says "
+        "what happened: when the target answered, your part of the call ends; when it was "
+        "busy, did not answer or refused, the caller is still with you. "
+        "Allowed destinations: sip:*@pbx.example.com"
     )
     assert spec.parameters == {
         "type": "object",
@@ -114,7 +136,13 @@ def test_transfer_spec_lists_the_allowed_destinations() -> None:
             "destination": {
                 "type": "string",
                 "description": "the SIP URI to transfer to, e.g. sip:200@pbx.example.com.",
-            }
+            },
+            "warm": {
+                "type": "boolean",
+                "description": "true to call the destination first and brief them while the "
+                "caller is on hold, then connect the two (attended transfer); false or absent: "
+                "blind.",
+            },
         },
         "required": ["destination"],
     }

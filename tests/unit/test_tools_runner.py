@@ -25,12 +25,14 @@ class Control:
     def __init__(self) -> None:
         self.info = CallInfo("call-1", caller="+4930555", did="100")
         self.actions: list[tuple[str, str]] = []
+        self.transfer_outcome = "transferred"  # what transfer() reports
 
     async def hang_up(self) -> None:
         self.actions.append(("hang_up", ""))
 
-    async def transfer(self, uri: str) -> None:
-        self.actions.append(("transfer", uri))
+    async def transfer(self, uri: str, *, warm: bool = False) -> str:
+        self.actions.append(("warm-transfer" if warm else "transfer", uri))
+        return self.transfer_outcome
 
     async def send_dtmf(self, digits: str) -> None:
         self.actions.append(("dtmf", digits))

@@ -14,6 +14,12 @@ Audio: the source is ``aufile`` (a PCM16 WAV at ``ausrc_srate``); the player is
   Either way it first waits for its open transactions (the BYE of a live call, the un-REGISTER):
   up to ~32 s when the far end or registrar is gone. :meth:`Baresip.stop` forces the exit with a
   second SIGTERM; a caller's far end must answer its BYE for :meth:`Baresip.wait` to be quick.
+- No RFC 3891 Replaces (checked December, for warm transfer): an INVITE with ``Require:
+  replaces`` gets ``420 Bad Extension`` / ``Unsupported: replaces`` (without the Require the
+  Replaces header is ignored and the call answered as a new one); a REFER whose Refer-To carries
+  ``?Replaces=...`` is followed by an INVITE to that URI verbatim (the escapes mangled into the
+  Request-URI) with no Replaces header. A failed transfer (486 from the target) leaves the
+  original call up and unheld; baresip sends the NOTIFYs (100, then the final status).
 - Log lines parsed here: ``answering call on line N from <uri> with 200`` (callee),
   ``menu: transferring call <id> to '<uri>'`` (it followed a REFER),
   ``<aor>: Call established: <uri>``, ``Call with <uri> terminated (duration: N secs)``, and for

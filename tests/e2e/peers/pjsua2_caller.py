@@ -79,8 +79,8 @@ class _AudioPort(pj.AudioMediaPort):  # type: ignore[misc]
 
 
 class _Call(pj.Call):  # type: ignore[misc]
-    def __init__(self, account: Any, port: _AudioPort):
-        super().__init__(account)
+    def __init__(self, account: Any, port: _AudioPort, call_id: int = pj.PJSUA_INVALID_ID):
+        super().__init__(account, call_id)
         self.port = port
         self.state = pj.PJSIP_INV_STATE_NULL
         self.confirmed_at: float | None = None
@@ -133,7 +133,7 @@ def _read_pcm(path: Path) -> tuple[bytes, int]:
         return wav.readframes(wav.getnframes()), wav.getframerate()
 
 
-def _endpoint(args: argparse.Namespace, rate: int, log: _StderrLog) -> Any:
+def _endpoint(args: argparse.Namespace, rate: int, log: _StderrLog, port: int = 0) -> Any:
     ep = pj.Endpoint()
     ep.libCreate()
     cfg = pj.EpConfig()
@@ -152,6 +152,7 @@ def _endpoint(args: argparse.Namespace, rate: int, log: _StderrLog) -> Any:
     tcfg = pj.TransportConfig()
     tcfg.boundAddress = "127.0.0.1"
     tcfg.publicAddress = "127.0.0.1"
+    tcfg.port = port  # 0: any
     kind = pj.PJSIP_TRANSPORT_TCP if args.transport == "tcp" else pj.PJSIP_TRANSPORT_UDP
     ep.transportCreate(kind, tcfg)
     ep.libStart()
@@ -163,7 +164,8 @@ def _endpoint(args: argparse.Namespace, rate: int, log: _StderrLog) -> Any:
     return ep
 
 
-def _account(args: argparse.Namespace) -> Any:
+def _account(args: argparse.Namespace, acc: Any = None) -> Any:
+    """Create ``acc`` (default: a plain ``pj.Account``) as ``args.user`` on 127.0.0.1."""
     acfg = pj.AccountConfig()
     acfg.idUri = f"sip:{args.user}@127.0.0.1"
     acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
@@ -171,7 +173,7 @@ def _account(args: argparse.Namespace) -> Any:
     if args.rtp_port:
         acfg.mediaConfig.transportConfig.port = args.rtp_port
         acfg.mediaConfig.transportConfig.portRange = 4
-    acc = pj.Account()
+    acc = acc if acc is not None else pj.Account()
     acc.create(acfg)
     return acc
 
