@@ -1,5 +1,5 @@
-"""Checking a dial request (sipbot.dialer.check_request) against a dialplan: targets, caller ID,
-headers, credentials and codecs per trunk, and the errors of a bad request. No sockets."""
+"""Checking a dial request (sipbot.dial_target.check_request) against a dialplan: targets,
+caller ID, headers, credentials and codecs per trunk, and the errors of a bad request."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from sipbot.config import Config, load_config
 from sipbot.dial_limits import OutboundLimits
-from sipbot.dialer import DialTarget, check_request
+from sipbot.dial_target import DialTarget, check_request
 from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError, DialError
 from sipbot.outbound import DialRequest
