@@ -85,17 +85,22 @@ StartBot = Callable[..., Awaitable[Bot]]
 
 @pytest.fixture
 async def bot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StartBot]:
-    """``await bot(trunk_keys, agent_keys, env)``: a started server with trunk ``carrier``."""
+    """``await bot(trunk_keys, agent_keys, env, t1_ms)``: a started server with trunk
+    ``carrier``."""
     started: list[Server] = []
 
     async def start(
         trunk: dict[str, Any] | None = None,
         agent: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        t1_ms: int = 500,
     ) -> Bot:
         config = {
             "server": {
-                "sip": {"listen": [f"udp:127.0.0.1:{free_port('udp')}"]},
+                "sip": {
+                    "listen": [f"udp:127.0.0.1:{free_port('udp')}"],
+                    "timers": {"t1_ms": t1_ms},
+                },
                 "media": {"rtp_ports": "10000-19999", "codecs": ["PCMU"]},
                 "data_dir": str(tmp_path / "data"),
                 "http": False,
@@ -248,16 +253,20 @@ async def test_early_media_is_accepted_then_the_call_is_answered(
     early = tmp_path / "early.ulaw"
     early.write_bytes(encode_ulaw(tone))
     callee = uas(tmp_path, "early_media", EARLY_AUDIO=str(early))
-    b = await bot(trunk_to(callee))
-    call_id = await b.dial("dave")
-    got = await b.ended(call_id)
+    with RecordedEmulator("openai", EmulatorScript(reply="tone")) as emu:
+        b = await bot(trunk_to(callee), emu.agent(max_duration_s=1.5), server_env())
+        call_id = await b.dial("dave")
+        got = await b.ended(call_id)
+        model_heard = emu.emulator.sessions[0].audio_in  # μ-law: G.711 pass-through
     await asyncio.to_thread(callee.stop)
     assert states(got) == ["queued", "trying", "ringing", "answered", "ended"]
     assert got[2].sip_code == 183
     assert got[3].at - got[2].at >= 0.9  # answered after the second of early media
     record = await b.record(call_id)
     assert record["dial_state"] == "answered"
-    assert 500 <= record["early_media"] <= 1200  # ms of early audio received (and not passed on)
+    assert 500 <= record["early_media"] <= 1200  # ms of early audio received...
+    # ... and none of it reached the model (the callee sends nothing after its 200)
+    assert len(model_heard) < 800 or audio.rms_dbfs(audio.decode_ulaw(model_heard)) < -45
 
 
 async def test_a_407_challenge_is_answered_with_the_trunk_credentials(
@@ -301,7 +310,8 @@ async def test_no_response_at_all_fails_after_the_ring_timeout(
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as hole:  # reads, never answers
         hole.bind(("127.0.0.1", 0))
         port = hole.getsockname()[1]
-        b = await bot({"outbound": {"proxy": f"sip:127.0.0.1:{port}", "ring_timeout_s": RING_S}})
+        trunk = {"outbound": {"proxy": f"sip:127.0.0.1:{port}", "ring_timeout_s": RING_S}}
+        b = await bot(trunk, t1_ms=40)  # the unanswered INVITE's Timer B: 2.6 s, not 32 s
         call_id = await b.dial("grace")
         got = await b.ended(call_id)
         hole.settimeout(0.5)
