@@ -68,7 +68,8 @@ class DialerHost(Protocol):
     ua: UserAgent
     engine: MediaEngine
     watcher: Any  # a DialplanWatcher: .current is the dialplan new calls use
-    admission: Any  # .draining
+    admission: Any  # an Admission: .decide(active calls, loop lag)
+    lag: Any  # a LoopLagMonitor: .lag_ms
     records: Any  # a RecordWriter (.submit) or None
     calls: dict[str, Call]
     watches: dict[str, Any]
@@ -111,8 +112,9 @@ class Dialer:
     async def dial(self, request: DialRequest, on_status: StatusHook | None = None) -> str:
         """Check and queue ``request``; its Call-ID (see :meth:`sipbot.server.Server.dial`)."""
         server = self.server
-        if server.admission.draining:
-            raise DialRefused("the server is draining or stopping: no new calls")
+        refusal = server.admission.decide(len(server.calls) + len(self._active), server.lag.lag_ms)
+        if refusal is not None:  # the server's own admission (limits.max_calls, drain, lag)
+            raise DialRefused(f"the server takes no new calls now ({refusal.reason})")
         dialplan = server.watcher.current
         codecs = tuple(server.config.server.media.codecs)
         target = check_request(request, dialplan.agents, dialplan.trunks, codecs)
@@ -187,12 +189,14 @@ class Dialer:
         return False
 
     def stop(self) -> None:
-        """Drop the queued requests (the server is stopping)."""
+        """Drop the queued requests and CANCEL the ringing calls (the server is stopping)."""
         for call_id, call in list(self._queued.items()):
             for gate in self._gates.values():
                 gate.cancel(call_id)
             call.admit(False, "the server stopped")
         self._queued.clear()
+        for call in list(self._active.values()):
+            call.abort("the server stopped")
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -224,6 +228,7 @@ class OutboundCall:
         self.sdp: SdpAnswerer | None = None
         self.early_frames = 0
         self._admitted: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._invite_task: asyncio.Future[ClientCall] | None = None
         self.attempt = Attempt(
             _NotInvited(),
             self.server.records.submit if self.server.records is not None else _discard,
@@ -276,6 +281,13 @@ class OutboundCall:
             waited = limits.queue_timeout_s if limits is not None else 0.0
             refusal = why or f"refused: waited {waited:g} s in the trunk's queue"
             self._admitted.set_result(None if admitted else refusal)
+
+    def abort(self, why: str) -> None:
+        """Give up a call not answered yet (its INVITE is CANCELled); answered calls go on."""
+        task = self._invite_task
+        if task is not None and not task.done():
+            self.publish(self.core.failed(why, time.time()))
+            task.cancel()
 
     def trying(self) -> None:
         """A 100 Trying arrived."""
@@ -387,6 +399,7 @@ class OutboundCall:
             self.publish(self.core.failed(f"DNS: {exc}", time.time()))
             return None
         first = found[0]
+        self.attempt.source = f"{first.host}:{first.port}"  # where the INVITE goes
         name = parse_uri(self.target.next_hop).host
         self.server.ua.remember_name(first.host, first.port, name)
         return Peer(first.transport, first.host, first.port)
@@ -410,7 +423,7 @@ class OutboundCall:
     async def _invite(self, peer: Peer, offer: bytes) -> ClientCall | None:
         """The INVITE until its final response or our ring deadline (then CANCEL)."""
         target = self.target
-        invite = asyncio.ensure_future(
+        invite = self._invite_task = asyncio.ensure_future(
             self._send_invite(
                 target.uri,
                 offer,

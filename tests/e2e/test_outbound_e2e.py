@@ -26,7 +26,7 @@ import pytest
 
 from sipbot.config import load_config
 from sipbot.emulators.script import EmulatorScript
-from sipbot.errors import DialError
+from sipbot.errors import DialError, DialRefused
 from sipbot.outbound import DialRequest, DialStatus
 from sipbot.server import Server
 from tests.e2e.emulated import ToolService, server_env, write_dialplan
@@ -412,3 +412,23 @@ async def test_a_webhook_that_is_down_costs_the_call_nothing(bot: StartBot, tmp_
     assert got[-1].at - started < 2.0  # as fast as without a webhook
     record = await b.record(call_id)
     assert record["dial_state"] == "busy"
+
+
+async def test_a_full_trunk_refuses_and_stopping_cancels_a_ringing_call(
+    bot: StartBot, tmp_path: Path
+) -> None:
+    callee = uas(tmp_path, "no_answer", calls=1)
+    b = await bot(trunk_to(callee, max_calls=1, ring_timeout_s=10))
+    call_id = await b.dial("jack")
+    deadline = time.monotonic() + 5.0
+    while "ringing" not in states(b.statuses[call_id]) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    with pytest.raises(DialRefused) as caught:
+        await b.dial("kim")  # max_calls 1, queue 0
+    assert str(caught.value) == ("trunk carrier: 1 calls up, 0 waiting (max_calls 1, queue 0)")
+    await b.server.stop()
+    got = b.statuses[call_id]
+    assert states(got) == ["queued", "trying", "ringing", "failed", "ended"]
+    assert got[3].reason == "the server stopped"
+    result = await asyncio.to_thread(callee.wait, 10.0)
+    assert result.ok, result.describe()  # SIPp got the CANCEL, answered 487 and got its ACK
