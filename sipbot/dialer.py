@@ -342,7 +342,7 @@ class OutboundCall:
         offer = self.sdp.offer()
         refusal = await self._admitted  # the trunk's limits (sipbot.dial_limits)
         if refusal is not None:
-            self.attempt.note("refused", "queue-timeout")
+            self.attempt.note("refused", "queue-timeout" if "queue" in refusal else "shutdown")
             self.publish(self.core.failed(refusal, time.time()))
             return None
         loop = self.server.ua.loop

@@ -432,3 +432,25 @@ async def test_a_full_trunk_refuses_and_stopping_cancels_a_ringing_call(
     assert got[3].reason == "the server stopped"
     result = await asyncio.to_thread(callee.wait, 10.0)
     assert result.ok, result.describe()  # SIPp got the CANCEL, answered 487 and got its ACK
+
+
+async def test_a_queued_request_is_dropped_after_the_queue_timeout(
+    bot: StartBot, tmp_path: Path
+) -> None:
+    callee = uas(tmp_path, "no_answer", calls=1)
+    limits = {"max_calls": 1, "queue": 1, "queue_timeout_s": 0.5, "ring_timeout_s": RING_S}
+    b = await bot(trunk_to(callee, **limits))
+    first = await b.dial("lea")
+    second = await b.dial("max")  # waits for the first one's slot
+    got = await b.ended(second)
+    assert states(got) == ["queued", "failed", "ended"]
+    assert got[1].reason == "refused: waited 0.5 s in the trunk's queue"
+    assert 0.45 <= got[1].at - got[0].at <= 1.0
+    assert states(await b.ended(first))[-2] == "no-answer"
+    record = await b.record(second)
+    assert (record["outcome"], record["end_reason"], record["dial_state"]) == (
+        "refused",
+        "queue-timeout",
+        "failed",
+    )
+    await asyncio.to_thread(callee.wait, 10.0)
