@@ -41,7 +41,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +49,7 @@ from typing import Any
 from sipbot.call import Call, CallPlan
 from sipbot.config import Config, TrustSettings
 from sipbot.consult import HOLD_PERIOD_S, Consulter, hold_pattern
+from sipbot.dialer import Dialer
 from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
 from sipbot.dialplan.trunks import Trunk, call_srtp
 from sipbot.domain import CallInfo
@@ -61,6 +62,7 @@ from sipbot.ops.admission import Admission
 from sipbot.ops.looplag import LoopLagMonitor
 from sipbot.ops.metrics import Gauges, Metrics
 from sipbot.ops.observe import ObservedProvider, RecentCalls, SessionWatch
+from sipbot.outbound import DialRequest, DialStatus
 from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt, load_wav, render
 from sipbot.providers.base import Provider
 from sipbot.providers.registry import make_provider
@@ -203,6 +205,7 @@ class Server:
         self._trust = TrustPolicy()
         self._refused_log = RateLimitedLog(log, trust.refused_log_interval_s)
         self.refused_total = 0
+        self._dialer: Dialer | None = None  # made by the first dial()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -247,6 +250,8 @@ class Server:
             return
         self._stopping = True
         self.admission.draining = True
+        if self._dialer is not None:
+            self._dialer.stop()
         log.info("shutting down: ending %d call(s)", len(self.calls))
         for call in list(self.calls.values()):
             call.hang_up_now("shutdown")
@@ -310,6 +315,28 @@ class Server:
         task = self._spawn(self._handle(dialog, trunk, arrived), name=f"call:{dialog.call_id}")
         # the counts are given back however the task ends, even cancelled before it started
         task.add_done_callback(lambda _: self._call_done(source if not trunk else None))
+
+    async def dial(
+        self, request: DialRequest, on_status: Callable[[DialStatus], None] | None = None
+    ) -> str:
+        """Place an outbound call; return its Call-ID at once (the call runs as a task).
+
+        The request is checked (agent, trunk, URI or number) and queued behind its trunk's
+        limits (``outbound:`` in docs/CONFIG.md); every state it goes through (queued, trying,
+        ringing, answered | busy | no-answer | rejected | failed, ended) goes to ``on_status``,
+        the log, the call record and the request's status webhook (:mod:`sipbot.dialer`).
+
+        Raises:
+            DialError: the request is invalid (nothing is sent).
+            DialRefused: the trunk's queue is full, or the server is draining.
+        """
+        if self._dialer is None:
+            self._dialer = Dialer(self)
+        return await self._dialer.dial(request, on_status)
+
+    def media_fields(self, call: Call) -> dict[str, Any]:
+        """The CDR line's media fields of ``call`` (also its record's ``media``)."""
+        return cdr_media(call)
 
     def _call_done(self, limited_source: str | None) -> None:
         self._admitted -= 1

@@ -40,6 +40,10 @@ CALL_COLUMNS: Final = (
     "media",
     "recording_path",
     "source",
+    "direction",
+    "dial_state",
+    "ringing",
+    "early_media",
     "concealed_frames",
 )
 LINE_COLUMNS: Final = ("record_id", "seq", "at", "role", "text")
@@ -69,6 +73,12 @@ class CallRow:
         tools: JSON list of ``{"name", "arguments", "output", "started", "ended", "error"}``.
         media: JSON object of the CDR line's media fields, or None (never answered).
         concealed_frames: 20 ms frames of lost caller audio concealed (the media's Rule 7).
+        direction: ``inbound``, or ``outbound`` for a call sipbot placed.
+        dial_state: an outbound call's final dial state (answered, busy, no-answer, rejected,
+            failed); ``sip_status``/``sip_reason`` hold the final response and its Reason
+            header, ``answered`` the moment of the 2xx.
+        ringing: when an outbound call started ringing (the first 180/183), or None.
+        early_media: milliseconds of early media (183 with SDP) received before the answer.
         lines: the transcript.
     """
 
@@ -95,6 +105,10 @@ class CallRow:
     recording_path: str | None = None
     source: str | None = None
     concealed_frames: int = 0
+    direction: str = "inbound"
+    dial_state: str | None = None
+    ringing: float | None = None
+    early_media: int = 0
     lines: tuple[LineRow, ...] = field(default=())
 
     def values(self) -> tuple[Any, ...]:

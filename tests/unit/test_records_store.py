@@ -44,7 +44,7 @@ def test_an_empty_database_migrates_to_the_current_version(tmp_path: Path) -> No
     db = SqliteStore(str(tmp_path / "r.sqlite3"))
     assert db.version() == 0
     assert db.migrate() == 0
-    assert db.version() == SCHEMA_VERSION == 3
+    assert db.version() == SCHEMA_VERSION == 4
     assert db.migrate() == SCHEMA_VERSION  # a second run changes nothing
     columns = [r[1] for r in sqlite3.connect(db.path).execute("PRAGMA table_info(calls)")]
     assert tuple(columns) == CALL_COLUMNS
@@ -65,7 +65,7 @@ def test_a_version_1_database_keeps_its_records_through_the_migration(tmp_path: 
     assert record is not None
     assert (record["turns"], record["media"], record["recording_path"]) == (3, None, None)
     assert record["lines"] == [{"seq": 0, "at": T0, "role": "agent", "text": "hi"}]
-    assert record["concealed_frames"] == 0  # version 3
+    assert record["concealed_frames"] == 0  # version 4
     db.write([row(1, media='{"rtp_in": 5}', concealed_frames=12)])
     assert db.get(f"{1:032x}")["media"] == '{"rtp_in": 5}'  # type: ignore[index]
     assert db.get(f"{1:032x}")["concealed_frames"] == 12  # type: ignore[index]
@@ -78,14 +78,15 @@ def test_a_newer_database_is_refused(store: SqliteStore) -> None:
         store.migrate()
     assert str(caught.value) == (
         "server.records.url: the records database is at schema version 7; "
-        "this sipbot knows versions up to 3"
+        "this sipbot knows versions up to 4"
     )
 
 
 def test_pending_lists_the_steps_after_the_current_version() -> None:
-    assert pending(0) == [(1, MIGRATIONS[0]), (2, MIGRATIONS[1]), (3, MIGRATIONS[2])]
-    assert pending(1) == [(2, MIGRATIONS[1]), (3, MIGRATIONS[2])]
-    assert pending(3) == []
+    assert pending(0) == [(v + 1, step) for v, step in enumerate(MIGRATIONS)]
+    assert pending(1) == [(2, MIGRATIONS[1]), (3, MIGRATIONS[2]), (4, MIGRATIONS[3])]
+    assert pending(3) == [(4, MIGRATIONS[3])]
+    assert pending(4) == []
 
 
 def test_writes_are_idempotent_and_keep_the_transcript_in_order(store: SqliteStore) -> None:
@@ -190,3 +191,24 @@ def test_truncation_marks_what_it_cut() -> None:
     assert as_text({"city": "Paris"}) == '{"city": "Paris"}'
     assert as_text("plain") == "plain"
     assert as_text(None) == "null"
+
+
+def test_a_version_2_database_gains_the_outbound_columns(tmp_path: Path) -> None:
+    db = SqliteStore(str(tmp_path / "r.sqlite3"))
+    assert db.migrate(target=2) == 0
+    with sqlite3.connect(db.path) as old:
+        old.execute(
+            "INSERT INTO calls (id, call_id, caller, did, outcome, started, source)"
+            " VALUES ('old', 'c', '+1', '100', 'answered', ?, '192.0.2.1:5060')",
+            (T0,),
+        )
+    assert db.migrate() == 2
+    record = db.get("old")
+    assert record is not None
+    assert (record["direction"], record["dial_state"], record["ringing"]) == ("inbound", None, None)
+    assert record["early_media"] == 0
+    db.write([row(1, direction="outbound", dial_state="busy", sip_status=486, ringing=T0 + 1)])
+    new = db.get(f"{1:032x}")
+    assert new is not None
+    assert (new["direction"], new["dial_state"], new["sip_status"]) == ("outbound", "busy", 486)
+    assert new["ringing"] == T0 + 1
