@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
@@ -34,10 +35,10 @@ def fetch(
         OSError: the server cannot be reached, or answered with an error status (as
             ``urllib.error.HTTPError``, whose ``code`` says which).
     """
-    data = json.dumps(body).encode() if body is not None else None
-    if data is None and method == "POST":
-        data = b""
-    request = urllib.request.Request(url, method=method, data=data)
+    payload = json.dumps(body).encode() if body is not None else None
+    if payload is None and method == "POST":
+        payload = b""
+    request = urllib.request.Request(url, method=method, data=payload)
     if body is not None:
         request.add_header("Content-Type", "application/json")
     if token:
@@ -99,7 +100,7 @@ def dial_command(
     if not wait:
         return EXIT_OK
     return _follow(
-        base + "/calls/" + urllib.request.quote(call_id, safe=""), token, out, err, sleep
+        base + "/calls/" + urllib.parse.quote(call_id, safe=""), token, out, err, sleep
     )
 
 

@@ -1,0 +1,152 @@
+"""``POST /calls`` and ``GET /calls/{id}`` on the HTTP listener of a real in-process server on
+127.0.0.1, and ``sipbot dial`` (its client) against it: tokens, bad bodies (400 with the field
+and nothing dialled), draining (503 + Retry-After), unknown calls (404).
+
+The clients are blocking (urllib, as the CLI): they run in threads so the loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sipbot.config import HttpSettings, ListenAddress, load_config
+from sipbot.ops.client import dial_command, fetch
+from sipbot.server import Server
+
+TOKEN = "t0ken-for-dial-tests"
+CONFIG = """\
+agents:
+  reminder:
+    provider: local
+    prompt: "You call to remind someone of an appointment."
+routes:
+  - answer: reminder
+"""
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    path = tmp_path / "bot.yaml"
+    path.write_text(CONFIG)
+    config = load_config(str(path))
+    sip = config.server.sip.model_copy(update={"listen": (ListenAddress("udp", "127.0.0.1", 0),)})
+    http = HttpSettings.model_validate({"listen": "127.0.0.1:0", "token": TOKEN})
+    settings = config.server.model_copy(update={"sip": sip, "http": http})
+    server = Server(replace(config, server=settings))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def url_of(server: Server) -> str:
+    assert server.http is not None
+    return server.http.url.rstrip("/")
+
+
+def post_raw(url: str, data: bytes, token: str | None = TOKEN) -> tuple[int, dict[str, str], Any]:
+    request = urllib.request.Request(url, method="POST", data=data)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read() or b"{}")
+
+
+async def post(
+    url: str, body: object, token: str | None = TOKEN
+) -> tuple[int, dict[str, str], Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return await asyncio.to_thread(post_raw, url + "/calls", data, token)
+
+
+async def test_placing_a_call_needs_the_token(server: Server) -> None:
+    body = {"to": "sip:alice@127.0.0.1:9", "agent": "reminder"}
+    for token in (None, "wrong"):
+        status, headers, answer = await post(url_of(server), body, token)
+        assert (status, answer) == (401, {"error": "unauthorized"})
+        assert headers["WWW-Authenticate"] == 'Bearer realm="sipbot"'
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"{not json", "bad JSON: Expecting property name enclosed in double quotes: line 1"),
+        (b"", "the body must be a JSON object"),
+        (b"{\"to\": \"\xc3(\"}", "the body must be UTF-8 JSON"),
+        ([1, 2], "the body must be a JSON object"),
+        ({"agent": "reminder"}, "'to' is required"),
+        ({"to": 5551234, "agent": "reminder"}, "'to' must be a string, not a number"),
+        ({"to": "sip:a@127.0.0.1", "agent": "reminder", "amd": 1}, "'amd' must be true, false"),
+        ({"to": "sip:a@127.0.0.1", "agent": "reminder", "variables": {"name": ["Ada"]}},
+         "'variables.name' must be a string or a number, not an array"),
+        ({"to": "sip:a@127.0.0.1", "agent": "reminder", "ringtimeout": 5},
+         "unknown field 'ringtimeout'"),
+    ],
+)  # fmt: skip
+async def test_a_bad_body_is_400_with_the_reason_and_nothing_is_dialled(
+    server: Server, body: object, error: str
+) -> None:
+    status, headers, answer = await post(url_of(server), body)
+    assert status == 400
+    assert headers["Content-Type"].startswith("application/json")
+    assert answer["error"].startswith(error)
+    assert server.calls == {}
+
+
+async def test_an_unknown_call_is_404(server: Server) -> None:
+    def get() -> int:
+        try:
+            fetch(url_of(server) + "/calls/no-such-call", TOKEN)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        return 200
+
+    assert await asyncio.to_thread(get) == 404
+
+
+async def test_no_calls_are_placed_while_draining(server: Server) -> None:
+    server.drain()
+    body = {"to": "sip:alice@127.0.0.1:9", "agent": "reminder"}
+    status, headers, answer = await post(url_of(server), body)
+    assert status == 503
+    assert headers["Retry-After"] == str(server.admission.drain_retry_after_s)
+    assert answer == {
+        "error": "the server is draining",
+        "retry_after_s": server.admission.drain_retry_after_s,
+    }
+    await asyncio.wait_for(server.drained.wait(), 5)
+
+
+async def test_sipbot_dial_exits_2_on_a_bad_request_and_1_on_a_wrong_token(
+    server: Server,
+) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    fields = {"to": "sip:alice@127.0.0.1:9", "agent": "reminder", "ring_timeout_s": -1}
+    code = await asyncio.to_thread(dial_command, url_of(server), TOKEN, fields, out, err)
+    assert code == 2
+    assert out.getvalue() == ""
+    assert err.getvalue() == (
+        "sipbot dial: HTTP 400 Bad Request: 'ring_timeout_s' must be > 0 and <= 3600, not -1\n"
+    )
+    err = io.StringIO()
+    fields = {"to": "sip:alice@127.0.0.1:9", "agent": "reminder"}
+    code = await asyncio.to_thread(dial_command, url_of(server), "wrong", fields, out, err)
+    assert code == 1
+    assert err.getvalue() == (
+        "sipbot dial: HTTP 401 Unauthorized (check the token): unauthorized\n"
+    )
