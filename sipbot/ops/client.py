@@ -16,8 +16,6 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-from sipbot.ops.dials import FAILED_STATES
-
 TIMEOUT_S = 5.0
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -99,9 +97,7 @@ def dial_command(
     print(call_id, file=out, flush=True)
     if not wait:
         return EXIT_OK
-    return _follow(
-        base + "/calls/" + urllib.parse.quote(call_id, safe=""), token, out, err, sleep
-    )
+    return _follow(base + "/calls/" + urllib.parse.quote(call_id, safe=""), token, out, err, sleep)
 
 
 def _follow(
@@ -125,8 +121,8 @@ def _follow(
         for status in history[shown:]:
             print(format_dial_status(status), file=out, flush=True)
         shown = len(history)
-        if view.get("final"):
-            return EXIT_FAILURE if view.get("state") in FAILED_STATES else EXIT_OK
+        if view.get("final"):  # ended without an answer (e.g. stopped while queued) failed too
+            return EXIT_OK if view.get("outcome") == "answered" else EXIT_FAILURE
         sleep(POLL_S)
 
 

@@ -20,8 +20,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 DIALS_KEPT = 1000
-FINAL_STATES = frozenset({"busy", "no-answer", "rejected", "failed", "ended"})
 FAILED_STATES = frozenset({"busy", "no-answer", "rejected", "failed"})
+OUTCOMES = FAILED_STATES | {"answered"}
+FINAL_STATES = FAILED_STATES | {"ended"}
 MAX_VARIABLES = 100
 MAX_TEXT = 2048  # characters of any one string field or variable value
 
@@ -150,9 +151,12 @@ class DialBook:
         return call_id in self._calls
 
     def view(self, call_id: str) -> dict[str, Any] | None:
-        """``{call_id, state, sip_code, reason, final, request, history}``; None if unknown.
+        """``{call_id, state, sip_code, reason, outcome, final, request, history}``; None if
+        unknown.
 
-        ``state`` is None until the first transition arrives.
+        ``state`` is None until the first transition arrives; ``outcome`` is the last of
+        ``answered``/``busy``/``no-answer``/``rejected``/``failed`` seen (a failed call goes on
+        to ``ended`` at once: the outcome keeps what happened), else None.
         """
         entry = self._calls.get(call_id)
         if entry is None:
@@ -160,11 +164,13 @@ class DialBook:
         request, history = entry
         last: Mapping[str, object] = history[-1] if history else {}
         state = last.get("state")
+        outcomes = [h.get("state") for h in history if h.get("state") in OUTCOMES]
         return {
             "call_id": call_id,
             "state": state,
             "sip_code": last.get("sip_code"),
             "reason": last.get("reason"),
+            "outcome": outcomes[-1] if outcomes else None,
             "final": state in FINAL_STATES,
             "request": dict(request),
             "history": list(history),

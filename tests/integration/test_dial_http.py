@@ -52,7 +52,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
 
 def url_of(server: Server) -> str:
     assert server.http is not None
-    return server.http.url.rstrip("/")
+    return str(server.http.url).rstrip("/")
 
 
 def post_raw(url: str, data: bytes, token: str | None = TOKEN) -> tuple[int, dict[str, str], Any]:

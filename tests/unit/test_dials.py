@@ -101,6 +101,7 @@ def test_the_book_keeps_every_transition_and_says_when_it_is_final() -> None:
         "state": "queued",
         "sip_code": None,
         "reason": None,
+        "outcome": None,
         "final": False,
         "request": {"to": "sip:a@h", "agent": "x"},
         "history": [status("c1", "queued")],
@@ -112,7 +113,25 @@ def test_the_book_keeps_every_transition_and_says_when_it_is_final() -> None:
     assert (view["state"], view["sip_code"], view["reason"], view["final"]) == (
         "busy", 486, "Busy Here", True,
     )  # fmt: skip
-    assert [h["state"] for h in view["history"]] == ["queued", "ringing", "busy"]
+    book.add(status("c1", "ended", 486, "Busy Here"))  # what follows a failure at once
+    view = book.view("c1")
+    assert view is not None
+    assert (view["state"], view["outcome"], view["final"]) == ("ended", "busy", True)
+    assert [h["state"] for h in view["history"]] == ["queued", "ringing", "busy", "ended"]
+
+
+def test_the_outcome_of_an_answered_call_stays_until_it_ends() -> None:
+    book = DialBook()
+    for state in ("trying", "ringing", "answered"):
+        book.add(status("c1", state))
+        view = book.view("c1")
+        assert view is not None
+        assert view["final"] is False
+        assert view["outcome"] == ("answered" if state == "answered" else None)
+    book.add(status("c1", "ended"))
+    view = book.view("c1")
+    assert view is not None
+    assert (view["outcome"], view["final"]) == ("answered", True)
     assert book.view("c2") is None
 
 
