@@ -16,6 +16,10 @@ Rules:
 * Rule 3: requests are bounded: body size (``max_body_bytes``), handler time
   (``request_timeout_s``, the event stream excepted), event-stream viewers
   (:data:`MAX_EVENT_STREAMS`).
+* Rule 4: ``POST /calls`` costs money and reaches people: it needs a configured token (403
+  without one, even on loopback) and ``Content-Type: application/json`` (415 otherwise), which
+  a web page in a browser cannot send to another origin without a CORS preflight we never
+  grant.
 """
 
 from __future__ import annotations
@@ -236,9 +240,15 @@ class _Api:
 
     async def place_call(self, request: web.Request) -> web.Response:
         """``POST /calls``: 202 with the call id at once; 400 for a bad request (nothing is
-        dialled), 429 when a trunk limit refuses it, 503 while draining."""
+        dialled), 403/415 (Rule 4), 429 when a trunk limit refuses it, 503 while draining."""
         from sipbot.outbound import DialError, DialRefused, DialRequest
 
+        if self._token is None:  # Rule 4
+            error = "placing calls over HTTP needs a token: set server.http.token"
+            return web.json_response({"error": error}, status=403)
+        if request.content_type != "application/json":  # Rule 4
+            error = "the body must be JSON with Content-Type: application/json"
+            return web.json_response({"error": error}, status=415)
         admission = self.server.admission
         if admission.draining:
             return _refusal(503, "the server is draining", admission.drain_retry_after_s)

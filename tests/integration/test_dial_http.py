@@ -8,6 +8,7 @@ The clients are blocking (urllib, as the CLI): they run in threads so the loop k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import urllib.error
@@ -34,13 +35,13 @@ routes:
 """
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, token: str | None) -> AsyncIterator[Server]:
     path = tmp_path / "bot.yaml"
     path.write_text(CONFIG)
     config = load_config(str(path))
     sip = config.server.sip.model_copy(update={"listen": (ListenAddress("udp", "127.0.0.1", 0),)})
-    http = HttpSettings.model_validate({"listen": "127.0.0.1:0", "token": TOKEN})
+    http = HttpSettings.model_validate({"listen": "127.0.0.1:0", "token": token})
     settings = config.server.model_copy(update={"sip": sip, "http": http})
     server = Server(replace(config, server=settings))
     await server.start()
@@ -50,14 +51,22 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         await server.stop()
 
 
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with running(tmp_path, TOKEN) as server:
+        yield server
+
+
 def url_of(server: Server) -> str:
     assert server.http is not None
     return str(server.http.url).rstrip("/")
 
 
-def post_raw(url: str, data: bytes, token: str | None = TOKEN) -> tuple[int, dict[str, str], Any]:
+def post_raw(
+    url: str, data: bytes, token: str | None = TOKEN, content_type: str = "application/json"
+) -> tuple[int, dict[str, str], Any]:
     request = urllib.request.Request(url, method="POST", data=data)
-    request.add_header("Content-Type", "application/json")
+    request.add_header("Content-Type", content_type)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -106,6 +115,30 @@ async def test_a_bad_body_is_400_with_the_reason_and_nothing_is_dialled(
     assert headers["Content-Type"].startswith("application/json")
     assert answer["error"].startswith(error)
     assert server.calls == {}
+
+
+async def test_placing_a_call_needs_a_json_content_type(server: Server) -> None:
+    # a web page may POST text/plain to a loopback listener without a CORS preflight
+    data = json.dumps({"to": "sip:alice@127.0.0.1:9", "agent": "reminder"}).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        url = url_of(server) + "/calls"
+        status, _, answer = await asyncio.to_thread(post_raw, url, data, TOKEN, content_type)
+        assert (status, answer) == (
+            415,
+            {"error": "the body must be JSON with Content-Type: application/json"},
+        )
+    assert server.calls == {}
+
+
+async def test_without_a_configured_token_no_call_is_placed(tmp_path: Path) -> None:
+    async with running(tmp_path, None) as server:
+        body = {"to": "sip:alice@127.0.0.1:9", "agent": "reminder"}
+        status, _, answer = await post(url_of(server), body, token=None)
+        assert (status, answer) == (
+            403,
+            {"error": "placing calls over HTTP needs a token: set server.http.token"},
+        )
+        assert server.calls == {}
 
 
 async def test_an_unknown_call_is_404(server: Server) -> None:
