@@ -8,23 +8,20 @@ The clients are blocking (urllib, as the CLI): they run in threads so the loop k
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sipbot.config import HttpSettings, ListenAddress, load_config
 from sipbot.ops.client import dial_command, fetch
 from sipbot.server import Server
+from tests.integration.test_http_listener import TOKEN, serving
 
-TOKEN = "t0ken-for-dial-tests"
 CONFIG = """\
 agents:
   reminder:
@@ -35,25 +32,11 @@ routes:
 """
 
 
-@contextlib.asynccontextmanager
-async def running(tmp_path: Path, token: str | None) -> AsyncIterator[Server]:
-    path = tmp_path / "bot.yaml"
-    path.write_text(CONFIG)
-    config = load_config(str(path))
-    sip = config.server.sip.model_copy(update={"listen": (ListenAddress("udp", "127.0.0.1", 0),)})
-    http = HttpSettings.model_validate({"listen": "127.0.0.1:0", "token": token})
-    settings = config.server.model_copy(update={"sip": sip, "http": http})
-    server = Server(replace(config, server=settings))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running(tmp_path, TOKEN) as server:
+    path = tmp_path / "bot.yaml"
+    path.write_text(CONFIG)
+    async with serving(str(path), TOKEN) as server:
         yield server
 
 
@@ -131,8 +114,8 @@ async def test_placing_a_call_needs_a_json_content_type(server: Server) -> None:
 
 
 async def test_without_a_configured_token_no_call_is_placed(tmp_path: Path) -> None:
-    async with running(tmp_path, None) as server:
-        body = {"to": "sip:alice@127.0.0.1:9", "agent": "reminder"}
+    async with serving(None, token=None) as server:
+        body = {"to": "sip:alice@127.0.0.1:9", "agent": "echo"}
         status, _, answer = await post(url_of(server), body, token=None)
         assert (status, answer) == (
             403,
