@@ -76,7 +76,7 @@ class CallRow:
             failed); ``sip_status``/``sip_reason`` hold the final response and its Reason
             header, ``answered`` the moment of the 2xx.
         ringing: when an outbound call started ringing (the first 180/183), or None.
-        early_media: 1 when early media (183 with SDP) came before the answer.
+        early_media: milliseconds of early media (183 with SDP) received before the answer.
         lines: the transcript.
     """
 

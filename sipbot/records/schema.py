@@ -12,7 +12,7 @@ Rules:
 History: version 1 held calls and their transcript; version 2 added the media-quality summary,
 the recording path and the source address, and an index on ``caller`` for ``calls erase``;
 version 3 added outbound calls: ``direction``, the final dial state (answered, busy, no-answer,
-rejected, failed), when it started ringing and whether early media came.
+rejected, failed), when it started ringing and how much early media came (ms).
 """
 
 from __future__ import annotations
