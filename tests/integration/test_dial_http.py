@@ -27,6 +27,10 @@ agents:
   reminder:
     provider: local
     prompt: "You call to remind someone of an appointment."
+trunks:
+  slow:   # one new call per 5 s and no queue: a second request at once is refused
+    source: [127.0.0.1]
+    outbound: {proxy: "sip:127.0.0.1:9", cps: 0.2}
 routes:
   - answer: reminder
 """
@@ -124,6 +128,39 @@ async def test_without_a_configured_token_no_call_is_placed(tmp_path: Path) -> N
         assert server.calls == {}
 
 
+async def test_a_trunk_limit_refuses_with_429_and_retry_after_and_the_call_shows_its_states(
+    server: Server,
+) -> None:
+    body = {"to": "100", "agent": "reminder", "trunk": "slow", "ring_timeout_s": 0.5}
+    status, headers, placed = await post(url_of(server), body)
+    assert status == 202, placed
+    call_id = placed["call_id"]
+    assert headers["Location"] == f"/calls/{call_id}"
+    status, headers, refused = await post(url_of(server), body)
+    assert status == 429
+    assert headers["Retry-After"] == "1"
+    assert refused["retry_after_s"] == 1
+    assert "slow" in refused["error"], refused
+    # nobody answers at 127.0.0.1:9: the first call gives up after its ring timeout
+    view: dict[str, Any] = {}
+    async with asyncio.timeout(10):
+        while not view.get("final"):
+            await asyncio.sleep(0.1)
+            view = await asyncio.to_thread(fetch, f"{url_of(server)}/calls/{call_id}", TOKEN)
+    states = [h["state"] for h in view["history"]]
+    assert states[:2] == ["queued", "trying"], view
+    assert view["outcome"] == "failed"
+    assert states[-2:] == ["failed", "ended"]
+    assert view["request"] == {
+        "to": "100",
+        "agent": "reminder",
+        "trunk": "slow",
+        "ring_timeout_s": 0.5,
+        "variables": [],
+        "status_callback": False,
+    }
+
+
 async def test_an_unknown_call_is_404(server: Server) -> None:
     def get() -> int:
         try:
@@ -166,3 +203,19 @@ async def test_sipbot_dial_exits_2_on_a_bad_request_and_1_on_a_wrong_token(
     assert err.getvalue() == (
         "sipbot dial: HTTP 401 Unauthorized (check the token): unauthorized\n"
     )
+
+
+async def test_sipbot_dial_wait_prints_each_state_and_exits_1_when_the_call_fails(
+    server: Server,
+) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    fields = {"to": "100", "agent": "reminder", "trunk": "slow", "ring_timeout_s": 0.5}
+    code = await asyncio.wait_for(
+        asyncio.to_thread(dial_command, url_of(server), TOKEN, fields, out, err, wait=True), 15
+    )
+    assert code == 1, err.getvalue()
+    lines = out.getvalue().splitlines()
+    assert lines[1:3] == ["queued", "trying"]
+    assert lines[-2].startswith("failed "), lines
+    assert lines[-1].startswith("ended "), lines
+    assert err.getvalue() == ""
