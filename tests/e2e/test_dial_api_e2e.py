@@ -168,6 +168,14 @@ def test_sipbot_dial_and_post_calls_reach_callees_and_bad_requests_dial_nobody(
     assert status == 202, placed
     assert placed["url"] == f"/calls/{placed['call_id']}"
 
+    def live() -> dict[str, Any] | None:
+        _, view = request(f"{url}{placed['url']}")
+        return view if view["state"] == "answered" and view["call"] else None
+
+    up = wait_until(live, 10, "the answered call's live view")  # while it is up
+    assert up is not None
+    assert (up["call"]["agent"], up["call"]["state"], up["final"]) == ("echo", "up", False), up
+
     code, out, err = finished(cli)
     assert code == 0, err + server.log()[-3000:]
     cli_id, states = out[0], out[1:]
