@@ -200,6 +200,8 @@ def test_sipbot_dial_and_post_calls_reach_callees_and_bad_requests_dial_nobody(
         assert (record["outcome"], record["sip_status"]) == ("answered", 200), record
         assert record["direction"] == "outbound"
         assert record["dial_state"] == "answered"
+    # the record's answer time is the 2xx's, as the status said
+    assert abs(record["answered"] - answered["at"]) < 0.05, (record, answered)
 
     # the webhook: each status given up after a bounded number of attempts, logged, no crash
     wait_until(lambda: "not delivered" in server.log(), 10, "a webhook given up")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -219,3 +220,19 @@ async def test_sipbot_dial_wait_prints_each_state_and_exits_1_when_the_call_fail
     assert lines[-2].startswith("failed "), lines
     assert lines[-1].startswith("ended "), lines
     assert err.getvalue() == ""
+
+
+def test_sipbot_dial_to_a_server_that_is_not_there_exits_1() -> None:
+    port = free_tcp_port()  # bound then closed: nothing listens
+    out, err = io.StringIO(), io.StringIO()
+    fields = {"to": "sip:alice@127.0.0.1:9", "agent": "reminder"}
+    code = dial_command(f"http://127.0.0.1:{port}", TOKEN, fields, out, err, wait=True)
+    assert code == 1
+    assert out.getvalue() == ""
+    assert err.getvalue().startswith("sipbot dial: cannot connect: "), err.getvalue()
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
