@@ -29,7 +29,7 @@ from sipbot.emulators.script import EmulatorScript
 from sipbot.errors import DialError
 from sipbot.outbound import DialRequest, DialStatus
 from sipbot.server import Server
-from tests.e2e.emulated import server_env, write_dialplan
+from tests.e2e.emulated import ToolService, server_env, write_dialplan
 from tests.e2e.peers import audio, sipp
 from tests.e2e.peers.capture import RtpCapture, select
 from tests.e2e.peers.ports import free_port
@@ -371,3 +371,34 @@ async def test_cps_and_concurrency_limits_hold_on_the_wire(bot: StartBot, tmp_pa
     print(f"INVITE gaps on the wire: min {gaps.min():.4f} s, mean {gaps.mean():.4f} s")
     assert peak == 4
     assert all(states(b.statuses[c])[-2] == "busy" for c in call_ids)
+
+
+# --------------------------------------------------------------------------- the status webhook
+
+
+async def test_the_webhook_gets_every_status_in_order(bot: StartBot, tmp_path: Path) -> None:
+    callee = uas(tmp_path, "busy")
+    b = await bot(trunk_to(callee))
+    with ToolService(response={"ok": True}) as hook:
+        call_id = await b.dial("henry", status_callback=hook.url("/status"))
+        got = await b.ended(call_id)
+        deadline = time.monotonic() + 5.0
+        while len(hook.requests) < len(got) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    await asyncio.to_thread(callee.stop)
+    assert [r.body for r in hook.requests] == [s.to_json() for s in got]
+    assert {r.path for r in hook.requests} == {"/status"}
+
+
+async def test_a_webhook_that_is_down_costs_the_call_nothing(bot: StartBot, tmp_path: Path) -> None:
+    callee = uas(tmp_path, "busy")
+    b = await bot(trunk_to(callee))
+    down = f"http://127.0.0.1:{free_port('tcp')}/status"  # nothing listens there
+    started = time.time()
+    call_id = await b.dial("ivy", status_callback=down)
+    got = await b.ended(call_id)
+    await asyncio.to_thread(callee.stop)
+    assert states(got) == ["queued", "trying", "busy", "ended"]
+    assert got[-1].at - started < 2.0  # as fast as without a webhook
+    record = await b.record(call_id)
+    assert record["dial_state"] == "busy"
