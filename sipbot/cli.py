@@ -2,8 +2,9 @@
 
 Commands: ``run`` (the server), ``call`` (a test caller), ``check`` (validate a config and print
 its routing table), ``route`` (which route and agent a call would get), ``calls`` (list, show,
-export and erase call records), ``status`` and ``drain`` (ask a running server through its HTTP
-listener), ``emulate`` (offline Gemini Live / OpenAI Realtime servers).
+export and erase call records), ``status``, ``drain`` and ``dial`` (ask a running server through
+its HTTP listener; ``dial`` places an outbound call), ``emulate`` (offline Gemini Live / OpenAI
+Realtime servers).
 Exit codes: 0 success, 1 failure, 2 bad usage, an invalid config file (one line naming file,
 line and field) or a records database that cannot be opened at start.
 """
@@ -81,6 +82,7 @@ def _ops_parsers(commands: Any) -> None:
     for name, text in (
         ("status", "show a running server's calls, drain state and refusals"),
         ("drain", "ask a running server to drain (stop admitting, end calls after the timeout)"),
+        ("dial", "have a running server call out: prints the call id"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument(
@@ -93,6 +95,69 @@ def _ops_parsers(commands: Any) -> None:
         )
         if name == "status":
             sub.add_argument("--json", action="store_true", help="print the raw JSON")
+        if name == "dial":
+            _dial_arguments(sub)
+
+
+def _dial_arguments(dial: argparse.ArgumentParser) -> None:
+    dial.add_argument("to", help="whom to call: a sip:/sips: URI, or a number for the trunk")
+    dial.add_argument("--agent", required=True, metavar="NAME", help="the agent that talks")
+    dial.add_argument("--trunk", metavar="NAME", help="place the call through this trunk")
+    dial.add_argument("--caller-id", metavar="NUM", help="our number (From, P-Asserted-Identity)")
+    dial.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a variable of the agent's prompt (repeatable)",
+    )
+    dial.add_argument(
+        "--amd",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="answering-machine detection on/off (default: the agent's setting)",
+    )
+    dial.add_argument(
+        "--ring-timeout",
+        type=float,
+        metavar="S",
+        help="give up (CANCEL) after S seconds of ringing",
+    )
+    dial.add_argument(
+        "--status-callback", metavar="URL", help="POST every state change of the call here"
+    )
+    dial.add_argument(
+        "--wait",
+        action="store_true",
+        help="print each state until the call ends; exit 1 if busy, unanswered, rejected, failed",
+    )
+
+
+def dial_request_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``POST /calls`` body of ``sipbot dial``'s arguments (unset options left out).
+
+    Raises:
+        ValueError: a ``--var`` is not ``NAME=VALUE``, or ``--ring-timeout`` is not positive.
+    """
+    variables: dict[str, str] = {}
+    for item in args.var:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--var needs NAME=VALUE, not {item!r}")
+        variables[name.strip()] = value
+    if args.ring_timeout is not None and args.ring_timeout <= 0:
+        raise ValueError(f"--ring-timeout must be > 0, not {args.ring_timeout:g}")
+    fields: dict[str, Any] = {"to": args.to, "agent": args.agent}
+    optional = {
+        "trunk": args.trunk,
+        "caller_id": args.caller_id,
+        "variables": variables or None,
+        "amd": args.amd,
+        "ring_timeout_s": args.ring_timeout,
+        "status_callback": args.status_callback,
+    }
+    fields.update({k: v for k, v in optional.items() if v is not None})
+    return fields
 
 
 def _call_parser(commands: Any) -> None:
@@ -181,10 +246,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(args_list)
     if args.command == "check":
         return _check(args)
-    if args.command in ("status", "drain"):
-        from sipbot.ops.client import drain_command, status_command
+    if args.command in ("status", "drain", "dial"):
+        from sipbot.ops.client import dial_command, drain_command, status_command
 
         token = args.token or os.environ.get("SIPBOT_HTTP_TOKEN")
+        if args.command == "dial":
+            try:
+                fields = dial_request_fields(args)
+            except ValueError as exc:
+                print(f"sipbot dial: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            return dial_command(args.url, token, fields, sys.stdout, sys.stderr, wait=args.wait)
         if args.command == "drain":
             return drain_command(args.url, token, sys.stdout, sys.stderr)
         return status_command(args.url, token, sys.stdout, sys.stderr, raw=args.json)

@@ -432,8 +432,8 @@ def _unused_definitions(model: ConfigModel) -> list[tuple[Path, str]]:
     ]
     out += [
         (("trunks", n), f"trunk {n!r} is not used by any route")
-        for n in model.trunks
-        if n not in used_trunks
+        for n, trunk in model.trunks.items()
+        if n not in used_trunks and trunk.outbound is None  # an outbound trunk is dialled through
     ]
     return out
 

@@ -4,7 +4,8 @@
   catch-all, or the same DID with fewer conditions, or a wider prefix, network or time window).
   Regexes are compared only by their text: a route behind a different regex is never reported.
 * A route's own hours ranges overlap.
-* An agent is defined but no route answers with it.
+* An agent is defined but no route answers with it (not when a trunk has ``outbound:`` keys:
+  the dialplan places calls, and any agent may be dialled).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def dialplan_warnings(dialplan: Dialplan) -> list[Warning_]:
                         (("routes", index, "match", "hours"), f"hours {first} and {second} overlap")
                     )
     used = {r.action.agent.name for r in routes if isinstance(r.action, Answer)}
+    if any(trunk.outbound is not None for trunk in dialplan.trunks.values()):
+        used = set(dialplan.agents)  # outbound agents are dialled, not routed to
     for name in dialplan.agents:
         if name not in used:
             out.append((("agents", name), f"agent {name!r} is not used by any route"))

@@ -2,7 +2,8 @@
 
 Routes: ``/healthz``, ``/readyz``, ``/metrics``, ``/api/status``, ``/api/calls``,
 ``/api/recent``, ``/api/events`` (server-sent events for the page), ``POST /drain``,
-``/recordings/{call_id}``, and the live-calls page (``/``, ``/static/...``).
+``/recordings/{call_id}``, ``POST /calls`` (place an outbound call) and ``GET /calls/{call_id}``
+(its state), and the live-calls page (``/``, ``/static/...``).
 
 Rules:
 
@@ -15,6 +16,10 @@ Rules:
 * Rule 3: requests are bounded: body size (``max_body_bytes``), handler time
   (``request_timeout_s``, the event stream excepted), event-stream viewers
   (:data:`MAX_EVENT_STREAMS`).
+* Rule 4: ``POST /calls`` costs money and reaches people: it needs a configured token (403
+  without one, even on loopback) and ``Content-Type: application/json`` (415 otherwise), which
+  a web page in a browser cannot send to another origin without a CORS preflight we never
+  grant.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from sipbot.ops import snapshot
+from sipbot.ops.dials import DialBook, dial_fields
 from sipbot.ops.records_view import RecordsReader
 from sipbot.records import default_data_dir
 from sipbot.secret import to_secret
@@ -48,6 +54,7 @@ EVENT_INTERVAL_S = 0.5
 MAX_EVENT_STREAMS = 20
 RECORDS_LISTED = 50
 OPEN_PATHS = frozenset({"/healthz"})
+DIAL_RETRY_AFTER_S = 1  # Retry-After of a dial refused by a trunk limit that names no time
 WEB_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 
 
@@ -94,6 +101,8 @@ async def start_http(server: Server, settings: HttpSettings) -> HttpListener | N
     app.router.add_get("/api/records/{record_id}", api.record)
     app.router.add_get("/api/events", api.events)
     app.router.add_post("/drain", api.drain)
+    app.router.add_post("/calls", api.place_call)
+    app.router.add_get("/calls/{call_id}", api.placed_call)
     app.router.add_get("/recordings/{call_id}", api.recording)
     app.router.add_get("/", api.page)
     app.router.add_get("/static/{name}", api.static)
@@ -132,6 +141,7 @@ class _Api:
         self._view: tuple[float, list[dict[str, Any]]] = (0.0, [])
         self._streams = 0
         self._reader: RecordsReader | None = None
+        self._dials = DialBook()
         records = server.config.server.records
         if server.records is not None:
             data_dir = server.config.server.data_dir or default_data_dir()
@@ -228,6 +238,55 @@ class _Api:
         body = {"draining": True, "started": started, "calls": len(self.server.calls)}
         return web.json_response(body, status=202)
 
+    async def place_call(self, request: web.Request) -> web.Response:
+        """``POST /calls``: 202 with the call id at once; 400 for a bad request (nothing is
+        dialled), 403/415 (Rule 4), 429 when a trunk limit refuses it, 503 while draining."""
+        from sipbot.outbound import DialError, DialRefused, DialRequest
+
+        if self._token is None:  # Rule 4
+            error = "placing calls over HTTP needs a token: set server.http.token"
+            return web.json_response({"error": error}, status=403)
+        if request.content_type != "application/json":  # Rule 4
+            error = "the body must be JSON with Content-Type: application/json"
+            return web.json_response({"error": error}, status=415)
+        admission = self.server.admission
+        if admission.draining:
+            return _refusal(503, "the server is draining", admission.drain_retry_after_s)
+        try:
+            fields = dial_fields(json.loads(await request.read() or b"null"))
+        except UnicodeDecodeError:
+            return web.json_response({"error": "the body must be UTF-8 JSON"}, status=400)
+        except ValueError as exc:  # json.JSONDecodeError included
+            text = str(exc) if not isinstance(exc, json.JSONDecodeError) else f"bad JSON: {exc}"
+            return web.json_response({"error": text}, status=400)
+        try:
+            call_id = await self.server.dial(DialRequest(**fields), self._on_dial_status)
+        except DialRefused as exc:
+            retry = getattr(exc, "retry_after_s", None) or DIAL_RETRY_AFTER_S
+            return _refusal(429, str(exc), retry)
+        except DialError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        self._dials.describe(call_id, _public_request(fields))
+        view = self._dials.view(call_id) or {}
+        body = {"call_id": call_id, "state": view.get("state"), "url": f"/calls/{call_id}"}
+        return web.json_response(body, status=202, headers={"Location": f"/calls/{call_id}"})
+
+    async def placed_call(self, request: web.Request) -> web.Response:
+        """``GET /calls/{call_id}``: the transitions of a call placed here, and the live view
+        of the call while it is up (any call up: inbound ones too)."""
+        call_id = request.match_info["call_id"]
+        view = self._dials.view(call_id)
+        call = self.server.calls.get(call_id)
+        live = None if call is None else snapshot.call_view(self.server, call, time.time())
+        if view is None and live is None:
+            return web.json_response({"error": "no such call"}, status=404)
+        if view is None:
+            view = {"call_id": call_id, "state": live["state"] if live else None}
+        return web.json_response({**view, "call": live})
+
+    def _on_dial_status(self, status: Any) -> None:
+        self._dials.add(status.to_json())
+
     async def recording(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["call_id"]
         record = self.server.recent.get(key)
@@ -292,3 +351,19 @@ class _Api:
 
     def _draining(self) -> bool:
         return self.server.admission.draining
+
+
+def _refusal(status: int, error: str, retry_after_s: float) -> web.Response:
+    retry = max(1, round(retry_after_s))
+    return web.json_response(
+        {"error": error, "retry_after_s": retry}, status=status, headers={"Retry-After": str(retry)}
+    )
+
+
+def _public_request(fields: dict[str, Any]) -> dict[str, Any]:
+    """What ``GET /calls/{id}`` shows of the request: no callback URL (it may carry a
+    secret), the names of the variables but not their values."""
+    out = {k: v for k, v in fields.items() if k not in ("status_callback", "variables")}
+    out["variables"] = sorted(fields.get("variables", {}))
+    out["status_callback"] = "status_callback" in fields
+    return out

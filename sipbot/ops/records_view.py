@@ -31,6 +31,10 @@ LIST_FIELDS = (
     "turns",
     "tool_calls",
     "barge_ins",
+    "trunk",
+    "direction",
+    "dial_state",
+    "ringing",
 )
 
 

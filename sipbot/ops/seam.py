@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from sipbot.ops.looplag import LoopLagMonitor
     from sipbot.ops.metrics import Metrics
     from sipbot.ops.observe import RecentCalls, SessionWatch
+    from sipbot.outbound import DialRequest, DialStatus
 
 
 class Server(Protocol):
@@ -57,4 +58,10 @@ class Server(Protocol):
 
     def drain(self) -> bool:
         """Start draining; False when already draining."""
+        ...
+
+    async def dial(
+        self, request: DialRequest, on_status: Callable[[DialStatus], None] | None = None
+    ) -> str:
+        """Place an outbound call; its Call-ID at once (raises ``DialError`` first)."""
         ...

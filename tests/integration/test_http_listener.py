@@ -25,11 +25,13 @@ TOKEN = "t0ken-for-tests"
 LAG_LIMIT_MS = 50.0  # what a stalled loop would blow through (a 20 ms RTP slot and more)
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[Server]:
-    config = load_config(None)
+@contextlib.asynccontextmanager
+async def serving(path: str | None = None, token: str | None = TOKEN) -> AsyncIterator[Server]:
+    """A started server of the config file at ``path`` (None: the embedded default), SIP and
+    HTTP on free loopback ports, the listener's token ``token``."""
+    config = load_config(path)
     sip = config.server.sip.model_copy(update={"listen": (ListenAddress("udp", "127.0.0.1", 0),)})
-    http = HttpSettings.model_validate({"listen": "127.0.0.1:0", "token": TOKEN})
+    http = HttpSettings.model_validate({"listen": "127.0.0.1:0", "token": token})
     settings = config.server.model_copy(update={"sip": sip, "http": http})
     server = Server(replace(config, server=settings))
     await server.start()
@@ -37,6 +39,12 @@ async def server() -> AsyncIterator[Server]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    async with serving() as server:
+        yield server
 
 
 def http(port: int, raw: bytes, *, pause_s: float = 0.0, chunk: int = 0) -> bytes:

@@ -604,6 +604,19 @@ def test_unused_tools_and_trunks_warnings(in_tmp: Path, monkeypatch: pytest.Monk
     )
 
 
+def test_agents_and_trunks_for_placing_calls_need_no_route(in_tmp: Path) -> None:
+    text = """\
+        trunks:
+          carrier: {source: [192.0.2.1], outbound: {cps: 1}}
+        agents:
+          a: {provider: local}
+          reminder: {provider: local}
+        routes:
+          - {answer: a}
+        """
+    assert load_config(write(in_tmp, text)).warnings == ()
+
+
 def test_no_routes_warning(in_tmp: Path) -> None:
     config = load_config(write(in_tmp, "agents: {}\n"))
     assert config.warnings == ("d.yaml:1: warning: no routes: every call is rejected with 404",)

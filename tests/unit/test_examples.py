@@ -9,13 +9,19 @@ import pytest
 
 from sipbot.config import load_config
 from sipbot.dialplan import Answer, Dialplan, Reject, RouteRequest, Transfer, route
-from sipbot.domain import ToolCall
+from sipbot.domain import CallInfo, ToolCall
 from sipbot.tools import ToolContext, ToolRunner
 from tests.unit.test_tools_runner import Control
 
 ROOT = Path(__file__).resolve().parents[2]
 DIALPLANS = sorted((ROOT / "dialplans").glob("*.yaml"))
-ENV = {"GEMINI_API_KEY": "test-gemini", "OPENAI_API_KEY": "test-openai", "PBX_PASSWORD": "pw"}
+ENV = {
+    "GEMINI_API_KEY": "test-gemini",
+    "OPENAI_API_KEY": "test-openai",
+    "PBX_PASSWORD": "pw",
+    "CARRIER_PASSWORD": "carrier-pw",
+    "SIPBOT_HTTP_TOKEN": "http-token",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +31,9 @@ def from_root(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_examples_are_there() -> None:
-    assert [p.name for p in DIALPLANS] == ["default.yaml", "pbx-trunk.yaml", "support.yaml"]
+    assert [p.name for p in DIALPLANS] == [
+        "default.yaml", "outbound.yaml", "pbx-trunk.yaml", "support.yaml",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("path", DIALPLANS, ids=lambda p: p.name)
@@ -70,6 +78,28 @@ def test_pbx_trunk_only_answers_the_pbx() -> None:
     registration = plan.trunks["pbx"].registration
     assert registration is not None
     assert (registration.aor, registration.expires_s) == ("sip:sipbot@192.0.2.10", 300)
+
+
+def test_outbound_places_reminders_through_the_limited_carrier_trunk() -> None:
+    config = load_config("dialplans/outbound.yaml", environ=ENV)
+    plan = config.dialplan
+    carrier = plan.trunks["carrier"]
+    out = carrier.dial_settings
+    assert (out.caller_id, out.ring_timeout_s) == ("+4930123456", 30.0)
+    assert (out.limits.max_calls, out.limits.cps, out.limits.queue) == (10, 2.0, 50)
+    assert carrier.dial_credentials is not None
+    assert carrier.dial_target == "sip:sip.carrier.example"
+    assert config.server.http.token == "http-token"  # POST /calls needs one
+    call = CallInfo(
+        "c1",
+        did="+4930555123",
+        direction="outbound",
+        variables={"name": "Ada", "when": "Tuesday at 10:00"},
+    )
+    now = datetime(2025, 6, 3, 8, 0, tzinfo=UTC)
+    prompt = plan.agents["reminder"].session_config(call, now).instructions
+    assert prompt.startswith("You placed this phone call to +4930555123")
+    assert "calling Ada to remind them of\ntheir appointment on Tuesday at 10:00." in prompt
 
 
 def test_default_is_the_local_echo() -> None:
