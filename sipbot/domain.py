@@ -75,6 +75,8 @@ class CallInfo:
     headers: Mapping[str, str] = field(default_factory=dict)
     codec: str = "PCMU"
     remote_address: str = ""
+    direction: Literal["inbound", "outbound"] = "inbound"  # outbound: sipbot placed the call
+    variables: Mapping[str, str] = field(default_factory=dict)  # a dial request's {var.NAME}
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,9 +25,11 @@ Every error sipbot raises on purpose derives from :class:`SipbotError`::
     │   ├── ToolTimeout           a tool ran past its timeout
     │   ├── ToolNotAllowed        a tool was asked for something its policy forbids
     │   └── ToolDefinitionError   a tool function cannot be turned into a schema
-    └── RecordsError              the call-records database failed
-        ├── RecordsUnavailable    it cannot be reached now (retry later; records stay queued)
-        └── RecordsWriteFailed    it refused these records (disk full, bad data): they are lost
+    ├── RecordsError              the call-records database failed
+    │   ├── RecordsUnavailable    it cannot be reached now (retry later; records stay queued)
+    │   └── RecordsWriteFailed    it refused these records (disk full, bad data): they are lost
+    └── DialError                 an outbound call request is invalid (nothing was sent)
+        └── DialRefused           a trunk's outbound limit refused it (queue full / timed out)
 
 Errors caused by the peer (``SipParseError``, ``ProviderProtocolError``) are kept apart from
 our own mistakes (``LocalSipError``), as h11 does with Local/RemoteProtocolError.
@@ -188,3 +190,11 @@ class RecordsUnavailable(RecordsError):
 
 class RecordsWriteFailed(RecordsError):
     """The records database refused a write for good (disk full, invalid data)."""
+
+
+class DialError(SipbotError):
+    """An outbound call request is invalid (bad URI, unknown agent or trunk); no INVITE sent."""
+
+
+class DialRefused(DialError):
+    """A trunk's outbound limits refused the call (its queue is full, or it waited too long)."""

@@ -41,7 +41,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -51,7 +51,7 @@ from sipbot.config import Config, TrustSettings
 from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
 from sipbot.dialplan.trunks import Trunk, call_srtp
 from sipbot.domain import CallInfo
-from sipbot.errors import ConfigError, SipParseError
+from sipbot.errors import ConfigError, DialError, SipParseError
 from sipbot.media.formats import PCM16_24K
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
@@ -60,6 +60,7 @@ from sipbot.ops.admission import Admission
 from sipbot.ops.looplag import LoopLagMonitor
 from sipbot.ops.metrics import Gauges, Metrics
 from sipbot.ops.observe import ObservedProvider, RecentCalls, SessionWatch
+from sipbot.outbound import DialRequest, DialStatus
 from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt, render
 from sipbot.providers.base import Provider
 from sipbot.providers.registry import make_provider
@@ -299,6 +300,17 @@ class Server:
         task = self._spawn(self._handle(dialog, trunk, arrived), name=f"call:{dialog.call_id}")
         # the counts are given back however the task ends, even cancelled before it started
         task.add_done_callback(lambda _: self._call_done(source if not trunk else None))
+
+    async def dial(
+        self, request: DialRequest, on_status: Callable[[DialStatus], None] | None = None
+    ) -> str:
+        """Place an outbound call; return its Call-ID at once (the call runs as a task).
+
+        Raises:
+            DialError: the request is invalid (nothing is sent).
+            DialRefused: a trunk limit refused it.
+        """
+        raise DialError(f"cannot dial {request.to}: outbound calls are not available yet")
 
     def _call_done(self, limited_source: str | None) -> None:
         self._admitted -= 1

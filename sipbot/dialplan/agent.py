@@ -29,6 +29,11 @@ PROVIDERS: tuple[ProviderName, ...] = ("local", "gemini", "openai")
 CODECS = ("G722", "PCMU", "PCMA")
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 DEFAULT_MAX_DURATION_S = 3600.0
+# put before the prompt of a call sipbot placed: the model must not greet as if called
+OUTBOUND_NOTE = (
+    "You placed this phone call to {to}; the person who answers did not call you. "
+    "Introduce yourself and say why you are calling.\n\n"
+)
 
 
 def check_codecs(codecs: Sequence[str]) -> tuple[str, ...]:
@@ -195,8 +200,11 @@ class Agent:
         options = dict(self.options)
         if self.provider == "local":
             options.setdefault("mode", self.local_mode)
+        instructions = self._prompt.fill(call, local)
+        if call.direction == "outbound":
+            instructions = OUTBOUND_NOTE.format(to=call.did or "the callee") + instructions
         return SessionConfig(
-            instructions=self._prompt.fill(call, local),
+            instructions=instructions,
             model=self.model,
             voice=self.voice,
             language=self.language,

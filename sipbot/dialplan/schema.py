@@ -69,6 +69,20 @@ class ToolModel(StrictModel):
     timeout_s: float | None = None
 
 
+class OutboundModel(StrictModel):
+    proxy: str | None = None
+    domain: str | None = None
+    transport: str | None = None
+    caller_id: str | None = None
+    pai: bool = True
+    codecs: list[str] = Field(default_factory=list)
+    max_calls: int | None = Field(default=None, ge=1)
+    cps: float | None = Field(default=None, gt=0)
+    queue: int = Field(default=0, ge=0)
+    queue_timeout_s: float = Field(default=30.0, gt=0)
+    ring_timeout_s: float = Field(default=30.0, gt=0)
+
+
 class TrunkModel(StrictModel):
     source: list[str] = Field(default_factory=list)
     description: str | None = None
@@ -86,6 +100,7 @@ class TrunkModel(StrictModel):
     retry_max_s: float = Field(default=300.0, gt=0)
     did_header: str | None = None
     srtp: Any = None  # off | optional | required; checked by build_trunk
+    outbound: OutboundModel | None = None
 
 
 class MatchModel(StrictModel):

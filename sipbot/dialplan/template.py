@@ -1,7 +1,9 @@
 """Prompt templates: ``"You help {display_name} ({caller}) on {weekday}"`` filled from the call.
 
 Placeholders: ``{caller}``, ``{did}``, ``{display_name}``, ``{call_id}``,
-``{header.X-Customer-Id}`` (any SIP header, case-insensitive, empty when absent), and ``{date}``
+``{header.X-Customer-Id}`` (any SIP header, case-insensitive, empty when absent),
+``{direction}`` (``inbound``/``outbound``), ``{var.NAME}`` (a variable of the outbound call's
+dial request, empty when absent), and ``{date}``
 (``2025-03-14``), ``{time}`` (``14:05``), ``{weekday}`` (``Friday``) in the agent's timezone.
 ``{{`` and ``}}`` are literal braces. An unknown placeholder is an error when the template is
 made (at load time), never a surprise during a call.
@@ -18,12 +20,13 @@ from sipbot.dialplan.fields import did_you_mean
 from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError
 
-CALL_FIELDS = ("caller", "did", "display_name", "call_id")
+CALL_FIELDS = ("caller", "did", "display_name", "call_id", "direction")
 TIME_FIELDS = ("date", "time", "weekday")
-PLACEHOLDERS = (*CALL_FIELDS, *TIME_FIELDS, "header.<Name>")
+PLACEHOLDERS = (*CALL_FIELDS, *TIME_FIELDS, "header.<Name>", "var.<name>")
 
 _TOKEN_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _HEADER_NAME_RE = re.compile(r"[A-Za-z0-9!%*_+`'~.-]+")  # RFC 3261 token
+_VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")  # a dial request's variable
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,7 @@ class Template:
             "did": call.did,
             "display_name": call.display_name,
             "call_id": call.call_id,
+            "direction": call.direction,
             "date": now.strftime("%Y-%m-%d"),
             "time": now.strftime("%H:%M"),
             "weekday": now.strftime("%A"),
@@ -80,6 +84,8 @@ class Template:
                 out.append(value)
             elif value.startswith("header."):
                 out.append(headers.get(value[len("header.") :].lower(), ""))
+            elif value.startswith("var."):
+                out.append(call.variables.get(value[len("var.") :], ""))
             else:
                 out.append(values[value])
         return "".join(out)
@@ -93,6 +99,10 @@ def _check_placeholder(name: str) -> str:
         if _HEADER_NAME_RE.fullmatch(header):
             return name
         raise ConfigError(f"invalid header name in placeholder {{{name}}}")
+    if name.startswith("var."):
+        if _VAR_NAME_RE.fullmatch(name[len("var.") :]):
+            return name
+        raise ConfigError(f"invalid variable name in placeholder {{{name}}}")
     known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
     hint = did_you_mean(name, (*CALL_FIELDS, *TIME_FIELDS))
     raise ConfigError(f"unknown placeholder {{{name}}}{hint} (known: {known})")

@@ -10,6 +10,10 @@ Rules:
 * Rule 2: a registration needs ``registrar`` and ``user``; ``auth_user`` defaults to ``user``,
   ``contact_user`` to ``user``, the AOR domain to the first registrar's host.
 * Rule 3: ``transport`` is ``udp``, ``tcp`` or ``tls`` (certificates: ``server.sip.tls``).
+* Rule 5 (outbound): calls placed through a trunk (``outbound:``) go to its ``proxy``, else
+  its registration's outbound proxy, else its first registrar; the Request-URI and From are
+  in its ``domain`` (default: the registration's domain, else the proxy's host); a 401/407 is
+  answered with the registration's credentials.
 * Rule 4 (SRTP): a call's ``srtp`` policy is its trunk's ``srtp`` when the trunk sets one (the
   trunk describes the link: a carrier that requires SRTP requires it whatever agent answers),
   else its agent's, else ``off`` (:func:`call_srtp`).
@@ -22,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sipbot.dial_limits import OutboundLimits
+from sipbot.dialplan.agent import check_codecs
 from sipbot.dialplan.fields import parse_srtp, with_field
 from sipbot.dialplan.match import IpNetwork, parse_network
 from sipbot.domain import SrtpMode
@@ -88,6 +94,31 @@ class TrunkRegistration:
 
 
 @dataclass(frozen=True, slots=True)
+class TrunkOutbound:
+    """How calls are placed through a trunk (its ``outbound:`` keys; Rule 5).
+
+    Attributes:
+        proxy: the SIP URI every INVITE is sent to (the carrier's edge), or None.
+        domain: the host of the Request-URI (a number dialled) and of From.
+        transport: ``udp``/``tcp``/``tls`` to force, or None (the URI / RFC 3263 decides).
+        caller_id: the default caller ID (From user and P-Asserted-Identity).
+        pai: send P-Asserted-Identity.
+        codecs: codecs offered, in preference order (): the agent's, else the server's).
+        limits: concurrency, calls per second and the wait queue.
+        ring_timeout_s: no final response after this long: CANCEL.
+    """
+
+    proxy: str | None = None
+    domain: str | None = None
+    transport: str | None = None
+    caller_id: str | None = None
+    pai: bool = True
+    codecs: tuple[str, ...] = ()
+    limits: OutboundLimits = field(default_factory=OutboundLimits)
+    ring_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Trunk:
     """One ``trunks:`` entry.
 
@@ -99,6 +130,7 @@ class Trunk:
             ``Diversion``, ``X-...``); None: the Request-URI user, else the To user.
         description: free text.
         srtp: ``off``/``optional``/``required``, or None (the agent decides; Rule 4).
+        outbound: how calls are placed through it, or None (defaults; Rule 5).
     """
 
     name: str
@@ -107,6 +139,7 @@ class Trunk:
     did_header: str | None = None
     description: str | None = None
     srtp: SrtpMode | None = None
+    outbound: TrunkOutbound | None = None
     networks: tuple[IpNetwork, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -119,6 +152,34 @@ class Trunk:
     def contact_user(self) -> str | None:
         reg = self.registration
         return (reg.contact_user or reg.user) if reg is not None else None
+
+    @property
+    def dial_settings(self) -> TrunkOutbound:
+        """Its ``outbound:`` settings (defaults when absent)."""
+        return self.outbound or TrunkOutbound()
+
+    @property
+    def dial_target(self) -> str | None:
+        """The SIP URI INVITEs through this trunk go to (Rule 5), or None (nowhere)."""
+        reg = self.registration
+        out = self.dial_settings
+        return out.proxy or (reg.outbound_proxy or reg.registrars[0] if reg else None)
+
+    @property
+    def dial_domain(self) -> str | None:
+        """The host of the Request-URI for a number dialled through this trunk (Rule 5)."""
+        if self.dial_settings.domain:
+            return self.dial_settings.domain
+        if self.registration is not None:
+            return self.registration.domain
+        target = self.dial_target
+        return format_host(parse_uri(target).host) if target else None
+
+    @property
+    def dial_credentials(self) -> Credentials | None:
+        """The digest credentials for 401/407 on INVITE (the registration's), or None."""
+        reg = self.registration
+        return Credentials(reg.auth_user, reg.password.reveal()) if reg is not None else None
 
 
 def build_trunk(name: str, spec: Any) -> Trunk:
@@ -134,8 +195,11 @@ def build_trunk(name: str, spec: Any) -> Trunk:
         for key in ("user", "auth_user", "password", "outbound_proxy", "contact_user"):
             if getattr(spec, key) is not None:
                 raise ConfigError(f"{key} needs a registrar", field=key)
-        if not spec.source:
+        if not spec.source and spec.outbound is None:
             raise ConfigError("a trunk needs a source (IP allow-list) or a registrar")
+        if not spec.source and spec.outbound.proxy is None:
+            message = "a trunk needs a source (IP allow-list), a registrar or outbound.proxy"
+            raise ConfigError(message)
     if spec.did_header is not None and not _is_token(spec.did_header):
         raise ConfigError(f"bad header name {spec.did_header!r}", field="did_header")
     return Trunk(
@@ -145,6 +209,31 @@ def build_trunk(name: str, spec: Any) -> Trunk:
         did_header=spec.did_header,
         description=spec.description,
         srtp=with_field("srtp", parse_srtp, spec.srtp),
+        outbound=None if spec.outbound is None else _outbound(spec.outbound),
+    )
+
+
+def _outbound(spec: Any) -> TrunkOutbound:
+    """A trunk's ``outbound:`` keys (Rule 5)."""
+    if spec.proxy is not None:
+        with_field("outbound.proxy", _sip_uri, spec.proxy)
+    transport = spec.transport.lower() if spec.transport else None
+    if transport is not None and transport not in TRANSPORTS:
+        message = f"unknown transport {spec.transport!r}: udp, tcp or tls"
+        raise ConfigError(message, field="outbound.transport")
+    if spec.caller_id is not None and not _user_ok(spec.caller_id):
+        raise ConfigError(f"bad caller_id {spec.caller_id!r}", field="outbound.caller_id")
+    codecs = with_field("outbound.codecs", check_codecs, spec.codecs)
+    limits = OutboundLimits(spec.max_calls, spec.cps, spec.queue, spec.queue_timeout_s)
+    return TrunkOutbound(
+        proxy=spec.proxy,
+        domain=spec.domain,
+        transport=transport,
+        caller_id=spec.caller_id,
+        pai=spec.pai,
+        codecs=codecs,
+        limits=limits,
+        ring_timeout_s=spec.ring_timeout_s,
     )
 
 

@@ -65,6 +65,10 @@ class Attempt:
         self.sip_reason: str | None = None
         self.outcome: str | None = None
         self.reason: str | None = None
+        self.direction = "inbound"
+        self.dial_state: str | None = None
+        self.ringing: float | None = None
+        self.early_media = False
         self.done = False
         self._observe(dialog)
 
@@ -123,8 +127,8 @@ class Attempt:
             answered=self.answered,
             ended=ended,
             end_reason=end,
-            sip_status=200 if answered else self.status,
-            sip_reason="OK" if answered else self.sip_reason,
+            sip_status=(self.status or 200) if answered else self.status,
+            sip_reason=(self.sip_reason or "OK") if answered else self.sip_reason,
             turns=int(getattr(record, "turns", 0) or 0),
             tool_calls=int(getattr(record, "tool_calls", 0) or 0),
             barge_ins=int(getattr(record, "interruptions", 0) or 0),
@@ -136,6 +140,10 @@ class Attempt:
             recording_path=self.recording_path if answered else None,
             source=self.source,
             trunk=self.trunk,
+            direction=self.direction,
+            dial_state=self.dial_state,
+            ringing=self.ringing,
+            early_media=int(self.early_media),
             lines=transcript_lines(call, started),
         )
 

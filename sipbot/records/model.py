@@ -16,7 +16,7 @@ OUTCOMES: Final = ("answered", "rejected", "redirected", "refused", "failed", "c
 TRUNCATE_CHARS = 2000  # longest tool argument/result text kept per tool call
 TRUNCATED_MARK = "…[truncated]"
 
-# The columns of ``calls`` in the order CallRow holds them (schema version 2).
+# The columns of ``calls`` in the order CallRow holds them (schema version 3).
 CALL_COLUMNS: Final = (
     "id",
     "call_id",
@@ -40,6 +40,10 @@ CALL_COLUMNS: Final = (
     "media",
     "recording_path",
     "source",
+    "direction",
+    "dial_state",
+    "ringing",
+    "early_media",
 )
 LINE_COLUMNS: Final = ("record_id", "seq", "at", "role", "text")
 
@@ -67,6 +71,12 @@ class CallRow:
         sip_status: the final response to the INVITE when it was not answered (else 200).
         tools: JSON list of ``{"name", "arguments", "output", "started", "ended", "error"}``.
         media: JSON object of the CDR line's media fields, or None (never answered).
+        direction: ``inbound``, or ``outbound`` for a call sipbot placed.
+        dial_state: an outbound call's final dial state (answered, busy, no-answer, rejected,
+            failed); ``sip_status``/``sip_reason`` hold the final response and its Reason
+            header, ``answered`` the moment of the 2xx.
+        ringing: when an outbound call started ringing (the first 180/183), or None.
+        early_media: 1 when early media (183 with SDP) came before the answer.
         lines: the transcript.
     """
 
@@ -92,6 +102,10 @@ class CallRow:
     media: str | None = None
     recording_path: str | None = None
     source: str | None = None
+    direction: str = "inbound"
+    dial_state: str | None = None
+    ringing: float | None = None
+    early_media: int = 0
     lines: tuple[LineRow, ...] = field(default=())
 
     def values(self) -> tuple[Any, ...]:

@@ -10,7 +10,9 @@ Rules:
 * Rule 3: migrations only add; a database newer than this sipbot is refused, never "downgraded".
 
 History: version 1 held calls and their transcript; version 2 added the media-quality summary,
-the recording path and the source address, and an index on ``caller`` for ``calls erase``.
+the recording path and the source address, and an index on ``caller`` for ``calls erase``;
+version 3 added outbound calls: ``direction``, the final dial state (answered, busy, no-answer,
+rejected, failed), when it started ringing and whether early media came.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE calls ADD COLUMN recording_path TEXT",
         "ALTER TABLE calls ADD COLUMN source TEXT",
         "CREATE INDEX calls_caller ON calls (caller)",
+    ),
+    # version 3
+    (
+        "ALTER TABLE calls ADD COLUMN direction TEXT NOT NULL DEFAULT 'inbound'",
+        "ALTER TABLE calls ADD COLUMN dial_state TEXT",
+        "ALTER TABLE calls ADD COLUMN ringing DOUBLE PRECISION",
+        "ALTER TABLE calls ADD COLUMN early_media INTEGER NOT NULL DEFAULT 0",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -240,6 +240,7 @@ class Core:
         headers: Sequence[tuple[str, str]] = (),
         credentials: Credentials | None = None,
         timeout: float = 32.0,
+        call_id: str | None = None,
     ) -> CallLeg:
         """Start an outgoing call (see :meth:`sipbot.sip.uac.Uac.invite`).
 
@@ -255,6 +256,7 @@ class Core:
             headers=headers,
             credentials=credentials,
             timeout=timeout,
+            call_id=call_id,
         )
 
     def cancel(self, call: CallLeg, *, now: float, why: str = "cancelled") -> None:

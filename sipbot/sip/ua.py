@@ -51,6 +51,7 @@ from sipbot.sip.legs import (
     CallConfirmed,
     CallFailed,
     CallLeg,
+    CallProgress,
     CallTerminated,
     ClientRequest,
     CoreSettings,
@@ -324,7 +325,16 @@ class ServerCall(Dialog):
 
 
 class ClientCall(Dialog):
-    """An outgoing call that was answered; ``remote_sdp`` holds the answer."""
+    """An outgoing call that was answered; ``remote_sdp`` holds the answer.
+
+    ``confirmed`` is resolved at once: our ACK confirmed the dialog (the same attribute as
+    :class:`ServerCall`'s, so a call runs on either).
+    """
+
+    def __init__(self, ua: UserAgent, leg: CallLeg) -> None:
+        super().__init__(ua, leg)
+        self.confirmed: asyncio.Future[None] = ua.loop.create_future()
+        self.confirmed.set_result(None)
 
 
 class UserAgent:
@@ -364,6 +374,7 @@ class UserAgent:
         self._timer_at: float | None = None
         self._calls: dict[int, Dialog] = {}
         self._pending: dict[int, asyncio.Future[ClientCall]] = {}
+        self._progress: dict[int, Callable[[SipResponse], None]] = {}
         self._requests: dict[int, asyncio.Future[SipResponse]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe_cache: dict[str, str] = {}
@@ -463,10 +474,16 @@ class UserAgent:
         credentials: Credentials | None = None,
         transport: str = "udp",
         timeout: float = 32.0,  # noqa: ASYNC109 (a SIP timer: CANCEL is sent when it expires)
+        call_id: str | None = None,
+        destination: Peer | None = None,
+        on_progress: Callable[[SipResponse], None] | None = None,
     ) -> ClientCall:
         """Place a call and wait for the answer.
 
-        The INVITE goes to the first ``Route`` in ``headers`` if any, else to ``uri``.
+        The INVITE goes to ``destination`` when given, else to the first ``Route`` in
+        ``headers`` if any, else to ``uri``. ``call_id``: the Call-ID to use (None: a new one).
+        ``on_progress`` is called with each provisional response above 100. Cancelling
+        the awaiting task CANCELs the INVITE.
 
         Raises:
             LocalSipError: ``uri`` is not a SIP URI, or the agent is not started.
@@ -474,7 +491,8 @@ class UserAgent:
         """
         if self._transports is None:
             raise LocalSipError("call() before start()")
-        destination = await self._destination(uri, headers, transport)
+        if destination is None:
+            destination = await self._destination(uri, headers, transport)
         leg = self._core.invite(
             uri,
             sdp_offer,
@@ -484,9 +502,12 @@ class UserAgent:
             headers=headers,
             credentials=credentials,
             timeout=timeout,
+            call_id=call_id,
         )
         future: asyncio.Future[ClientCall] = self.loop.create_future()
         self._pending[leg.id] = future
+        if on_progress is not None:
+            self._progress[leg.id] = on_progress
         self._pump()
         try:
             return await future
@@ -496,6 +517,7 @@ class UserAgent:
             raise
         finally:
             self._pending.pop(leg.id, None)
+            self._progress.pop(leg.id, None)
 
     async def _destination(
         self, uri: str, headers: Sequence[tuple[str, str]], transport: str
@@ -819,6 +841,13 @@ class UserAgent:
                 pending.set_result(client)
             else:  # the caller stopped waiting: hang up
                 self._core.bye(event.call, now=self.loop.time())
+        elif isinstance(event, CallProgress):
+            hook = self._progress.get(event.call.id)
+            if hook is not None:
+                try:
+                    hook(event.response)
+                except Exception:
+                    log.exception("on_progress failed")
         elif isinstance(event, CallFailed):
             pending = self._pending.get(event.call.id)
             if pending is not None and not pending.done():

@@ -73,11 +73,14 @@ class Uac:
         headers: Sequence[tuple[str, str]] = (),
         credentials: Credentials | None = None,
         timeout: float = 32.0,
+        call_id: str | None = None,
     ) -> CallLeg:
         """Start an outgoing call: send an INVITE with ``sdp`` to ``destination``.
 
         The outcome arrives as :class:`CallAnswered` or :class:`CallFailed` (after ``timeout``
-        seconds without a final response the INVITE is abandoned: reason "timeout").
+        seconds without a final response the INVITE is abandoned: reason "timeout"); each
+        provisional response above 100 as :class:`CallProgress`. ``call_id``: the Call-ID to
+        use (None: a new one).
 
         Raises:
             LocalSipError: ``uri`` is not a URI.
@@ -87,7 +90,7 @@ class Uac:
         except SipParseError:
             raise LocalSipError(f"not a URI: {uri!r}") from None
         tag = generate_tag()
-        request = self._initial_invite(uri, sdp, destination, from_user, tag, headers)
+        request = self._initial_invite(uri, sdp, destination, from_user, tag, headers, call_id)
         call = CallLeg(self._layer.next_id(), "uac", request, destination, tag)
         call.local_sdp = sdp
         call.credentials = credentials
@@ -107,6 +110,7 @@ class Uac:
         from_user: str,
         tag: str,
         headers: Sequence[tuple[str, str]],
+        call_id: str | None = None,
     ) -> SipRequest:
         host, _port = self._layer.advertised(destination.transport, destination.host)
         user = from_user if "@" in from_user else f"{from_user}@{format_host(host)}"
@@ -115,9 +119,10 @@ class Uac:
         h.add("Max-Forwards", "70")
         h.add("From", f"<sip:{user}>;tag={tag}")
         h.add("To", f"<{uri}>")
-        h.add("Call-ID", generate_call_id(host))
+        h.add("Call-ID", call_id or generate_call_id(host))
         h.add("CSeq", "1 INVITE")
-        h.add("Contact", self._layer.contact(destination.transport, destination.host, from_user))
+        contact_user = from_user.split("@", 1)[0]  # From may name another domain; Contact is us
+        h.add("Contact", self._layer.contact(destination.transport, destination.host, contact_user))
         h.add("Allow", ALLOW_VALUE)
         h.add("User-Agent", self._layer.settings.user_agent)
         for name, value in headers:
