@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from sipbot.dialplan.amd import AmdSettings
 from sipbot.dialplan.fields import did_you_mean, fail, parse_srtp, with_field
 from sipbot.dialplan.match import zone
 from sipbot.dialplan.template import Template
@@ -82,6 +83,7 @@ class Agent:
             moment"); None → no filler.
         srtp: ``off``, ``optional`` or ``required`` (SDES SRTP, docs/CONFIG.md); None → not
             set (off, unless the call's trunk sets it: the trunk's setting wins).
+        amd: answering-machine detection on the agent's outbound calls.
 
     Raises:
         ConfigError: an invalid value (``field`` names it, relative to the agent).
@@ -110,6 +112,7 @@ class Agent:
     tool_timeout_s: float = 10.0
     filler_after_ms: int | None = None
     srtp: SrtpMode | None = None
+    amd: AmdSettings = field(default_factory=AmdSettings)
     resolved_tools: tuple[Tool, ...] = field(init=False, repr=False, compare=False)
     _prompt: Template = field(init=False, repr=False, compare=False)
     _greeting: Template | None = field(init=False, repr=False, compare=False)
@@ -175,6 +178,10 @@ class Agent:
             fail("temperature", f"must be between 0 and 2, not {self.temperature}")
         if self.tool_timeout_s <= 0:
             fail("tool_timeout_s", "must be > 0")
+
+    def amd_message(self, call: CallInfo, now: datetime) -> str | None:
+        """The ``amd.message`` for ``call`` (``now`` aware, shown in the agent's timezone)."""
+        return self.amd.message_text(call, now.astimezone(self._zone))
 
     @property
     def tool_specs(self) -> tuple[ToolSpec, ...]:

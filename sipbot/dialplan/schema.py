@@ -30,6 +30,15 @@ class LocalModel(StrictModel):
     mode: str = "echo"
 
 
+class AmdModel(StrictModel):
+    enabled: bool = True  # the block is the opt-in
+    on_machine: str = "hangup"
+    on_unknown: str = "talk"
+    message: str | None = None
+    message_audio: str | None = None
+    max_wait_s: float = 5.0
+
+
 class AgentModel(StrictModel):
     provider: str
     model: str | None = None
@@ -53,6 +62,7 @@ class AgentModel(StrictModel):
     tool_timeout_s: float = 10.0
     filler_after_ms: int | None = None
     srtp: Any = None  # off | optional | required (YAML's bare off is false); checked by Agent
+    amd: AmdModel | None = None
 
 
 class HttpModel(StrictModel):

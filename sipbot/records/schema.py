@@ -12,7 +12,8 @@ Rules:
 History: version 1 held calls and their transcript; version 2 added the media-quality summary,
 the recording path and the source address, and an index on ``caller`` for ``calls erase``;
 version 3 added outbound calls: ``direction``, the final dial state (answered, busy, no-answer,
-rejected, failed), when it started ringing and whether early media came.
+rejected, failed), when it started ringing and whether early media came; version 4 added the
+answering-machine detection's result and timings (``amd``, JSON).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE calls ADD COLUMN ringing DOUBLE PRECISION",
         "ALTER TABLE calls ADD COLUMN early_media INTEGER NOT NULL DEFAULT 0",
     ),
+    # version 4
+    ("ALTER TABLE calls ADD COLUMN amd TEXT",),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 VERSION_TABLE: Final = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
