@@ -12,7 +12,8 @@ in 20 ms frames, and prints:
 * time to decision from the callee's first audio (median, p90, max);
 * beeps found, how long after the beep's end they were reported, and beeps reported where
   there was none;
-* CPU (process time) per call-second of audio fed, with the load average (shared machine).
+* CPU (process time) per call-second of audio fed, with the load average (shared machine), and
+  the worst case: a minute of loud noise, so that the beep check runs on every frame.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
+import numpy as np
+
+from sipbot.media.amd import AnsweringMachineDetection
 from tests.e2e.peers.amd_corpus import evaluate, make_corpus, score
 
 
@@ -71,6 +76,23 @@ def main() -> None:
         f"CPU: {1000 * s.cpu_s / s.audio_s:.2f} ms per call-second of audio "
         f"({s.audio_s:.0f} s fed; load average {load:.1f})"
     )
+    print(f"CPU, worst case (every frame loud, 8/16 kHz): {worst_case_ms():.2f} ms per call-second")
+
+
+def worst_case_ms(seconds: int = 60) -> float:
+    """CPU per call-second when every frame is loud noise (the tone check runs on each)."""
+    rng = np.random.default_rng(1)
+    costs = []
+    for rate in (8000, 16000):
+        step = rate // 50
+        pcm = np.round(rng.standard_normal(seconds * rate) * 3000).astype("<i2").tobytes()
+        frames = [pcm[2 * i : 2 * (i + step)] for i in range(0, seconds * rate, step)]
+        detector = AnsweringMachineDetection(rate, max_wait_s=30.0)
+        started = time.process_time()
+        for index, frame in enumerate(frames):
+            detector.feed(frame, index * 0.02)
+        costs.append(1000 * (time.process_time() - started) / seconds)
+    return max(costs)
 
 
 if __name__ == "__main__":
