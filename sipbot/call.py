@@ -408,6 +408,7 @@ class Call:
                 case StopDetecting(forward):
                     self._amd = None
                     self._mute_callee = not forward
+                    self._pending.clear()  # anything that came before the detector started
                 case Hangup():
                     self._spawn(self._bye())
                 case End(reason):

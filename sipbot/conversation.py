@@ -332,6 +332,8 @@ class Conversation:
         self._filler_after_s = filler_after_s
         self._amd = amd
         self._s = _State()
+        if amd is not None:
+            self._s.amd = "detecting"  # Rule 9 holds from the start: no audio opens the provider
         self.counts = Counts()
         self.amd_report = AmdReport() if amd is not None else None
 
@@ -361,8 +363,7 @@ class Conversation:
         actions: list[Action] = []
         if self._max_duration_s is not None:
             actions.append(SetTimer(now + self._max_duration_s, MAX_DURATION))
-        if self._amd is not None:
-            self._s.amd = "detecting"
+        if self._amd is not None and self._s.amd == "detecting":
             deadline = now + self._amd.max_wait_s + AMD_NO_AUDIO_GRACE_S
             actions += [DetectMachine(self._amd.max_wait_s), SetTimer(deadline, AMD_DEADLINE)]
         return actions
