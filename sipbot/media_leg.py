@@ -190,6 +190,11 @@ def _srtp(negotiated: Negotiated) -> str:
     return f" (SRTP {negotiated.srtp.suite})" if negotiated.srtp is not None else ""
 
 
+async def resolve_media_host(host: str, ours: str) -> str:
+    """An IP literal for an SDP connection address (see :func:`_resolve`; outbound calls)."""
+    return await _resolve(host, ours)
+
+
 async def _resolve(host: str, ours: str) -> str:
     """An IP literal for an SDP connection address (resolving a name if a peer sent one) in
     the family of ``ours``, our own media address (the RTP socket's family)."""

@@ -48,10 +48,11 @@ from typing import Any
 
 from sipbot.call import Call, CallPlan
 from sipbot.config import Config, TrustSettings
+from sipbot.dialer import Dialer
 from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
 from sipbot.dialplan.trunks import Trunk, call_srtp
 from sipbot.domain import CallInfo
-from sipbot.errors import ConfigError, DialError, SipParseError
+from sipbot.errors import ConfigError, SipParseError
 from sipbot.media.formats import PCM16_24K
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
@@ -193,6 +194,7 @@ class Server:
         self._trust = TrustPolicy()
         self._refused_log = RateLimitedLog(log, trust.refused_log_interval_s)
         self.refused_total = 0
+        self._dialer: Dialer | None = None  # made by the first dial()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -237,6 +239,8 @@ class Server:
             return
         self._stopping = True
         self.admission.draining = True
+        if self._dialer is not None:
+            self._dialer.stop()
         log.info("shutting down: ending %d call(s)", len(self.calls))
         for call in list(self.calls.values()):
             call.hang_up_now("shutdown")
@@ -306,11 +310,22 @@ class Server:
     ) -> str:
         """Place an outbound call; return its Call-ID at once (the call runs as a task).
 
+        The request is checked (agent, trunk, URI or number) and queued behind its trunk's
+        limits (``outbound:`` in docs/CONFIG.md); every state it goes through (queued, trying,
+        ringing, answered | busy | no-answer | rejected | failed, ended) goes to ``on_status``,
+        the log, the call record and the request's status webhook (:mod:`sipbot.dialer`).
+
         Raises:
             DialError: the request is invalid (nothing is sent).
-            DialRefused: a trunk limit refused it.
+            DialRefused: the trunk's queue is full, or the server is draining.
         """
-        raise DialError(f"cannot dial {request.to}: outbound calls are not available yet")
+        if self._dialer is None:
+            self._dialer = Dialer(self)
+        return await self._dialer.dial(request, on_status)
+
+    def media_fields(self, call: Call) -> dict[str, Any]:
+        """The CDR line's media fields of ``call`` (also its record's ``media``)."""
+        return cdr_media(call)
 
     def _call_done(self, limited_source: str | None) -> None:
         self._admitted -= 1

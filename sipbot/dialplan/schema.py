@@ -85,6 +85,8 @@ class OutboundModel(StrictModel):
     transport: str | None = None
     caller_id: str | None = None
     pai: bool = True
+    auth_user: str | None = None
+    password: Any = None  # an EnvString (kept as such)
     codecs: list[str] = Field(default_factory=list)
     max_calls: int | None = Field(default=None, ge=1)
     cps: float | None = Field(default=None, gt=0)

@@ -106,6 +106,8 @@ class TrunkOutbound:
         codecs: codecs offered, in preference order (): the agent's, else the server's).
         limits: concurrency, calls per second and the wait queue.
         ring_timeout_s: no final response after this long: CANCEL.
+        auth_user, password: digest credentials for a 401/407 to an INVITE (a trunk that
+            authenticates calls without a registration); None: the registration's.
     """
 
     proxy: str | None = None
@@ -116,6 +118,8 @@ class TrunkOutbound:
     codecs: tuple[str, ...] = ()
     limits: OutboundLimits = field(default_factory=OutboundLimits)
     ring_timeout_s: float = 30.0
+    auth_user: str | None = None
+    password: Secret | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +181,11 @@ class Trunk:
 
     @property
     def dial_credentials(self) -> Credentials | None:
-        """The digest credentials for 401/407 on INVITE (the registration's), or None."""
+        """The digest credentials for 401/407 on INVITE (``outbound``'s, else the
+        registration's), or None."""
+        out = self.dial_settings
+        if out.auth_user and out.password is not None:
+            return Credentials(out.auth_user, out.password.reveal())
         reg = self.registration
         return Credentials(reg.auth_user, reg.password.reveal()) if reg is not None else None
 
@@ -225,6 +233,11 @@ def _outbound(spec: Any) -> TrunkOutbound:
         raise ConfigError(f"bad caller_id {spec.caller_id!r}", field="outbound.caller_id")
     codecs = with_field("outbound.codecs", check_codecs, spec.codecs)
     limits = OutboundLimits(spec.max_calls, spec.cps, spec.queue, spec.queue_timeout_s)
+    if (spec.auth_user is None) != (spec.password is None):
+        raise ConfigError("auth_user and password go together", field="outbound.auth_user")
+    if spec.password is not None and not isinstance(spec.password, EnvString):
+        message = "secrets come from the environment only: write password: ${VAR}"
+        raise ConfigError(message, field="outbound.password")
     return TrunkOutbound(
         proxy=spec.proxy,
         domain=spec.domain,
@@ -234,6 +247,8 @@ def _outbound(spec: Any) -> TrunkOutbound:
         codecs=codecs,
         limits=limits,
         ring_timeout_s=spec.ring_timeout_s,
+        auth_user=spec.auth_user,
+        password=None if spec.password is None else to_secret(spec.password),
     )
 
 

@@ -68,7 +68,7 @@ class Attempt:
         self.direction = "inbound"
         self.dial_state: str | None = None
         self.ringing: float | None = None
-        self.early_media = False
+        self.early_media = 0  # ms of early media received (outbound calls)
         self.done = False
         self._observe(dialog)
 
@@ -143,7 +143,7 @@ class Attempt:
             direction=self.direction,
             dial_state=self.dial_state,
             ringing=self.ringing,
-            early_media=int(self.early_media),
+            early_media=self.early_media,
             amd=_amd_json(getattr(record, "amd", None)),
             lines=transcript_lines(call, started),
         )

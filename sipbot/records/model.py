@@ -77,7 +77,7 @@ class CallRow:
             failed); ``sip_status``/``sip_reason`` hold the final response and its Reason
             header, ``answered`` the moment of the 2xx.
         ringing: when an outbound call started ringing (the first 180/183), or None.
-        early_media: 1 when early media (183 with SDP) came before the answer.
+        early_media: milliseconds of early media (183 with SDP) received before the answer.
         amd: JSON object of the answering-machine detection (``result`` human/machine/unknown,
             ``cause``, ``decision_ms``, ``action``, ``beep_ms``, ``greeting_end_ms``,
             ``message_ms``, ``message_done``; ms of callee audio from its first frame), or None.

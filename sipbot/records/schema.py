@@ -12,8 +12,8 @@ Rules:
 History: version 1 held calls and their transcript; version 2 added the media-quality summary,
 the recording path and the source address, and an index on ``caller`` for ``calls erase``;
 version 3 added outbound calls: ``direction``, the final dial state (answered, busy, no-answer,
-rejected, failed), when it started ringing and whether early media came; version 4 added the
-answering-machine detection's result and timings (``amd``, JSON).
+rejected, failed), when it started ringing and how much early media came (ms); version 4 added
+the answering-machine detection's result and timings (``amd``, JSON).
 """
 
 from __future__ import annotations
