@@ -11,18 +11,22 @@ import asyncio
 import logging
 import selectors
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 
-from sipbot.call import VOICEMAIL_NOTE, AmdPlan, Call, CallPlan
+from sipbot import prompts
+from sipbot.call import VOICEMAIL_NOTE, AmdPlan, Call, CallPlan, amd_plan
 from sipbot.conversation import (
     APOLOGY_TIMEOUT_S,
     HANGUP_GRACE_S,
     HANGUP_QUIET_S,
     HANGUP_WAIT_S,
     TRANSFER_NOTIFY_TIMEOUT_S,
+    AmdPolicy,
 )
 from sipbot.dialplan import Agent, AmdSettings, HangUp, Transfer
 from sipbot.errors import ProviderConnectError, RequestFailed
@@ -727,3 +731,30 @@ def test_a_fixed_message_plays_after_the_beep() -> None:
         assert rig.provider.opened == []
 
     run(main)
+
+
+def test_the_amd_plan_follows_the_agent_unless_the_dial_request_says_otherwise(
+    tmp_path: Path,
+) -> None:
+    wav = tmp_path / "message.wav"
+    prompts.write_wav(wav, b"\x05\x00" * 8000, 8000)  # 1 s at 8 kHz
+    now = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+    info = CallInfo("c", did="alice", direction="outbound", variables={"name": "Alice"})
+    off = Agent("a")
+    assert amd_plan(off, info, now) is None
+    forced = amd_plan(off, info, now, requested=True)
+    assert forced is not None
+    assert forced.policy == AmdPolicy("hangup", "talk", True, 5.0)
+    spoken = Agent(
+        "b", amd=AmdSettings(enabled=True, on_machine="message", message="Hi {var.name}")
+    )
+    plan = amd_plan(spoken, info, now)
+    assert plan is not None
+    assert plan.message_text == "Hi Alice"
+    assert amd_plan(spoken, info, now, requested=False) is None
+    fixed = Agent("c", amd=AmdSettings(enabled=True, on_machine="message", message_audio=str(wav)))
+    plan = amd_plan(fixed, info, now)
+    assert plan is not None
+    assert plan.message_audio is not None
+    assert len(plan.message_audio) == 2 * 16_000  # 1 s, as 16 kHz PCM16
+    assert not plan.policy.spoken_message
