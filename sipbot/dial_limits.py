@@ -66,10 +66,16 @@ class DialGate:
     def _slot_free(self) -> bool:
         return self.limits.max_calls is None or len(self._active) < self.limits.max_calls
 
+    def _goes_at_once(self, now: float) -> bool:
+        """Whether a new request would be released now (behind those already waiting)."""
+        limit = self.limits.max_calls
+        if limit is not None and len(self._active) + len(self._waiting) >= limit:
+            return False
+        return not self._interval or (not self._waiting and now >= self._next_send)
+
     def submit(self, ticket: str, now: float) -> bool:
         """Add a request; False when it is refused (the queue is full, Rule 3)."""
-        immediate = not self._waiting and self._slot_free() and now >= self._next_send
-        if not immediate and len(self._waiting) >= self.limits.queue:
+        if not self._goes_at_once(now) and len(self._waiting) >= self.limits.queue:
             return False
         self._waiting[ticket] = now
         return True

@@ -28,7 +28,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
@@ -36,8 +35,9 @@ from typing import Any, Protocol
 from sipbot.call import Call, CallPlan, amd_plan
 from sipbot.config import Config
 from sipbot.dial_limits import DialGate, OutboundLimits
+from sipbot.dial_target import DialTarget, check_request
 from sipbot.dialplan import Agent
-from sipbot.dialplan.trunks import USER_CHARS, Trunk, call_srtp
+from sipbot.dialplan.trunks import Trunk, call_srtp
 from sipbot.domain import PCM16_16K, PCM16_24K, CallInfo
 from sipbot.errors import (
     ConfigError,
@@ -52,8 +52,7 @@ from sipbot.media_leg import resolve_media_host
 from sipbot.outbound import DialCore, DialRequest, DialStatus
 from sipbot.providers.base import Provider
 from sipbot.records import Attempt
-from sipbot.sip.address import format_host, parse_uri
-from sipbot.sip.auth import Credentials
+from sipbot.sip.address import parse_uri
 from sipbot.sip.dns import SipResolver
 from sipbot.sip.legs import Peer
 from sipbot.sip.message import SipResponse, generate_call_id
@@ -63,7 +62,6 @@ from sipbot.webhook import StatusWebhook
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RING_TIMEOUT_S = 30.0
 INVITE_BACKSTOP_S = 5.0  # the UA's own INVITE timeout is later than ours: ours decides
 WEBHOOK_CLOSE_S = 30.0  # how long queued statuses may still go after the call ended
 FRAME_MS = 20
@@ -77,7 +75,8 @@ class DialerHost(Protocol):
     ua: UserAgent
     engine: MediaEngine
     watcher: Any  # a DialplanWatcher: .current is the dialplan new calls use
-    admission: Any  # .draining
+    admission: Any  # an Admission: .decide(active calls, loop lag)
+    lag: Any  # a LoopLagMonitor: .lag_ms
     records: Any  # a RecordWriter (.submit) or None
     calls: dict[str, Call]
     watches: dict[str, Any]
@@ -91,119 +90,6 @@ class DialerHost(Protocol):
     def _provider(self, agent: Agent) -> Provider: ...
     def _cdr(self, call: Call, reason: str) -> None: ...
     def media_fields(self, call: Call) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class DialTarget:
-    """Where and how one request's INVITE goes (checked; Rule 1)."""
-
-    uri: str  # the Request-URI
-    next_hop: str  # the URI whose address the INVITE is sent to
-    route: str | None  # a Route header (an outbound proxy), or None
-    trunk: Trunk | None
-    agent: Agent
-    from_user: str  # user or user@domain
-    caller_id: str
-    callee: str
-    headers: tuple[tuple[str, str], ...]
-    credentials: Credentials | None
-    codecs: tuple[str, ...]
-    ring_timeout_s: float
-
-
-def check_request(
-    request: DialRequest,
-    agents: dict[str, Agent] | Any,
-    trunks: dict[str, Trunk] | Any,
-    server_codecs: tuple[str, ...],
-) -> DialTarget:
-    """The target of ``request`` (Rule 1).
-
-    Raises:
-        DialError: an unknown agent or trunk, a bad URI or number, a bad ring timeout.
-    """
-    agent = agents.get(request.agent)
-    if agent is None:
-        known = ", ".join(sorted(agents)) or "none"
-        raise DialError(f"unknown agent {request.agent!r} (agents: {known})")
-    to = request.to.strip()
-    is_uri = to.lower().startswith(("sip:", "sips:"))
-    trunk = _pick_trunk(request.trunk, trunks, needed=not is_uri)
-    if request.ring_timeout_s is not None and not request.ring_timeout_s > 0:
-        raise DialError(f"ring_timeout_s must be > 0, not {request.ring_timeout_s}")
-    out = trunk.dial_settings if trunk is not None else None
-    if is_uri:
-        try:
-            parsed = parse_uri(to)
-        except SipbotError:
-            parsed = None
-        if parsed is None or not parsed.is_sip or not parsed.host:
-            raise DialError(f"invalid SIP URI {request.to!r}")
-        uri, callee = to, parsed.user or format_host(parsed.host)
-    else:
-        if not to or not all(c in USER_CHARS for c in to):
-            raise DialError(f"invalid number or user {request.to!r} (or give a sip: URI)")
-        assert trunk is not None
-        domain = trunk.dial_domain
-        if domain is None:
-            raise DialError(f"trunk {trunk.name!r} has no domain to dial {to!r} in")
-        uri, callee = f"sip:{to}@{domain}", to
-    caller_id = request.caller_id or (out.caller_id if out else None) or _default_user(trunk)
-    if not caller_id or not all(c in USER_CHARS for c in caller_id):
-        raise DialError(f"invalid caller_id {caller_id!r}")
-    target = trunk.dial_target if trunk is not None else None
-    if trunk is not None and target is None:
-        raise DialError(f"trunk {trunk.name!r} has no outbound.proxy or registrar to send to")
-    domain = trunk.dial_domain if trunk is not None else None
-    from_user = f"{caller_id}@{domain}" if domain else caller_id
-    headers: list[tuple[str, str]] = []
-    if trunk is not None and out is not None and out.pai and domain:
-        headers.append(("P-Asserted-Identity", f"<sip:{caller_id}@{domain}>"))
-    proxy = out.proxy if out is not None else None
-    reg_proxy = trunk.registration.outbound_proxy if trunk and trunk.registration else None
-    route = proxy or reg_proxy
-    if route is not None:
-        headers.insert(0, ("Route", f"<{route};lr>"))
-    transport = out.transport if out is not None else None
-    next_hop = target or uri
-    if transport and parse_uri(next_hop).param("transport") is None:
-        next_hop = f"{next_hop};transport={transport}"
-    return DialTarget(
-        uri=uri,
-        next_hop=next_hop,
-        route=route,
-        trunk=trunk,
-        agent=agent,
-        from_user=from_user,
-        caller_id=caller_id,
-        callee=callee,
-        headers=tuple(headers),
-        credentials=trunk.dial_credentials if trunk is not None else None,
-        codecs=(out.codecs if out and out.codecs else ()) or tuple(agent.codecs) or server_codecs,
-        ring_timeout_s=request.ring_timeout_s
-        or (out.ring_timeout_s if out is not None else DEFAULT_RING_TIMEOUT_S),
-    )
-
-
-def _pick_trunk(name: str | None, trunks: Any, *, needed: bool) -> Trunk | None:
-    if name is not None:
-        trunk: Trunk | None = trunks.get(name)
-        if trunk is None:
-            known = ", ".join(sorted(trunks)) or "none"
-            raise DialError(f"unknown trunk {name!r} (trunks: {known})")
-        return trunk
-    if not needed:
-        return None
-    if len(trunks) != 1:
-        raise DialError("a number needs a trunk: name one (or dial a sip: URI)")
-    only: Trunk = next(iter(trunks.values()))
-    return only
-
-
-def _default_user(trunk: Trunk | None) -> str:
-    if trunk is not None and trunk.registration is not None:
-        return trunk.registration.user
-    return "sipbot"
 
 
 class _NotInvited:
@@ -233,8 +119,9 @@ class Dialer:
     async def dial(self, request: DialRequest, on_status: StatusHook | None = None) -> str:
         """Check and queue ``request``; its Call-ID (see :meth:`sipbot.server.Server.dial`)."""
         server = self.server
-        if server.admission.draining:
-            raise DialRefused("the server is draining or stopping: no new calls")
+        refusal = server.admission.decide(len(server.calls) + len(self._active), server.lag.lag_ms)
+        if refusal is not None:  # the server's own admission (limits.max_calls, drain, lag)
+            raise DialRefused(f"the server takes no new calls now ({refusal.reason})")
         dialplan = server.watcher.current
         codecs = tuple(server.config.server.media.codecs)
         target = check_request(request, dialplan.agents, dialplan.trunks, codecs)
@@ -309,12 +196,14 @@ class Dialer:
         return False
 
     def stop(self) -> None:
-        """Drop the queued requests (the server is stopping)."""
+        """Drop the queued requests and CANCEL the ringing calls (the server is stopping)."""
         for call_id, call in list(self._queued.items()):
             for gate in self._gates.values():
                 gate.cancel(call_id)
             call.admit(False, "the server stopped")
         self._queued.clear()
+        for call in list(self._active.values()):
+            call.abort("the server stopped")
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -346,6 +235,7 @@ class OutboundCall:
         self.sdp: SdpAnswerer | None = None
         self.early_frames = 0
         self._admitted: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._invite_task: asyncio.Future[ClientCall] | None = None
         self.attempt = Attempt(
             _NotInvited(),
             self.server.records.submit if self.server.records is not None else _discard,
@@ -398,6 +288,13 @@ class OutboundCall:
             waited = limits.queue_timeout_s if limits is not None else 0.0
             refusal = why or f"refused: waited {waited:g} s in the trunk's queue"
             self._admitted.set_result(None if admitted else refusal)
+
+    def abort(self, why: str) -> None:
+        """Give up a call not answered yet (its INVITE is CANCELled); answered calls go on."""
+        task = self._invite_task
+        if task is not None and not task.done():
+            self.publish(self.core.failed(why, time.time()))
+            task.cancel()
 
     def trying(self) -> None:
         """A 100 Trying arrived."""
@@ -515,6 +412,7 @@ class OutboundCall:
             self.publish(self.core.failed(f"DNS: {exc}", time.time()))
             return None
         first = found[0]
+        self.attempt.source = f"{first.host}:{first.port}"  # where the INVITE goes
         name = parse_uri(self.target.next_hop).host
         self.server.ua.remember_name(first.host, first.port, name)
         return Peer(first.transport, first.host, first.port)
@@ -538,7 +436,7 @@ class OutboundCall:
     async def _invite(self, peer: Peer, offer: bytes) -> ClientCall | None:
         """The INVITE until its final response or our ring deadline (then CANCEL)."""
         target = self.target
-        invite = asyncio.ensure_future(
+        invite = self._invite_task = asyncio.ensure_future(
             self._send_invite(
                 target.uri,
                 offer,

@@ -26,10 +26,10 @@ import pytest
 
 from sipbot.config import load_config
 from sipbot.emulators.script import EmulatorScript
-from sipbot.errors import DialError
+from sipbot.errors import DialError, DialRefused
 from sipbot.outbound import DialRequest, DialStatus
 from sipbot.server import Server
-from tests.e2e.emulated import server_env, write_dialplan
+from tests.e2e.emulated import ToolService, server_env, write_dialplan
 from tests.e2e.peers import audio, sipp
 from tests.e2e.peers.capture import RtpCapture, select
 from tests.e2e.peers.ports import free_port
@@ -85,17 +85,22 @@ StartBot = Callable[..., Awaitable[Bot]]
 
 @pytest.fixture
 async def bot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StartBot]:
-    """``await bot(trunk_keys, agent_keys, env)``: a started server with trunk ``carrier``."""
+    """``await bot(trunk_keys, agent_keys, env, t1_ms)``: a started server with trunk
+    ``carrier``."""
     started: list[Server] = []
 
     async def start(
         trunk: dict[str, Any] | None = None,
         agent: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        t1_ms: int = 500,
     ) -> Bot:
         config = {
             "server": {
-                "sip": {"listen": [f"udp:127.0.0.1:{free_port('udp')}"]},
+                "sip": {
+                    "listen": [f"udp:127.0.0.1:{free_port('udp')}"],
+                    "timers": {"t1_ms": t1_ms},
+                },
                 "media": {"rtp_ports": "10000-19999", "codecs": ["PCMU"]},
                 "data_dir": str(tmp_path / "data"),
                 "http": False,
@@ -248,16 +253,20 @@ async def test_early_media_is_accepted_then_the_call_is_answered(
     early = tmp_path / "early.ulaw"
     early.write_bytes(encode_ulaw(tone))
     callee = uas(tmp_path, "early_media", EARLY_AUDIO=str(early))
-    b = await bot(trunk_to(callee))
-    call_id = await b.dial("dave")
-    got = await b.ended(call_id)
+    with RecordedEmulator("openai", EmulatorScript(reply="tone")) as emu:
+        b = await bot(trunk_to(callee), emu.agent(max_duration_s=1.5), server_env())
+        call_id = await b.dial("dave")
+        got = await b.ended(call_id)
+        model_heard = emu.emulator.sessions[0].audio_in  # μ-law: G.711 pass-through
     await asyncio.to_thread(callee.stop)
     assert states(got) == ["queued", "trying", "ringing", "answered", "ended"]
     assert got[2].sip_code == 183
     assert got[3].at - got[2].at >= 0.9  # answered after the second of early media
     record = await b.record(call_id)
     assert record["dial_state"] == "answered"
-    assert 500 <= record["early_media"] <= 1200  # ms of early audio received (and not passed on)
+    assert 500 <= record["early_media"] <= 1200  # ms of early audio received...
+    # ... and none of it reached the model (the callee sends nothing after its 200)
+    assert len(model_heard) < 800 or audio.rms_dbfs(audio.decode_ulaw(model_heard)) < -45
 
 
 async def test_a_407_challenge_is_answered_with_the_trunk_credentials(
@@ -301,7 +310,8 @@ async def test_no_response_at_all_fails_after_the_ring_timeout(
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as hole:  # reads, never answers
         hole.bind(("127.0.0.1", 0))
         port = hole.getsockname()[1]
-        b = await bot({"outbound": {"proxy": f"sip:127.0.0.1:{port}", "ring_timeout_s": RING_S}})
+        trunk = {"outbound": {"proxy": f"sip:127.0.0.1:{port}", "ring_timeout_s": RING_S}}
+        b = await bot(trunk, t1_ms=40)  # the unanswered INVITE's Timer B: 2.6 s, not 32 s
         call_id = await b.dial("grace")
         got = await b.ended(call_id)
         hole.settimeout(0.5)
@@ -371,3 +381,54 @@ async def test_cps_and_concurrency_limits_hold_on_the_wire(bot: StartBot, tmp_pa
     print(f"INVITE gaps on the wire: min {gaps.min():.4f} s, mean {gaps.mean():.4f} s")
     assert peak == 4
     assert all(states(b.statuses[c])[-2] == "busy" for c in call_ids)
+
+
+# --------------------------------------------------------------------------- the status webhook
+
+
+async def test_the_webhook_gets_every_status_in_order(bot: StartBot, tmp_path: Path) -> None:
+    callee = uas(tmp_path, "busy")
+    b = await bot(trunk_to(callee))
+    with ToolService(response={"ok": True}) as hook:
+        call_id = await b.dial("henry", status_callback=hook.url("/status"))
+        got = await b.ended(call_id)
+        deadline = time.monotonic() + 5.0
+        while len(hook.requests) < len(got) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    await asyncio.to_thread(callee.stop)
+    assert [r.body for r in hook.requests] == [s.to_json() for s in got]
+    assert {r.path for r in hook.requests} == {"/status"}
+
+
+async def test_a_webhook_that_is_down_costs_the_call_nothing(bot: StartBot, tmp_path: Path) -> None:
+    callee = uas(tmp_path, "busy")
+    b = await bot(trunk_to(callee))
+    down = f"http://127.0.0.1:{free_port('tcp')}/status"  # nothing listens there
+    started = time.time()
+    call_id = await b.dial("ivy", status_callback=down)
+    got = await b.ended(call_id)
+    await asyncio.to_thread(callee.stop)
+    assert states(got) == ["queued", "trying", "busy", "ended"]
+    assert got[-1].at - started < 2.0  # as fast as without a webhook
+    record = await b.record(call_id)
+    assert record["dial_state"] == "busy"
+
+
+async def test_a_full_trunk_refuses_and_stopping_cancels_a_ringing_call(
+    bot: StartBot, tmp_path: Path
+) -> None:
+    callee = uas(tmp_path, "no_answer", calls=1)
+    b = await bot(trunk_to(callee, max_calls=1, ring_timeout_s=10))
+    call_id = await b.dial("jack")
+    deadline = time.monotonic() + 5.0
+    while "ringing" not in states(b.statuses[call_id]) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    with pytest.raises(DialRefused) as caught:
+        await b.dial("kim")  # max_calls 1, queue 0
+    assert str(caught.value) == ("trunk carrier: 1 calls up, 0 waiting (max_calls 1, queue 0)")
+    await b.server.stop()
+    got = b.statuses[call_id]
+    assert states(got) == ["queued", "trying", "ringing", "failed", "ended"]
+    assert got[3].reason == "the server stopped"
+    result = await asyncio.to_thread(callee.wait, 10.0)
+    assert result.ok, result.describe()  # SIPp got the CANCEL, answered 487 and got its ACK

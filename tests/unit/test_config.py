@@ -116,7 +116,7 @@ ERROR_CASES = [
     ),
     pytest.param(
         "agents:\n  a:\n    provider: local\n    prompt: 'Hi {caler}'\n",
-        "d.yaml:4: agents.a.prompt: unknown placeholder {caler}; did you mean 'caller'? (known: {caller}, {did}, {display_name}, {call_id}, {date}, {time}, {weekday}, {header.<Name>})",
+        "d.yaml:4: agents.a.prompt: unknown placeholder {caler}; did you mean 'caller'? (known: {caller}, {did}, {display_name}, {call_id}, {direction}, {date}, {time}, {weekday}, {header.<Name>}, {var.<name>})",
         id="placeholder",
     ),
     pytest.param(

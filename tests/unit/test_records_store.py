@@ -190,3 +190,24 @@ def test_truncation_marks_what_it_cut() -> None:
     assert as_text({"city": "Paris"}) == '{"city": "Paris"}'
     assert as_text("plain") == "plain"
     assert as_text(None) == "null"
+
+
+def test_a_version_2_database_gains_the_outbound_columns(tmp_path: Path) -> None:
+    db = SqliteStore(str(tmp_path / "r.sqlite3"))
+    assert db.migrate(target=2) == 0
+    with sqlite3.connect(db.path) as old:
+        old.execute(
+            "INSERT INTO calls (id, call_id, caller, did, outcome, started, source)"
+            " VALUES ('old', 'c', '+1', '100', 'answered', ?, '192.0.2.1:5060')",
+            (T0,),
+        )
+    assert db.migrate() == 2
+    record = db.get("old")
+    assert record is not None
+    assert (record["direction"], record["dial_state"], record["ringing"]) == ("inbound", None, None)
+    assert record["early_media"] == 0
+    db.write([row(1, direction="outbound", dial_state="busy", sip_status=486, ringing=T0 + 1)])
+    new = db.get(f"{1:032x}")
+    assert new is not None
+    assert (new["direction"], new["dial_state"], new["sip_status"]) == ("outbound", "busy", 486)
+    assert new["ringing"] == T0 + 1
