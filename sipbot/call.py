@@ -20,6 +20,8 @@ Rules:
   or within AUDIBLE_HOLD_S of it), caller transcripts too; its verdicts go to the core
   (Conversation Rule 10). The Silero model loads in a thread when the call starts; until it is
   loaded nothing interrupts the agent.
+* Rule 5: while answering-machine detection runs (Conversation Rule 11), callee frames go to the
+  detector (:mod:`sipbot.media.amd`), not to the provider; what it finds goes to the core.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, Literal
 
 from sipbot import prompts
@@ -39,10 +42,12 @@ from sipbot.bargein import CLEAR, CONFIRM, SUSPECT, BargeInGuard, GuardInput, Ve
 from sipbot.call_ports import CallDialog, CallMedia, Consulter, ConsultLeg
 from sipbot.conversation import (
     Action,
+    AmdPolicy,
     Brief,
     CancelTools,
     Consult,
     Conversation,
+    DetectMachine,
     Duck,
     End,
     EndConsult,
@@ -57,11 +62,12 @@ from sipbot.conversation import (
     SendToolResult,
     SetTimer,
     StartTool,
+    StopDetecting,
     TransferDone,
     Truncate,
     WatchDrain,
 )
-from sipbot.dialplan import Agent, DtmfAction
+from sipbot.dialplan import Agent, AmdSettings, DtmfAction
 from sipbot.domain import (
     PCM16_16K,
     PCM16_24K,
@@ -74,6 +80,7 @@ from sipbot.domain import (
     Transcript,
 )
 from sipbot.errors import ProviderError, RequestFailed, SipbotError
+from sipbot.media.amd import AmdVerdict, AnsweringMachineDetection, Beep
 from sipbot.media.session import MediaEngine
 from sipbot.media_leg import MediaLeg
 from sipbot.providers.base import Provider, ProviderSession
@@ -89,6 +96,51 @@ CLOSE_TIMEOUT_S = 3.0
 TOOL_LOG_OUTPUT_CHARS = 2_000  # a tool's output as the call record keeps it
 AUDIBLE_HOLD_S = 0.3  # Rule 4: the agent counts as audible this long after its queue ran dry
 HOLD_CHUNK_S = 3  # hold audio is queued this much at a time (Conversation Rule 9)
+AMD_RATE_HZ = 16_000  # callee audio before the provider session sets formats
+# put before the prompt of a session that only leaves a message on a machine (Conversation Rule 12)
+VOICEMAIL_NOTE = (
+    "An answering machine took this call and is recording now. Say only the message you are "
+    "given, once, then stop talking.\n\n"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AmdPlan:
+    """Answering-machine detection for one call (Conversation Rules 11-12).
+
+    Attributes:
+        settings: the agent's ``amd:`` setting.
+        message_text: the message the agent says to a machine (filled in), or None.
+        message_audio: the fixed message prompt, PCM16 16 kHz, or None.
+    """
+
+    settings: AmdSettings
+    message_text: str | None = None
+    message_audio: bytes | None = None
+
+    @property
+    def policy(self) -> AmdPolicy:
+        """What the conversation core needs of it."""
+        s = self.settings
+        return AmdPolicy(s.on_machine, s.on_unknown, self.message_audio is None, s.max_wait_s)
+
+
+def amd_plan(
+    agent: Agent, info: CallInfo, now: datetime, requested: bool | None = None
+) -> AmdPlan | None:
+    """The detection an outbound call gets: the agent's ``amd:``, unless the dial request says
+    otherwise (``requested``); None → no detection.
+
+    Raises:
+        MediaError: the message WAV file cannot be read.
+    """
+    settings = agent.amd
+    if not (settings.enabled if requested is None else requested):
+        return None
+    audio = None
+    if settings.message_audio is not None:
+        audio = prompts.load_wav(settings.message_audio, AMD_RATE_HZ)
+    return AmdPlan(settings, agent.amd_message(info, now), audio)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +161,7 @@ class CallPlan:
         consulter: places a warm transfer's consultation call; None → no warm transfers.
         hold: what the caller hears during a warm transfer, PCM16 16 kHz.
         briefing: what the target hears before a warm transfer joins them, PCM16 16 kHz.
+        amd: answering-machine detection (outbound calls), or None.
     """
 
     info: CallInfo
@@ -123,6 +176,7 @@ class CallPlan:
     consulter: Consulter | None = None
     hold: bytes = b""
     briefing: bytes = b""
+    amd: AmdPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +216,7 @@ class CallRecord:
     interruptions: int = 0
     tools: list[ToolLogEntry] = field(default_factory=list)
     lines: list[TranscriptLine] = field(default_factory=list)
+    amd: dict[str, object] | None = None  # the detection's result and timings
 
 
 class Call:
@@ -186,12 +241,15 @@ class Call:
             max_duration_s=plan.agent.max_duration_s,
             filler_after_s=None if filler_ms is None else filler_ms / 1000,
             transfer_timeout_s=plan.agent.transfer_timeout_s,
+            amd=None if plan.amd is None else plan.amd.policy,
         )
         self._loop = asyncio.get_running_loop()
         self._ended: asyncio.Future[str] = self._loop.create_future()
         self._session: ProviderSession | None = None
         self._pending: deque[bytes] = deque(maxlen=PENDING_AUDIO_FRAMES)
         self._heard_caller = False
+        self._amd: AnsweringMachineDetection | None = None  # detecting (Rule 5)
+        self._mute_callee = False  # leaving a message: the model must not hear the machine
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._outbound = PCM16_24K  # what media.play() takes now
@@ -303,6 +361,8 @@ class Call:
         self.record.turns = counts.turns
         self.record.tool_calls = counts.tool_calls
         self.record.interruptions = counts.interruptions
+        if self.core.amd_report is not None:
+            self.record.amd = self.core.amd_report.as_dict()
         return reason
 
     def _on_confirmed(self, future: asyncio.Future[None]) -> None:
@@ -317,6 +377,11 @@ class Call:
 
     def on_audio(self, frame: bytes) -> None:
         """Caller audio from the media session (one frame, the provider's input format)."""
+        if self._amd is not None:
+            self._detect(frame)  # Rule 5
+            return
+        if self._mute_callee:
+            return
         session = self._session
         if session is not None:
             session.send_audio(frame)  # Rule 1
@@ -381,8 +446,14 @@ class Call:
                     self._spawn(self._end_consult())
                 case TransferDone(request, outcome, _):
                     self._transfer_done(request, outcome)
-                case OpenProvider():
-                    self._spawn(self._converse())
+                case OpenProvider(message):
+                    self._spawn(self._converse(message))
+                case DetectMachine(max_wait_s):
+                    self._amd = AnsweringMachineDetection(AMD_RATE_HZ, max_wait_s=max_wait_s)
+                case StopDetecting(forward):
+                    self._amd = None
+                    self._mute_callee = not forward
+                    self._pending.clear()  # anything that came before the detector started
                 case Hangup():
                     self._spawn(self._bye())
                 case End(reason):
@@ -426,6 +497,8 @@ class Call:
         pcm16k: bytes | None = self.plan.apology if prompt == "apology" else self.plan.filler
         if prompt == "hold":
             pcm16k = self._next_hold_chunk()
+        elif prompt == "message":
+            pcm16k = self.plan.amd.message_audio if self.plan.amd is not None else None
         if pcm16k:
             self._media.play(prompts.render(pcm16k, 16_000, self._outbound), prompt)
 
@@ -433,12 +506,51 @@ class Call:
         with contextlib.suppress(SipbotError):
             await self.dialog.bye()
 
+    # ------------------------------------------------------------------ answering machines
+
+    def _detect(self, frame: bytes) -> None:
+        """One callee frame through the detector; its findings go to the core (Rule 5)."""
+        assert self._amd is not None
+        now = self._loop.time()
+        for event in self._amd.feed(frame, now):
+            if isinstance(event, AmdVerdict):
+                log.info(
+                    "call %s: answering-machine detection: %s (%s) after %d ms",
+                    self.info.call_id,
+                    event.result,
+                    event.cause,
+                    event.after_ms,
+                )
+                self._run(self.core.amd_verdict(event.result, event.cause, event.after_ms, now))
+            elif isinstance(event, Beep):
+                log.info(
+                    "call %s: voicemail beep (%.0f Hz) ended at %d ms",
+                    self.info.call_id,
+                    event.frequency_hz,
+                    event.end_ms,
+                )
+                self._run(self.core.amd_beep(event.end_ms, now))
+            else:
+                log.info(
+                    "call %s: greeting ended at %d ms, no beep", self.info.call_id, event.after_ms
+                )
+                self._run(self.core.amd_greeting_ended(event.after_ms, now))
+            if self._amd is None:
+                return
+
+    def _message_config(self) -> SessionConfig:
+        """The session settings for leaving the message on a machine (Conversation Rule 12)."""
+        config = self.plan.session_config
+        message = self.plan.amd.message_text if self.plan.amd is not None else None
+        return replace(config, instructions=VOICEMAIL_NOTE + config.instructions, greeting=message)
+
     # ------------------------------------------------------------------ the provider
 
-    async def _converse(self) -> None:
+    async def _converse(self, message: bool = False) -> None:
+        config = self._message_config() if message else self.plan.session_config
         try:
             session = await asyncio.wait_for(
-                self.plan.provider.open(self.info, self.plan.session_config),
+                self.plan.provider.open(self.info, config),
                 PROVIDER_OPEN_TIMEOUT_S,
             )
         except (ProviderError, TimeoutError, OSError) as exc:

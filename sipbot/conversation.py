@@ -47,6 +47,17 @@ Rules:
   from the provider is dropped until its turn completes (at most GUARD_CUT_DROP_S: a provider
   that never completes a turn, such as the local loopback, keeps its voice); a false alarm
   restores the level and costs nothing else.
+* Rule 11: with answering-machine detection (an :class:`AmdPolicy`), the callee's audio goes to
+  the detector (:class:`DetectMachine`) and the provider waits: Rule 8 opens nothing until the
+  verdict. No verdict ``max_wait_s`` + AMD_NO_AUDIO_GRACE_S after the start (no audio came) is
+  unknown. A human, or a verdict whose action is ``talk``, stops the detector and opens the
+  provider as usual; ``hangup`` ends the call (``amd-machine`` / ``amd-unknown``); ``message``
+  follows Rule 12.
+* Rule 12: a message for a machine waits for the beep, or for the end of a greeting without
+  one, at most AMD_BEEP_WAIT_S after the verdict; then the detector stops and the message plays:
+  the provider opens with it as its greeting, or the fixed prompt plays. BYE (``amd-message``)
+  once it has played out (a complete turn after agent audio, then the drain; or the prompt
+  drained), never later than AMD_MESSAGE_TIMEOUT_S after it began.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sipbot.dialplan import DtmfAction, HangUp, Transfer
+from sipbot.dialplan.amd import AmdAction
 from sipbot.domain import (
     AudioOut,
     Interrupted,
@@ -70,12 +82,16 @@ APOLOGY_TIMEOUT_S = 10.0  # longest the apology may take to play out
 HANGUP_QUIET_S = 2.0  # no agent audio this long after hang_up: it said goodbye before the tool
 HANGUP_WAIT_S = 15.0  # longest hang_up waits for the agent to finish speaking
 HANGUP_GRACE_S = 0.1  # after HANGUP_WAIT_S, this long more for the pacer to drain
-TRANSFER_NOTIFY_TIMEOUT_S = 10.0  # longest we wait for the REFER's final NOTIFY before BYE
 GUARD_DUCK_DB = -12.0  # Rule 10: the agent's level while a barge-in is suspected
 GUARD_CUT_DROP_S = 5.0  # Rule 10: longest a cut item's late audio is dropped
 TRANSFER_NOTIFY_TIMEOUT_S = 10.0  # default longest wait for the REFER's final NOTIFY (Rule 7)
 
-Prompt = Literal["apology", "filler", "hold"]
+AMD_NO_AUDIO_GRACE_S = 3.0  # after max_wait_s: no verdict at all (no callee audio) is unknown
+AMD_BEEP_WAIT_S = 20.0  # longest a message waits for the beep or the greeting's end
+AMD_MESSAGE_TIMEOUT_S = 60.0  # longest a message may take to play out before BYE
+
+Prompt = Literal["apology", "filler", "hold", "message"]
+AmdResult = Literal["human", "machine", "unknown"]
 
 # timer kinds (a filler timer is "filler:" + the tool call id)
 MAX_DURATION = "max-duration"
@@ -88,6 +104,9 @@ HOLD = "hold"
 HOLD_TICK_S = 1.0  # Rule 9: how often the hold audio is topped up
 HOLD_LOW_MS = 1_000  # top it up (one more PlayPrompt("hold")) when less than this is queued
 FILLER = "filler:"
+AMD_DEADLINE = "amd-deadline"
+AMD_BEEP_WAIT = "amd-beep-wait"
+AMD_MESSAGE = "amd-message"
 
 
 # --------------------------------------------------------------------------- actions
@@ -95,7 +114,28 @@ FILLER = "filler:"
 
 @dataclass(frozen=True, slots=True)
 class OpenProvider:
-    """Open the provider session (Rule 8); report with ``provider_opened`` / ``_unavailable``."""
+    """Open the provider session (Rule 8); report with ``provider_opened`` / ``_unavailable``.
+
+    ``message``: the session is for the message to a machine (Rule 12): it says the message.
+    """
+
+    message: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DetectMachine:
+    """Feed the callee's audio to a new answering-machine detector (Rule 11); report what it
+    finds with ``amd_verdict``, ``amd_beep`` and ``amd_greeting_ended``."""
+
+    max_wait_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StopDetecting:
+    """Stop the detector: the callee's audio goes to the provider session again, or, when not
+    ``forward`` (a message to a machine, Rule 12), nowhere: the model must not hear the machine."""
+
+    forward: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +273,8 @@ class SetTimer:
 
 Action = (
     OpenProvider
+    | DetectMachine
+    | StopDetecting
     | Play
     | PlayPrompt
     | Flush
@@ -261,6 +303,51 @@ class Counts:
     turns: int = 0
     tool_calls: int = 0
     interruptions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AmdPolicy:
+    """What a call does with the detector's verdict (Rules 11-12).
+
+    Attributes:
+        on_machine, on_unknown: ``hangup``, ``message`` or ``talk``.
+        spoken_message: the agent says the message (else the fixed ``message`` prompt plays).
+        max_wait_s: the detector's bound, from the callee's first audio.
+    """
+
+    on_machine: AmdAction = "hangup"
+    on_unknown: AmdAction = "talk"
+    spoken_message: bool = True
+    max_wait_s: float = 5.0
+
+
+@dataclass(slots=True)
+class AmdReport:
+    """What the detection found and did (for the call record; times in ms of callee audio
+    from its first frame)."""
+
+    result: AmdResult | None = None
+    cause: str = ""
+    decision_ms: int | None = None
+    action: AmdAction | None = None
+    beep_ms: int | None = None  # the beep's end
+    greeting_end_ms: int | None = None
+    message_ms: int | None = None  # the message started
+    message_done: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        """The report as JSON-ready fields (None fields left out)."""
+        fields = {
+            "result": self.result,
+            "cause": self.cause or None,
+            "decision_ms": self.decision_ms,
+            "action": self.action,
+            "beep_ms": self.beep_ms,
+            "greeting_end_ms": self.greeting_end_ms,
+            "message_ms": self.message_ms,
+            "message_done": self.message_done if self.message_ms is not None else None,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 @dataclass(slots=True)
@@ -300,6 +387,10 @@ class _State:
     guard_cut: bool = False  # Rule 10: the next reported flush is the guard's
     cut_items: set[str] = field(default_factory=set)  # Rule 10: their late audio is dropped
     cut_at: float = 0.0  # Rule 10: when the guard cut them
+    # Rules 11-12: detecting -> (awaiting-beep ->) leaving -> None; None: no detection now
+    amd: Literal["detecting", "awaiting-beep", "leaving"] | None = None
+    amd_origin: float | None = None  # ``now`` of the callee's first audio (from the verdict)
+    message_started: float | None = None
 
 
 class Conversation:
@@ -310,6 +401,7 @@ class Conversation:
         max_duration_s: the call is ended this long after :meth:`start`.
         filler_after_s: a tool running this long gets the filler (Rule 6); None → no filler.
         transfer_timeout_s: longest wait for an accepted REFER's final NOTIFY (Rule 7).
+        amd: answering-machine detection for this call (Rules 11-12); None → none.
     """
 
     def __init__(
@@ -319,13 +411,18 @@ class Conversation:
         max_duration_s: float | None = None,
         filler_after_s: float | None = None,
         transfer_timeout_s: float = TRANSFER_NOTIFY_TIMEOUT_S,
+        amd: AmdPolicy | None = None,
     ) -> None:
         self._dtmf = dict(dtmf or {})
         self._transfer_timeout_s = transfer_timeout_s
         self._max_duration_s = max_duration_s
         self._filler_after_s = filler_after_s
+        self._amd = amd
         self._s = _State()
+        if amd is not None:
+            self._s.amd = "detecting"  # Rule 11 holds from the start: no audio opens the provider
         self.counts = Counts()
+        self.amd_report = AmdReport() if amd is not None else None
 
     # ------------------------------------------------------------------ properties
 
@@ -347,10 +444,16 @@ class Conversation:
     # ------------------------------------------------------------------ call lifecycle
 
     def start(self, now: float) -> list[Action]:
-        """The call is answered: arm the maximum duration."""
-        if self._max_duration_s is None or self._s.ended is not None:
+        """The call is answered: arm the maximum duration; start detecting (Rule 11)."""
+        if self._s.ended is not None:
             return []
-        return [SetTimer(now + self._max_duration_s, MAX_DURATION)]
+        actions: list[Action] = []
+        if self._max_duration_s is not None:
+            actions.append(SetTimer(now + self._max_duration_s, MAX_DURATION))
+        if self._amd is not None and self._s.amd == "detecting":
+            deadline = now + self._amd.max_wait_s + AMD_NO_AUDIO_GRACE_S
+            actions += [DetectMachine(self._amd.max_wait_s), SetTimer(deadline, AMD_DEADLINE)]
+        return actions
 
     def confirmed(self, now: float) -> list[Action]:
         """The ACK arrived (Rule 8)."""
@@ -361,7 +464,7 @@ class Conversation:
         return self._open()
 
     def _open(self) -> list[Action]:
-        if self._s.opening or self._s.ended is not None:
+        if self._s.opening or self._s.ended is not None or self._s.amd is not None:  # Rule 11
             return []
         self._s.opening = True
         return [OpenProvider()]
@@ -412,6 +515,8 @@ class Conversation:
             s.cut_items.clear()  # Rule 10
             self.counts.turns += 1
             s.turn_done = True
+            if s.amd == "leaving":
+                return self._message_check()
             return self._hangup_check(now)
         if isinstance(event, ProviderFailed):
             return self._apologise("provider-failed", now)
@@ -467,6 +572,10 @@ class Conversation:
             return []
         if s.apologising is not None:
             return self._bye(s.apologising)
+        if s.amd == "leaving":  # Rule 12
+            if self.amd_report is not None:
+                self.amd_report.message_done = True
+            return self._bye("amd-message")
         wait = s.hangup
         if wait is None or not wait.draining:
             return []
@@ -625,6 +734,77 @@ class Conversation:
             ),
         ]
 
+    # ------------------------------------------------------------------ answering machines
+
+    def amd_verdict(
+        self, result: AmdResult, cause: str, after_ms: int | None, now: float
+    ) -> list[Action]:
+        """The detector's verdict, ``after_ms`` of callee audio (Rule 11)."""
+        s, policy, report = self._s, self._amd, self.amd_report
+        if s.ended is not None or s.amd != "detecting" or policy is None or report is None:
+            return []
+        action: AmdAction = "talk"
+        if result == "machine":
+            action = policy.on_machine
+        elif result == "unknown":
+            action = policy.on_unknown
+        report.result, report.cause, report.decision_ms, report.action = (
+            result,
+            cause,
+            after_ms,
+            action,
+        )
+        if after_ms is not None:
+            s.amd_origin = now - after_ms / 1000
+        if action == "hangup":
+            s.amd = None
+            return [StopDetecting(), *self._bye(f"amd-{result}")]
+        if action == "talk":
+            s.amd = None
+            return [StopDetecting(), *self._open()]
+        s.amd = "awaiting-beep"
+        return [SetTimer(now + AMD_BEEP_WAIT_S, AMD_BEEP_WAIT)]
+
+    def amd_beep(self, end_ms: int, now: float) -> list[Action]:
+        """The detector heard a beep end at ``end_ms`` (Rule 12)."""
+        if self.amd_report is not None and self.amd_report.beep_ms is None:
+            self.amd_report.beep_ms = end_ms
+        if self._s.ended is not None or self._s.amd != "awaiting-beep":
+            return []
+        return self._leave_message(now)
+
+    def amd_greeting_ended(self, after_ms: int, now: float) -> list[Action]:
+        """A machine's greeting ended without a beep (Rule 12)."""
+        if self.amd_report is not None:
+            self.amd_report.greeting_end_ms = after_ms
+        if self._s.ended is not None or self._s.amd != "awaiting-beep":
+            return []
+        return self._leave_message(now)
+
+    def _leave_message(self, now: float) -> list[Action]:
+        s, policy, report = self._s, self._amd, self.amd_report
+        assert policy is not None
+        assert report is not None
+        s.amd, s.message_started = "leaving", now
+        origin = s.amd_origin
+        report.message_ms = None if origin is None else round((now - origin) * 1000)
+        actions: list[Action] = [
+            StopDetecting(forward=False),
+            SetTimer(now + AMD_MESSAGE_TIMEOUT_S, AMD_MESSAGE),
+        ]
+        if policy.spoken_message:
+            s.opening = True
+            return [*actions, OpenProvider(message=True)]
+        return [*actions, PlayPrompt("message"), WatchDrain()]
+
+    def _message_check(self) -> list[Action]:
+        """A turn completed while leaving a message: once the agent spoke, wait for the drain."""
+        s = self._s
+        started = s.message_started
+        if started is None or s.last_agent_audio < started:
+            return []
+        return [WatchDrain()]
+
     # ------------------------------------------------------------------ timers
 
     def timer_fired(self, kind: str, now: float, queued_ms: int) -> list[Action]:
@@ -651,6 +831,12 @@ class Conversation:
             return self._transfer_failed(f"no final NOTIFY within {self._transfer_timeout_s:g} s")
         if kind.startswith(FILLER):
             return self._filler(kind[len(FILLER) :], queued_ms)
+        if kind == AMD_DEADLINE and s.amd == "detecting":
+            return self.amd_verdict("unknown", "no-audio", None, now)
+        if kind == AMD_BEEP_WAIT and s.amd == "awaiting-beep":
+            return self._leave_message(now)
+        if kind == AMD_MESSAGE and s.amd == "leaving":
+            return self._bye("amd-message")
         wait = s.hangup
         if wait is None:
             return []

@@ -32,14 +32,21 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
-from sipbot.call import Call, CallPlan
+from sipbot.call import Call, CallPlan, amd_plan
 from sipbot.config import Config
 from sipbot.dial_limits import DialGate, OutboundLimits
 from sipbot.dial_target import DialTarget, check_request
 from sipbot.dialplan import Agent
 from sipbot.dialplan.trunks import Trunk, call_srtp
 from sipbot.domain import PCM16_16K, PCM16_24K, CallInfo
-from sipbot.errors import ConfigError, DialError, DialRefused, RequestFailed, SipbotError
+from sipbot.errors import (
+    ConfigError,
+    DialError,
+    DialRefused,
+    MediaError,
+    RequestFailed,
+    SipbotError,
+)
 from sipbot.media.session import MediaEngine, MediaSession
 from sipbot.media_leg import resolve_media_host
 from sipbot.outbound import DialCore, DialRequest, DialStatus
@@ -381,14 +388,20 @@ class OutboundCall:
             direction="outbound",
             variables=dict(self.request.variables),
         )
+        now = datetime.now(UTC)
+        try:  # answering-machine detection: the agent's amd:, or what the request says
+            amd = amd_plan(agent, info, now, self.request.amd)
+        except MediaError as exc:
+            raise DialError(f"agent {agent.name}: amd.message_audio: {exc}") from exc
         return CallPlan(
             info=info,
             agent=agent,
             provider=provider,
-            session_config=agent.session_config(info, datetime.now(UTC)),
+            session_config=agent.session_config(info, now),
             apology=self.server.apology,
             filler=self.server.filler,
             log_transcripts=self.server.config.server.log_transcripts,
+            amd=amd,
         )
 
     async def _resolve(self) -> Peer | None:

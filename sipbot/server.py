@@ -563,6 +563,7 @@ class Server:
             "tool_calls": r.tool_calls,
             "interruptions": r.interruptions,
             **cdr_media(call),
+            **({"amd": r.amd} if r.amd else {}),
         }
         cdr_log.info(json.dumps(record))
         self.recent.add(

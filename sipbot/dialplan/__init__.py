@@ -12,6 +12,7 @@ built in Python code::
 """
 
 from sipbot.dialplan.agent import CODECS, PROVIDERS, Agent
+from sipbot.dialplan.amd import AmdSettings
 from sipbot.dialplan.analysis import dialplan_warnings
 from sipbot.dialplan.match import Exact, Match, Prefix, Regex, TimeRange
 from sipbot.dialplan.model import (
@@ -34,6 +35,7 @@ __all__ = [
     "PROVIDERS",
     "Action",
     "Agent",
+    "AmdSettings",
     "Answer",
     "Dialplan",
     "DtmfAction",

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from sipbot.dialplan.amd import AmdSettings
 from sipbot.dialplan.fields import did_you_mean, fail, parse_srtp, with_field
 from sipbot.dialplan.match import zone
 from sipbot.dialplan.template import Template
@@ -110,6 +111,7 @@ class Agent:
         srtp: ``off``, ``optional`` or ``required`` (SDES SRTP, docs/CONFIG.md); None → not
             set (off, unless the call's trunk sets it: the trunk's setting wins).
         barge_in: who decides that the caller interrupts (:class:`BargeIn`).
+        amd: answering-machine detection on the agent's outbound calls.
 
     Raises:
         ConfigError: an invalid value (``field`` names it, relative to the agent).
@@ -142,6 +144,7 @@ class Agent:
     transfer_timeout_s: float = 10.0
     transfer_briefing: str | None = None
     transfer_hold: str | None = None
+    amd: AmdSettings = field(default_factory=AmdSettings)
     resolved_tools: tuple[Tool, ...] = field(init=False, repr=False, compare=False)
     _prompt: Template = field(init=False, repr=False, compare=False)
     _greeting: Template | None = field(init=False, repr=False, compare=False)
@@ -226,6 +229,10 @@ class Agent:
                 "barge_in.min_speech_ms",
                 f"must be between {low} and {high}, not {barge_in.min_speech_ms}",
             )
+
+    def amd_message(self, call: CallInfo, now: datetime) -> str | None:
+        """The ``amd.message`` for ``call`` (``now`` aware, shown in the agent's timezone)."""
+        return self.amd.message_text(call, now.astimezone(self._zone))
 
     @property
     def tool_specs(self) -> tuple[ToolSpec, ...]:

@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from sipbot.dialplan.agent import Agent, BargeIn
+from sipbot.dialplan.amd import AmdSettings
 from sipbot.dialplan.fields import did_you_mean, with_field
 from sipbot.dialplan.match import Exact, Match, Prefix, Regex, TextMatcher
 from sipbot.dialplan.model import (
@@ -144,6 +145,21 @@ def _agent(
     if spec.api_key is not None and not isinstance(spec.api_key, EnvString):
         message = "secrets come from the environment only: write api_key: ${VAR}"
         raise doc.error((*path, "api_key"), message)
+    amd = AmdSettings()
+    if spec.amd is not None:
+        amd_spec = spec.amd
+        amd = at(
+            doc,
+            (*path, "amd"),
+            lambda: AmdSettings(
+                enabled=amd_spec.enabled,
+                on_machine=amd_spec.on_machine,  # type: ignore[arg-type]  # checked by AmdSettings
+                on_unknown=amd_spec.on_unknown,  # type: ignore[arg-type]
+                message=amd_spec.message,
+                message_audio=amd_spec.message_audio,
+                max_wait_s=amd_spec.max_wait_s,
+            ),
+        )
     return at(
         doc,
         path,
@@ -175,6 +191,7 @@ def _agent(
             transfer_timeout_s=spec.transfer_timeout_s,
             transfer_briefing=spec.transfer_briefing,
             transfer_hold=spec.transfer_hold,
+            amd=amd,
         ),
     )
 

@@ -35,6 +35,15 @@ class LocalModel(StrictModel):
     mode: str = "echo"
 
 
+class AmdModel(StrictModel):
+    enabled: bool = True  # the block is the opt-in
+    on_machine: str = "hangup"
+    on_unknown: str = "talk"
+    message: str | None = None
+    message_audio: str | None = None
+    max_wait_s: float = 5.0
+
+
 class AgentModel(StrictModel):
     provider: str
     model: str | None = None
@@ -62,6 +71,7 @@ class AgentModel(StrictModel):
     transfer_timeout_s: float = 10.0
     transfer_briefing: str | None = None  # a WAV file
     transfer_hold: str | None = None  # a WAV file
+    amd: AmdModel | None = None
 
 
 class HttpModel(StrictModel):

@@ -145,6 +145,7 @@ class Attempt:
             dial_state=self.dial_state,
             ringing=self.ringing,
             early_media=self.early_media,
+            amd=_amd_json(getattr(record, "amd", None)),
             lines=transcript_lines(call, started),
         )
 
@@ -159,6 +160,11 @@ class Attempt:
             "ended": wall_time(getattr(entry, "ended", None), started),
             "error": None if error in (None, "") else truncate(str(error), limit),
         }
+
+
+def _amd_json(report: Any) -> str | None:
+    """The call's answering-machine detection as JSON, or None when it had none."""
+    return None if not report else json.dumps(report, sort_keys=True, default=str)
 
 
 def transcript_lines(call: Any, started: float) -> tuple[LineRow, ...]:

@@ -99,7 +99,7 @@ def _iso(seconds: float) -> str:
 
 def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
     out = dict(record)
-    for key in ("tools", "media"):
+    for key in ("tools", "media", "amd"):  # JSON text columns
         if isinstance(out.get(key), str):
             out[key] = json.loads(out[key])
     return out

@@ -16,7 +16,7 @@ OUTCOMES: Final = ("answered", "rejected", "redirected", "refused", "failed", "c
 TRUNCATE_CHARS = 2000  # longest tool argument/result text kept per tool call
 TRUNCATED_MARK = "…[truncated]"
 
-# The columns of ``calls`` in the order CallRow holds them (schema version 3).
+# The columns of ``calls`` in the order CallRow holds them (schema version 4).
 CALL_COLUMNS: Final = (
     "id",
     "call_id",
@@ -44,6 +44,7 @@ CALL_COLUMNS: Final = (
     "dial_state",
     "ringing",
     "early_media",
+    "amd",
     "concealed_frames",
 )
 LINE_COLUMNS: Final = ("record_id", "seq", "at", "role", "text")
@@ -79,6 +80,9 @@ class CallRow:
             header, ``answered`` the moment of the 2xx.
         ringing: when an outbound call started ringing (the first 180/183), or None.
         early_media: milliseconds of early media (183 with SDP) received before the answer.
+        amd: JSON object of the answering-machine detection (``result`` human/machine/unknown,
+            ``cause``, ``decision_ms``, ``action``, ``beep_ms``, ``greeting_end_ms``,
+            ``message_ms``, ``message_done``; ms of callee audio from its first frame), or None.
         lines: the transcript.
     """
 
@@ -109,6 +113,7 @@ class CallRow:
     dial_state: str | None = None
     ringing: float | None = None
     early_media: int = 0
+    amd: str | None = None
     lines: tuple[LineRow, ...] = field(default=())
 
     def values(self) -> tuple[Any, ...]:

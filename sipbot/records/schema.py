@@ -12,8 +12,9 @@ Rules:
 History: version 1 held calls and their transcript; version 2 added the media-quality summary,
 the recording path and the source address, and an index on ``caller`` for ``calls erase``;
 version 3 added outbound calls: ``direction``, the final dial state (answered, busy, no-answer,
-rejected, failed), when it started ringing and how much early media came (ms);
-version 4 added ``concealed_frames`` (20 ms of lost caller audio concealed, media Rule 7).
+rejected, failed), when it started ringing and how much early media came (ms); version 4 added
+the answering-machine detection's result and timings (``amd``, JSON);
+version 5 added ``concealed_frames`` (20 ms of lost caller audio concealed, media Rule 7).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE calls ADD COLUMN early_media INTEGER NOT NULL DEFAULT 0",
     ),
     # version 4
+    ("ALTER TABLE calls ADD COLUMN amd TEXT",),
+    # version 5
     ("ALTER TABLE calls ADD COLUMN concealed_frames INTEGER NOT NULL DEFAULT 0",),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)

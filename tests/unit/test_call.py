@@ -11,12 +11,16 @@ import asyncio
 import logging
 import selectors
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pytest
 
+from sipbot import prompts
 from sipbot.bargein import BargeInGuard
-from sipbot.call import Call, CallPlan
+from sipbot.call import VOICEMAIL_NOTE, AmdPlan, Call, CallPlan, amd_plan
 from sipbot.conversation import (
     APOLOGY_TIMEOUT_S,
     GUARD_DUCK_DB,
@@ -24,8 +28,9 @@ from sipbot.conversation import (
     HANGUP_QUIET_S,
     HANGUP_WAIT_S,
     TRANSFER_NOTIFY_TIMEOUT_S,
+    AmdPolicy,
 )
-from sipbot.dialplan import Agent, HangUp, Transfer
+from sipbot.dialplan import Agent, AmdSettings, HangUp, Transfer
 from sipbot.dialplan.agent import BargeIn
 from sipbot.errors import ProviderConnectError, RequestFailed
 from sipbot.media.formats import PCM16_16K, PCM16_24K, AudioFormat
@@ -248,9 +253,11 @@ class RecorderProvider:
         self.session = session
         self.error = error
         self.opened: list[float] = []
+        self.configs: list[SessionConfig] = []
 
     async def open(self, call: CallInfo, config: SessionConfig) -> RecorderSession:
         self.opened.append(asyncio.get_running_loop().time())
+        self.configs.append(config)
         if self.error is not None:
             raise self.error
         assert self.session is not None
@@ -333,6 +340,7 @@ class Rig:
         log_transcripts: bool = False,
         barge_in: BargeIn | None = None,
         consulter: RecorderConsulter | None = None,
+        amd: AmdPlan | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.session = RecorderSession()
@@ -357,6 +365,7 @@ class Rig:
             consulter=consulter,
             hold=HOLD,
             briefing=BRIEFING,
+            amd=amd,
         )
         self.dialog = RecorderDialog(refer)
         self.media = RecorderMedia()
@@ -733,6 +742,76 @@ def test_the_guard_ducks_restores_and_cuts_only_a_real_interruption() -> None:
         assert rig.call.record.interruptions == 1
         assert rig.session.audio  # the caller's audio still went to the model
 
+
+# --------------------------------------------------------------------------- answering machines
+
+RATE_16K = 16_000
+CALLEE_FRAME = 2 * RATE_16K // 50  # bytes of one 20 ms frame at 16 kHz
+
+
+def callee(*parts: tuple[str, int]) -> list[bytes]:
+    """Callee audio in 20 ms frames: ("talk", ms) speech-like noise, ("beep", ms) 1 kHz,
+    ("quiet", ms) silence."""
+    rng = np.random.default_rng(7)
+    chunks = []
+    for kind, ms in parts:
+        n = RATE_16K * ms // 1000
+        t = np.arange(n) / RATE_16K
+        if kind == "talk":
+            chunks.append(rng.standard_normal(n) * 3000 * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t)))
+        elif kind == "beep":
+            chunks.append(6000 * np.sin(2 * np.pi * 1000 * t))
+        else:
+            chunks.append(np.zeros(n))
+    data = np.round(np.concatenate(chunks)).astype("<i2").tobytes()
+    return [data[i : i + CALLEE_FRAME] for i in range(0, len(data), CALLEE_FRAME)]
+
+
+async def play_callee(rig: Rig, frames: list[bytes]) -> None:
+    """The callee's RTP: one frame every 20 ms of virtual time, until the call ends."""
+    for frame in frames:
+        if rig.task.done():
+            return
+        rig.call.on_audio(frame)
+        await asyncio.sleep(0.02)
+
+
+def machine_greeting() -> list[bytes]:
+    return callee(("quiet", 300), ("talk", 3000), ("quiet", 400), ("beep", 500), ("quiet", 8000))
+
+
+def test_a_machine_gets_the_agents_message_after_the_beep_then_bye() -> None:
+    async def main() -> None:
+        settings = AmdSettings(enabled=True, on_machine="message", message="Your bike is ready.")
+        rig = Rig(amd=AmdPlan(settings, "Your bike is ready."))
+        start = rig.loop.time()
+        rig.dialog.confirmed.set_result(None)
+        feeder = rig.loop.create_task(play_callee(rig, machine_greeting()))
+        await until(lambda: bool(rig.provider.opened))
+        opened_after = rig.provider.opened[0] - start
+        # the beep ended 4.2 s into the callee's audio (0.3 + 3.0 + 0.4 + 0.5 s); frame k
+        # arrives at k * 20 ms in this rig, so the first frame after it arrives at 4.2 s
+        assert opened_after == pytest.approx(4.2, abs=0.005)
+        config = rig.provider.configs[0]
+        assert config.greeting == "Your bike is ready."  # the agent says the message
+        assert config.instructions.startswith(VOICEMAIL_NOTE)
+        rig.session.emit(AudioOut(speech(2000), "message"), TurnComplete())
+        assert await rig.reason() == "amd-message"
+        message_end = rig.media.segments[-1][2]
+        assert message_end <= rig.dialog.byes[0] <= message_end + 0.05
+        assert rig.session.audio == []  # the machine's audio never reached the model
+        report = rig.call.record.amd
+        assert report is not None
+        assert (report["result"], report["cause"], report["action"]) == (
+            "machine",
+            "long-greeting",
+            "message",
+        )
+        assert report["decision_ms"] == 300 + 2000
+        assert 4180 <= int(str(report["beep_ms"])) <= 4220
+        assert report["message_done"] is True
+        await feeder
+
     run(main)
 
 
@@ -781,6 +860,31 @@ def test_a_warm_transfer_to_a_busy_target_gives_the_caller_back() -> None:
     run(main)
 
 
+def test_a_human_gets_the_conversation_after_the_verdict() -> None:
+    async def main() -> None:
+        rig = Rig(amd=AmdPlan(AmdSettings(enabled=True)))
+        rig.dialog.confirmed.set_result(None)
+        frames = callee(("quiet", 400), ("talk", 600), ("quiet", 3000))
+        feeder = rig.loop.create_task(play_callee(rig, frames))
+        await until(lambda: rig.call._session is not None)
+        # 0.4 + 0.6 + 0.8 s of pause = 1.8 s of audio: the frame that ends it arrives at 1.78 s
+        assert rig.provider.opened[0] - 1000.0 == pytest.approx(1.78, abs=0.005)
+        assert rig.provider.configs[0].greeting is None  # the agent's own session settings
+        await feeder
+        # the detector heard the "hello?"; the model hears the callee from its session on
+        assert 0 < len(rig.session.audio) < len(frames)
+        rig.dialog.terminated.set_result("bye-received")
+        assert await rig.reason() == "bye-received"
+        assert rig.call.record.amd == {
+            "result": "human",
+            "cause": "silence-after-greeting",
+            "decision_ms": 1800,
+            "action": "talk",
+        }
+
+    run(main)
+
+
 def test_a_failed_handover_hangs_up_the_consultation_call() -> None:
     async def main() -> None:
         referral = RecorderReferral()
@@ -799,6 +903,18 @@ def test_a_failed_handover_hangs_up_the_consultation_call() -> None:
     run(main)
 
 
+def test_a_machine_is_hung_up_on_without_a_model_session() -> None:
+    async def main() -> None:
+        rig = Rig(amd=AmdPlan(AmdSettings(enabled=True, on_machine="hangup")))
+        rig.dialog.confirmed.set_result(None)
+        rig.loop.create_task(play_callee(rig, machine_greeting()))
+        assert await rig.reason() == "amd-machine"
+        assert rig.dialog.byes[0] - 1000.0 == pytest.approx(2.28, abs=0.005)  # greeting 2.0 s
+        assert rig.provider.opened == []
+
+    run(main)
+
+
 def test_warm_transfers_need_a_consulter() -> None:
     async def main() -> None:
         rig = Rig()
@@ -811,3 +927,48 @@ def test_warm_transfers_need_a_consulter() -> None:
         assert await rig.reason() == "bye-received"
 
     run(main)
+
+
+def test_a_fixed_message_plays_after_the_beep() -> None:
+    async def main() -> None:
+        recorded = b"\x03\x00" * 16 * 1500  # 1.5 s at 16 kHz
+        settings = AmdSettings(enabled=True, on_machine="message", message_audio=__file__)
+        rig = Rig(amd=AmdPlan(settings, None, recorded))
+        rig.dialog.confirmed.set_result(None)
+        rig.loop.create_task(play_callee(rig, machine_greeting()))
+        assert await rig.reason() == "amd-message"
+        assert rig.media.items() == ["message"]
+        _, start, end = rig.media.segments[0]
+        assert start - 1000.0 == pytest.approx(4.2, abs=0.005)
+        assert abs((end - start) - 1.5) < 0.01
+        assert end <= rig.dialog.byes[0] <= end + 0.05
+        assert rig.provider.opened == []
+
+    run(main)
+
+
+def test_the_amd_plan_follows_the_agent_unless_the_dial_request_says_otherwise(
+    tmp_path: Path,
+) -> None:
+    wav = tmp_path / "message.wav"
+    prompts.write_wav(wav, b"\x05\x00" * 8000, 8000)  # 1 s at 8 kHz
+    now = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+    info = CallInfo("c", did="alice", direction="outbound", variables={"name": "Alice"})
+    off = Agent("a")
+    assert amd_plan(off, info, now) is None
+    forced = amd_plan(off, info, now, requested=True)
+    assert forced is not None
+    assert forced.policy == AmdPolicy("hangup", "talk", True, 5.0)
+    spoken = Agent(
+        "b", amd=AmdSettings(enabled=True, on_machine="message", message="Hi {var.name}")
+    )
+    plan = amd_plan(spoken, info, now)
+    assert plan is not None
+    assert plan.message_text == "Hi Alice"
+    assert amd_plan(spoken, info, now, requested=False) is None
+    fixed = Agent("c", amd=AmdSettings(enabled=True, on_machine="message", message_audio=str(wav)))
+    plan = amd_plan(fixed, info, now)
+    assert plan is not None
+    assert plan.message_audio is not None
+    assert len(plan.message_audio) == 2 * 16_000  # 1 s, as 16 kHz PCM16
+    assert not plan.policy.spoken_message

@@ -18,6 +18,28 @@ from sipbot.tools import HttpTool, PythonTool
 
 ERROR_CASES = [
     pytest.param(
+        "agents:\n  a:\n    provider: local\n    amd: {on_machine: mesage}\n",
+        "d.yaml:4: agents.a.amd.on_machine: must be hangup, message or talk, not 'mesage'; did you mean 'message'?",
+        id="amd_action",
+    ),
+    pytest.param(
+        "agents:\n  a:\n    provider: local\n    amd:\n      on_unknown: message\n",
+        "d.yaml:5: agents.a.amd.on_unknown: message needs message: (text the agent says) or message_audio: (a WAV file)",
+        id="amd_message",
+    ),
+    pytest.param(
+        "agents:\n  a:\n    provider: local\n    amd: {max_wait_s: 45}\n",
+        "d.yaml:4: agents.a.amd.max_wait_s: must be between 1 and 30, not 45",
+        id="amd_wait",
+    ),
+    pytest.param(
+        "agents:\n  a:\n    provider: local\n    amd: {message: 'Hi {nam}'}\n",
+        "d.yaml:4: agents.a.amd.message: unknown placeholder {nam} (known: "
+        "{caller}, {did}, {display_name}, {call_id}, {direction}, {date}, {time}, {weekday}, "
+        "{header.<Name>}, {var.<name>})",
+        id="amd_template",
+    ),
+    pytest.param(
         "agents: [\n",
         "d.yaml:2: invalid YAML: expected the node content, but found '<stream end>'",
         id="yaml",

@@ -9,6 +9,12 @@ import pytest
 
 import sipbot.conversation
 from sipbot.conversation import (
+    AMD_BEEP_WAIT,
+    AMD_BEEP_WAIT_S,
+    AMD_DEADLINE,
+    AMD_MESSAGE,
+    AMD_MESSAGE_TIMEOUT_S,
+    AMD_NO_AUDIO_GRACE_S,
     APOLOGY,
     APOLOGY_TIMEOUT_S,
     FILLER,
@@ -26,10 +32,13 @@ from sipbot.conversation import (
     MAX_DURATION,
     TRANSFER,
     TRANSFER_NOTIFY_TIMEOUT_S,
+    AmdPolicy,
+    AmdResult,
     Brief,
     CancelTools,
     Consult,
     Conversation,
+    DetectMachine,
     Duck,
     End,
     EndConsult,
@@ -43,6 +52,7 @@ from sipbot.conversation import (
     SendToolResult,
     SetTimer,
     StartTool,
+    StopDetecting,
     TransferDone,
     Truncate,
     WatchDrain,
@@ -571,6 +581,136 @@ def test_a_notify_without_an_accepted_refer_does_nothing() -> None:
     assert core.refer_accepted(1.0) == []
     core = transferring()
     assert core.refer_final(200, 1.6) == []  # before the 202: not ours yet
+
+
+# --------------------------------------------------------------------------- Rules 9-10: AMD
+
+
+def detecting(**policy: object) -> Conversation:
+    """A conversation with answering-machine detection, answered at 0 and confirmed."""
+    core = Conversation(amd=AmdPolicy(**policy))  # type: ignore[arg-type]
+    assert core.start(0.0) == [
+        DetectMachine(5.0),
+        SetTimer(5.0 + AMD_NO_AUDIO_GRACE_S, AMD_DEADLINE),
+    ]
+    assert core.confirmed(0.1) == []  # Rule 9: the provider waits for the verdict
+    assert core.caller_audio(0.2) == []
+    return core
+
+
+def test_a_human_verdict_stops_the_detector_and_opens_the_provider() -> None:
+    core = detecting(on_machine="hangup")
+    assert core.amd_verdict("human", "silence-after-greeting", 1500, 2.0) == [
+        StopDetecting(),
+        OpenProvider(),
+    ]
+    assert core.confirmed(2.1) == []  # once
+    assert core.timer_fired(AMD_DEADLINE, 8.0, 0) == []  # the deadline is moot
+    assert core.amd_report is not None
+    assert core.amd_report.as_dict() == {
+        "result": "human",
+        "cause": "silence-after-greeting",
+        "decision_ms": 1500,
+        "action": "talk",
+    }
+
+
+@pytest.mark.parametrize(
+    ("result", "policy", "reason"),
+    [
+        ("machine", {"on_machine": "hangup"}, "amd-machine"),
+        ("unknown", {"on_unknown": "hangup"}, "amd-unknown"),
+    ],
+)
+def test_hang_up_on_a_machine_or_an_unknown_line(
+    result: AmdResult, policy: dict[str, str], reason: str
+) -> None:
+    core = detecting(**policy)
+    assert core.amd_verdict(result, "x", 2400, 3.0) == [StopDetecting(), Hangup(), End(reason)]
+    assert core.ended == reason
+
+
+def test_talk_to_a_machine_or_an_unknown_line_when_so_configured() -> None:
+    core = detecting(on_machine="talk")
+    assert core.amd_verdict("machine", "long-greeting", 2400, 3.0) == [
+        StopDetecting(),
+        OpenProvider(),
+    ]
+    core = detecting()  # unknown: talk by default
+    assert core.amd_verdict("unknown", "initial-silence", 2500, 3.0) == [
+        StopDetecting(),
+        OpenProvider(),
+    ]
+
+
+def test_no_callee_audio_at_all_is_unknown_at_the_deadline() -> None:
+    core = detecting(on_unknown="hangup")
+    assert core.timer_fired(AMD_DEADLINE, 8.0, 0) == [
+        StopDetecting(),
+        Hangup(),
+        End("amd-unknown"),
+    ]
+    assert core.amd_report is not None
+    assert (core.amd_report.result, core.amd_report.cause) == ("unknown", "no-audio")
+
+
+def test_the_agent_leaves_its_message_after_the_beep_then_byes_after_the_playout() -> None:
+    core = detecting(on_machine="message")
+    assert core.amd_verdict("machine", "long-greeting", 2000, 10.0) == [
+        SetTimer(10.0 + AMD_BEEP_WAIT_S, AMD_BEEP_WAIT)
+    ]
+    assert core.confirmed(10.1) == []  # still nothing opens before the beep
+    assert core.amd_beep(6500, 14.5) == [
+        StopDetecting(forward=False),  # the model must not hear the machine
+        SetTimer(14.5 + AMD_MESSAGE_TIMEOUT_S, AMD_MESSAGE),
+        OpenProvider(message=True),
+    ]
+    assert core.amd_beep(7000, 14.6) == []  # once
+    assert core.provider_opened(15.0) == []
+    assert core.provider_event(TurnComplete(), 15.1) == []  # a turn before it spoke: not it
+    assert core.provider_event(AudioOut(b"m" * 480, "msg"), 15.2) == [Play(b"m" * 480, "msg")]
+    assert core.provider_event(TurnComplete(), 18.0) == [WatchDrain()]
+    assert core.media_drained(21.0) == [Hangup(), End("amd-message")]
+    assert core.amd_report is not None
+    assert core.amd_report.as_dict() == {
+        "result": "machine",
+        "cause": "long-greeting",
+        "decision_ms": 2000,
+        "action": "message",
+        "beep_ms": 6500,
+        "message_ms": 6500,  # 4.5 s after the verdict at 2000 ms of audio
+        "message_done": True,
+    }
+
+
+def test_a_fixed_message_plays_when_the_greeting_ends_without_a_beep() -> None:
+    core = detecting(on_machine="message", spoken_message=False)
+    core.amd_verdict("machine", "long-greeting", 2000, 10.0)
+    assert core.amd_greeting_ended(7000, 15.0) == [
+        StopDetecting(forward=False),
+        SetTimer(15.0 + AMD_MESSAGE_TIMEOUT_S, AMD_MESSAGE),
+        PlayPrompt("message"),
+        WatchDrain(),
+    ]
+    assert core.media_drained(18.0) == [Hangup(), End("amd-message")]
+
+
+def test_the_message_waits_for_the_beep_at_most_and_plays_out_at_most_so_long() -> None:
+    core = detecting(on_unknown="message", spoken_message=False)
+    assert core.amd_verdict("unknown", "initial-silence", 2500, 3.0) == [
+        SetTimer(3.0 + AMD_BEEP_WAIT_S, AMD_BEEP_WAIT)
+    ]
+    actions = core.timer_fired(AMD_BEEP_WAIT, 3.0 + AMD_BEEP_WAIT_S, 0)
+    assert PlayPrompt("message") in actions
+    end = 3.0 + AMD_BEEP_WAIT_S + AMD_MESSAGE_TIMEOUT_S
+    assert core.timer_fired(AMD_MESSAGE, end, 5000) == [Hangup(), End("amd-message")]
+    assert core.amd_report is not None
+    assert core.amd_report.message_done is False
+
+
+def test_without_detection_there_is_no_report() -> None:
+    assert Conversation().amd_report is None
+    assert Conversation().amd_verdict("machine", "x", 1, 1.0) == []
 
 
 # --------------------------------------------------------------------------- sans-I/O

@@ -274,8 +274,9 @@ def test_route_request_needs_an_aware_datetime() -> None:
          "max_duration_s=3600.0, recording=False, codecs=(), temperature=None, "
          "timezone='UTC', api_key=None, base_url=None, ca_file=None, local_mode='echo', "
          "options={}, tool_timeout_s=10.0, filler_after_ms=None, srtp=None, "
-         "transfer_timeout_s=10.0, transfer_briefing=None, transfer_hold=None) "
-         "(Answer, Reject or Transfer)"),
+         "transfer_timeout_s=10.0, transfer_briefing=None, transfer_hold=None, "
+         "amd=AmdSettings(enabled=False, on_machine='hangup', on_unknown='talk', message=None, "
+         "message_audio=None, max_wait_s=5.0)) (Answer, Reject or Transfer)"),
         (lambda: Route("r", Answer(ECHO), dtmf={"5": Reject(486)}), "dtmf.5",  # type: ignore[dict-item]
          "a DTMF action is a transfer or hang_up"),
         (lambda: Dialplan([Route("a", Reject()), Route("a", Reject())]), "routes[1].name",

@@ -49,6 +49,7 @@ class Record:
     interruptions: int = 1
     tools: list[ToolLogEntry] = field(default_factory=list)
     lines: list[TranscriptLine] = field(default_factory=list)
+    amd: dict[str, Any] | None = None
 
 
 @dataclass
@@ -204,3 +205,21 @@ def test_wall_time_reads_epochs_datetimes_and_offsets() -> None:
     assert wall_time(datetime.fromtimestamp(T0, UTC), 0.0) == T0
     assert wall_time(None, T0) is None
     assert wall_time(True, T0) is None
+
+
+def test_the_answering_machine_detection_goes_to_the_record_as_json() -> None:
+    rows: list[CallRow] = []
+    a = attempt(rows)
+    a.answered = T0 + 1
+    record = Record()
+    record.amd = {"result": "machine", "cause": "long-greeting", "decision_ms": 2440}
+    a.finish(Call(record), reason="amd-message")
+    assert json.loads(rows[0].amd or "") == {
+        "cause": "long-greeting",
+        "decision_ms": 2440,
+        "result": "machine",
+    }
+    a = attempt(rows)
+    a.answered = T0 + 1
+    a.finish(Call(OldRecord()), reason="bye")  # no detection on the call: no value
+    assert rows[1].amd is None
