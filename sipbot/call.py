@@ -47,6 +47,7 @@ from sipbot.conversation import (
     SendToolResult,
     SetTimer,
     StartTool,
+    SwitchProvider,
     Truncate,
     WatchDrain,
 )
@@ -55,9 +56,11 @@ from sipbot.domain import (
     PCM16_16K,
     PCM16_24K,
     CallInfo,
+    Heard,
     ProviderEvent,
     ProviderFailed,
     ProviderNotice,
+    ProviderStalled,
     SessionConfig,
     ToolCall,
     Transcript,
@@ -66,6 +69,7 @@ from sipbot.errors import ProviderError, SipbotError
 from sipbot.media.session import MediaEngine
 from sipbot.media_leg import MediaLeg
 from sipbot.providers.base import Provider, ProviderSession
+from sipbot.providers.continuity import RESUME_NOTE, failover_seed
 from sipbot.tools import ToolContext, ToolRunner
 from sipbot.tools.runner import ToolResult
 
@@ -92,6 +96,8 @@ class CallPlan:
         filler: the "one moment" prompt for slow tools, PCM16 16 kHz, or None.
         log_transcripts: log what each side says at INFO (else DEBUG: transcripts stay in the
             call record, out of the log).
+        fallback: the provider the call switches to when its own is lost (Conversation Rule 10).
+        fallback_config: the fallback's session settings (its history is filled at the switch).
     """
 
     info: CallInfo
@@ -103,6 +109,8 @@ class CallPlan:
     apology: bytes = b""
     filler: bytes | None = None
     log_transcripts: bool = False
+    fallback: Provider | None = None
+    fallback_config: SessionConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +150,9 @@ class CallRecord:
     interruptions: int = 0
     tools: list[ToolLogEntry] = field(default_factory=list)
     lines: list[TranscriptLine] = field(default_factory=list)
+    stalls: int = 0
+    recovery_ms: int = 0  # from each stall or provider switch to the next agent audio
+    switched_to: str | None = None  # the fallback provider the call switched to
 
 
 class Call:
@@ -165,6 +176,7 @@ class Call:
             dtmf=plan.dtmf,
             max_duration_s=plan.agent.max_duration_s,
             filler_after_s=None if filler_ms is None else filler_ms / 1000,
+            fallbacks=1 if plan.fallback is not None else 0,
         )
         self._loop = asyncio.get_running_loop()
         self._ended: asyncio.Future[str] = self._loop.create_future()
@@ -174,6 +186,7 @@ class Call:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._outbound = PCM16_24K  # what media.play() takes now
+        self._heard: dict[int, str] = {}  # record line index -> what the caller heard of it
         self.runner = ToolRunner(
             ToolContext(self, self.transcript),
             plan.agent.resolved_tools,
@@ -272,6 +285,8 @@ class Call:
         self.record.turns = counts.turns
         self.record.tool_calls = counts.tool_calls
         self.record.interruptions = counts.interruptions
+        self.record.stalls = counts.stalls
+        self.record.recovery_ms = counts.recovery_ms
         return reason
 
     def _on_confirmed(self, future: asyncio.Future[None]) -> None:
@@ -338,6 +353,8 @@ class Call:
                     self._spawn(self._transfer_by_dtmf(uri))
                 case OpenProvider():
                     self._spawn(self._converse())
+                case SwitchProvider(reason):
+                    self._switch_provider(reason)
                 case Hangup():
                     self._spawn(self._bye())
                 case End(reason):
@@ -376,17 +393,20 @@ class Call:
 
     # ------------------------------------------------------------------ the provider
 
-    async def _converse(self) -> None:
+    async def _converse(
+        self, provider: Provider | None = None, config: SessionConfig | None = None
+    ) -> None:
+        provider = provider or self.plan.provider
         try:
             session = await asyncio.wait_for(
-                self.plan.provider.open(self.info, self.plan.session_config),
+                provider.open(self.info, config or self.plan.session_config),
                 PROVIDER_OPEN_TIMEOUT_S,
             )
         except (ProviderError, TimeoutError, OSError) as exc:
             log.warning(
                 "call %s: provider %s unavailable: %s",
                 self.info.call_id,
-                self.plan.provider.name,
+                provider.name,
                 exc or type(exc).__name__,
             )
             self._run(self.core.provider_lost("provider-unavailable", self._loop.time()))
@@ -396,13 +416,15 @@ class Call:
             return
         self._start_session(session)
         self._run(self.core.provider_opened(self._loop.time()))
+        if config is not None:  # the fallback after a switch: carry on (Conversation Rule 10)
+            self._spawn(session.send_text(RESUME_NOTE))
         try:
             async for event in session.events():
                 self._on_event(event)
-                if not self.core.listening:
-                    return
+                if not self.core.listening or self._session is not session:
+                    return  # the call ended, or switched to its fallback
         except Exception:  # a provider bug must not leave the caller in silence
-            log.exception("call %s: provider %s failed", self.info.call_id, self.plan.provider.name)
+            log.exception("call %s: provider %s failed", self.info.call_id, provider.name)
             self._run(self.core.provider_lost("provider-error", self._loop.time()))
             return
         if self.core.listening:
@@ -419,7 +441,41 @@ class Call:
         while self._pending:
             session.send_audio(self._pending.popleft())
 
+    def _switch_provider(self, reason: str) -> None:
+        """Conversation Rule 10: close the session, open the fallback seeded with the call."""
+        old, self._session = self._session, None
+        fallback, config = self.plan.fallback, self.plan.fallback_config
+        assert fallback is not None and config is not None, "a switch needs a fallback"
+        log.warning(
+            "call %s: provider %s lost (%s): switching to %s",
+            self.info.call_id,
+            self.plan.provider.name,
+            reason,
+            fallback.name,
+        )
+        self.record.switched_to = fallback.name
+        if old is not None:
+            self._spawn(_close_quietly(old))
+        lines = [
+            (line.at, Transcript(line.role, self._heard.get(index, line.text)))
+            for index, line in enumerate(self.record.lines)
+        ]
+        tools = [
+            (entry.ended, entry.name, json.dumps(dict(entry.arguments), default=str), entry.output)
+            for entry in self.record.tools
+        ]
+        seeded = replace(config, history=failover_seed(lines, tools), greeting=None)
+        self._spawn(self._converse(fallback, seeded))
+
     def _on_event(self, event: ProviderEvent) -> None:
+        if isinstance(event, Heard):
+            agent_lines = [i for i, ln in enumerate(self.record.lines) if ln.role == "agent"]
+            if agent_lines:
+                self._heard[agent_lines[-1]] = event.text
+            log.debug("call %s: caller heard %r", self.info.call_id, event.text)
+            return
+        if isinstance(event, ProviderStalled):
+            log.warning("call %s: provider stalled: %s", self.info.call_id, event.message)
         if isinstance(event, Transcript):
             if event.final:
                 self.transcript.append(event)

@@ -30,6 +30,14 @@ Rules:
   or TRANSFER_NOTIFY_TIMEOUT_S after the acceptance if none came.
 * Rule 8: the provider session opens once, on the first of: the call is confirmed (ACK), the
   caller's first audio arrived (an INVITE never ACKed costs no model session).
+* Rule 9: a stall (``ProviderStalled``: the session resumes by itself) or a provider switch
+  starts a recovery: the caller hears the filler once, into silence (after what the pacer still
+  holds), never while muted; the recovery ends with the next agent audio. The record counts
+  stalls and the recovery time (from its start to that audio).
+* Rule 10: a provider that is lost for good (``ProviderFailed``, or unavailable, closed, broken)
+  while a fallback is left is not Rule 3: running tools are cancelled and the call switches
+  (:class:`SwitchProvider`) to the fallback, seeded with the conversation so far; Rule 3 applies
+  once no fallback is left.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from sipbot.domain import (
     Interrupted,
     ProviderEvent,
     ProviderFailed,
+    ProviderStalled,
     ToolCall,
     ToolCallCancelled,
     TurnComplete,
@@ -65,6 +74,7 @@ HANGUP_GRACE = "hangup-grace"
 APOLOGY = "apology"
 TRANSFER = "transfer"
 FILLER = "filler:"
+RECOVERY_FILLER = "recovery-filler"
 
 
 # --------------------------------------------------------------------------- actions
@@ -167,6 +177,14 @@ class SetTimer:
     kind: str
 
 
+@dataclass(frozen=True, slots=True)
+class SwitchProvider:
+    """Close the provider session and open the fallback, seeded (Rule 10); report with
+    ``provider_opened`` / ``provider_lost``."""
+
+    reason: str
+
+
 Action = (
     OpenProvider
     | Play
@@ -182,6 +200,7 @@ Action = (
     | Hangup
     | End
     | SetTimer
+    | SwitchProvider
 )
 
 
@@ -192,6 +211,9 @@ class Counts:
     turns: int = 0
     tool_calls: int = 0
     interruptions: int = 0
+    stalls: int = 0
+    recovery_ms: int = 0  # Rule 9: from each stall or switch to the next agent audio
+    switches: int = 0
 
 
 @dataclass(slots=True)
@@ -216,6 +238,8 @@ class _State:
     hangup: _HangupWait | None = None
     tools: dict[str, ToolCall] = field(default_factory=dict)  # running, by call id
     filler_due: set[str] = field(default_factory=set)  # running tools whose filler timer is out
+    recovering: float | None = None  # when the current stall or switch began (Rule 9)
+    recovery_filler: bool = False  # the recovery's filler is still to play
 
 
 class Conversation:
@@ -225,6 +249,7 @@ class Conversation:
         dtmf: route-level keypress actions (other digits go to the model as text).
         max_duration_s: the call is ended this long after :meth:`start`.
         filler_after_s: a tool running this long gets the filler (Rule 6); None → no filler.
+        fallbacks: providers left to switch to when the provider is lost (Rule 10).
     """
 
     def __init__(
@@ -233,7 +258,9 @@ class Conversation:
         dtmf: Mapping[str, DtmfAction] | None = None,
         max_duration_s: float | None = None,
         filler_after_s: float | None = None,
+        fallbacks: int = 0,
     ) -> None:
+        self._fallbacks = fallbacks
         self._dtmf = dict(dtmf or {})
         self._max_duration_s = max_duration_s
         self._filler_after_s = filler_after_s
@@ -298,8 +325,8 @@ class Conversation:
         return []
 
     def provider_lost(self, reason: str, now: float) -> list[Action]:
-        """The provider is unavailable, closed or broke (Rule 3): apologise, then BYE."""
-        return self._apologise(reason, now)
+        """The provider is unavailable, closed or broke: switch (Rule 10), else apologise."""
+        return self._switch(reason, now) or self._apologise(reason, now)
 
     def provider_event(self, event: ProviderEvent, now: float) -> list[Action]:
         """One provider event (transcripts and notices need no action here)."""
@@ -311,6 +338,9 @@ class Conversation:
                 return []
             s.last_agent_audio = now
             s.turn_done = False
+            if s.recovering is not None:  # Rule 9: recovered
+                self.counts.recovery_ms += round((now - s.recovering) * 1000)
+                s.recovering, s.recovery_filler = None, False
             return [Play(event.audio, event.item_id)]
         if isinstance(event, Interrupted):
             self.counts.interruptions += 1
@@ -324,8 +354,29 @@ class Conversation:
             s.turn_done = True
             return self._hangup_check(now)
         if isinstance(event, ProviderFailed):
-            return self._apologise("provider-failed", now)
+            return self._switch("provider-failed", now) or self._apologise("provider-failed", now)
+        if isinstance(event, ProviderStalled):
+            self.counts.stalls += 1
+            return self._recover(now)
         return []
+
+    def _recover(self, now: float) -> list[Action]:
+        """Rule 9: a recovery begins (or goes on): the filler once, into silence."""
+        s = self._s
+        if s.recovering is not None:
+            return []
+        s.recovering, s.recovery_filler = now, True
+        return [SetTimer(now, RECOVERY_FILLER)]
+
+    def _switch(self, reason: str, now: float) -> list[Action]:
+        """Rule 10: on to the fallback, if one is left (else nothing: Rule 3 applies)."""
+        s = self._s
+        if self._fallbacks <= 0 or s.ended is not None or s.apologising is not None:
+            return []
+        self._fallbacks -= 1
+        self.counts.switches += 1
+        s.session = False
+        return [CancelTools(tuple(s.tools)), SwitchProvider(reason), *self._recover(now)]
 
     # ------------------------------------------------------------------ media facts
 
@@ -432,6 +483,8 @@ class Conversation:
             return self._bye("transferred")
         if kind.startswith(FILLER):
             return self._filler(kind[len(FILLER) :], queued_ms)
+        if kind == RECOVERY_FILLER:
+            return self._recovery_filler(now, queued_ms)
         wait = s.hangup
         if wait is None:
             return []
@@ -454,6 +507,15 @@ class Conversation:
         s.filler_due.discard(call_id)  # Rule 6: once, whether it plays or not
         if s.muted or queued_ms > 0:  # only into silence
             return []
+        return [PlayPrompt("filler")]
+
+    def _recovery_filler(self, now: float, queued_ms: int) -> list[Action]:
+        s = self._s
+        if not s.recovery_filler or s.muted:
+            return []
+        if queued_ms > 0:  # the agent's last words still play: the filler comes after them
+            return [SetTimer(now + queued_ms / 1000, RECOVERY_FILLER)]
+        s.recovery_filler = False
         return [PlayPrompt("filler")]
 
     # ------------------------------------------------------------------ endings

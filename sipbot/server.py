@@ -421,6 +421,13 @@ class Server:
             dialog.reject(503, "Service Unavailable")
             attempt.note("failed", "agent-unavailable")
             return None
+        fallback = fallback_config = None
+        if agent.fallback is not None:
+            try:
+                fallback = self._provider(agent.fallback)
+                fallback_config = agent.fallback.session_config(info, now)
+            except (ConfigError, OSError) as exc:  # the call goes on without one
+                log.error("call %s: agent %s has no fallback: %s", info.call_id, agent.name, exc)
         recordings = self.config.server.recordings_dir
         recording = None
         if agent.recording and recordings:
@@ -437,6 +444,8 @@ class Server:
             apology=self.apology,
             filler=self.filler,
             log_transcripts=self.config.server.log_transcripts,
+            fallback=fallback,
+            fallback_config=fallback_config,
         )
 
     def _agent_overrides(self, agent: Agent) -> Agent:
@@ -462,7 +471,10 @@ class Server:
             action = route_.action
             if isinstance(action, Answer):
                 try:
-                    self._provider(self._agent_overrides(action.agent))
+                    agent = self._agent_overrides(action.agent)
+                    self._provider(agent)
+                    if agent.fallback is not None:
+                        self._provider(agent.fallback)
                 except (ConfigError, OSError) as exc:
                     log.error("agent %s cannot start: %s", action.agent.name, exc)
         # Move everything imported so far out of the collector's reach: with the SDKs loaded a
@@ -510,6 +522,9 @@ class Server:
             "turns": r.turns,
             "tool_calls": r.tool_calls,
             "interruptions": r.interruptions,
+            "stalls": r.stalls,
+            "recovery_ms": r.recovery_ms,
+            "switched_to": r.switched_to,
             **cdr_media(call),
         }
         cdr_log.info(json.dumps(record))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -77,6 +77,10 @@ class Agent:
             moment"); None → no filler.
         srtp: ``off``, ``optional`` or ``required`` (SDES SRTP, docs/CONFIG.md); None → not
             set (off, unless the call's trunk sets it: the trunk's setting wins).
+        stall_timeout_ms: no model output this long while it is due is a stall, resumed in
+            place; None → the provider layer's default (``continuity.STALL_TIMEOUT_S``).
+        fallback: the same agent on another provider (model, voice, endpoint), which a call
+            switches to when this agent's provider is lost (:meth:`with_fallback`); None → none.
 
     Raises:
         ConfigError: an invalid value (``field`` names it, relative to the agent).
@@ -105,6 +109,8 @@ class Agent:
     tool_timeout_s: float = 10.0
     filler_after_ms: int | None = None
     srtp: SrtpMode | None = None
+    stall_timeout_ms: int | None = None
+    fallback: Agent | None = None
     resolved_tools: tuple[Tool, ...] = field(init=False, repr=False, compare=False)
     _prompt: Template = field(init=False, repr=False, compare=False)
     _greeting: Template | None = field(init=False, repr=False, compare=False)
@@ -170,6 +176,47 @@ class Agent:
             fail("temperature", f"must be between 0 and 2, not {self.temperature}")
         if self.tool_timeout_s <= 0:
             fail("tool_timeout_s", "must be > 0")
+        if self.stall_timeout_ms is not None and self.stall_timeout_ms <= 0:
+            fail("stall_timeout_ms", "must be > 0")
+        fallback = self.fallback
+        if fallback is not None:
+            if fallback.fallback is not None:
+                fail("fallback", "a fallback cannot have a fallback of its own")
+            same = (fallback.provider, fallback.model, fallback.base_url)
+            if same == (self.provider, self.model, self.base_url):
+                fail("fallback", "the fallback is the agent's own provider, model and endpoint")
+
+    def with_fallback(
+        self,
+        provider: str,
+        *,
+        model: str | None = None,
+        voice: str | None = None,
+        api_key: Secret | str | None = None,
+        base_url: str | None = None,
+        ca_file: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Agent:
+        """This agent with a fallback: its prompt, greeting, tools and settings on ``provider``.
+
+        Raises:
+            ConfigError: an invalid fallback (``field`` names it, e.g. ``fallback.provider``).
+        """
+        try:
+            fallback = replace(
+                self,
+                provider=provider,  # type: ignore[arg-type]  # checked by Agent
+                model=model,
+                voice=voice,
+                api_key=api_key,
+                base_url=base_url,
+                ca_file=ca_file,
+                options=dict(options or {}),
+                fallback=None,
+            )
+        except ConfigError as exc:
+            raise ConfigError(exc.message, field=f"fallback.{exc.field or ''}".rstrip(".")) from None
+        return replace(self, fallback=fallback)
 
     @property
     def tool_specs(self) -> tuple[ToolSpec, ...]:
@@ -205,6 +252,7 @@ class Agent:
             greeting=None if self._greeting is None else self._greeting.fill(call, local),
             turn_detection=self.turn,
             options=options,
+            stall_timeout_s=None if self.stall_timeout_ms is None else self.stall_timeout_ms / 1000,
         )
 
 

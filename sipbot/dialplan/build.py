@@ -144,6 +144,36 @@ def _agent(
     if spec.api_key is not None and not isinstance(spec.api_key, EnvString):
         message = "secrets come from the environment only: write api_key: ${VAR}"
         raise doc.error((*path, "api_key"), message)
+    agent = _agent_alone(doc, path, name, spec, resolved, timezone)
+    fallback = spec.fallback
+    if fallback is None:
+        return agent
+    if fallback.api_key is not None and not isinstance(fallback.api_key, EnvString):
+        message = "secrets come from the environment only: write api_key: ${VAR}"
+        raise doc.error((*path, "fallback", "api_key"), message)
+    return at(
+        doc,
+        path,
+        lambda: agent.with_fallback(
+            fallback.provider,
+            model=fallback.model,
+            voice=fallback.voice,
+            api_key=fallback.api_key,
+            base_url=fallback.base_url,
+            ca_file=fallback.ca_file,
+            options=fallback.options,
+        ),
+    )
+
+
+def _agent_alone(
+    doc: Document,
+    path: Path,
+    name: str,
+    spec: AgentModel,
+    resolved: list[Tool | str],
+    timezone: str,
+) -> Agent:
     return at(
         doc,
         path,
@@ -171,6 +201,7 @@ def _agent(
             tool_timeout_s=spec.tool_timeout_s,
             filler_after_ms=spec.filler_after_ms,
             srtp=spec.srtp,
+            stall_timeout_ms=spec.stall_timeout_ms,
         ),
     )
 

@@ -30,6 +30,18 @@ class LocalModel(StrictModel):
     mode: str = "echo"
 
 
+class FallbackModel(StrictModel):
+    """``agents.NAME.fallback``: the provider a call switches to when the agent's is lost."""
+
+    provider: str
+    model: str | None = None
+    voice: str | None = None
+    api_key: Any = None  # an EnvString (kept as such)
+    base_url: str | None = None
+    ca_file: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class AgentModel(StrictModel):
     provider: str
     model: str | None = None
@@ -53,6 +65,8 @@ class AgentModel(StrictModel):
     tool_timeout_s: float = 10.0
     filler_after_ms: int | None = None
     srtp: Any = None  # off | optional | required (YAML's bare off is false); checked by Agent
+    stall_timeout_ms: int | None = None
+    fallback: FallbackModel | None = None
 
 
 class HttpModel(StrictModel):

@@ -18,6 +18,8 @@ Rules of :class:`GeminiReceiver`:
   the end of the turn), the agent's at the end of its turn or when interrupted.
 * Rule 4: ``interrupted`` closes the open turn, so the turnComplete that follows it (like one
   of a turn without audio, e.g. a tool call) gives ``TurnComplete(None)``.
+* Rule 5: Gemini cannot truncate a reply, so what the caller heard of a cut one is told in-band
+  (:func:`heard_note`): a text turn marked ``[system note]`` that does not complete the turn.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from sipbot.domain import (
     Transcript,
     TurnComplete,
 )
-from sipbot.providers.continuity import greeting_prompt
+from sipbot.providers.continuity import SYSTEM_NOTE, greeting_prompt
 
 INPUT_MIME_TYPE = "audio/pcm;rate=16000"
 
@@ -149,6 +151,21 @@ def seed_turns(history: Sequence[Transcript], greeting: str | None) -> list[dict
     return turns
 
 
+def heard_note(heard: str) -> list[dict[str, Any]]:
+    """The ``clientContent`` turns telling the model what the caller heard of its cut reply.
+
+    Send with ``turn_complete`` False: it is context, the caller is speaking (Rule 5).
+    """
+    if heard:
+        text = (
+            f"{SYSTEM_NOTE} The caller interrupted your last reply; they heard only: "
+            f'"{heard}". They did not hear the rest.'
+        )
+    else:
+        text = f"{SYSTEM_NOTE} The caller interrupted your last reply before hearing any of it."
+    return [{"role": "user", "parts": [{"text": text}]}]
+
+
 def tool_response(call_id: str, name: str, result: Any) -> dict[str, Any]:
     """One ``functionResponses`` entry; a result that is not an object goes under ``output``."""
     response = dict(result) if isinstance(result, Mapping) else {"output": result}
@@ -191,6 +208,9 @@ class _ServerContent(Protocol):
 
     @property
     def interrupted(self) -> bool | None: ...
+
+    @property
+    def generation_complete(self) -> bool | None: ...
 
     @property
     def input_transcription(self) -> _Transcription | None: ...

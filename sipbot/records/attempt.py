@@ -136,6 +136,9 @@ class Attempt:
             recording_path=self.recording_path if answered else None,
             source=self.source,
             trunk=self.trunk,
+            stalls=int(getattr(record, "stalls", 0) or 0),
+            recovery_ms=int(getattr(record, "recovery_ms", 0) or 0),
+            switched_to=getattr(record, "switched_to", None),
             lines=transcript_lines(call, started),
         )
 

@@ -40,6 +40,9 @@ CALL_COLUMNS: Final = (
     "media",
     "recording_path",
     "source",
+    "stalls",
+    "recovery_ms",
+    "switched_to",
 )
 LINE_COLUMNS: Final = ("record_id", "seq", "at", "role", "text")
 
@@ -67,6 +70,9 @@ class CallRow:
         sip_status: the final response to the INVITE when it was not answered (else 200).
         tools: JSON list of ``{"name", "arguments", "output", "started", "ended", "error"}``.
         media: JSON object of the CDR line's media fields, or None (never answered).
+        stalls: times the provider stalled and was resumed in place.
+        recovery_ms: total time from each stall or provider switch to the next agent audio.
+        switched_to: the fallback provider the call switched to, or None.
         lines: the transcript.
     """
 
@@ -92,6 +98,9 @@ class CallRow:
     media: str | None = None
     recording_path: str | None = None
     source: str | None = None
+    stalls: int = 0
+    recovery_ms: int = 0
+    switched_to: str | None = None
     lines: tuple[LineRow, ...] = field(default=())
 
     def values(self) -> tuple[Any, ...]:

@@ -10,7 +10,8 @@ Rules:
 * Rule 3: migrations only add; a database newer than this sipbot is refused, never "downgraded".
 
 History: version 1 held calls and their transcript; version 2 added the media-quality summary,
-the recording path and the source address, and an index on ``caller`` for ``calls erase``.
+the recording path and the source address, and an index on ``caller`` for ``calls erase``;
+version 3 added provider stalls, the recovery time and the provider a call switched to.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE calls ADD COLUMN recording_path TEXT",
         "ALTER TABLE calls ADD COLUMN source TEXT",
         "CREATE INDEX calls_caller ON calls (caller)",
+    ),
+    # version 3
+    (
+        "ALTER TABLE calls ADD COLUMN stalls INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE calls ADD COLUMN recovery_ms INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE calls ADD COLUMN switched_to TEXT",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -270,7 +270,8 @@ def test_route_request_needs_an_aware_datetime() -> None:
          "turn=TurnDetection(threshold=0.5, silence_ms=500, prefix_ms=300, barge_in=True), "
          "max_duration_s=3600.0, recording=False, codecs=(), temperature=None, "
          "timezone='UTC', api_key=None, base_url=None, ca_file=None, local_mode='echo', "
-         "options={}, tool_timeout_s=10.0, filler_after_ms=None, srtp=None) (Answer, Reject or Transfer)"),
+         "options={}, tool_timeout_s=10.0, filler_after_ms=None, srtp=None, "
+         "stall_timeout_ms=None, fallback=None) (Answer, Reject or Transfer)"),
         (lambda: Route("r", Answer(ECHO), dtmf={"5": Reject(486)}), "dtmf.5",  # type: ignore[dict-item]
          "a DTMF action is a transfer or hang_up"),
         (lambda: Dialplan([Route("a", Reject()), Route("a", Reject())]), "routes[1].name",

@@ -44,7 +44,7 @@ def test_an_empty_database_migrates_to_the_current_version(tmp_path: Path) -> No
     db = SqliteStore(str(tmp_path / "r.sqlite3"))
     assert db.version() == 0
     assert db.migrate() == 0
-    assert db.version() == SCHEMA_VERSION == 2
+    assert db.version() == SCHEMA_VERSION == 3
     assert db.migrate() == SCHEMA_VERSION  # a second run changes nothing
     columns = [r[1] for r in sqlite3.connect(db.path).execute("PRAGMA table_info(calls)")]
     assert tuple(columns) == CALL_COLUMNS
@@ -76,14 +76,15 @@ def test_a_newer_database_is_refused(store: SqliteStore) -> None:
         store.migrate()
     assert str(caught.value) == (
         "server.records.url: the records database is at schema version 7; "
-        "this sipbot knows versions up to 2"
+        "this sipbot knows versions up to 3"
     )
 
 
 def test_pending_lists_the_steps_after_the_current_version() -> None:
-    assert pending(0) == [(1, MIGRATIONS[0]), (2, MIGRATIONS[1])]
-    assert pending(1) == [(2, MIGRATIONS[1])]
-    assert pending(2) == []
+    assert pending(0) == [(1, MIGRATIONS[0]), (2, MIGRATIONS[1]), (3, MIGRATIONS[2])]
+    assert pending(1) == [(2, MIGRATIONS[1]), (3, MIGRATIONS[2])]
+    assert pending(2) == [(3, MIGRATIONS[2])]
+    assert pending(3) == []
 
 
 def test_writes_are_idempotent_and_keep_the_transcript_in_order(store: SqliteStore) -> None:
