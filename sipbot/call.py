@@ -79,6 +79,7 @@ PROVIDER_OPEN_TIMEOUT_S = 15.0
 PENDING_AUDIO_FRAMES = 100  # 2 s of caller audio kept while the provider connects
 CLOSE_TIMEOUT_S = 3.0
 TOOL_LOG_OUTPUT_CHARS = 2_000  # a tool's output as the call record keeps it
+SWITCH_DRAIN_TIMEOUT_S = 3.0  # longest a provider switch waits for the filler to play out
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +412,10 @@ class Call:
             )
             self._run(self.core.provider_lost("provider-unavailable", self._loop.time()))
             return
+        if config is not None and session.output_format != self._outbound:
+            # a switch to another format would drop what the caller is hearing (the filler)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._media.drained(), SWITCH_DRAIN_TIMEOUT_S)
         if self.core.ended is not None:
             await _close_quietly(session)
             return
@@ -445,7 +450,8 @@ class Call:
         """Conversation Rule 10: close the session, open the fallback seeded with the call."""
         old, self._session = self._session, None
         fallback, config = self.plan.fallback, self.plan.fallback_config
-        assert fallback is not None and config is not None, "a switch needs a fallback"
+        assert fallback is not None, "a switch needs a fallback"
+        assert config is not None, "a fallback has its session settings"
         log.warning(
             "call %s: provider %s lost (%s): switching to %s",
             self.info.call_id,

@@ -215,7 +215,9 @@ class Agent:
                 fallback=None,
             )
         except ConfigError as exc:
-            raise ConfigError(exc.message, field=f"fallback.{exc.field or ''}".rstrip(".")) from None
+            raise ConfigError(
+                exc.message, field=f"fallback.{exc.field or ''}".rstrip(".")
+            ) from None
         return replace(self, fallback=fallback)
 
     @property

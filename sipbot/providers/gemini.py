@@ -207,7 +207,9 @@ class GeminiSession(ResilientSession):
         if heard is None or session is None:
             return
         turns: Any = wire.heard_note(heard)
-        await self._guard("heard note", session.send_client_content(turns=turns, turn_complete=False))
+        await self._guard(
+            "heard note", session.send_client_content(turns=turns, turn_complete=False)
+        )
 
     # ----------------------------------------------------------------- ResilientSession
 

@@ -141,12 +141,9 @@ class ResilientSession(abc.ABC):
         """Queue an event for ``events()`` (final transcripts are also logged for seeding)."""
         if isinstance(event, AudioOut):
             self._heard.audio(event.item_id, len(event.audio))
-        elif isinstance(event, Transcript) and event.role == "agent":
-            if event.final:
-                self._agent_pieces.clear()
-            else:
-                self._heard.piece(event.text)
-                self._agent_pieces.append(event.text)
+        elif isinstance(event, Transcript) and event.role == "agent" and not event.final:
+            self._heard.piece(event.text)
+            self._agent_pieces.append(event.text)
         self.watch.event(event, self.now())
         if self.watch.due:
             self._armed.set()
@@ -155,6 +152,8 @@ class ResilientSession(abc.ABC):
     def _queue(self, event: ProviderEvent) -> None:
         if isinstance(event, Transcript):
             self.transcript.add(event)
+            if event.role == "agent" and event.final:
+                self._agent_pieces.clear()
         self._events.put_nowait(event)
 
     def expect_output(self) -> None:
