@@ -19,6 +19,7 @@ from sipbot.conversation import (
     HANGUP_QUIET_S,
     HANGUP_WAIT_S,
     MAX_DURATION,
+    RECOVERY_FILLER,
     TRANSFER,
     TRANSFER_NOTIFY_TIMEOUT_S,
     CancelTools,
@@ -34,6 +35,7 @@ from sipbot.conversation import (
     SendToolResult,
     SetTimer,
     StartTool,
+    SwitchProvider,
     Truncate,
     WatchDrain,
 )
@@ -43,6 +45,7 @@ from sipbot.providers.base import (
     Interrupted,
     ProviderFailed,
     ProviderNotice,
+    ProviderStalled,
     ToolCall,
     ToolCallCancelled,
     Transcript,
@@ -381,3 +384,61 @@ def test_the_core_imports_no_asyncio_and_reads_no_clock() -> None:
     }
     imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not imported & {"asyncio", "time", "datetime", "threading", "socket"}, imported
+
+
+# --------------------------------------------------------------------------- Rule 9: stalls
+
+
+def test_a_stall_plays_the_filler_once_into_silence_and_counts_the_recovery() -> None:
+    core = opened()
+    assert core.provider_event(AudioOut(b"\x00" * 480, "a"), 1.0) == [Play(b"\x00" * 480, "a")]
+    stalled = ProviderStalled("gemini: no output for 4 s")
+    assert core.provider_event(stalled, 5.0) == [SetTimer(5.0, RECOVERY_FILLER)]
+    # the agent's last words still play: the filler comes after them
+    assert core.timer_fired(RECOVERY_FILLER, 5.0, queued_ms=300) == [SetTimer(5.3, RECOVERY_FILLER)]
+    assert core.timer_fired(RECOVERY_FILLER, 5.3, queued_ms=0) == [PlayPrompt("filler")]
+    assert core.timer_fired(RECOVERY_FILLER, 5.4, queued_ms=0) == []  # once
+    assert core.provider_event(stalled, 5.5) == []  # the same recovery: no second filler
+    assert core.provider_event(AudioOut(b"\x01" * 480, "b"), 5.75) == [Play(b"\x01" * 480, "b")]
+    assert (core.counts.stalls, core.counts.recovery_ms) == (2, 750)
+
+
+def test_the_reply_coming_back_before_the_filler_cancels_it() -> None:
+    core = opened()
+    assert core.provider_event(ProviderStalled("x"), 2.0) == [SetTimer(2.0, RECOVERY_FILLER)]
+    core.provider_event(AudioOut(b"\x00" * 480, "a"), 2.1)
+    assert core.timer_fired(RECOVERY_FILLER, 2.2, queued_ms=0) == []
+    assert core.counts.recovery_ms == 100
+
+
+# --------------------------------------------------------------------------- Rule 10: failover
+
+
+@pytest.mark.parametrize("lost", ["event", "unavailable"])
+def test_a_lost_provider_switches_to_the_fallback_then_apologises_when_none_is_left(
+    lost: str,
+) -> None:
+    core = opened(fallbacks=1)
+    core.provider_event(LOOKUP, 0.5)
+    if lost == "event":
+        actions = core.provider_event(ProviderFailed("gemini: stalled twice"), 1.0)
+        reason = "provider-failed"
+    else:
+        actions = core.provider_lost("provider-unavailable", 1.0)
+        reason = "provider-unavailable"
+    assert actions == [
+        CancelTools(("t1",)),
+        SwitchProvider(reason),
+        SetTimer(1.0, RECOVERY_FILLER),
+    ]
+    assert core.dtmf("5", 1.1) == []  # no session to tell until the fallback is open
+    assert core.provider_opened(1.5) == []
+    assert core.provider_event(AudioOut(b"\x00" * 480, "x"), 2.0) == [Play(b"\x00" * 480, "x")]
+    assert (core.counts.switches, core.counts.recovery_ms) == (1, 1000)
+    # the fallback is lost too: Rule 3
+    assert core.provider_event(ProviderFailed("openai: gave up"), 3.0) == [
+        Flush(),
+        PlayPrompt("apology"),
+        WatchDrain(),
+        SetTimer(3.0 + APOLOGY_TIMEOUT_S, APOLOGY),
+    ]
