@@ -151,19 +151,8 @@ def _agent(
     if fallback.api_key is not None and not isinstance(fallback.api_key, EnvString):
         message = "secrets come from the environment only: write api_key: ${VAR}"
         raise doc.error((*path, "fallback", "api_key"), message)
-    return at(
-        doc,
-        path,
-        lambda: agent.with_fallback(
-            fallback.provider,
-            model=fallback.model,
-            voice=fallback.voice,
-            api_key=fallback.api_key,
-            base_url=fallback.base_url,
-            ca_file=fallback.ca_file,
-            options=fallback.options,
-        ),
-    )
+    keys = {key: getattr(fallback, key) for key in type(fallback).model_fields}  # EnvStrings kept
+    return at(doc, path, lambda: agent.with_fallback(**keys))
 
 
 def _agent_alone(
