@@ -75,7 +75,7 @@ def stalling(hz: float) -> EmulatorScript:
     )
 
 
-def call(r: Rig, speech: audio.Speech, hold_s: float = 9.0) -> Heard:
+def call(r: Rig, speech: audio.Speech, hold_s: float = 7.0) -> Heard:
     parts = [(speech.duration_s, speech.pcm(8000)), (hold_s, None)]
     return r.finish(r.dial("bot", parts, hold_s=speech.duration_s + hold_s))
 
@@ -168,7 +168,8 @@ def test_a_provider_refused_after_a_stall_fails_over_with_the_conversation(
     backup = rig.emulator(fallback, EmulatorScript(reply="tone", tone_hz=FALLBACK_HZ))
     agent = {"stall_timeout_ms": STALL_TIMEOUT_MS, "fallback": backup.agent()}
     r = rig(primary, stalling(PRIMARY_HZ), agents={"bot": agent})
-    caller = r.dial("bot", [(speech.duration_s, speech.pcm(8000)), (9.0, None)], hold_s=11.0)
+    hold_s = speech.duration_s + 7.5
+    caller = r.dial("bot", [(speech.duration_s, speech.pcm(8000)), (7.5, None)], hold_s=hold_s)
     # the primary refuses our key from now on: resuming after the stall fails
     ready = "setupComplete" if primary == "gemini" else "session.created"
     wait_until(lambda: out_frames(r.emu, ready), 10.0, "the call's provider session")
