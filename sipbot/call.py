@@ -32,6 +32,7 @@ from typing import Any, Literal
 from sipbot import prompts
 from sipbot.call_ports import CallDialog, CallMedia, Referral
 from sipbot.conversation import (
+    HANDOFF,
     Action,
     CancelTools,
     Conversation,
@@ -65,11 +66,11 @@ from sipbot.domain import (
     ToolCall,
     Transcript,
 )
-from sipbot.errors import ProviderError, SipbotError
+from sipbot.errors import ConfigError, ProviderError, SipbotError, ToolError
 from sipbot.media.session import MediaEngine
 from sipbot.media_leg import MediaLeg
 from sipbot.providers.base import Provider, ProviderSession
-from sipbot.providers.continuity import RESUME_NOTE, failover_seed
+from sipbot.providers.continuity import RESUME_NOTE, failover_seed, handoff_note
 from sipbot.tools import ToolContext, ToolRunner
 from sipbot.tools.runner import ToolResult
 
@@ -99,6 +100,8 @@ class CallPlan:
             call record, out of the log).
         fallback: the provider the call switches to when its own is lost (Conversation Rule 10).
         fallback_config: the fallback's session settings (its history is filled at the switch).
+        handoff_to: an agent's name → that agent, its provider and session settings (for the
+            ``handoff`` tool); None → no handoffs.
     """
 
     info: CallInfo
@@ -112,6 +115,7 @@ class CallPlan:
     log_transcripts: bool = False
     fallback: Provider | None = None
     fallback_config: SessionConfig | None = None
+    handoff_to: Callable[[str], tuple[Agent, Provider, SessionConfig]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +192,7 @@ class Call:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._outbound = PCM16_24K  # what media.play() takes now
         self._heard: dict[int, str] = {}  # record line index -> what the caller heard of it
+        self._handoff: tuple[Agent, Provider, SessionConfig, str] | None = None
         self.runner = ToolRunner(
             ToolContext(self, self.transcript),
             plan.agent.resolved_tools,
@@ -259,6 +264,21 @@ class Call:
     async def send_dtmf(self, digits: str) -> None:
         """Send ``digits`` as RFC 4733 events."""
         self._media.send_dtmf(digits)
+
+    async def handoff(self, agent: str, reason: str) -> None:
+        """Continue with ``agent`` once the handoff tool has finished (Conversation Rule 11).
+
+        Raises:
+            ToolError: the agent cannot take the call.
+        """
+        if self.plan.handoff_to is None:
+            raise ToolError("no agent can take this call")
+        try:
+            target, provider, config = self.plan.handoff_to(agent)
+        except (KeyError, ConfigError, OSError) as exc:
+            raise ToolError(f"agent {agent} cannot take the call: {exc}") from None
+        self._handoff = (target, provider, config, reason)
+        self._run(self.core.handoff_requested(self._loop.time()))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -395,7 +415,10 @@ class Call:
     # ------------------------------------------------------------------ the provider
 
     async def _converse(
-        self, provider: Provider | None = None, config: SessionConfig | None = None
+        self,
+        provider: Provider | None = None,
+        config: SessionConfig | None = None,
+        note: str = RESUME_NOTE,
     ) -> None:
         provider = provider or self.plan.provider
         try:
@@ -421,8 +444,8 @@ class Call:
             return
         self._start_session(session)
         self._run(self.core.provider_opened(self._loop.time()))
-        if config is not None:  # the fallback after a switch: carry on (Conversation Rule 10)
-            self._spawn(session.send_text(RESUME_NOTE))
+        if config is not None:  # after a switch: carry on (Conversation Rules 10-11)
+            self._spawn(session.send_text(note))
         try:
             async for event in session.events():
                 self._on_event(event)
@@ -432,7 +455,7 @@ class Call:
             log.exception("call %s: provider %s failed", self.info.call_id, provider.name)
             self._run(self.core.provider_lost("provider-error", self._loop.time()))
             return
-        if self.core.listening:
+        if self.core.listening and self._session is session:  # (not closed by a switch)
             log.warning("call %s: provider session ended unexpectedly", self.info.call_id)
             self._run(self.core.provider_lost("provider-closed", self._loop.time()))
 
@@ -447,8 +470,10 @@ class Call:
             session.send_audio(self._pending.popleft())
 
     def _switch_provider(self, reason: str) -> None:
-        """Conversation Rule 10: close the session, open the fallback seeded with the call."""
-        old, self._session = self._session, None
+        """Conversation Rules 10-11: close the session, open the next one seeded with the call."""
+        if reason == HANDOFF and self._handoff is not None:
+            self._hand_off(*self._handoff)
+            return
         fallback, config = self.plan.fallback, self.plan.fallback_config
         assert fallback is not None, "a switch needs a fallback"
         assert config is not None, "a fallback has its session settings"
@@ -460,6 +485,21 @@ class Call:
             fallback.name,
         )
         self.record.switched_to = fallback.name
+        self._spawn(self._converse(fallback, self._seeded(config)))
+
+    def _hand_off(self, agent: Agent, provider: Provider, config: SessionConfig, why: str) -> None:
+        log.info("call %s: handed off to agent %s (%s)", self.info.call_id, agent.name, why)
+        self._handoff = None
+        seeded = self._seeded(config)
+        self._spawn(self.runner.aclose())  # the handoff tool, its last, has finished
+        context = ToolContext(self, self.transcript)
+        self.runner = ToolRunner(context, agent.resolved_tools, timeout_s=agent.tool_timeout_s)
+        self.plan = replace(self.plan, agent=agent, provider=provider, session_config=config)
+        self._spawn(self._converse(provider, seeded, handoff_note(why)))
+
+    def _seeded(self, config: SessionConfig) -> SessionConfig:
+        """``config`` seeded with the call so far; the session in use is closed."""
+        old, self._session = self._session, None
         if old is not None:
             self._spawn(_close_quietly(old))
         lines = [
@@ -470,8 +510,7 @@ class Call:
             (entry.ended, entry.name, json.dumps(dict(entry.arguments), default=str), entry.output)
             for entry in self.record.tools
         ]
-        seeded = replace(config, history=failover_seed(lines, tools), greeting=None)
-        self._spawn(self._converse(fallback, seeded))
+        return replace(config, history=failover_seed(lines, tools), greeting=None)
 
     def _on_event(self, event: ProviderEvent) -> None:
         if isinstance(event, Heard):

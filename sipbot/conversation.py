@@ -38,6 +38,8 @@ Rules:
   while a fallback is left is not Rule 3: running tools are cancelled and the call switches
   (:class:`SwitchProvider`) to the fallback, seeded with the conversation so far; Rule 3 applies
   once no fallback is left.
+* Rule 11: a handoff (the ``handoff`` tool asked for it) switches the call to the other agent
+  once that tool has finished: its result goes to no model; the other tools are cancelled.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ APOLOGY = "apology"
 TRANSFER = "transfer"
 FILLER = "filler:"
 RECOVERY_FILLER = "recovery-filler"
+HANDOFF_TOOL = "handoff"
+HANDOFF = "handoff"  # the SwitchProvider reason of Rule 11
 
 
 # --------------------------------------------------------------------------- actions
@@ -240,6 +244,7 @@ class _State:
     filler_due: set[str] = field(default_factory=set)  # running tools whose filler timer is out
     recovering: float | None = None  # when the current stall or switch began (Rule 9)
     recovery_filler: bool = False  # the recovery's filler is still to play
+    handing_off: bool = False  # a handoff was asked for; the tool is finishing (Rule 11)
 
 
 class Conversation:
@@ -421,11 +426,21 @@ class Conversation:
         self, call_id: str, output: object, now: float, *, cancelled: bool = False
     ) -> list[Action]:
         """A tool call's outcome (Rule 4): its result goes to the provider."""
-        call = self._s.tools.pop(call_id, None)
-        self._s.filler_due.discard(call_id)
-        if call is None or cancelled or self._s.ended is not None:
+        s = self._s
+        call = s.tools.pop(call_id, None)
+        s.filler_due.discard(call_id)
+        if call is None or cancelled or s.ended is not None:
             return []
+        if call.name == HANDOFF_TOOL and s.handing_off:  # Rule 11
+            s.handing_off = s.session = False
+            return [CancelTools(tuple(s.tools)), SwitchProvider(HANDOFF)]
         return [SendToolResult(call_id, call.name, output)]
+
+    def handoff_requested(self, now: float) -> list[Action]:
+        """The ``handoff`` tool asked for the call to go to another agent (Rule 11)."""
+        if self._s.ended is None and self._s.apologising is None:
+            self._s.handing_off = True
+        return []
 
     def hang_up_requested(self, now: float) -> list[Action]:
         """The agent's hang-up tool ran: BYE after the goodbye (Rule 5)."""

@@ -44,13 +44,14 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from sipbot.call import Call, CallPlan
 from sipbot.config import Config, TrustSettings
 from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
 from sipbot.dialplan.trunks import Trunk, call_srtp
-from sipbot.domain import CallInfo
+from sipbot.domain import CallInfo, SessionConfig
 from sipbot.errors import ConfigError, SipParseError
 from sipbot.media.formats import PCM16_24K
 from sipbot.media.latency import MediaLatency
@@ -446,7 +447,20 @@ class Server:
             log_transcripts=self.config.server.log_transcripts,
             fallback=fallback,
             fallback_config=fallback_config,
+            handoff_to=partial(self._handoff_to, info, now) if agent.handoff_allow else None,
         )
+
+    def _handoff_to(
+        self, info: CallInfo, now: datetime, name: str
+    ) -> tuple[Agent, Provider, SessionConfig]:
+        """Agent ``name`` of the current dialplan, its provider and settings for call ``info``.
+
+        Raises:
+            KeyError: no such agent (any more: the dialplan was reloaded).
+            ConfigError: its provider cannot be made.
+        """
+        agent = self._agent_overrides(self.watcher.current.agents[name])
+        return agent, self._provider(agent), agent.session_config(info, now)
 
     def _agent_overrides(self, agent: Agent) -> Agent:
         if self.options.max_duration_s is not None:

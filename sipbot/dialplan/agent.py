@@ -81,6 +81,8 @@ class Agent:
             place; None → the provider layer's default (``continuity.STALL_TIMEOUT_S``).
         fallback: the same agent on another provider (model, voice, endpoint), which a call
             switches to when this agent's provider is lost (:meth:`with_fallback`); None → none.
+        handoff_allow: names of the agents the ``handoff`` tool may hand the call to (required
+            with it; the dialplan checks that they exist).
 
     Raises:
         ConfigError: an invalid value (``field`` names it, relative to the agent).
@@ -111,6 +113,7 @@ class Agent:
     srtp: SrtpMode | None = None
     stall_timeout_ms: int | None = None
     fallback: Agent | None = None
+    handoff_allow: Sequence[str] = ()
     resolved_tools: tuple[Tool, ...] = field(init=False, repr=False, compare=False)
     _prompt: Template = field(init=False, repr=False, compare=False)
     _greeting: Template | None = field(init=False, repr=False, compare=False)
@@ -125,6 +128,7 @@ class Agent:
         if self.local_mode not in ("echo", "loopback"):
             fail("local.mode", f"unknown local mode {self.local_mode!r} (echo, loopback)")
         _set(self, "transfer_allow", tuple(self.transfer_allow))
+        _set(self, "handoff_allow", tuple(self.handoff_allow))
         _set(self, "codecs", with_field("codecs", check_codecs, self.codecs))
         _set(self, "resolved_tools", self._resolve_tools())
         _set(self, "tools", tuple(self.tools))
@@ -152,8 +156,10 @@ class Agent:
                     fail(
                         f"tools[{index}]", "transfer_call needs transfer_allow: the URIs it may use"
                     )
+                if item == "handoff" and not self.handoff_allow:
+                    fail(f"tools[{index}]", "handoff needs handoff_allow: the agents it may use")
                 try:
-                    resolved.append(builtin_tool(item, self.transfer_allow))
+                    resolved.append(builtin_tool(item, self.transfer_allow, self.handoff_allow))
                 except ToolDefinitionError as exc:
                     fail("transfer_allow", str(exc))
             else:

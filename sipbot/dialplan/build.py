@@ -76,6 +76,12 @@ def build_dialplan(model: DialplanModel, doc: Document, search_paths: Iterable[s
     agents = {
         name: _agent(doc, name, spec, tools, model.timezone) for name, spec in model.agents.items()
     }
+    for name, agent in agents.items():
+        for index, target in enumerate(agent.handoff_allow):
+            if target not in agents or target == name:
+                hint = did_you_mean(target, agents)
+                message = f"unknown agent {target!r}{hint} (another agent of agents:)"
+                raise doc.error(("agents", name, "handoff_allow", index), message)
     built = {
         name: at(doc, ("trunks", name), partial(build_trunk, name, spec))
         for name, spec in model.trunks.items()
@@ -191,6 +197,7 @@ def _agent_alone(
             filler_after_ms=spec.filler_after_ms,
             srtp=spec.srtp,
             stall_timeout_ms=spec.stall_timeout_ms,
+            handoff_allow=spec.handoff_allow,
         ),
     )
 

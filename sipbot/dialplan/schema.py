@@ -67,6 +67,7 @@ class AgentModel(StrictModel):
     srtp: Any = None  # off | optional | required (YAML's bare off is false); checked by Agent
     stall_timeout_ms: int | None = None
     fallback: FallbackModel | None = None
+    handoff_allow: list[str] = Field(default_factory=list)
 
 
 class HttpModel(StrictModel):

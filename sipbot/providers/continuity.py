@@ -258,6 +258,14 @@ RESUME_NOTE = (
 )
 
 
+def handoff_note(reason: str) -> str:
+    """What the agent taking over a call is told after the conversation so far."""
+    return (
+        f"{SYSTEM_NOTE} The call has just been handed over to you by another agent (reason: "
+        f"{reason}); the conversation so far is above. Greet the caller briefly and carry on."
+    )
+
+
 def tool_note(name: str, arguments: str, output: str) -> str:
     """A tool call and its result, as a system note for seeding another model."""
     return f"{SYSTEM_NOTE} You called the tool {name} with {arguments}; it returned: {output}"

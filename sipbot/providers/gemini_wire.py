@@ -14,8 +14,9 @@ Rules of :class:`GeminiReceiver`:
 * Rule 2: one server message may carry several fields at once; they are handled in the order
   caller transcript, agent audio, agent transcript, interruption, end of turn.
 * Rule 3: transcripts come as pieces: each piece is a partial :class:`Transcript` and the
-  concatenation is emitted once as final — the caller's when the model starts answering (or at
-  the end of the turn), the agent's at the end of its turn or when interrupted.
+  concatenation is emitted once as final — the caller's when the model starts answering (audio
+  or a tool call) or at the end of the turn, the agent's at the end of its turn or when
+  interrupted.
 * Rule 4: ``interrupted`` closes the open turn, so the turnComplete that follows it (like one
   of a turn without audio, e.g. a tool call) gives ``TurnComplete(None)``.
 * Rule 5: Gemini cannot truncate a reply, so what the caller heard of a cut one is told in-band
@@ -300,6 +301,7 @@ class GeminiReceiver:
         if content is not None:
             self._content(content, events)
         if message.tool_call is not None:
+            self._finish_caller(events)
             for call in message.tool_call.function_calls or ():
                 events.append(ToolCall(call.id or "", call.name or "", dict(call.args or {})))
         if message.tool_call_cancellation is not None:

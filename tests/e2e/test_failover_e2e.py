@@ -9,6 +9,7 @@ Gemini model is told in-band what the caller heard of its reply.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sipbot.emulators.script import EmulatorScript
+from sipbot.emulators.script import EmulatorScript, ToolCallRule
 from tests.e2e.conftest import StartServer
 from tests.e2e.emulated import Kind, wait_until
 from tests.e2e.peers import audio
@@ -156,8 +157,10 @@ def seeded_openai(emu: RecordedEmulator) -> list[tuple[str, str]]:
     ]
 
 
-def seeded_gemini(emu: RecordedEmulator) -> list[tuple[str, str]]:
-    [content] = [f.message["clientContent"] for f in in_frames(emu, "clientContent", session=0)]
+def seeded_gemini(emu: RecordedEmulator, session: int = 0) -> list[tuple[str, str]]:
+    [content] = [
+        f.message["clientContent"] for f in in_frames(emu, "clientContent", session=session)
+    ]
     return [(t["role"], t["parts"][0]["text"]) for t in content["turns"]]
 
 
@@ -238,3 +241,42 @@ def test_gemini_is_told_what_the_caller_heard_of_a_cut_reply(
     print(f"gemini barge-in: caller heard {heard_ms} ms ({played} words), note has {len(told)}")
     assert told == words[: len(told)]
     assert abs(len(told) - played) <= 1
+
+
+# --------------------------------------------------------------------------- handoff
+
+
+def test_a_handoff_continues_the_call_with_the_other_agent_and_the_earlier_turns(
+    rig: Rigs, speech: audio.Speech
+) -> None:
+    handoff = ToolCallRule("handoff", {"agent": "billing", "reason": "an invoice"}, on_turn=1)
+    script = EmulatorScript(reply="tone", tone_hz=PRIMARY_HZ, tool_calls=(handoff,))
+    agents = {
+        "bot": {
+            "prompt": "You are the front desk.",
+            "tools": ["handoff", "get_caller_info"],
+            "handoff_allow": ["billing"],
+            "voice": "Kore",
+        },
+        "billing": {"prompt": "You are billing.", "tools": ["hang_up"], "voice": "Puck"},
+    }
+    r = rig("gemini", script, agents=agents)
+    heard = call(r, speech, hold_s=5.0)
+
+    wait_until(lambda: len(r.emu.sessions) >= 2, 5.0, "the billing session")
+    [setup] = [f.message["setup"] for f in in_frames(r.emu, "setup", session=1)]
+    text = json.dumps(setup)
+    assert "You are billing." in text
+    assert "front desk" not in text
+    assert "Puck" in text
+    assert "Kore" not in text
+    declared = [d["name"] for t in setup["tools"] for d in t["functionDeclarations"]]
+    assert declared == ["hang_up"]
+    seeded = seeded_gemini(r.emu, session=1)
+    assert seeded[0] == ("user", "caller turn 1")
+    assert any("You called the tool handoff" in text for _, text in seeded[1:])
+    notes = [t for t in r.emu.texts(1) if "handed over to you" in t]
+    assert len(notes) == 1
+    assert "an invoice" in notes[0]
+    assert loud_runs(heard.inbound), "billing said nothing"
+    assert any("handed off to agent billing" in line for line in r.call_log("bot"))

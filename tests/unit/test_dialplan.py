@@ -271,7 +271,7 @@ def test_route_request_needs_an_aware_datetime() -> None:
          "max_duration_s=3600.0, recording=False, codecs=(), temperature=None, "
          "timezone='UTC', api_key=None, base_url=None, ca_file=None, local_mode='echo', "
          "options={}, tool_timeout_s=10.0, filler_after_ms=None, srtp=None, "
-         "stall_timeout_ms=None, fallback=None) (Answer, Reject or Transfer)"),
+         "stall_timeout_ms=None, fallback=None, handoff_allow=()) (Answer, Reject or Transfer)"),
         (lambda: Route("r", Answer(ECHO), dtmf={"5": Reject(486)}), "dtmf.5",  # type: ignore[dict-item]
          "a DTMF action is a transfer or hang_up"),
         (lambda: Dialplan([Route("a", Reject()), Route("a", Reject())]), "routes[1].name",
