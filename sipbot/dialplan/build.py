@@ -78,10 +78,13 @@ def build_dialplan(model: DialplanModel, doc: Document, search_paths: Iterable[s
     }
     for name, agent in agents.items():
         for index, target in enumerate(agent.handoff_allow):
-            if target not in agents or target == name:
+            where = ("agents", name, "handoff_allow", index)
+            if target == name:
+                raise doc.error(where, "an agent cannot hand a call over to itself")
+            if target not in agents:
                 hint = did_you_mean(target, agents)
                 message = f"unknown agent {target!r}{hint} (another agent of agents:)"
-                raise doc.error(("agents", name, "handoff_allow", index), message)
+                raise doc.error(where, message)
     built = {
         name: at(doc, ("trunks", name), partial(build_trunk, name, spec))
         for name, spec in model.trunks.items()

@@ -728,3 +728,43 @@ def test_fallback_errors(in_tmp: Path, change: tuple[str, str], message: str) ->
     with pytest.raises(ConfigError) as info:
         load_config(write(in_tmp, text), environ={"GEMINI_API_KEY": "g", "OPENAI_API_KEY": "o"})
     assert str(info.value) == message
+
+
+HANDOFF = """\
+agents:
+  desk:
+    provider: local
+    tools: [handoff]
+    handoff_allow: [billing]
+  billing: {provider: local}
+"""
+
+
+def test_handoff_allow_names_other_agents(in_tmp: Path) -> None:
+    agent = load_config(write(in_tmp, HANDOFF), environ={}).dialplan.agents["desk"]
+    assert agent.handoff_allow == ("billing",)
+    assert [t.spec.name for t in agent.resolved_tools] == ["handoff"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ("[billing]", "[biling]"),
+            "d.yaml:5: agents.desk.handoff_allow[0]: unknown agent 'biling'; did you mean "
+            "'billing'? (another agent of agents:)",
+        ),
+        (
+            ("[billing]", "[desk]"),
+            "d.yaml:5: agents.desk.handoff_allow[0]: an agent cannot hand a call over to itself",
+        ),
+        (
+            ("    handoff_allow: [billing]\n", ""),
+            "d.yaml:4: agents.desk.tools[0]: handoff needs handoff_allow: the agents it may use",
+        ),
+    ],
+)
+def test_handoff_errors(in_tmp: Path, change: tuple[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(in_tmp, HANDOFF.replace(*change)), environ={})
+    assert str(info.value) == message

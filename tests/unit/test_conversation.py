@@ -442,3 +442,24 @@ def test_a_lost_provider_switches_to_the_fallback_then_apologises_when_none_is_l
         WatchDrain(),
         SetTimer(3.0 + APOLOGY_TIMEOUT_S, APOLOGY),
     ]
+
+
+# --------------------------------------------------------------------------- Rule 11: handoff
+
+HANDOFF_CALL = ToolCall("h1", "handoff", {"agent": "billing", "reason": "invoice"})
+
+
+def test_a_handoff_switches_once_its_tool_has_finished_and_its_result_goes_nowhere() -> None:
+    core = opened(fallbacks=0)
+    core.provider_event(LOOKUP, 0.5)
+    core.provider_event(HANDOFF_CALL, 1.0)
+    assert core.handoff_requested(1.1) == []
+    assert core.tool_finished("h1", "the call goes to billing now", 1.2) == [
+        CancelTools(("t1",)),
+        SwitchProvider("handoff"),
+    ]
+    assert core.dtmf("5", 1.3) == []  # no session until the other agent's is open
+    assert core.provider_opened(1.5) == []
+    # a handoff tool that did not ask (refused agent) answers the model as usual
+    core.provider_event(ToolCall("h2", "handoff", {}), 2.0)
+    assert core.tool_finished("h2", None, 2.1) == [SendToolResult("h2", "handoff", None)]
