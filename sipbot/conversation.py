@@ -183,8 +183,9 @@ class SetTimer:
 
 @dataclass(frozen=True, slots=True)
 class SwitchProvider:
-    """Close the provider session and open the fallback, seeded (Rule 10); report with
-    ``provider_opened`` / ``provider_lost``."""
+    """Close the provider session and open the next one, seeded: the fallback (Rule 10), or
+    the handoff's agent when ``reason`` is HANDOFF (Rule 11); report with ``provider_opened``
+    / ``provider_lost``."""
 
     reason: str
 
