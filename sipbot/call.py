@@ -84,6 +84,18 @@ SWITCH_DRAIN_TIMEOUT_S = 3.0  # longest a provider switch waits for the filler t
 
 
 @dataclass(frozen=True, slots=True)
+class AgentSetup:
+    """An agent ready to take a call over (a handoff): its provider and session settings, and
+    its fallback's."""
+
+    agent: Agent
+    provider: Provider
+    session_config: SessionConfig
+    fallback: Provider | None = None
+    fallback_config: SessionConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CallPlan:
     """What the server decided for a call before answering it.
 
@@ -100,8 +112,8 @@ class CallPlan:
             call record, out of the log).
         fallback: the provider the call switches to when its own is lost (Conversation Rule 10).
         fallback_config: the fallback's session settings (its history is filled at the switch).
-        handoff_to: an agent's name → that agent, its provider and session settings (for the
-            ``handoff`` tool); None → no handoffs.
+        handoff_to: an agent's name → that agent set up for this call (for the ``handoff``
+            tool); None → no handoffs.
     """
 
     info: CallInfo
@@ -115,7 +127,7 @@ class CallPlan:
     log_transcripts: bool = False
     fallback: Provider | None = None
     fallback_config: SessionConfig | None = None
-    handoff_to: Callable[[str], tuple[Agent, Provider, SessionConfig]] | None = None
+    handoff_to: Callable[[str], AgentSetup] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +204,7 @@ class Call:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._outbound = PCM16_24K  # what media.play() takes now
         self._heard: dict[int, str] = {}  # record line index -> what the caller heard of it
-        self._handoff: tuple[Agent, Provider, SessionConfig, str] | None = None
+        self._handoff: tuple[AgentSetup, str] | None = None
         self.runner = ToolRunner(
             ToolContext(self, self.transcript),
             plan.agent.resolved_tools,
@@ -274,11 +286,12 @@ class Call:
         if self.plan.handoff_to is None:
             raise ToolError("no agent can take this call")
         try:
-            target, provider, config = self.plan.handoff_to(agent)
+            target = self.plan.handoff_to(agent)
         except (KeyError, ConfigError, OSError) as exc:
             raise ToolError(f"agent {agent} cannot take the call: {exc}") from None
-        self._handoff = (target, provider, config, reason)
-        self._run(self.core.handoff_requested(self._loop.time()))
+        self._handoff = (target, reason)
+        fallbacks = 0 if target.fallback is None else 1
+        self._run(self.core.handoff_requested(self._loop.time(), fallbacks=fallbacks))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -475,8 +488,9 @@ class Call:
             self._hand_off(*self._handoff)
             return
         fallback, config = self.plan.fallback, self.plan.fallback_config
-        assert fallback is not None, "a switch needs a fallback"
-        assert config is not None, "a fallback has its session settings"
+        if fallback is None or config is None:  # nothing to switch to after all: Rule 3
+            self._run(self.core.provider_lost(reason, self._loop.time()))
+            return
         log.warning(
             "call %s: provider %s lost (%s): switching to %s",
             self.info.call_id,
@@ -487,15 +501,23 @@ class Call:
         self.record.switched_to = fallback.name
         self._spawn(self._converse(fallback, self._seeded(config)))
 
-    def _hand_off(self, agent: Agent, provider: Provider, config: SessionConfig, why: str) -> None:
+    def _hand_off(self, target: AgentSetup, why: str) -> None:
+        agent = target.agent
         log.info("call %s: handed off to agent %s (%s)", self.info.call_id, agent.name, why)
         self._handoff = None
-        seeded = self._seeded(config)
+        seeded = self._seeded(target.session_config)
         self._spawn(self.runner.aclose())  # the handoff tool, its last, has finished
         context = ToolContext(self, self.transcript)
         self.runner = ToolRunner(context, agent.resolved_tools, timeout_s=agent.tool_timeout_s)
-        self.plan = replace(self.plan, agent=agent, provider=provider, session_config=config)
-        self._spawn(self._converse(provider, seeded, handoff_note(why)))
+        self.plan = replace(
+            self.plan,
+            agent=agent,
+            provider=target.provider,
+            session_config=target.session_config,
+            fallback=target.fallback,
+            fallback_config=target.fallback_config,
+        )
+        self._spawn(self._converse(target.provider, seeded, handoff_note(why)))
 
     def _seeded(self, config: SessionConfig) -> SessionConfig:
         """``config`` seeded with the call so far; the session in use is closed."""

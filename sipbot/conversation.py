@@ -39,7 +39,8 @@ Rules:
   (:class:`SwitchProvider`) to the fallback, seeded with the conversation so far; Rule 3 applies
   once no fallback is left.
 * Rule 11: a handoff (the ``handoff`` tool asked for it) switches the call to the other agent
-  once that tool has finished: its result goes to no model; the other tools are cancelled.
+  once that tool has finished: its result goes to no model; the other tools are cancelled; the
+  fallbacks left (Rule 10) are from then on the other agent's.
 """
 
 from __future__ import annotations
@@ -245,7 +246,7 @@ class _State:
     filler_due: set[str] = field(default_factory=set)  # running tools whose filler timer is out
     recovering: float | None = None  # when the current stall or switch began (Rule 9)
     recovery_filler: bool = False  # the recovery's filler is still to play
-    handing_off: bool = False  # a handoff was asked for; the tool is finishing (Rule 11)
+    handing_off: int | None = None  # a handoff is pending: the other agent's fallbacks (Rule 11)
 
 
 class Conversation:
@@ -432,15 +433,16 @@ class Conversation:
         s.filler_due.discard(call_id)
         if call is None or cancelled or s.ended is not None:
             return []
-        if call.name == HANDOFF_TOOL and s.handing_off:  # Rule 11
-            s.handing_off = s.session = False
+        if call.name == HANDOFF_TOOL and s.handing_off is not None:  # Rule 11
+            self._fallbacks, s.handing_off, s.session = s.handing_off, None, False
             return [CancelTools(tuple(s.tools)), SwitchProvider(HANDOFF)]
         return [SendToolResult(call_id, call.name, output)]
 
-    def handoff_requested(self, now: float) -> list[Action]:
-        """The ``handoff`` tool asked for the call to go to another agent (Rule 11)."""
+    def handoff_requested(self, now: float, *, fallbacks: int = 0) -> list[Action]:
+        """The ``handoff`` tool asked for the call to go to another agent, who has
+        ``fallbacks`` (Rule 11)."""
         if self._s.ended is None and self._s.apologising is None:
-            self._s.handing_off = True
+            self._s.handing_off = fallbacks
         return []
 
     def hang_up_requested(self, now: float) -> list[Action]:

@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from sipbot.call import Call, CallPlan
+from sipbot.call import AgentSetup, Call, CallPlan
 from sipbot.config import Config, TrustSettings
 from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
 from sipbot.dialplan.trunks import Trunk, call_srtp
@@ -422,13 +422,7 @@ class Server:
             dialog.reject(503, "Service Unavailable")
             attempt.note("failed", "agent-unavailable")
             return None
-        fallback = fallback_config = None
-        if agent.fallback is not None:
-            try:
-                fallback = self._provider(agent.fallback)
-                fallback_config = agent.fallback.session_config(info, now)
-            except (ConfigError, OSError) as exc:  # the call goes on without one
-                log.error("call %s: agent %s has no fallback: %s", info.call_id, agent.name, exc)
+        fallback, fallback_config = self._fallback_of(agent, info, now)
         recordings = self.config.server.recordings_dir
         recording = None
         if agent.recording and recordings:
@@ -450,17 +444,30 @@ class Server:
             handoff_to=partial(self._handoff_to, info, now) if agent.handoff_allow else None,
         )
 
-    def _handoff_to(
-        self, info: CallInfo, now: datetime, name: str
-    ) -> tuple[Agent, Provider, SessionConfig]:
-        """Agent ``name`` of the current dialplan, its provider and settings for call ``info``.
+    def _fallback_of(
+        self, agent: Agent, info: CallInfo, now: datetime
+    ) -> tuple[Provider | None, SessionConfig | None]:
+        """The agent's fallback provider and its settings for the call, if it has one."""
+        if agent.fallback is None:
+            return None, None
+        try:
+            return self._provider(agent.fallback), agent.fallback.session_config(info, now)
+        except (ConfigError, OSError) as exc:  # the call goes on without one
+            log.error("call %s: agent %s has no fallback: %s", info.call_id, agent.name, exc)
+            return None, None
+
+    def _handoff_to(self, info: CallInfo, now: datetime, name: str) -> AgentSetup:
+        """Agent ``name`` of the current dialplan, set up for call ``info`` (a handoff).
 
         Raises:
             KeyError: no such agent (any more: the dialplan was reloaded).
             ConfigError: its provider cannot be made.
         """
         agent = self._agent_overrides(self.watcher.current.agents[name])
-        return agent, self._provider(agent), agent.session_config(info, now)
+        provider = self._provider(agent)
+        fallback, fallback_config = self._fallback_of(agent, info, now)
+        config = agent.session_config(info, now)
+        return AgentSetup(agent, provider, config, fallback, fallback_config)
 
     def _agent_overrides(self, agent: Agent) -> Agent:
         if self.options.max_duration_s is not None:

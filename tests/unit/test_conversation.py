@@ -450,10 +450,10 @@ HANDOFF_CALL = ToolCall("h1", "handoff", {"agent": "billing", "reason": "invoice
 
 
 def test_a_handoff_switches_once_its_tool_has_finished_and_its_result_goes_nowhere() -> None:
-    core = opened(fallbacks=0)
+    core = opened(fallbacks=1)
     core.provider_event(LOOKUP, 0.5)
     core.provider_event(HANDOFF_CALL, 1.0)
-    assert core.handoff_requested(1.1) == []
+    assert core.handoff_requested(1.1, fallbacks=0) == []
     assert core.tool_finished("h1", "the call goes to billing now", 1.2) == [
         CancelTools(("t1",)),
         SwitchProvider("handoff"),
@@ -463,3 +463,5 @@ def test_a_handoff_switches_once_its_tool_has_finished_and_its_result_goes_nowhe
     # a handoff tool that did not ask (refused agent) answers the model as usual
     core.provider_event(ToolCall("h2", "handoff", {}), 2.0)
     assert core.tool_finished("h2", None, 2.1) == [SendToolResult("h2", "handoff", None)]
+    # the other agent has no fallback: losing its provider is Rule 3
+    assert core.provider_lost("provider-closed", 3.0)[:2] == [Flush(), PlayPrompt("apology")]
