@@ -41,6 +41,7 @@ from sipbot import prompts
 from sipbot.bargein import CLEAR, CONFIRM, SUSPECT, BargeInGuard, GuardInput, Verdict
 from sipbot.call_ports import CallDialog, CallMedia, Consulter, ConsultLeg
 from sipbot.conversation import (
+    HANDOFF,
     Action,
     AmdPolicy,
     Brief,
@@ -63,6 +64,7 @@ from sipbot.conversation import (
     SetTimer,
     StartTool,
     StopDetecting,
+    SwitchProvider,
     TransferDone,
     Truncate,
     WatchDrain,
@@ -72,18 +74,21 @@ from sipbot.domain import (
     PCM16_16K,
     PCM16_24K,
     CallInfo,
+    Heard,
     ProviderEvent,
     ProviderFailed,
     ProviderNotice,
+    ProviderStalled,
     SessionConfig,
     ToolCall,
     Transcript,
 )
-from sipbot.errors import ProviderError, RequestFailed, SipbotError
+from sipbot.errors import ConfigError, ProviderError, RequestFailed, SipbotError, ToolError
 from sipbot.media.amd import AmdVerdict, AnsweringMachineDetection, Beep
 from sipbot.media.session import MediaEngine
 from sipbot.media_leg import MediaLeg
 from sipbot.providers.base import Provider, ProviderSession
+from sipbot.providers.continuity import RESUME_NOTE, failover_seed, handoff_note
 from sipbot.sip.sipfrag import replacing
 from sipbot.tools import ToolContext, ToolRunner
 from sipbot.tools.runner import ToolResult
@@ -143,6 +148,21 @@ def amd_plan(
     return AmdPlan(settings, agent.amd_message(info, now), audio)
 
 
+SWITCH_DRAIN_TIMEOUT_S = 3.0  # longest a provider switch waits for the filler to play out
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSetup:
+    """An agent ready to take a call over (a handoff): its provider and session settings, and
+    its fallback's."""
+
+    agent: Agent
+    provider: Provider
+    session_config: SessionConfig
+    fallback: Provider | None = None
+    fallback_config: SessionConfig | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class CallPlan:
     """What the server decided for a call before answering it.
@@ -162,6 +182,10 @@ class CallPlan:
         hold: what the caller hears during a warm transfer, PCM16 16 kHz.
         briefing: what the target hears before a warm transfer joins them, PCM16 16 kHz.
         amd: answering-machine detection (outbound calls), or None.
+        fallback: the provider the call switches to when its own is lost (Conversation Rule 14).
+        fallback_config: the fallback's session settings (its history is filled at the switch).
+        handoff_to: an agent's name → that agent set up for this call (for the ``handoff``
+            tool); None → no handoffs.
     """
 
     info: CallInfo
@@ -177,6 +201,9 @@ class CallPlan:
     hold: bytes = b""
     briefing: bytes = b""
     amd: AmdPlan | None = None
+    fallback: Provider | None = None
+    fallback_config: SessionConfig | None = None
+    handoff_to: Callable[[str], AgentSetup] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +244,9 @@ class CallRecord:
     tools: list[ToolLogEntry] = field(default_factory=list)
     lines: list[TranscriptLine] = field(default_factory=list)
     amd: dict[str, object] | None = None  # the detection's result and timings
+    stalls: int = 0
+    recovery_ms: int = 0  # from each stall or provider switch to the next agent audio
+    switched_to: str | None = None  # the fallback provider the call switched to
 
 
 class Call:
@@ -242,6 +272,7 @@ class Call:
             filler_after_s=None if filler_ms is None else filler_ms / 1000,
             transfer_timeout_s=plan.agent.transfer_timeout_s,
             amd=None if plan.amd is None else plan.amd.policy,
+            fallbacks=1 if plan.fallback is not None else 0,
         )
         self._loop = asyncio.get_running_loop()
         self._ended: asyncio.Future[str] = self._loop.create_future()
@@ -256,6 +287,8 @@ class Call:
         self._transfers: dict[str, asyncio.Future[str]] = {}  # tool transfers, by request id
         self._consult: ConsultLeg | None = None  # a warm transfer's call to the target
         self._hold_pos = 0  # where the hold audio goes on (bytes into plan.hold)
+        self._heard: dict[int, str] = {}  # record line index -> what the caller heard of it
+        self._handoff: tuple[AgentSetup, str] | None = None
         self.runner = ToolRunner(
             ToolContext(self, self.transcript),
             plan.agent.resolved_tools,
@@ -333,6 +366,22 @@ class Call:
         """Send ``digits`` as RFC 4733 events."""
         self._media.send_dtmf(digits)
 
+    async def handoff(self, agent: str, reason: str) -> None:
+        """Continue with ``agent`` once the handoff tool has finished (Conversation Rule 15).
+
+        Raises:
+            ToolError: the agent cannot take the call.
+        """
+        if self.plan.handoff_to is None:
+            raise ToolError("no agent can take this call")
+        try:
+            target = self.plan.handoff_to(agent)
+        except (KeyError, ConfigError, OSError) as exc:
+            raise ToolError(f"agent {agent} cannot take the call: {exc}") from None
+        self._handoff = (target, reason)
+        fallbacks = 0 if target.fallback is None else 1
+        self._run(self.core.handoff_requested(self._loop.time(), fallbacks=fallbacks))
+
     # ------------------------------------------------------------------ lifecycle
 
     def hang_up_now(self, reason: str) -> None:
@@ -363,6 +412,8 @@ class Call:
         self.record.interruptions = counts.interruptions
         if self.core.amd_report is not None:
             self.record.amd = self.core.amd_report.as_dict()
+        self.record.stalls = counts.stalls
+        self.record.recovery_ms = counts.recovery_ms
         return reason
 
     def _on_confirmed(self, future: asyncio.Future[None]) -> None:
@@ -447,13 +498,15 @@ class Call:
                 case TransferDone(request, outcome, _):
                     self._transfer_done(request, outcome)
                 case OpenProvider(message):
-                    self._spawn(self._converse(message))
+                    self._spawn(self._converse(message=message))
                 case DetectMachine(max_wait_s):
                     self._amd = AnsweringMachineDetection(AMD_RATE_HZ, max_wait_s=max_wait_s)
                 case StopDetecting(forward):
                     self._amd = None
                     self._mute_callee = not forward
                     self._pending.clear()  # anything that came before the detector started
+                case SwitchProvider(reason):
+                    self._switch_provider(reason)
                 case Hangup():
                     self._spawn(self._bye())
                 case End(reason):
@@ -546,37 +599,51 @@ class Call:
 
     # ------------------------------------------------------------------ the provider
 
-    async def _converse(self, message: bool = False) -> None:
-        config = self._message_config() if message else self.plan.session_config
+    async def _converse(
+        self,
+        provider: Provider | None = None,
+        config: SessionConfig | None = None,
+        note: str = RESUME_NOTE,
+        *,
+        message: bool = False,
+    ) -> None:
+        provider = provider or self.plan.provider
+        opening = config or (self._message_config() if message else self.plan.session_config)
         try:
             session = await asyncio.wait_for(
-                self.plan.provider.open(self.info, config),
+                provider.open(self.info, opening),
                 PROVIDER_OPEN_TIMEOUT_S,
             )
         except (ProviderError, TimeoutError, OSError) as exc:
             log.warning(
                 "call %s: provider %s unavailable: %s",
                 self.info.call_id,
-                self.plan.provider.name,
+                provider.name,
                 exc or type(exc).__name__,
             )
             self._run(self.core.provider_lost("provider-unavailable", self._loop.time()))
             return
+        if config is not None and session.output_format != self._outbound:
+            # a switch to another format would drop what the caller is hearing (the filler)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._media.drained(), SWITCH_DRAIN_TIMEOUT_S)
         if self.core.ended is not None:
             await _close_quietly(session)
             return
         self._start_session(session)
         self._run(self.core.provider_opened(self._loop.time()))
+        if config is not None:  # after a switch: carry on (Conversation Rules 14-15)
+            self._spawn(session.send_text(note))
         try:
             async for event in session.events():
                 self._on_event(event)
-                if not self.core.listening:
-                    return
+                if not self.core.listening or self._session is not session:
+                    return  # the call ended, or switched to its fallback
         except Exception:  # a provider bug must not leave the caller in silence
-            log.exception("call %s: provider %s failed", self.info.call_id, self.plan.provider.name)
+            log.exception("call %s: provider %s failed", self.info.call_id, provider.name)
             self._run(self.core.provider_lost("provider-error", self._loop.time()))
             return
-        if self.core.listening:
+        if self.core.listening and self._session is session:  # (not closed by a switch)
             log.warning("call %s: provider session ended unexpectedly", self.info.call_id)
             self._run(self.core.provider_lost("provider-closed", self._loop.time()))
 
@@ -591,7 +658,67 @@ class Call:
         while self._pending:
             session.send_audio(self._pending.popleft())
 
+    def _switch_provider(self, reason: str) -> None:
+        """Conversation Rules 14-15: close the session, open the next one seeded with the call."""
+        if reason == HANDOFF and self._handoff is not None:
+            self._hand_off(*self._handoff)
+            return
+        fallback, config = self.plan.fallback, self.plan.fallback_config
+        if fallback is None or config is None:  # nothing to switch to after all: Rule 3
+            self._run(self.core.provider_lost(reason, self._loop.time()))
+            return
+        log.warning(
+            "call %s: provider %s lost (%s): switching to %s",
+            self.info.call_id,
+            self.plan.provider.name,
+            reason,
+            fallback.name,
+        )
+        self.record.switched_to = fallback.name
+        self._spawn(self._converse(fallback, self._seeded(config)))
+
+    def _hand_off(self, target: AgentSetup, why: str) -> None:
+        agent = target.agent
+        log.info("call %s: handed off to agent %s (%s)", self.info.call_id, agent.name, why)
+        self._handoff = None
+        seeded = self._seeded(target.session_config)
+        self._spawn(self.runner.aclose())  # the handoff tool, its last, has finished
+        context = ToolContext(self, self.transcript)
+        self.runner = ToolRunner(context, agent.resolved_tools, timeout_s=agent.tool_timeout_s)
+        self.plan = replace(
+            self.plan,
+            agent=agent,
+            provider=target.provider,
+            session_config=target.session_config,
+            fallback=target.fallback,
+            fallback_config=target.fallback_config,
+        )
+        self._spawn(self._converse(target.provider, seeded, handoff_note(why)))
+
+    def _seeded(self, config: SessionConfig) -> SessionConfig:
+        """``config`` seeded with the call so far; the session in use is closed."""
+        old, self._session = self._session, None
+        if old is not None:
+            self._spawn(_close_quietly(old))
+        lines = [
+            (line.at, Transcript(line.role, self._heard.get(index, line.text)))
+            for index, line in enumerate(self.record.lines)
+        ]
+        tools = [
+            (entry.ended, entry.name, json.dumps(dict(entry.arguments), default=str), entry.output)
+            for entry in self.record.tools
+        ]
+        return replace(config, history=failover_seed(lines, tools), greeting=None)
+
     def _on_event(self, event: ProviderEvent) -> None:
+        if isinstance(event, Heard):
+            agent_lines = [i for i, ln in enumerate(self.record.lines) if ln.role == "agent"]
+            if agent_lines:
+                self._heard[agent_lines[-1]] = event.text
+            log.debug("call %s: caller heard %r", self.info.call_id, event.text)
+            return
+        if isinstance(event, ProviderStalled):
+            log.warning("call %s: provider stalled: %s", self.info.call_id, event.message)
         if isinstance(event, Transcript):
             if event.role == "caller" and self.guard is not None:
                 self._guard_verdict(self.guard.caller_words(event.text, self._agent_audible()))

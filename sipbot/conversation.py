@@ -58,6 +58,17 @@ Rules:
   the provider opens with it as its greeting, or the fixed prompt plays. BYE (``amd-message``)
   once it has played out (a complete turn after agent audio, then the drain; or the prompt
   drained), never later than AMD_MESSAGE_TIMEOUT_S after it began.
+* Rule 13: a stall (``ProviderStalled``: the session resumes by itself) or a provider switch
+  starts a recovery: the caller hears the filler once, into silence (after what the pacer still
+  holds), never while muted; the recovery ends with the next agent audio. The record counts
+  stalls and the recovery time (from its start to that audio).
+* Rule 14: a provider that is lost for good (``ProviderFailed``, or unavailable, closed, broken)
+  while a fallback is left is not Rule 3: running tools are cancelled and the call switches
+  (:class:`SwitchProvider`) to the fallback, seeded with the conversation so far; Rule 3 applies
+  once no fallback is left.
+* Rule 15: a handoff (the ``handoff`` tool asked for it) switches the call to the other agent
+  once that tool has finished: its result goes to no model; the other tools are cancelled; the
+  fallbacks left (Rule 14) are from then on the other agent's.
 """
 
 from __future__ import annotations
@@ -73,6 +84,7 @@ from sipbot.domain import (
     Interrupted,
     ProviderEvent,
     ProviderFailed,
+    ProviderStalled,
     ToolCall,
     ToolCallCancelled,
     TurnComplete,
@@ -107,6 +119,9 @@ FILLER = "filler:"
 AMD_DEADLINE = "amd-deadline"
 AMD_BEEP_WAIT = "amd-beep-wait"
 AMD_MESSAGE = "amd-message"
+RECOVERY_FILLER = "recovery-filler"
+HANDOFF_TOOL = "handoff"
+HANDOFF = "handoff"  # the SwitchProvider reason of Rule 15
 
 
 # --------------------------------------------------------------------------- actions
@@ -271,6 +286,15 @@ class SetTimer:
     kind: str
 
 
+@dataclass(frozen=True, slots=True)
+class SwitchProvider:
+    """Close the provider session and open the next one, seeded: the fallback (Rule 14), or
+    the handoff's agent when ``reason`` is HANDOFF (Rule 15); report with ``provider_opened``
+    / ``provider_lost``."""
+
+    reason: str
+
+
 Action = (
     OpenProvider
     | DetectMachine
@@ -293,6 +317,7 @@ Action = (
     | Hangup
     | End
     | SetTimer
+    | SwitchProvider
 )
 
 
@@ -303,6 +328,9 @@ class Counts:
     turns: int = 0
     tool_calls: int = 0
     interruptions: int = 0
+    stalls: int = 0
+    recovery_ms: int = 0  # Rule 13: from each stall or switch to the next agent audio
+    switches: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +419,9 @@ class _State:
     amd: Literal["detecting", "awaiting-beep", "leaving"] | None = None
     amd_origin: float | None = None  # ``now`` of the callee's first audio (from the verdict)
     message_started: float | None = None
+    recovering: float | None = None  # when the current stall or switch began (Rule 13)
+    recovery_filler: bool = False  # the recovery's filler is still to play
+    handing_off: int | None = None  # a handoff is pending: the other agent's fallbacks (Rule 15)
 
 
 class Conversation:
@@ -402,6 +433,7 @@ class Conversation:
         filler_after_s: a tool running this long gets the filler (Rule 6); None → no filler.
         transfer_timeout_s: longest wait for an accepted REFER's final NOTIFY (Rule 7).
         amd: answering-machine detection for this call (Rules 11-12); None → none.
+        fallbacks: providers left to switch to when the provider is lost (Rule 14).
     """
 
     def __init__(
@@ -412,7 +444,9 @@ class Conversation:
         filler_after_s: float | None = None,
         transfer_timeout_s: float = TRANSFER_NOTIFY_TIMEOUT_S,
         amd: AmdPolicy | None = None,
+        fallbacks: int = 0,
     ) -> None:
+        self._fallbacks = fallbacks
         self._dtmf = dict(dtmf or {})
         self._transfer_timeout_s = transfer_timeout_s
         self._max_duration_s = max_duration_s
@@ -488,8 +522,8 @@ class Conversation:
         return []
 
     def provider_lost(self, reason: str, now: float) -> list[Action]:
-        """The provider is unavailable, closed or broke (Rule 3): apologise, then BYE."""
-        return self._apologise(reason, now)
+        """The provider is unavailable, closed or broke: switch (Rule 14), else apologise."""
+        return self._switch(reason, now) or self._apologise(reason, now)
 
     def provider_event(self, event: ProviderEvent, now: float) -> list[Action]:
         """One provider event (transcripts and notices need no action here)."""
@@ -503,6 +537,9 @@ class Conversation:
                 return []
             s.last_agent_audio = now
             s.turn_done = False
+            if s.recovering is not None:  # Rule 13: recovered
+                self.counts.recovery_ms += round((now - s.recovering) * 1000)
+                s.recovering, s.recovery_filler = None, False
             return [Play(event.audio, event.item_id)]
         if isinstance(event, Interrupted):
             self.counts.interruptions += 1
@@ -519,8 +556,29 @@ class Conversation:
                 return self._message_check()
             return self._hangup_check(now)
         if isinstance(event, ProviderFailed):
-            return self._apologise("provider-failed", now)
+            return self._switch("provider-failed", now) or self._apologise("provider-failed", now)
+        if isinstance(event, ProviderStalled):
+            self.counts.stalls += 1
+            return self._recover(now)
         return []
+
+    def _recover(self, now: float) -> list[Action]:
+        """Rule 13: a recovery begins (or goes on): the filler once, into silence."""
+        s = self._s
+        if s.recovering is not None:
+            return []
+        s.recovering, s.recovery_filler = now, True
+        return [SetTimer(now, RECOVERY_FILLER)]
+
+    def _switch(self, reason: str, now: float) -> list[Action]:
+        """Rule 14: on to the fallback, if one is left (else nothing: Rule 3 applies)."""
+        s = self._s
+        if self._fallbacks <= 0 or s.ended is not None or s.apologising is not None:
+            return []
+        self._fallbacks -= 1
+        self.counts.switches += 1
+        s.session = False
+        return [CancelTools(tuple(s.tools)), SwitchProvider(reason), *self._recover(now)]
 
     # ------------------------------------------------------------------ media facts
 
@@ -604,11 +662,22 @@ class Conversation:
         self, call_id: str, output: object, now: float, *, cancelled: bool = False
     ) -> list[Action]:
         """A tool call's outcome (Rule 4): its result goes to the provider."""
-        call = self._s.tools.pop(call_id, None)
-        self._s.filler_due.discard(call_id)
-        if call is None or cancelled or self._s.ended is not None:
+        s = self._s
+        call = s.tools.pop(call_id, None)
+        s.filler_due.discard(call_id)
+        if call is None or cancelled or s.ended is not None:
             return []
+        if call.name == HANDOFF_TOOL and s.handing_off is not None:  # Rule 15
+            self._fallbacks, s.handing_off, s.session = s.handing_off, None, False
+            return [CancelTools(tuple(s.tools)), SwitchProvider(HANDOFF)]
         return [SendToolResult(call_id, call.name, output)]
+
+    def handoff_requested(self, now: float, *, fallbacks: int = 0) -> list[Action]:
+        """The ``handoff`` tool asked for the call to go to another agent, who has
+        ``fallbacks`` (Rule 15)."""
+        if self._s.ended is None and self._s.apologising is None:
+            self._s.handing_off = fallbacks
+        return []
 
     def hang_up_requested(self, now: float) -> list[Action]:
         """The agent's hang-up tool ran: BYE after the goodbye (Rule 5)."""
@@ -837,6 +906,8 @@ class Conversation:
             return self._leave_message(now)
         if kind == AMD_MESSAGE and s.amd == "leaving":
             return self._bye("amd-message")
+        if kind == RECOVERY_FILLER:
+            return self._recovery_filler(now, queued_ms)
         wait = s.hangup
         if wait is None:
             return []
@@ -859,6 +930,15 @@ class Conversation:
         s.filler_due.discard(call_id)  # Rule 6: once, whether it plays or not
         if s.muted or queued_ms > 0:  # only into silence
             return []
+        return [PlayPrompt("filler")]
+
+    def _recovery_filler(self, now: float, queued_ms: int) -> list[Action]:
+        s = self._s
+        if not s.recovery_filler or s.muted:
+            return []
+        if queued_ms > 0:  # the agent's last words still play: the filler comes after them
+            return [SetTimer(now + queued_ms / 1000, RECOVERY_FILLER)]
+        s.recovery_filler = False
         return [PlayPrompt("filler")]
 
     # ------------------------------------------------------------------ endings

@@ -121,6 +121,7 @@ class SessionConfig:
     turn_detection: TurnDetection = field(default_factory=TurnDetection)
     history: tuple[Transcript, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
+    stall_timeout_s: float | None = None  # no output this long while one is due: a stall
 
 
 # --------------------------------------------------------------------------- provider events
@@ -178,6 +179,22 @@ class ProviderFailed:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderStalled:
+    """The session stopped producing while output was due; it is resuming (filler meanwhile)."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """After a barge-in: the words of ``item_id`` the caller actually heard (``played_ms``)."""
+
+    item_id: str
+    played_ms: int
+    text: str
+
+
 ProviderEvent = (
     AudioOut
     | Transcript
@@ -187,4 +204,6 @@ ProviderEvent = (
     | TurnComplete
     | ProviderNotice
     | ProviderFailed
+    | ProviderStalled
+    | Heard
 )

@@ -44,15 +44,16 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from sipbot.call import Call, CallPlan
+from sipbot.call import AgentSetup, Call, CallPlan
 from sipbot.config import Config, TrustSettings
 from sipbot.consult import HOLD_PERIOD_S, Consulter, hold_pattern
 from sipbot.dialer import Dialer
 from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
 from sipbot.dialplan.trunks import Trunk, call_srtp
-from sipbot.domain import CallInfo
+from sipbot.domain import CallInfo, SessionConfig
 from sipbot.errors import ConfigError, SipbotError, SipParseError
 from sipbot.media.formats import PCM16_24K
 from sipbot.media.latency import MediaLatency
@@ -459,6 +460,7 @@ class Server:
             dialog.reject(503, "Service Unavailable")
             attempt.note("failed", "agent-unavailable")
             return None
+        fallback, fallback_config = self._fallback_of(agent, info, now)
         recordings = self.config.server.recordings_dir
         recording = None
         if agent.recording and recordings:
@@ -478,6 +480,9 @@ class Server:
             consulter=self.consulter,
             hold=self._wav(agent.transfer_hold) if agent.transfer_hold else self.hold,
             briefing=self._wav(agent.transfer_briefing) if agent.transfer_briefing else b"",
+            fallback=fallback,
+            fallback_config=fallback_config,
+            handoff_to=partial(self._handoff_to, info, now) if agent.handoff_allow else None,
         )
 
     def _wav(self, path: str) -> bytes:
@@ -490,6 +495,31 @@ class Server:
                 log.warning("cannot read %s: %s", path, exc)
                 pcm = b""
         return pcm
+
+    def _fallback_of(
+        self, agent: Agent, info: CallInfo, now: datetime
+    ) -> tuple[Provider | None, SessionConfig | None]:
+        """The agent's fallback provider and its settings for the call, if it has one."""
+        if agent.fallback is None:
+            return None, None
+        try:
+            return self._provider(agent.fallback), agent.fallback.session_config(info, now)
+        except (ConfigError, OSError) as exc:  # the call goes on without one
+            log.error("call %s: agent %s has no fallback: %s", info.call_id, agent.name, exc)
+            return None, None
+
+    def _handoff_to(self, info: CallInfo, now: datetime, name: str) -> AgentSetup:
+        """Agent ``name`` of the current dialplan, set up for call ``info`` (a handoff).
+
+        Raises:
+            KeyError: no such agent (any more: the dialplan was reloaded).
+            ConfigError: its provider cannot be made.
+        """
+        agent = self._agent_overrides(self.watcher.current.agents[name])
+        provider = self._provider(agent)
+        fallback, fallback_config = self._fallback_of(agent, info, now)
+        config = agent.session_config(info, now)
+        return AgentSetup(agent, provider, config, fallback, fallback_config)
 
     def _agent_overrides(self, agent: Agent) -> Agent:
         if self.options.max_duration_s is not None:
@@ -514,7 +544,10 @@ class Server:
             action = route_.action
             if isinstance(action, Answer):
                 try:
-                    self._provider(self._agent_overrides(action.agent))
+                    agent = self._agent_overrides(action.agent)
+                    self._provider(agent)
+                    if agent.fallback is not None:
+                        self._provider(agent.fallback)
                 except (ConfigError, OSError) as exc:
                     log.error("agent %s cannot start: %s", action.agent.name, exc)
         # Move everything imported so far out of the collector's reach: with the SDKs loaded a
@@ -562,6 +595,9 @@ class Server:
             "turns": r.turns,
             "tool_calls": r.tool_calls,
             "interruptions": r.interruptions,
+            "stalls": r.stalls,
+            "recovery_ms": r.recovery_ms,
+            "switched_to": r.switched_to,
             **cdr_media(call),
             **({"amd": r.amd} if r.amd else {}),
         }

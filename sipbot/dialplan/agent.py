@@ -112,6 +112,12 @@ class Agent:
             set (off, unless the call's trunk sets it: the trunk's setting wins).
         barge_in: who decides that the caller interrupts (:class:`BargeIn`).
         amd: answering-machine detection on the agent's outbound calls.
+        stall_timeout_ms: no model output this long while it is due is a stall, resumed in
+            place; None → the provider layer's default (``continuity.STALL_TIMEOUT_S``).
+        fallback: the same agent on another provider (model, voice, endpoint), which a call
+            switches to when this agent's provider is lost (:meth:`with_fallback`); None → none.
+        handoff_allow: names of the agents the ``handoff`` tool may hand the call to (required
+            with it; the dialplan checks that they exist).
 
     Raises:
         ConfigError: an invalid value (``field`` names it, relative to the agent).
@@ -145,6 +151,9 @@ class Agent:
     transfer_briefing: str | None = None
     transfer_hold: str | None = None
     amd: AmdSettings = field(default_factory=AmdSettings)
+    stall_timeout_ms: int | None = None
+    fallback: Agent | None = None
+    handoff_allow: Sequence[str] = ()
     resolved_tools: tuple[Tool, ...] = field(init=False, repr=False, compare=False)
     _prompt: Template = field(init=False, repr=False, compare=False)
     _greeting: Template | None = field(init=False, repr=False, compare=False)
@@ -159,6 +168,7 @@ class Agent:
         if self.local_mode not in ("echo", "loopback"):
             fail("local.mode", f"unknown local mode {self.local_mode!r} (echo, loopback)")
         _set(self, "transfer_allow", tuple(self.transfer_allow))
+        _set(self, "handoff_allow", tuple(self.handoff_allow))
         _set(self, "codecs", with_field("codecs", check_codecs, self.codecs))
         _set(self, "resolved_tools", self._resolve_tools())
         _set(self, "tools", tuple(self.tools))
@@ -190,8 +200,10 @@ class Agent:
                     fail(
                         f"tools[{index}]", "transfer_call needs transfer_allow: the URIs it may use"
                     )
+                if item == "handoff" and not self.handoff_allow:
+                    fail(f"tools[{index}]", "handoff needs handoff_allow: the agents it may use")
                 try:
-                    resolved.append(builtin_tool(item, self.transfer_allow))
+                    resolved.append(builtin_tool(item, self.transfer_allow, self.handoff_allow))
                 except ToolDefinitionError as exc:
                     fail("transfer_allow", str(exc))
             else:
@@ -216,6 +228,15 @@ class Agent:
             fail("tool_timeout_s", "must be > 0")
         if not 0 < self.transfer_timeout_s <= MAX_TRANSFER_TIMEOUT_S:
             fail("transfer_timeout_s", f"must be > 0 and at most {MAX_TRANSFER_TIMEOUT_S:g}")
+        if self.stall_timeout_ms is not None and self.stall_timeout_ms <= 0:
+            fail("stall_timeout_ms", "must be > 0")
+        fallback = self.fallback
+        if fallback is not None:
+            if fallback.fallback is not None:
+                fail("fallback", "a fallback cannot have a fallback of its own")
+            same = (fallback.provider, fallback.model, fallback.base_url)
+            if same == (self.provider, self.model, self.base_url):
+                fail("fallback", "the fallback is the agent's own provider, model and endpoint")
         self._check_barge_in()
 
     def _check_barge_in(self) -> None:
@@ -233,6 +254,40 @@ class Agent:
     def amd_message(self, call: CallInfo, now: datetime) -> str | None:
         """The ``amd.message`` for ``call`` (``now`` aware, shown in the agent's timezone)."""
         return self.amd.message_text(call, now.astimezone(self._zone))
+
+    def with_fallback(
+        self,
+        provider: str,
+        *,
+        model: str | None = None,
+        voice: str | None = None,
+        api_key: Secret | str | None = None,
+        base_url: str | None = None,
+        ca_file: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Agent:
+        """This agent with a fallback: its prompt, greeting, tools and settings on ``provider``.
+
+        Raises:
+            ConfigError: an invalid fallback (``field`` names it, e.g. ``fallback.provider``).
+        """
+        try:
+            fallback = replace(
+                self,
+                provider=provider,  # type: ignore[arg-type]  # checked by Agent
+                model=model,
+                voice=voice,
+                api_key=api_key,
+                base_url=base_url,
+                ca_file=ca_file,
+                options=dict(options or {}),
+                fallback=None,
+            )
+        except ConfigError as exc:
+            raise ConfigError(
+                exc.message, field=f"fallback.{exc.field or ''}".rstrip(".")
+            ) from None
+        return replace(self, fallback=fallback)
 
     @property
     def tool_specs(self) -> tuple[ToolSpec, ...]:
@@ -273,6 +328,7 @@ class Agent:
             if self.barge_in.mode == "provider"
             else replace(self.turn, barge_in=False),  # the guard decides, or nobody does
             options=options,
+            stall_timeout_s=None if self.stall_timeout_ms is None else self.stall_timeout_ms / 1000,
         )
 
 

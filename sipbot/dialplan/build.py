@@ -77,6 +77,15 @@ def build_dialplan(model: DialplanModel, doc: Document, search_paths: Iterable[s
     agents = {
         name: _agent(doc, name, spec, tools, model.timezone) for name, spec in model.agents.items()
     }
+    for name, agent in agents.items():
+        for index, target in enumerate(agent.handoff_allow):
+            where = ("agents", name, "handoff_allow", index)
+            if target == name:
+                raise doc.error(where, "an agent cannot hand a call over to itself")
+            if target not in agents:
+                hint = did_you_mean(target, agents)
+                message = f"unknown agent {target!r}{hint} (another agent of agents:)"
+                raise doc.error(where, message)
     built = {
         name: at(doc, ("trunks", name), partial(build_trunk, name, spec))
         for name, spec in model.trunks.items()
@@ -145,6 +154,25 @@ def _agent(
     if spec.api_key is not None and not isinstance(spec.api_key, EnvString):
         message = "secrets come from the environment only: write api_key: ${VAR}"
         raise doc.error((*path, "api_key"), message)
+    agent = _agent_alone(doc, path, name, spec, resolved, timezone)
+    fallback = spec.fallback
+    if fallback is None:
+        return agent
+    if fallback.api_key is not None and not isinstance(fallback.api_key, EnvString):
+        message = "secrets come from the environment only: write api_key: ${VAR}"
+        raise doc.error((*path, "fallback", "api_key"), message)
+    keys = {key: getattr(fallback, key) for key in type(fallback).model_fields}  # EnvStrings kept
+    return at(doc, path, lambda: agent.with_fallback(**keys))
+
+
+def _agent_alone(
+    doc: Document,
+    path: Path,
+    name: str,
+    spec: AgentModel,
+    resolved: list[Tool | str],
+    timezone: str,
+) -> Agent:
     amd = AmdSettings()
     if spec.amd is not None:
         amd_spec = spec.amd
@@ -192,6 +220,8 @@ def _agent(
             transfer_briefing=spec.transfer_briefing,
             transfer_hold=spec.transfer_hold,
             amd=amd,
+            stall_timeout_ms=spec.stall_timeout_ms,
+            handoff_allow=spec.handoff_allow,
         ),
     )
 

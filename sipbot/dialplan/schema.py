@@ -44,6 +44,18 @@ class AmdModel(StrictModel):
     max_wait_s: float = 5.0
 
 
+class FallbackModel(StrictModel):
+    """``agents.NAME.fallback``: the provider a call switches to when the agent's is lost."""
+
+    provider: str
+    model: str | None = None
+    voice: str | None = None
+    api_key: Any = None  # an EnvString (kept as such)
+    base_url: str | None = None
+    ca_file: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class AgentModel(StrictModel):
     provider: str
     model: str | None = None
@@ -72,6 +84,9 @@ class AgentModel(StrictModel):
     transfer_briefing: str | None = None  # a WAV file
     transfer_hold: str | None = None  # a WAV file
     amd: AmdModel | None = None
+    stall_timeout_ms: int | None = None
+    fallback: FallbackModel | None = None
+    handoff_allow: list[str] = Field(default_factory=list)
 
 
 class HttpModel(StrictModel):

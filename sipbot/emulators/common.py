@@ -223,6 +223,7 @@ class Reply:
         chunk_ms: audio per full chunk.
         position: chunks already sent (a resumed reply continues from here).
         counts: whether it answers a caller turn (counts towards the ``*_after_turns`` events).
+        stalled: it has stalled once (script ``stall_after_turns``); it does not again.
     """
 
     turn: int
@@ -232,6 +233,14 @@ class Reply:
     chunk_ms: int
     counts: bool = True
     position: int = 0
+    stalled: bool = False
+
+    async def stall_if_due(self, script: EmulatorScript, replies_here: int, index: int) -> None:
+        """Before chunk ``index``: stall for good when the script says so (its Rule 4)."""
+        if self.counts and not self.stalled and script.stalls(replies_here, index * self.chunk_ms):
+            self.stalled = True
+            log.info("emulator: reply to turn %d stalls at chunk %d", self.turn, index)
+            await asyncio.get_running_loop().create_future()  # until the connection ends
 
     @property
     def done(self) -> bool:

@@ -362,6 +362,7 @@ class GeminiConnection:
         first = reply.position
         first_sent_at: float | None = None
         for index in range(first, len(reply.chunks)):
+            await reply.stall_if_due(self.script, self.replies_here, index)
             await sleep_until(
                 chunk_deadline(start, index - first, reply.chunk_ms, self.script.speed)
             )

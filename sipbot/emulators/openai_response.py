@@ -167,6 +167,7 @@ class ResponseRun:
         loop = asyncio.get_running_loop()
         start = loop.time() + script.first_audio_delay_ms / 1000.0
         for index, chunk in enumerate(reply.chunks):
+            await reply.stall_if_due(script, connection.replies_here, index)
             await sleep_until(chunk_deadline(start, index, reply.chunk_ms, script.speed))
             self.bytes_sent += len(chunk)
             connection.audio_ms_sent[item_id] = self.bytes_sent // self.format.bytes_per_ms

@@ -19,6 +19,9 @@ Turns:
 * Rule 3: the ``*_after_turns`` events count the replies to caller turns completed on one
   connection, as the real services' limits are per connection; the event fires right after
   that reply ends.
+* Rule 4: ``stall_after_turns: N`` makes the next reply to a caller turn after N completed ones
+  on a connection stop ``stall_mid_reply_ms`` into its audio: nothing more is sent on that
+  connection (it stays open, silent). A reply stalls at most once: resumed (Gemini), it goes on.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class EmulatorScript:
         expire_after_turns: OpenAI only: send error ``session_expired`` and close after this many.
         drop_after_turns: close the socket abruptly (no close frame) after this many replies.
         error_after_turns: send a protocol error event after this many replies.
+        stall_after_turns: stall the reply that follows this many replies (Rule 4).
+        stall_mid_reply_ms: where in that reply's audio it stalls (0: before any audio).
         api_keys: keys accepted; any other key is refused at connect (HTTP 401 / close 1008).
             Empty means every key is accepted.
         vad_threshold_dbfs: server VAD level threshold.
@@ -99,6 +104,8 @@ class EmulatorScript:
     expire_after_turns: int | None = None
     drop_after_turns: int | None = None
     error_after_turns: int | None = None
+    stall_after_turns: int | None = None
+    stall_mid_reply_ms: int = 0
     api_keys: frozenset[str] = frozenset()
     vad_threshold_dbfs: float = -40.0
     vad_silence_ms: int = 500
@@ -107,15 +114,32 @@ class EmulatorScript:
         """The tool calls due on caller turn ``turn``."""
         return tuple(rule for rule in self.tool_calls if rule.on_turn == turn)
 
+    def stalls(self, replies_here: int, position_ms: int) -> bool:
+        """Whether a caller-turn reply, ``position_ms`` into its audio, stalls now (Rule 4)."""
+        return self.stall_after_turns == replies_here and position_ms >= self.stall_mid_reply_ms
+
 
 # --------------------------------------------------------------------------- loading
 
 MAX_CHUNK_MS = 5000  # 240 kB of 24 kHz PCM16, 320 kB once in base64
 _COUNTS = frozenset(
-    {"reply_ms", "chunk_ms", "first_audio_delay_ms", "go_away_time_left_ms", "vad_silence_ms"}
+    {
+        "reply_ms",
+        "chunk_ms",
+        "first_audio_delay_ms",
+        "go_away_time_left_ms",
+        "vad_silence_ms",
+        "stall_mid_reply_ms",
+    }
 )
 _OPTIONAL_COUNTS = frozenset(
-    {"go_away_after_turns", "expire_after_turns", "drop_after_turns", "error_after_turns"}
+    {
+        "go_away_after_turns",
+        "expire_after_turns",
+        "drop_after_turns",
+        "error_after_turns",
+        "stall_after_turns",
+    }
 )
 _NUMBERS = frozenset({"tone_hz", "speed", "vad_threshold_dbfs"})
 _FLAGS = frozenset({"interrupt_on_speech", "greet", "playback_wait"})

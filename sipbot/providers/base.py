@@ -30,10 +30,12 @@ from sipbot.domain import PCMU_8K as PCMU_8K
 from sipbot.domain import AudioFormat as AudioFormat
 from sipbot.domain import AudioOut as AudioOut
 from sipbot.domain import CallInfo as CallInfo
+from sipbot.domain import Heard as Heard
 from sipbot.domain import Interrupted as Interrupted
 from sipbot.domain import ProviderEvent as ProviderEvent
 from sipbot.domain import ProviderFailed as ProviderFailed
 from sipbot.domain import ProviderNotice as ProviderNotice
+from sipbot.domain import ProviderStalled as ProviderStalled
 from sipbot.domain import SessionConfig as SessionConfig
 from sipbot.domain import ToolCall as ToolCall
 from sipbot.domain import ToolCallCancelled as ToolCallCancelled

@@ -12,6 +12,10 @@ reconnection) whose server messages become events through :class:`GeminiReceiver
   every close, even 1000, surfaces as ``errors.APIError`` (a reason to reconnect, like any
   receive error); ``send_realtime_input`` takes one argument per call; the 1 MiB incoming frame
   cap is raised to ``MAX_MESSAGE_BYTES``.
+* Rule 4: output is due (``StallWatch``) after a caller transcript, a text, a tool result or the
+  greeting, and until ``generationComplete``; a stall resumes with the handle (the service
+  continues the conversation). A barge-in sends what the caller heard as a system note
+  (:func:`wire.heard_note`).
 """
 
 from __future__ import annotations
@@ -187,15 +191,25 @@ class GeminiSession(ResilientSession):
         session = self._live("tool result")
         if session is not None:
             sending = session.send_tool_response(function_responses=response)
+            self.expect_output()
             await self._guard("tool result", sending)
 
     async def send_text(self, text: str) -> None:
         session = self._live("text")
         if session is not None:
+            self.expect_output()
             await self._guard("text", session.send_realtime_input(text=text))
 
     async def truncate(self, item_id: str, played_ms: int) -> None:
-        """Nothing to do: Gemini keeps no item audio that could be cut."""
+        """Tell the model, in-band, what the caller heard of ``item_id`` (Rule 4)."""
+        heard = self.heard_part(item_id, played_ms)
+        session = self._live("heard note")
+        if heard is None or session is None:
+            return
+        turns: Any = wire.heard_note(heard)
+        await self._guard(
+            "heard note", session.send_client_content(turns=turns, turn_complete=False)
+        )
 
     # ----------------------------------------------------------------- ResilientSession
 
@@ -223,6 +237,8 @@ class GeminiSession(ResilientSession):
                     turns=turns,  # type: ignore[arg-type]
                     turn_complete=greeting is not None,
                 )
+                if greeting is not None:
+                    self.expect_output()
             except Exception as error:
                 await bounded(self.disconnect())
                 raise ProviderConnectError(f"gemini: cannot seed: {describe(error)}") from error
@@ -250,6 +266,9 @@ class GeminiSession(ResilientSession):
             async for message in session.receive():
                 for event in receiver.receive(message):
                     self.emit(event)
+                content = message.server_content
+                if content is not None and content.generation_complete:
+                    self.watch.settle()  # the rest is playback time: nothing more is due
                 if receiver.go_away and not receiver.in_turn:
                     return "goAway"
 

@@ -14,10 +14,13 @@ Rules of :class:`GeminiReceiver`:
 * Rule 2: one server message may carry several fields at once; they are handled in the order
   caller transcript, agent audio, agent transcript, interruption, end of turn.
 * Rule 3: transcripts come as pieces: each piece is a partial :class:`Transcript` and the
-  concatenation is emitted once as final — the caller's when the model starts answering (or at
-  the end of the turn), the agent's at the end of its turn or when interrupted.
+  concatenation is emitted once as final — the caller's when the model starts answering (audio
+  or a tool call) or at the end of the turn, the agent's at the end of its turn or when
+  interrupted.
 * Rule 4: ``interrupted`` closes the open turn, so the turnComplete that follows it (like one
   of a turn without audio, e.g. a tool call) gives ``TurnComplete(None)``.
+* Rule 5: Gemini cannot truncate a reply, so what the caller heard of a cut one is told in-band
+  (:func:`heard_note`): a text turn marked ``[system note]`` that does not complete the turn.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from sipbot.domain import (
     Transcript,
     TurnComplete,
 )
-from sipbot.providers.continuity import greeting_prompt
+from sipbot.providers.continuity import SYSTEM_NOTE, greeting_prompt
 
 INPUT_MIME_TYPE = "audio/pcm;rate=16000"
 
@@ -149,6 +152,21 @@ def seed_turns(history: Sequence[Transcript], greeting: str | None) -> list[dict
     return turns
 
 
+def heard_note(heard: str) -> list[dict[str, Any]]:
+    """The ``clientContent`` turns telling the model what the caller heard of its cut reply.
+
+    Send with ``turn_complete`` False: it is context, the caller is speaking (Rule 5).
+    """
+    if heard:
+        text = (
+            f"{SYSTEM_NOTE} The caller interrupted your last reply; they heard only: "
+            f'"{heard}". They did not hear the rest.'
+        )
+    else:
+        text = f"{SYSTEM_NOTE} The caller interrupted your last reply before hearing any of it."
+    return [{"role": "user", "parts": [{"text": text}]}]
+
+
 def tool_response(call_id: str, name: str, result: Any) -> dict[str, Any]:
     """One ``functionResponses`` entry; a result that is not an object goes under ``output``."""
     response = dict(result) if isinstance(result, Mapping) else {"output": result}
@@ -191,6 +209,9 @@ class _ServerContent(Protocol):
 
     @property
     def interrupted(self) -> bool | None: ...
+
+    @property
+    def generation_complete(self) -> bool | None: ...
 
     @property
     def input_transcription(self) -> _Transcription | None: ...
@@ -280,6 +301,7 @@ class GeminiReceiver:
         if content is not None:
             self._content(content, events)
         if message.tool_call is not None:
+            self._finish_caller(events)
             for call in message.tool_call.function_calls or ():
                 events.append(ToolCall(call.id or "", call.name or "", dict(call.args or {})))
         if message.tool_call_cancellation is not None:

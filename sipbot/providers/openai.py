@@ -10,6 +10,10 @@ reconnection) whose protocol state lives in :class:`OpenAIConversation`.
 * Rule 3: events go out with the SDK's ``send_raw`` and come in with ``recv_bytes``: the SDK's
   ``send``/``recv`` validate and build models per event (~90 µs per audio append), which at
   hundreds of calls costs a CPU; the wire module already produces and reads the GA shapes.
+* Rule 4: output is due (``StallWatch``) from ``input_audio_buffer.committed`` or
+  ``response.created`` until ``response.done`` (caller transcripts may come after the reply, so
+  they do not count); a stall opens a new session seeded with the transcript that asks for the
+  owed answer again (``response.create``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "gpt-realtime"
 CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + websocket handshake + session.updated
 MAX_ATTEMPTS = 5
+DUE_EVENTS = frozenset({"input_audio_buffer.committed", "response.created"})  # an answer is owed
 
 
 class OpenAIProvider:
@@ -104,6 +109,8 @@ class OpenAIProvider:
 class OpenAISession(ResilientSession):
     """One call's OpenAI Realtime conversation (a ``ProviderSession``)."""
 
+    caller_text_due = False  # input transcription is asynchronous (Rule 4)
+
     def __init__(self, provider: OpenAIProvider, call: CallInfo, config: SessionConfig) -> None:
         audio_format = wire.audio_format_for(call.codec)
         super().__init__(
@@ -118,7 +125,10 @@ class OpenAISession(ResilientSession):
     # ----------------------------------------------------------------- ProviderSession
 
     async def send_tool_result(self, call_id: str, name: str, result: Any) -> None:
-        if not self._conversation.tool_result(call_id, result):
+        if self._conversation.tool_result(call_id, result):
+            if not self._conversation.waiting_for_results:
+                self.expect_output()
+        else:
             logger.warning(
                 "call %s: openai: result of unknown tool call %s (%s) dropped",
                 self.call.call_id,
@@ -129,9 +139,11 @@ class OpenAISession(ResilientSession):
 
     async def send_text(self, text: str) -> None:
         self._conversation.caller_text(text)
+        self.expect_output()
         await self._flush()
 
     async def truncate(self, item_id: str, played_ms: int) -> None:
+        self.heard_part(item_id, played_ms)
         self._conversation.truncate(item_id, played_ms)
         await self._flush()
 
@@ -154,6 +166,9 @@ class OpenAISession(ResilientSession):
             conversation.send(event)
         if first and self.config.greeting:
             conversation.greet(self.config.greeting)
+            self.expect_output()
+        if self.stall_recovery:
+            conversation.request_response()  # the answer the stalled session owed
         await self._flush()
         return f"new session seeded with {len(seed)} turns"
 
@@ -185,6 +200,8 @@ class OpenAISession(ResilientSession):
         connection, conversation = self._connection, self._conversation
         while True:
             event = json.loads(await connection.recv_bytes())
+            if event.get("type") in DUE_EVENTS:
+                self.expect_output()
             for out in conversation.receive(event, self._loop.time()):
                 self.emit(out)
             if conversation.expired:

@@ -214,6 +214,11 @@ class OpenAIConversation:
         self._cut_streaming = False  # ... while the server was still sending its audio
         self._playing_until = 0.0
 
+    @property
+    def waiting_for_results(self) -> bool:
+        """Tool calls of the last response still await their results (Rule 2)."""
+        return bool(self._pending_calls)
+
     # ----------------------------------------------------------------- requests
 
     def data_to_send(self) -> list[dict[str, Any]]:

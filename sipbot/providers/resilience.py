@@ -14,6 +14,14 @@ this class runs them:
   :class:`ProviderNotice`; a spent budget is one :class:`ProviderFailed`, then the events end.
 * Rule 3: ``close()`` is idempotent and bounded: it cancels the tasks and closes the connection
   with a timeout; ``events()`` then ends.
+* Rule 4: a stall (:class:`StallWatch`: output due and nothing for ``stall_timeout_s``) ends the
+  connection like a drop, with one :class:`ProviderStalled`, and is resumed in place with a
+  single attempt (``stall_recovery`` is set meanwhile: Gemini presents its resumption handle,
+  OpenAI seeds a new session and asks for the answer again). A failed resume, or a second stall
+  before a reply completed, is a :class:`ProviderFailed` at once (the call then fails over).
+* Rule 5: what the caller heard of a cut reply (:meth:`heard_part`, from :class:`HeardText`)
+  replaces that reply in the transcript kept for seeding, and is reported as :class:`Heard`; a
+  connection lost mid-reply turns the reply's transcript pieces into its final transcript.
 """
 
 from __future__ import annotations
@@ -27,24 +35,37 @@ from typing import Any
 
 from sipbot.domain import (
     AudioFormat,
+    AudioOut,
     CallInfo,
+    Heard,
     ProviderEvent,
     ProviderFailed,
     ProviderNotice,
+    ProviderStalled,
     SessionConfig,
     Transcript,
 )
 from sipbot.errors import ProviderConnectError
-from sipbot.providers.continuity import ReconnectBudget, TranscriptLog
+from sipbot.providers.continuity import (
+    STALL_TIMEOUT_S,
+    HeardText,
+    ReconnectBudget,
+    StallWatch,
+    TranscriptLog,
+)
 from sipbot.providers.uplink import UplinkBuffer
 
 logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 2.0  # a stuck peer must not hold a hung-up call
+STALLED = "stalled"  # why a connection ended when its StallWatch fired
 
 
 class ResilientSession(abc.ABC):
     """Base of the cloud provider sessions (see the module docstring).
+
+    Class attributes:
+        caller_text_due: a caller transcript means the model owes an answer (StallWatch).
 
     Args:
         name: provider name, for notices and logs.
@@ -54,6 +75,8 @@ class ResilientSession(abc.ABC):
         output_format: format of agent audio out.
         max_attempts: consecutive failed reconnections before giving up.
     """
+
+    caller_text_due = True
 
     def __init__(
         self,
@@ -78,6 +101,13 @@ class ResilientSession(abc.ABC):
         self._events: asyncio.Queue[ProviderEvent | None] = asyncio.Queue()
         self._supervisor: asyncio.Task[None] | None = None
         self._closed = False
+        self.watch = StallWatch(
+            config.stall_timeout_s or STALL_TIMEOUT_S, caller_text_due=self.caller_text_due
+        )
+        self.stall_recovery = False  # connect() is resuming after a stall (Rule 4)
+        self._armed = asyncio.Event()  # the watch has a deadline
+        self._heard = HeardText(output_format.bytes_per_ms)
+        self._agent_pieces: list[str] = []  # agent transcript of the reply arriving
 
     # ----------------------------------------------------------------- for subclasses
 
@@ -109,9 +139,36 @@ class ResilientSession(abc.ABC):
 
     def emit(self, event: ProviderEvent) -> None:
         """Queue an event for ``events()`` (final transcripts are also logged for seeding)."""
+        if isinstance(event, AudioOut):
+            self._heard.audio(event.item_id, len(event.audio))
+        elif isinstance(event, Transcript) and event.role == "agent" and not event.final:
+            self._heard.piece(event.text)
+            self._agent_pieces.append(event.text)
+        self.watch.event(event, self.now())
+        if self.watch.due:
+            self._armed.set()
+        self._queue(event)
+
+    def _queue(self, event: ProviderEvent) -> None:
         if isinstance(event, Transcript):
             self.transcript.add(event)
+            if event.role == "agent" and event.final:
+                self._agent_pieces.clear()
         self._events.put_nowait(event)
+
+    def expect_output(self) -> None:
+        """The model owes an answer from now (text, tool result or greeting sent; Rule 4)."""
+        self.watch.expect(self.now())
+        self._armed.set()
+
+    def heard_part(self, item_id: str, played_ms: int) -> str | None:
+        """What the caller heard of ``item_id`` (Rule 5); None: unknown, or heard whole."""
+        text = self._heard.heard(item_id, played_ms)
+        if text is None or len(text.split()) >= self._heard.word_count(item_id):
+            return None
+        self.transcript.cut_last_agent(text)
+        self._queue(Heard(item_id, played_ms, text))
+        return text
 
     def now(self) -> float:
         """The loop's monotonic clock, in seconds."""
@@ -169,7 +226,14 @@ class ResilientSession(abc.ABC):
                 reason = await self._serve()
                 await bounded(self.disconnect())
                 for event in self.connection_lost():
-                    self.emit(event)
+                    self._queue(event)  # not to the StallWatch: nothing new arrived
+                if self._agent_pieces:  # a reply cut short: what arrived of it (Rule 5)
+                    self._queue(Transcript("agent", "".join(self._agent_pieces).strip()))
+                    self._agent_pieces.clear()
+                if reason == STALLED:
+                    if not await self._resume_stalled():
+                        return
+                    continue
                 delay = self._budget.lost(self.now())
                 self.emit(ProviderNotice(f"{self.name}: connection ended ({reason}); reconnecting"))
                 if not await self._reconnect(delay):
@@ -178,6 +242,25 @@ class ResilientSession(abc.ABC):
             if not self._closed:
                 self._closed = True
                 self._events.put_nowait(None)
+
+    async def _resume_stalled(self) -> bool:
+        """One attempt to resume after a stall (Rule 4); False: ProviderFailed was emitted."""
+        if self.watch.in_a_row > 1:
+            self.emit(ProviderFailed(f"{self.name}: stalled twice"))
+            return False
+        self.emit(ProviderStalled(f"{self.name}: no output for {self.watch.timeout_s:g} s"))
+        self.stall_recovery = True
+        try:
+            how = await self.connect(first=False)
+        except ProviderConnectError as error:
+            self.emit(ProviderFailed(f"{self.name}: stalled and cannot resume: {error}"))
+            return False
+        finally:
+            self.stall_recovery = False
+        self._budget.connected(self.now())
+        self.expect_output()  # the answer is still owed
+        self.emit(ProviderNotice(f"{self.name}: resumed after a stall ({how})"))
+        return True
 
     async def _reconnect(self, delay: float | None) -> bool:
         last = "the connection kept ending"
@@ -191,6 +274,8 @@ class ResilientSession(abc.ABC):
                 delay = self._budget.failed()
                 continue
             self._budget.connected(self.now())
+            if self.watch.due:  # a reply was owed when the connection ended: still is
+                self.expect_output()
             self.emit(ProviderNotice(f"{self.name}: reconnected ({how})"))
             return True
         self.emit(ProviderFailed(f"{self.name}: gave up reconnecting: {last}"))
@@ -200,15 +285,32 @@ class ResilientSession(abc.ABC):
         """Run the sender and the receiver on the current connection; returns why it ended."""
         sender = asyncio.create_task(self._send_loop())
         receiver = asyncio.create_task(self.receive())
+        watchdog = asyncio.create_task(self._watchdog())
+        tasks = {sender, receiver, watchdog}
         try:
-            done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            sender.cancel()
-            receiver.cancel()
-            await asyncio.gather(sender, receiver, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         task = done.pop()
         error = task.exception()
         return describe(error) if error is not None else str(task.result())
+
+    async def _watchdog(self) -> str:
+        """Return STALLED once the StallWatch fires (one timer at its deadline, Rule 4)."""
+        watch, armed = self.watch, self._armed
+        while True:
+            deadline = watch.deadline()
+            if deadline is None:
+                armed.clear()
+                await armed.wait()
+                continue
+            delay = deadline - self.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif watch.stalled(self.now()):
+                return STALLED
 
     async def _send_loop(self) -> str:
         uplink, wake, loop = self._uplink, self._wake, self._loop

@@ -146,6 +146,9 @@ class Attempt:
             ringing=self.ringing,
             early_media=self.early_media,
             amd=_amd_json(getattr(record, "amd", None)),
+            stalls=int(getattr(record, "stalls", 0) or 0),
+            recovery_ms=int(getattr(record, "recovery_ms", 0) or 0),
+            switched_to=getattr(record, "switched_to", None),
             lines=transcript_lines(call, started),
         )
 

@@ -46,6 +46,9 @@ CALL_COLUMNS: Final = (
     "early_media",
     "amd",
     "concealed_frames",
+    "stalls",
+    "recovery_ms",
+    "switched_to",
 )
 LINE_COLUMNS: Final = ("record_id", "seq", "at", "role", "text")
 
@@ -83,6 +86,9 @@ class CallRow:
         amd: JSON object of the answering-machine detection (``result`` human/machine/unknown,
             ``cause``, ``decision_ms``, ``action``, ``beep_ms``, ``greeting_end_ms``,
             ``message_ms``, ``message_done``; ms of callee audio from its first frame), or None.
+        stalls: times the provider stalled and was resumed in place.
+        recovery_ms: total time from each stall or provider switch to the next agent audio.
+        switched_to: the fallback provider the call switched to, or None.
         lines: the transcript.
     """
 
@@ -114,6 +120,9 @@ class CallRow:
     ringing: float | None = None
     early_media: int = 0
     amd: str | None = None
+    stalls: int = 0
+    recovery_ms: int = 0
+    switched_to: str | None = None
     lines: tuple[LineRow, ...] = field(default=())
 
     def values(self) -> tuple[Any, ...]:

@@ -14,7 +14,8 @@ the recording path and the source address, and an index on ``caller`` for ``call
 version 3 added outbound calls: ``direction``, the final dial state (answered, busy, no-answer,
 rejected, failed), when it started ringing and how much early media came (ms); version 4 added
 the answering-machine detection's result and timings (``amd``, JSON);
-version 5 added ``concealed_frames`` (20 ms of lost caller audio concealed, media Rule 7).
+version 5 added ``concealed_frames`` (20 ms of lost caller audio concealed, media Rule 7);
+version 6 added provider stalls, the recovery time and the provider a call switched to.
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ("ALTER TABLE calls ADD COLUMN amd TEXT",),
     # version 5
     ("ALTER TABLE calls ADD COLUMN concealed_frames INTEGER NOT NULL DEFAULT 0",),
+    # version 6
+    (
+        "ALTER TABLE calls ADD COLUMN stalls INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE calls ADD COLUMN recovery_ms INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE calls ADD COLUMN switched_to TEXT",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 VERSION_TABLE: Final = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

@@ -1,5 +1,8 @@
 """Built-in telephony tools, enabled per agent: ``hang_up``, ``transfer_call``, ``send_dtmf``,
-``get_caller_info``.
+``get_caller_info``, ``handoff``.
+
+``handoff`` is made per agent by :class:`HandoffTool` with the agent's allow-list of agents
+(``handoff_allow``), checked before the call is asked to hand over.
 
 ``transfer_call`` is made per agent by :func:`transfer_call` with the agent's allow-list; the
 destination is checked against it *before* :meth:`CallControl.transfer` is called, so a model
@@ -13,10 +16,10 @@ import re
 from collections.abc import Iterable
 
 from sipbot.errors import ToolDefinitionError, ToolError, ToolNotAllowed
-from sipbot.tools.context import ToolContext
+from sipbot.tools.context import CallHandoff, ToolContext
 from sipbot.tools.registry import PythonTool, tool
 
-BUILTIN_NAMES = ("hang_up", "transfer_call", "send_dtmf", "get_caller_info")
+BUILTIN_NAMES = ("hang_up", "transfer_call", "send_dtmf", "get_caller_info", "handoff")
 DTMF_RE = re.compile(r"[0-9*#A-D]{1,32}")
 MAX_TRANSFER_TIMEOUT_S = 60.0  # an agent's longest wait for a REFER's final NOTIFY
 # transfer_call waits for the outcome: the REFER's own transaction (64·T1 = 32 s at most) plus
@@ -159,12 +162,51 @@ def transfer_result(uri: str, outcome: str) -> str:
     )
 
 
+class HandoffTool(PythonTool):
+    """The ``handoff`` tool of one agent: hands the call to an agent of ``allow`` only.
+
+    Raises:
+        ToolDefinitionError: ``allow`` is empty.
+    """
+
+    def __init__(self, allow: Iterable[str]) -> None:
+        self.allow = tuple(allow)
+        if not self.allow:
+            raise ToolDefinitionError("handoff needs at least one agent to hand over to")
+        allowed = self.allow
+
+        async def handoff(agent: str, reason: str, context: ToolContext) -> str:
+            """Hand the call over to another agent.
+
+            Args:
+                agent: the agent to take over the call.
+                reason: why, in a few words (the other agent is told).
+            """
+            if agent not in allowed:
+                raise ToolNotAllowed(
+                    f"handoff to {agent!r} is not allowed (allowed: {', '.join(allowed)})"
+                )
+            control = context.control
+            if not isinstance(control, CallHandoff):
+                raise ToolError("this call cannot be handed over")
+            await control.handoff(agent, reason)
+            return f"the call goes to {agent} now"
+
+        description = (
+            "Hand the call over to another agent, who continues the conversation with what was "
+            "said so far. Say a short sentence to the caller first. Agents: " + ", ".join(allowed)
+        )
+        super().__init__(handoff, description=description)
+
+
 def transfer_call(allow: Iterable[str]) -> TransferCallTool:
     """The ``transfer_call`` tool, allowed to transfer only to ``allow`` (see TransferPolicy)."""
     return TransferCallTool(allow)
 
 
-def builtin_tool(name: str, transfer_allow: Iterable[str] = ()) -> PythonTool:
+def builtin_tool(
+    name: str, transfer_allow: Iterable[str] = (), handoff_allow: Iterable[str] = ()
+) -> PythonTool:
     """The built-in tool ``name`` (one of :data:`BUILTIN_NAMES`).
 
     Raises:
@@ -172,6 +214,8 @@ def builtin_tool(name: str, transfer_allow: Iterable[str] = ()) -> PythonTool:
     """
     if name == "transfer_call":
         return TransferCallTool(transfer_allow)
+    if name == "handoff":
+        return HandoffTool(handoff_allow)
     fixed = {"hang_up": hang_up, "send_dtmf": send_dtmf, "get_caller_info": get_caller_info}
     if name not in fixed:
         raise ToolDefinitionError(f"unknown built-in tool {name!r}")

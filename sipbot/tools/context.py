@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sipbot.domain import CallInfo, Transcript
 
@@ -40,6 +40,19 @@ class CallControl(Protocol):
 
     async def send_dtmf(self, digits: str) -> None:
         """Send ``digits`` (``0-9*#A-D``, already validated) as RFC 4733 events."""
+        ...
+
+
+@runtime_checkable
+class CallHandoff(Protocol):
+    """A call that can hand itself over to another agent (the built-in ``handoff`` tool)."""
+
+    async def handoff(self, agent: str, reason: str) -> None:
+        """Continue the call with ``agent`` (already allowed) once the current tool has finished.
+
+        Raises:
+            ToolError: the agent cannot take the call.
+        """
         ...
 
 

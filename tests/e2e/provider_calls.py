@@ -234,8 +234,7 @@ class Rigs:
         Every agent (default: one, ``bot``) points at the emulator and answers the DID of its
         name; ``env`` adds environment variables for the server (e.g. another key).
         """
-        emu = RecordedEmulator(kind, script)
-        self._emulators.append(emu.__enter__())
+        emu = self.emulator(kind, script)
         specs = agents if agents is not None else {"bot": {}}
         config: dict[str, Any] = {
             # log_transcripts: the assertions read what each side said from the log
@@ -249,6 +248,12 @@ class Rigs:
         path = str(self._tmp / "sipbot.yaml")
         server = self._start_server("-c", path, env={**server_env(), **(env or {})})
         return Rig(emu, server, self._tmp)
+
+    def emulator(self, kind: Kind, script: EmulatorScript) -> RecordedEmulator:
+        """A started emulator, stopped with the test's others (e.g. an agent's fallback)."""
+        emu = RecordedEmulator(kind, script)
+        self._emulators.append(emu.__enter__())
+        return emu
 
     def __enter__(self) -> Rigs:
         return self

@@ -124,10 +124,11 @@ def test_a_version_1_database_is_migrated_with_its_records(url: str) -> None:
             (T0,),
         )
     assert pg.migrate() == 1
-    assert pg.version() == 2
+    assert pg.version() == SCHEMA_VERSION == 3
     old = pg.get("old")
     assert old is not None
     assert (old["turns"], old["media"], old["source"]) == (2, None, None)
+    assert (old["stalls"], old["recovery_ms"], old["switched_to"]) == (0, 0, None)
     pg.write(rows())
     assert len(pg.list_calls()) == 3
     pg.close()

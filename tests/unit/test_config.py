@@ -703,3 +703,119 @@ def test_barge_in_guard_loads_and_a_bad_mode_says_where(in_tmp: Path) -> None:
     assert str(info.value) == (
         "d.yaml:4: agents.a.barge_in.mode: unknown mode 'nope' (guard, provider, off)"
     )
+
+
+# --------------------------------------------------------------------------- fallback, stalls
+
+FALLBACK = """\
+agents:
+  bot:
+    provider: gemini
+    api_key: ${GEMINI_API_KEY}
+    voice: Kore
+    prompt: You help.
+    tools: [hang_up]
+    stall_timeout_ms: 2500
+    fallback:
+      provider: openai
+      model: gpt-realtime
+      voice: marin
+      api_key: ${OPENAI_API_KEY}
+routes:
+  - {answer: bot}
+"""
+
+
+def test_a_fallback_is_the_agent_on_another_provider(in_tmp: Path) -> None:
+    from sipbot.domain import CallInfo
+
+    environ = {"GEMINI_API_KEY": "g", "OPENAI_API_KEY": "o"}
+    agent = load_config(write(in_tmp, FALLBACK), environ=environ).dialplan.agents["bot"]
+    fallback = agent.fallback
+    assert fallback is not None
+    assert (fallback.provider, fallback.model, fallback.voice) == (
+        "openai",
+        "gpt-realtime",
+        "marin",
+    )
+    assert fallback.api_key == Secret("o")
+    assert (fallback.name, fallback.prompt, fallback.fallback) == ("bot", "You help.", None)
+    now = datetime(2025, 3, 14, tzinfo=UTC)
+    config = fallback.session_config(CallInfo("c1"), now)
+    assert [t.name for t in config.tools] == ["hang_up"]  # the same tools
+    assert agent.session_config(CallInfo("c1"), now).stall_timeout_s == 2.5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ("provider: openai\n      model", "provider: opnai\n      model"),
+            "d.yaml:10: agents.bot.fallback.provider: unknown provider 'opnai'; "
+            "did you mean 'openai'? (local, gemini, openai)",
+        ),
+        (
+            ("api_key: ${OPENAI_API_KEY}", "api_key: plain"),
+            "d.yaml:13: agents.bot.fallback.api_key: secrets come from the environment only: "
+            "write api_key: ${VAR}",
+        ),
+        (
+            ("provider: openai\n      model: gpt-realtime", "provider: gemini\n      model: null"),
+            "d.yaml:9: agents.bot.fallback: the fallback is the agent's own provider, model "
+            "and endpoint",
+        ),
+        (
+            ("stall_timeout_ms: 2500", "stall_timeout_ms: 0"),
+            "d.yaml:8: agents.bot.stall_timeout_ms: must be > 0",
+        ),
+        (
+            ("      voice: marin", "      voice: marin\n      prompt: x"),
+            "d.yaml:13: agents.bot.fallback.prompt: unknown key 'prompt'",
+        ),
+    ],
+)
+def test_fallback_errors(in_tmp: Path, change: tuple[str, str], message: str) -> None:
+    text = FALLBACK.replace(*change)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(in_tmp, text), environ={"GEMINI_API_KEY": "g", "OPENAI_API_KEY": "o"})
+    assert str(info.value) == message
+
+
+HANDOFF = """\
+agents:
+  desk:
+    provider: local
+    tools: [handoff]
+    handoff_allow: [billing]
+  billing: {provider: local}
+"""
+
+
+def test_handoff_allow_names_other_agents(in_tmp: Path) -> None:
+    agent = load_config(write(in_tmp, HANDOFF), environ={}).dialplan.agents["desk"]
+    assert agent.handoff_allow == ("billing",)
+    assert [t.spec.name for t in agent.resolved_tools] == ["handoff"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ("[billing]", "[biling]"),
+            "d.yaml:5: agents.desk.handoff_allow[0]: unknown agent 'biling'; did you mean "
+            "'billing'? (another agent of agents:)",
+        ),
+        (
+            ("[billing]", "[desk]"),
+            "d.yaml:5: agents.desk.handoff_allow[0]: an agent cannot hand a call over to itself",
+        ),
+        (
+            ("    handoff_allow: [billing]\n", ""),
+            "d.yaml:4: agents.desk.tools[0]: handoff needs handoff_allow: the agents it may use",
+        ),
+    ],
+)
+def test_handoff_errors(in_tmp: Path, change: tuple[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(in_tmp, HANDOFF.replace(*change)), environ={})
+    assert str(info.value) == message

@@ -30,6 +30,7 @@ from sipbot.conversation import (
     HOLD_LOW_MS,
     HOLD_TICK_S,
     MAX_DURATION,
+    RECOVERY_FILLER,
     TRANSFER,
     TRANSFER_NOTIFY_TIMEOUT_S,
     AmdPolicy,
@@ -53,6 +54,7 @@ from sipbot.conversation import (
     SetTimer,
     StartTool,
     StopDetecting,
+    SwitchProvider,
     TransferDone,
     Truncate,
     WatchDrain,
@@ -64,6 +66,7 @@ from sipbot.providers.base import (
     Interrupted,
     ProviderFailed,
     ProviderNotice,
+    ProviderStalled,
     ToolCall,
     ToolCallCancelled,
     Transcript,
@@ -784,3 +787,84 @@ def test_guard_verdicts_after_the_end_do_nothing() -> None:
     assert core.barge_in_confirmed(1.2) == []
     assert core.barge_in_cleared(1.3) == []
     assert core.barge_in_suspected(1.4) == []
+
+
+# --------------------------------------------------------------------------- Rule 13: stalls
+
+
+def test_a_stall_plays_the_filler_once_into_silence_and_counts_the_recovery() -> None:
+    core = opened()
+    assert core.provider_event(AudioOut(b"\x00" * 480, "a"), 1.0) == [Play(b"\x00" * 480, "a")]
+    stalled = ProviderStalled("gemini: no output for 4 s")
+    assert core.provider_event(stalled, 5.0) == [SetTimer(5.0, RECOVERY_FILLER)]
+    # the agent's last words still play: the filler comes after them
+    assert core.timer_fired(RECOVERY_FILLER, 5.0, queued_ms=300) == [SetTimer(5.3, RECOVERY_FILLER)]
+    assert core.timer_fired(RECOVERY_FILLER, 5.3, queued_ms=0) == [PlayPrompt("filler")]
+    assert core.timer_fired(RECOVERY_FILLER, 5.4, queued_ms=0) == []  # once
+    assert core.provider_event(stalled, 5.5) == []  # the same recovery: no second filler
+    assert core.provider_event(AudioOut(b"\x01" * 480, "b"), 5.75) == [Play(b"\x01" * 480, "b")]
+    assert (core.counts.stalls, core.counts.recovery_ms) == (2, 750)
+
+
+def test_the_reply_coming_back_before_the_filler_cancels_it() -> None:
+    core = opened()
+    assert core.provider_event(ProviderStalled("x"), 2.0) == [SetTimer(2.0, RECOVERY_FILLER)]
+    core.provider_event(AudioOut(b"\x00" * 480, "a"), 2.1)
+    assert core.timer_fired(RECOVERY_FILLER, 2.2, queued_ms=0) == []
+    assert core.counts.recovery_ms == 100
+
+
+# --------------------------------------------------------------------------- Rule 14: failover
+
+
+@pytest.mark.parametrize("lost", ["event", "unavailable"])
+def test_a_lost_provider_switches_to_the_fallback_then_apologises_when_none_is_left(
+    lost: str,
+) -> None:
+    core = opened(fallbacks=1)
+    core.provider_event(LOOKUP, 0.5)
+    if lost == "event":
+        actions = core.provider_event(ProviderFailed("gemini: stalled twice"), 1.0)
+        reason = "provider-failed"
+    else:
+        actions = core.provider_lost("provider-unavailable", 1.0)
+        reason = "provider-unavailable"
+    assert actions == [
+        CancelTools(("t1",)),
+        SwitchProvider(reason),
+        SetTimer(1.0, RECOVERY_FILLER),
+    ]
+    assert core.dtmf("5", 1.1) == []  # no session to tell until the fallback is open
+    assert core.provider_opened(1.5) == []
+    assert core.provider_event(AudioOut(b"\x00" * 480, "x"), 2.0) == [Play(b"\x00" * 480, "x")]
+    assert (core.counts.switches, core.counts.recovery_ms) == (1, 1000)
+    # the fallback is lost too: Rule 3
+    assert core.provider_event(ProviderFailed("openai: gave up"), 3.0) == [
+        Flush(),
+        PlayPrompt("apology"),
+        WatchDrain(),
+        SetTimer(3.0 + APOLOGY_TIMEOUT_S, APOLOGY),
+    ]
+
+
+# --------------------------------------------------------------------------- Rule 15: handoff
+
+HANDOFF_CALL = ToolCall("h1", "handoff", {"agent": "billing", "reason": "invoice"})
+
+
+def test_a_handoff_switches_once_its_tool_has_finished_and_its_result_goes_nowhere() -> None:
+    core = opened(fallbacks=1)
+    core.provider_event(LOOKUP, 0.5)
+    core.provider_event(HANDOFF_CALL, 1.0)
+    assert core.handoff_requested(1.1, fallbacks=0) == []
+    assert core.tool_finished("h1", "the call goes to billing now", 1.2) == [
+        CancelTools(("t1",)),
+        SwitchProvider("handoff"),
+    ]
+    assert core.dtmf("5", 1.3) == []  # no session until the other agent's is open
+    assert core.provider_opened(1.5) == []
+    # a handoff tool that did not ask (refused agent) answers the model as usual
+    core.provider_event(ToolCall("h2", "handoff", {}), 2.0)
+    assert core.tool_finished("h2", None, 2.1) == [SendToolResult("h2", "handoff", None)]
+    # the other agent has no fallback: losing its provider is Rule 3
+    assert core.provider_lost("provider-closed", 3.0)[:2] == [Flush(), PlayPrompt("apology")]

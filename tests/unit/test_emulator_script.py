@@ -143,3 +143,14 @@ def test_cli_override_errors() -> None:
     with pytest.raises(ConfigError) as error:
         build_script(None, ["sped=1"])
     assert str(error.value).startswith("--set: sped: unknown field")
+
+
+def test_a_stall_is_due_after_n_replies_at_a_point_of_the_reply() -> None:
+    assert not EmulatorScript().stalls(0, 10_000)  # off by default
+    script = script_from_mapping({"stall_after_turns": 1, "stall_mid_reply_ms": 300})
+    assert not script.stalls(0, 500)  # the reply after one completed reply stalls, not the first
+    assert not script.stalls(1, 200)
+    assert script.stalls(1, 300)
+    with pytest.raises(ConfigError) as info:
+        script_from_mapping({"stall_mid_reply_ms": -1})
+    assert str(info.value) == "stall_mid_reply_ms: must be at least 0, got -1"

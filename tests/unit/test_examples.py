@@ -55,6 +55,9 @@ def test_support_line_business_hours() -> None:
     assert open_call.route_name == "business-hours"
     assert isinstance(open_call.action, Answer)
     assert open_call.action.agent.provider == "gemini"
+    fallback = open_call.action.agent.fallback
+    assert fallback is not None
+    assert (fallback.provider, fallback.voice) == ("openai", "marin")
     assert open_call.dtmf == {"0": Transfer("sip:operator@pbx.example.com")}
     closed = decide(plan, "+4930123456100", "+4930555", tuesday_20_berlin)
     assert closed.route_name == "after-hours"

@@ -35,6 +35,7 @@ from sipbot.providers.gemini_wire import (
     INPUT_MIME_TYPE,
     GeminiReceiver,
     connect_config,
+    heard_note,
     realtime_audio_message,
     seed_turns,
     tool_response,
@@ -329,3 +330,21 @@ def test_realtime_audio_message_is_the_frame_the_sdk_sends(audio: bytes) -> None
     converted = converters._LiveSendRealtimeInputParameters_to_mldev(from_object=params)
     converted = _common.encode_unserializable_types(_common.convert_to_dict(converted))
     assert realtime_audio_message(audio) == json.dumps({"realtime_input": converted})
+
+
+def test_what_the_caller_heard_is_a_system_note_turn() -> None:
+    assert heard_note("It is sunny") == [
+        {
+            "role": "user",
+            "parts": [
+                {
+                    "text": "[system note] The caller interrupted your last reply; they heard "
+                    'only: "It is sunny". They did not hear the rest.'
+                }
+            ],
+        }
+    ]
+    [turn] = heard_note("")
+    assert turn["parts"][0]["text"] == (
+        "[system note] The caller interrupted your last reply before hearing any of it."
+    )

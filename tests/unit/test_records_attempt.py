@@ -47,6 +47,9 @@ class Record:
     turns: int = 2
     tool_calls: int = 1
     interruptions: int = 1
+    stalls: int = 0
+    recovery_ms: int = 0
+    switched_to: str | None = None
     tools: list[ToolLogEntry] = field(default_factory=list)
     lines: list[TranscriptLine] = field(default_factory=list)
     amd: dict[str, Any] | None = None
@@ -223,3 +226,18 @@ def test_the_answering_machine_detection_goes_to_the_record_as_json() -> None:
     a.answered = T0 + 1
     a.finish(Call(OldRecord()), reason="bye")  # no detection on the call: no value
     assert rows[1].amd is None
+
+
+def test_stalls_recovery_and_the_provider_switched_to_are_recorded() -> None:
+    rows: list[CallRow] = []
+    a = attempt(rows)
+    a.answered = T0 + 1
+    a.finish(Call(Record(stalls=2, recovery_ms=1840, switched_to="openai")), reason="bye")
+    old: list[CallRow] = []
+    b = attempt(old)
+    b.answered = T0 + 1
+    b.finish(Call(OldRecord()), reason="bye")  # a record from before these fields
+    assert [(r.stalls, r.recovery_ms, r.switched_to) for r in rows + old] == [
+        (2, 1840, "openai"),
+        (0, 0, None),
+    ]

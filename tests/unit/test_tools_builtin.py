@@ -166,3 +166,32 @@ def test_builtin_tool_lookup() -> None:
     with pytest.raises(ToolDefinitionError) as info:
         builtin_tool("reboot")
     assert str(info.value) == "unknown built-in tool 'reboot'"
+
+
+class HandoffControl(Control):
+    """A call that can be handed over (records it)."""
+
+    async def handoff(self, agent: str, reason: str) -> None:
+        self.actions.append(("handoff", f"{agent}: {reason}"))
+
+
+async def test_handoff_goes_only_to_allowed_agents_and_only_on_calls_that_can() -> None:
+    tool = builtin_tool("handoff", handoff_allow=["billing", "sales"])
+    assert tool.spec.description == (
+        "Hand the call over to another agent, who continues the conversation with what was "
+        "said so far. Say a short sentence to the caller first. Agents: billing, sales"
+    )
+    assert tool.spec.parameters["required"] == ["agent", "reason"]
+    control = HandoffControl()
+    runner = ToolRunner(ToolContext(control), [tool])
+    refused = await runner.start(ToolCall("1", "handoff", {"agent": "root", "reason": "x"}))
+    assert refused.error == "handoff to 'root' is not allowed (allowed: billing, sales)"
+    done = await runner.start(ToolCall("2", "handoff", {"agent": "billing", "reason": "invoice"}))
+    assert done.output == "the call goes to billing now"
+    assert control.actions == [("handoff", "billing: invoice")]
+    plain = ToolRunner(ToolContext(Control()), [tool])
+    result = await plain.start(ToolCall("3", "handoff", {"agent": "sales", "reason": "x"}))
+    assert result.error == "this call cannot be handed over"
+    with pytest.raises(ToolDefinitionError) as info:
+        builtin_tool("handoff")
+    assert str(info.value) == "handoff needs at least one agent to hand over to"
