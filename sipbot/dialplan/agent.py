@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from sipbot.dialplan.fields import did_you_mean, fail, parse_srtp, with_field
 from sipbot.dialplan.match import zone
-from sipbot.dialplan.template import Template
+from sipbot.dialplan.template import CALL_DATA_NOTE, Template
 from sipbot.domain import CallInfo, SessionConfig, SrtpMode, ToolSpec, TurnDetection
 from sipbot.errors import ConfigError, ToolDefinitionError
 from sipbot.secret import Secret, to_secret
@@ -195,8 +195,11 @@ class Agent:
         options = dict(self.options)
         if self.provider == "local":
             options.setdefault("mode", self.local_mode)
+        instructions = self._prompt.fill(call, local)
+        if self._prompt.uses_call_data:  # template Rule 1
+            instructions += "\n\n" + CALL_DATA_NOTE
         return SessionConfig(
-            instructions=self._prompt.fill(call, local),
+            instructions=instructions,
             model=self.model,
             voice=self.voice,
             language=self.language,
