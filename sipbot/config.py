@@ -120,6 +120,8 @@ def _ip_or_none(text: Any) -> str | None:
 
 
 def _codecs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise _invalid(f"expected a list of codec names, got {value!r}")
     try:
         return check_codecs(list(value))
     except ConfigError as exc:

@@ -420,7 +420,7 @@ def _member(event: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = event.get(name) or {}
     if not isinstance(value, dict):
         kind = event.get("type")
-        raise ProviderProtocolError(f"openai: {kind} has a {name} that is not an object")
+        raise ProviderProtocolError(f"openai: {kind}: {name!r} is not an object")
     return value
 
 
