@@ -64,7 +64,7 @@ from sipbot.sip.legs import (
     RequestReceived,
 )
 from sipbot.sip.message import StreamFramer, parse_message, serialize
-from sipbot.sip.sdp import SdpAnswerer
+from sipbot.sip.sdp import SdpAnswerer, SrtpMode
 
 SEPARATOR = b"\x00\x00\x00\x00"  # Rule 2
 SOURCE = Peer("udp", "127.0.0.1", 5070)
@@ -77,6 +77,7 @@ OFFER_SDP = (
 TIMERS_RUN_S = 70.0  # after the last message: every SIP timer (64·T1 = 32 s) fires
 MAX_TIMER_FIRINGS = 1000  # more deadlines than that after the input ends is a timer loop
 CODECS = ("G722", "PCMU", "PCMA")
+SRTP_MODES: tuple[SrtpMode, ...] = ("off", "optional", "required")
 SRTP_KEY = bytes(range(30))  # 16-byte key + 14-byte salt, fixed (Rule 5)
 QUIET = logging.getLogger("fuzz.quiet")
 QUIET.disabled = True
@@ -202,7 +203,7 @@ def digest(data: bytes) -> None:
 
 def sdp(data: bytes) -> None:
     """The SDP parser and negotiator, both roles, each SRTP policy (first byte picks it)."""
-    mode = ("off", "optional", "required")[data[0] % 3] if data else "off"
+    mode: SrtpMode = SRTP_MODES[data[0] % len(SRTP_MODES)] if data else "off"
     body = data[1:]
     answerer = SdpAnswerer(CODECS, "192.0.2.1", 4000, srtp=mode)
     try:
