@@ -22,6 +22,7 @@ from sipbot.domain import CallInfo
 from sipbot.errors import ToolNotAllowed
 from sipbot.media.recorder import CallRecorder
 from sipbot.records import open_store
+from sipbot.records.store import DEFAULT_FILE
 from sipbot.tools.builtin import TransferPolicy
 
 ALLOW = ["sip:*@pbx.example.com", "sips:desk@pbx.example.com:5061", "tel:+1800*"]
@@ -173,7 +174,8 @@ def test_the_records_database_is_owner_only(tmp_path: Path) -> None:
     store.close()
     assert mode(data_dir) == 0o700
     files = sorted(p.name for p in data_dir.iterdir())
-    assert files and all(mode(data_dir / name) == 0o600 for name in files), files
+    assert DEFAULT_FILE in files  # and its -wal/-shm companions
+    assert {name: mode(data_dir / name) for name in files} == dict.fromkeys(files, 0o600)
 
 
 # --------------------------------------------------------------------------- HTTP listener
@@ -182,7 +184,7 @@ def test_the_records_database_is_owner_only(tmp_path: Path) -> None:
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::", "::ffff:127.0.0.1"])
 def test_a_listener_off_loopback_needs_a_token(host: str) -> None:
     listen = f"[{host}]:8089" if ":" in host else f"{host}:8089"
-    with pytest.raises(ValueError, match="is not loopback: set http.token"):
+    with pytest.raises(ValueError, match=r"is not loopback: set http\.token"):
         ServerSettings.model_validate({"http": {"listen": listen}})
 
 
