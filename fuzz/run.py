@@ -25,7 +25,7 @@ from pathlib import Path
 FUZZ_DIR = Path(__file__).resolve().parent
 CORPUS_DIR = FUZZ_DIR / "corpus"
 REGRESSIONS_DIR = FUZZ_DIR / "regressions"
-DEFAULT_TIMEOUT_S = 2  # one input running longer is a hang
+DEFAULT_TIMEOUT_S = 5  # one input running longer is a hang (slow, loaded CI machines too)
 DEFAULT_RSS_MB = 1024  # the whole process; Python and the SDKs need ~200 MB
 ALL = "all"  # every target in one process, the first input byte choosing (the suite's run)
 STATS_FILE = "stats.json"
@@ -63,6 +63,7 @@ def replay(name: str, paths: list[Path]) -> int:
 
 def fuzz(args: argparse.Namespace) -> None:
     """Hand the target to libFuzzer; never returns (libFuzzer exits)."""
+    import faulthandler  # noqa: F401 - libFuzzer's timeout report imports it (dialplan Rule 4)
     import logging
 
     import atheris

@@ -34,7 +34,7 @@ _FLOAT_TAG: Final = "tag:yaml.org,2002:float"
 _STR_TAG: Final = "tag:yaml.org,2002:str"
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 MAX_DEPTH: Final = 64  # nested mappings/sequences; a dialplan needs fewer than 10
-MAX_VALUES: Final = 100_000  # values built, aliases expanded; a large dialplan has a few 1000
+MAX_VALUES: Final = 20_000  # values built, aliases expanded; a large dialplan has a few 1000
 
 
 class YamlInt(int):

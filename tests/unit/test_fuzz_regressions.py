@@ -114,8 +114,7 @@ def test_server_codecs_that_are_not_a_list_of_names(
         ("merge-recursive", "d.yaml:1: x-a: an alias inside the value it names (recursive)"),
         (
             "alias-bomb",
-            "d.yaml:1: x-f[0][3][3][7][2][1]: "
-            "more than 100000 values (aliases expanding without bound?)",
+            "d.yaml:1: x-e[1][5][2][3]: more than 20000 values (aliases expanding without bound?)",
         ),
         ("nested-2000", "d.yaml: invalid YAML: nested more than 64 deep"),
     ],
@@ -123,7 +122,8 @@ def test_server_codecs_that_are_not_a_list_of_names(
 def test_yaml_that_expands_without_bound(tmp_path: Path, name: str, message: str) -> None:
     """fuzz/regressions/dialplan/alias-*, merge-*, nested-*: RecursionError escaped (a value
     or merge key containing its own alias, thousands of brackets), and nine aliases of nine
-    ("billion laughs") ran for minutes and gigabytes; now each is a ConfigError at once."""
+    ("billion laughs", 9**7 values) was still running after 20 s; now each is a ConfigError
+    at once."""
     path = tmp_path / "d.yaml"
     path.write_bytes((REGRESSIONS_DIR / "dialplan" / name).read_bytes())
     with pytest.raises(ConfigError) as info:
