@@ -236,7 +236,7 @@ def test_readme_story_copy_an_example_point_it_at_my_tools_check_and_route(
     assert "route: business-hours" in friday_morning
     assert "agent: support" in friday_morning
     assert "dtmf 0: transfer sip:operator@pbx.example.com" in friday_morning
-    assert "The caller's number is +4930555" in friday_morning
+    assert 'The caller\'s number is "+4930555"' in friday_morning  # quoted: call data
     saturday = route("--did", "100", "--caller", "+4930555", "--at", "2025-03-15T10:00+01:00")
     assert "route: after-hours" in saturday
     assert "agent: after_hours" in saturday
