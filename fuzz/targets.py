@@ -333,7 +333,7 @@ def gemini_messages(data: bytes) -> None:
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target("sip_message", sip_message, (SipParseError,), 4096, "sip/message.py parse"),
+        Target("sip_message", sip_message, (SipParseError,), 8192, "sip/message.py parse"),
         Target("sip_stream", sip_stream, (SipParseError,), 4096, "sip/message.py StreamFramer"),
         Target("sip_core", sip_core, (), 8192, "sip/core.py + transactions, UAS and UAC"),
         Target("digest", digest, (AuthError,), 1024, "sip/auth.py both sides"),

@@ -67,6 +67,8 @@ def decode_server_event(data: bytes | str) -> dict[str, Any]:
         event = json.loads(data)
     except ValueError as error:  # JSONDecodeError, and UnicodeDecodeError for bytes
         raise ProviderProtocolError(f"openai: a server frame is not JSON: {error}") from None
+    except RecursionError:  # [[[[... a few thousand deep
+        raise ProviderProtocolError("openai: a server frame is nested too deep") from None
     if not isinstance(event, dict):
         kind = type(event).__name__
         raise ProviderProtocolError(f"openai: a server frame is a JSON {kind}, not an object")

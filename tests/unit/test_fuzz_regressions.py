@@ -16,8 +16,11 @@ from fuzz.run import CORPUS_DIR, REGRESSIONS_DIR
 from fuzz.targets import TARGETS, check
 from sipbot.config import load_config
 from sipbot.domain import PCM16_24K
-from sipbot.errors import ConfigError, ProviderProtocolError
+from sipbot.errors import ConfigError, ProviderProtocolError, SipParseError
 from sipbot.providers.openai_wire import OpenAIConversation, decode_server_event
+from sipbot.sip.core import Core
+from sipbot.sip.legs import CallState, CoreSettings, Peer
+from sipbot.sip.message import parse_message
 
 STORED = sorted(
     (target, path)
@@ -85,6 +88,14 @@ def test_openai_frames_that_are_not_event_objects(frame: bytes, message: str) ->
     assert str(info.value).startswith(message)
 
 
+def test_openai_frame_nested_too_deep() -> None:
+    """fuzz/regressions/openai/nested-json (found in review): RecursionError escaped."""
+    frame = (REGRESSIONS_DIR / "openai" / "nested-json").read_bytes()
+    with pytest.raises(ProviderProtocolError) as info:
+        decode_server_event(frame)
+    assert str(info.value) == "openai: a server frame is nested too deep"
+
+
 # --------------------------------------------------------------------------- dialplan
 
 
@@ -129,3 +140,49 @@ def test_yaml_that_expands_without_bound(tmp_path: Path, name: str, message: str
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
     assert str(info.value) == f"{tmp_path}/{message}"
+
+
+# --------------------------------------------------------------------------- SIP
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("cseq-5000-digits", "CSeq number out of range"),
+        ("max-forwards-5000-digits", "Max-Forwards out of range"),
+        ("content-length-5000-digits", "Content-Length out of range"),
+    ],
+)
+def test_numbers_longer_than_python_converts(name: str, reason: str) -> None:
+    """fuzz/regressions/sip_message/*-5000-digits (found in review, past the fuzzer's input
+    length then): int() refuses more than 4300 digits with a ValueError, which escaped
+    ``parse_message`` and ``Core.receive``; now a 400 like any out-of-range number."""
+    with pytest.raises(SipParseError) as info:
+        parse_message((REGRESSIONS_DIR / "sip_message" / name).read_bytes())
+    assert (info.value.status, info.value.reason) == (400, reason)
+    assert info.value.request is not None  # so the core can answer it
+
+
+def test_a_2xx_with_a_malformed_record_route_is_dropped() -> None:
+    """fuzz/regressions/sip_core/uac-2xx-bad-record-route (found in review): the 2xx to our
+    INVITE made a dialog whose route set could not be parsed, and building the ACK raised
+    SipParseError out of ``Core.receive``. The response parser now checks Record-Route, so
+    the 2xx is dropped like any malformed response (the INVITE then times out)."""
+    core = Core(CoreSettings(), lambda transport, host: ("192.0.2.1", 5060))
+    peer = Peer("udp", "127.0.0.1", 5070)
+    call = core.invite("sip:bot@127.0.0.1:5070", b"", destination=peer, now=0.0)
+    [sent] = core.data_to_send()
+    head = sent.data.decode()
+    branch = head.split("branch=")[1].split(";")[0].split("\r\n")[0]
+    call_id = head.split("Call-ID: ")[1].split("\r\n")[0]
+    response = (REGRESSIONS_DIR / "sip_core" / "uac-2xx-bad-record-route").read_bytes()[3:]
+    response = response.replace(b"$branch", branch.encode()).replace(b"$callid", call_id.encode())
+    response = response.replace(b"$tag", call.local_tag.encode())
+    core.receive(response, peer, 0.1)
+    assert core.dropped == 1
+    assert core.data_to_send() == []  # no ACK
+    assert core.events() == []
+    assert call.state is CallState.CALLING
+    with pytest.raises(SipParseError) as info:
+        parse_message(response)
+    assert info.value.reason == "Malformed URI in Record-Route"
