@@ -106,6 +106,11 @@ def load_yaml(text: str, filename: str, environ: Mapping[str, str] | None = None
     Raises:
         ConfigError: invalid YAML, a duplicate key, an unset environment variable.
     """
+    deep = _too_deep(text)
+    if deep is not None:  # PyYAML's scanner is quadratic in flow nesting: 1000 deep takes s
+        raise ConfigError(
+            f"invalid YAML: nested more than {MAX_DEPTH} deep", file=filename, line=deep
+        )
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except RecursionError:  # PyYAML composes recursively: [[[[...]]]] thousands deep
@@ -123,6 +128,35 @@ def load_yaml(text: str, filename: str, environ: Mapping[str, str] | None = None
     data = {} if root is None else builder.build(root, ())
     builder.lines.setdefault((), 1)
     return Document(data, filename, builder.lines)
+
+
+def _too_deep(text: str) -> int | None:
+    """The line where ``[``/``{`` nest more than :data:`MAX_DEPTH` deep, or None.
+
+    A linear scan that skips quoted text and comments (close enough: brackets inside a plain
+    block scalar count too, and nobody writes 64 of them unclosed).
+    """
+    depth, line, quote, comment, previous = 0, 1, "", False, " "
+    for char in text:
+        if char == "\n":
+            line, comment = line + 1, False
+        elif comment:
+            pass
+        elif quote:
+            if char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char == "#" and previous in " \t\n":
+            comment = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line
+        elif char in "]}":
+            depth = max(0, depth - 1)
+        previous = char
+    return None
 
 
 class _Builder:
