@@ -8,16 +8,20 @@ their targets (only sipbot's own errors may come out) without atheris.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
 from fuzz.run import CORPUS_DIR, REGRESSIONS_DIR
-from fuzz.targets import TARGETS, check
+from fuzz.targets import SEPARATOR, SRTP_KEY, TARGETS, check
 from sipbot.config import load_config
-from sipbot.domain import PCM16_24K
-from sipbot.errors import ConfigError, ProviderProtocolError, SipParseError
+from sipbot.domain import PCM16_24K, SrtpKeys
+from sipbot.errors import ConfigError, ProviderProtocolError, SipParseError, SrtpError
+from sipbot.media.receiver import RtpReceiver
+from sipbot.media.srtp import SrtpContext
 from sipbot.providers.openai_wire import OpenAIConversation, decode_server_event
+from sipbot.ratelimit import RateLimitedLog
 from sipbot.sip.core import Core
 from sipbot.sip.legs import CallState, CoreSettings, Peer
 from sipbot.sip.message import parse_message
@@ -187,3 +191,26 @@ def test_a_2xx_with_a_malformed_record_route_is_dropped() -> None:
     with pytest.raises(SipParseError) as info:
         parse_message(response)
     assert info.value.reason == "Malformed URI in Record-Route"
+
+
+# --------------------------------------------------------------------------- SRTP
+
+
+def test_an_srtp_datagram_longer_than_libsrtp_takes() -> None:
+    """fuzz/regressions/srtp/longer-than-libsrtp-buffer (found by the bounded run): pylibsrtp
+    raises ValueError("packet is too long") past its ~1.5 kB buffer; it escaped
+    ``SrtpContext.unprotect`` and so ``RtpReceiver.receive`` (which drops SrtpError only)."""
+    data = (REGRESSIONS_DIR / "srtp" / "longer-than-libsrtp-buffer").read_bytes()
+    datagram = max(data.split(SEPARATOR), key=len)
+    keys = SrtpKeys("AES_CM_128_HMAC_SHA1_80", SRTP_KEY, SRTP_KEY)
+    with pytest.raises(SrtpError) as info:
+        SrtpContext(keys).unprotect(datagram)
+    assert str(info.value) == "SRTP unprotect failed: packet is too long"
+    with pytest.raises(SrtpError) as info:
+        SrtpContext(keys).protect(datagram)
+    assert str(info.value) == "SRTP protect failed: packet is too long"
+    receiver = RtpReceiver(log=RateLimitedLog(logging.getLogger("test")), name="t")
+    receiver.configure(0, None, ("127.0.0.1", 4000))
+    receiver.srtp = SrtpContext(keys)
+    assert receiver.receive(datagram, ("127.0.0.1", 4000), 0.0) == ()
+    assert receiver.stats.srtp_failures == 1
