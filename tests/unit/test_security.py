@@ -192,3 +192,16 @@ def test_a_listener_off_loopback_needs_a_token(host: str) -> None:
 def test_an_empty_token_is_refused(token: str) -> None:
     with pytest.raises(ValueError, match="token is empty"):
         ServerSettings.model_validate({"http": {"listen": "0.0.0.0:8089", "token": token}})
+
+
+def test_the_command_line_cannot_move_the_listener_off_loopback_without_a_token() -> None:
+    from sipbot.cli import _http_override
+    from sipbot.config import HttpSettings
+
+    with pytest.raises(ValueError) as info:
+        _http_override(HttpSettings(), "0.0.0.0:8089")
+    assert str(info.value) == (
+        "--http: http.listen 0.0.0.0 is not loopback: set http.token (a bearer token)"
+    )
+    moved = _http_override(HttpSettings(token="a-long-token"), "0.0.0.0:8089")
+    assert moved.listen == ("0.0.0.0", 8089)
