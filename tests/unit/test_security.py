@@ -198,7 +198,7 @@ def test_the_command_line_cannot_move_the_listener_off_loopback_without_a_token(
     from sipbot.cli import _http_override
     from sipbot.config import HttpSettings
 
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match=r"^--http: ") as info:
         _http_override(HttpSettings(), "0.0.0.0:8089")
     assert str(info.value) == (
         "--http: http.listen 0.0.0.0 is not loopback: set http.token (a bearer token)"
