@@ -120,6 +120,8 @@ def _ip_or_none(text: Any) -> str | None:
 
 
 def _codecs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise _invalid(f"expected a list of codec names, got {value!r}")
     try:
         return check_codecs(list(value))
     except ConfigError as exc:
@@ -254,6 +256,8 @@ class HttpSettings(StrictModel):
     def model_post_init(self, context: Any, /) -> None:
         if self.token is not None and not isinstance(self.token, str):
             raise _invalid("token must be a string (e.g. ${SIPBOT_HTTP_TOKEN})")
+        if self.token is not None and not str.strip(self.token):  # "Bearer " would match it
+            raise _invalid("token is empty: set a long random value (e.g. ${SIPBOT_HTTP_TOKEN})")
         if self.listen is not None and self.token is None and not _is_loopback(self.listen[0]):
             raise _invalid(
                 f"http.listen {self.listen[0]} is not loopback: set http.token (a bearer token)"

@@ -8,14 +8,18 @@ PyYAML's safe loader is used for parsing only; values are built here from its no
 * numbers keep the text they were written as (:class:`YamlInt`, :class:`YamlFloat`): a DID written
   ``+4930123`` or ``0044`` must not become the integer 4930123 or the octal 36;
 * ``${VAR}`` references in strings are expanded from the environment (:func:`expand_env`);
-* mapping keys are always strings (``0:`` in a DTMF map is the key ``"0"``).
+* mapping keys are always strings (``0:`` in a DTMF map is the key ``"0"``);
+* a document is bounded: an alias that contains itself, nesting deeper than
+  :data:`MAX_DEPTH` or aliases expanding to more than :data:`MAX_VALUES` values (a "billion
+  laughs" file) are errors, not a hang or a crash.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from functools import partial
+from typing import Any, Final, TypeVar
 
 import yaml
 
@@ -23,11 +27,14 @@ from sipbot.errors import ConfigError
 from sipbot.secret import expand_env
 
 Path = tuple[str | int, ...]
+T = TypeVar("T")
 
 _INT_TAG: Final = "tag:yaml.org,2002:int"
 _FLOAT_TAG: Final = "tag:yaml.org,2002:float"
 _STR_TAG: Final = "tag:yaml.org,2002:str"
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+MAX_DEPTH: Final = 64  # nested mappings/sequences; a dialplan needs fewer than 10
+MAX_VALUES: Final = 20_000  # values built, aliases expanded; a large dialplan has a few 1000
 
 
 class YamlInt(int):
@@ -99,8 +106,17 @@ def load_yaml(text: str, filename: str, environ: Mapping[str, str] | None = None
     Raises:
         ConfigError: invalid YAML, a duplicate key, an unset environment variable.
     """
+    deep = _too_deep(text)
+    if deep is not None:  # PyYAML's scanner is quadratic in flow nesting: 1000 deep takes s
+        raise ConfigError(
+            f"invalid YAML: nested more than {MAX_DEPTH} deep", file=filename, line=deep
+        )
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:  # PyYAML composes recursively: [[[[...]]]] thousands deep
+        raise ConfigError(
+            f"invalid YAML: nested more than {MAX_DEPTH} deep", file=filename
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -114,24 +130,76 @@ def load_yaml(text: str, filename: str, environ: Mapping[str, str] | None = None
     return Document(data, filename, builder.lines)
 
 
+def _too_deep(text: str) -> int | None:
+    """The line where ``[``/``{`` nest more than :data:`MAX_DEPTH` deep, or None.
+
+    A linear scan that skips quoted text and comments (close enough: brackets inside a plain
+    block scalar count too, and nobody writes 64 of them unclosed).
+    """
+    depth, line, quote, comment, previous = 0, 1, "", False, " "
+    for char in text:
+        if char == "\n":
+            line, comment = line + 1, False
+        elif comment:
+            pass
+        elif quote:
+            if char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char == "#" and previous in " \t\n":
+            comment = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line
+        elif char in "]}":
+            depth = max(0, depth - 1)
+        previous = char
+    return None
+
+
 class _Builder:
     def __init__(self, filename: str, environ: Mapping[str, str] | None) -> None:
         self.filename = filename
         self.environ = environ
         self.lines: dict[Path, int] = {}
         self._constructor = yaml.SafeLoader("")
+        self._open: list[yaml.Node] = []  # the collections being built, outermost first
+        self._values = 0
 
     def build(self, node: yaml.Node, path: Path) -> Any:
+        self._values += 1
+        if self._values > MAX_VALUES:
+            message = f"more than {MAX_VALUES} values (aliases expanding without bound?)"
+            raise self._error(path, node.start_mark.line + 1, message)
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, path)
         if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            items = []
-            for index, item in enumerate(node.value):
-                self.lines.setdefault((*path, index), item.start_mark.line + 1)
-                items.append(self.build(item, (*path, index)))
-            return items
-        assert isinstance(node, yaml.ScalarNode)
-        return self._scalar(node, path)
+            return self._nested(node, path, lambda: self._mapping(node, path))
+        assert isinstance(node, yaml.SequenceNode)
+        return self._nested(node, path, lambda: self._sequence(node, path))
+
+    def _nested(self, node: yaml.Node, path: Path, make: Callable[[], T]) -> T:
+        """``make()`` for a collection node, unless it is already open (an alias inside the
+        value it names) or too deep."""
+        line = node.start_mark.line + 1
+        if any(node is open_node for open_node in self._open):
+            raise self._error(path, line, "an alias inside the value it names (recursive)")
+        if len(self._open) >= MAX_DEPTH:
+            raise self._error(path, line, f"nested more than {MAX_DEPTH} deep")
+        self._open.append(node)
+        try:
+            return make()
+        finally:
+            self._open.pop()
+
+    def _sequence(self, node: yaml.SequenceNode, path: Path) -> list[Any]:
+        items = []
+        for index, item in enumerate(node.value):
+            self.lines.setdefault((*path, index), item.start_mark.line + 1)
+            items.append(self.build(item, (*path, index)))
+        return items
 
     def _mapping(self, node: yaml.MappingNode, path: Path, merging: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -164,7 +232,8 @@ class _Builder:
             if not isinstance(source, yaml.MappingNode):
                 line = source.start_mark.line + 1
                 raise self._error(path, line, "a merge key (<<) needs a mapping")
-            for key, value in self._mapping(source, path, merging=True).items():
+            mapping = self._nested(source, path, partial(self._mapping, source, path, True))
+            for key, value in mapping.items():
                 merged.setdefault(key, value)
         return merged
 

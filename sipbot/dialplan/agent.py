@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from sipbot.dialplan.amd import AmdSettings
 from sipbot.dialplan.fields import did_you_mean, fail, parse_srtp, with_field
 from sipbot.dialplan.match import zone
-from sipbot.dialplan.template import Template
+from sipbot.dialplan.template import CALL_DATA_NOTE, Template
 from sipbot.domain import CallInfo, SessionConfig, SrtpMode, ToolSpec, TurnDetection
 from sipbot.errors import ConfigError, ToolDefinitionError
 from sipbot.secret import Secret, to_secret
@@ -314,6 +314,8 @@ class Agent:
         if self.provider == "local":
             options.setdefault("mode", self.local_mode)
         instructions = self._prompt.fill(call, local)
+        if self._prompt.uses_call_data:  # template Rule 1
+            instructions += "\n\n" + CALL_DATA_NOTE
         if call.direction == "outbound":
             instructions = OUTBOUND_NOTE.format(to=call.did or "the callee") + instructions
         return SessionConfig(

@@ -10,10 +10,13 @@ Rules:
   that piles up beyond ``max_skew_ms`` (a burst) is dropped oldest first, so the skew is bounded.
 * Rule 2: writes are buffered (``flush_bytes``) so the event loop touches the file about once a
   second; :meth:`CallRecorder.close` writes the rest and fixes the WAV header. It is idempotent.
+* Rule 3: the file is the caller's voice: it is created readable by its owner only (0600),
+  whatever the umask, and an older file of that name is made 0600 too before it is reused.
 """
 
 from __future__ import annotations
 
+import os
 import wave
 
 import numpy as np
@@ -39,7 +42,10 @@ class CallRecorder:
         self.rate_hz = rate_hz
         self.flush_bytes = flush_bytes
         self.max_skew_bytes = 2 * rate_hz * max_skew_ms // 1000
-        self._wav: wave.Wave_write | None = wave.open(path, "wb")  # noqa: SIM115 - closed in close()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # Rule 3
+        os.fchmod(fd, 0o600)
+        self._file = os.fdopen(fd, "wb")
+        self._wav: wave.Wave_write | None = wave.open(self._file, "wb")  # noqa: SIM115 - closed in close()
         self._wav.setnchannels(2)
         self._wav.setsampwidth(2)
         self._wav.setframerate(rate_hz)
@@ -95,4 +101,5 @@ class CallRecorder:
             return
         self._write()
         self._wav.close()
+        self._file.close()  # wave does not close a file object it was given
         self._wav = None

@@ -11,8 +11,9 @@ Rules:
   with our key for any SSRC we send, an inbound one keyed with the peer's key for any SSRC it
   sends (libsrtp keeps per-SSRC state: the rollover counter across sequence-number wraps and
   the replay window).
-* Rule 2: a packet that fails authentication or the replay check raises :class:`SrtpError`
-  (the receiver counts and drops it); the message never contains key material.
+* Rule 2: a packet that fails authentication or the replay check, or is longer than libsrtp's
+  buffer, raises :class:`SrtpError` (the receiver counts and drops it); the message never
+  contains key material.
 * Rule 3: the repr names only the suite (:class:`SrtpKeys` hides its keys in its own repr).
 """
 
@@ -72,7 +73,7 @@ class SrtpContext:
         """
         try:
             return self._tx.protect(packet)
-        except pylibsrtp.Error as exc:
+        except (pylibsrtp.Error, ValueError) as exc:  # ValueError: over its buffer (~1.5 kB)
             raise SrtpError(f"SRTP protect failed: {exc}") from None
 
     def unprotect(self, packet: bytes) -> bytes:
@@ -83,5 +84,5 @@ class SrtpContext:
         """
         try:
             return self._rx.unprotect(packet)
-        except pylibsrtp.Error as exc:
+        except (pylibsrtp.Error, ValueError) as exc:  # ValueError: over its buffer (~1.5 kB)
             raise SrtpError(f"SRTP unprotect failed: {exc}") from None

@@ -178,9 +178,10 @@ class OpenAISession(ResilientSession):
         await connection.send_raw(json.dumps(update))
         conversation = self._conversation
         while not conversation.session_updated:
-            event = json.loads(await connection.recv_bytes())
+            event = wire.decode_server_event(await connection.recv_bytes())
             if event.get("type") == "error":
-                error = event.get("error") or {}
+                error = event.get("error")
+                error = error if isinstance(error, dict) else {}
                 raise ProviderConnectError(
                     f"openai: session.update refused: {error.get('code')}: {error.get('message')}"
                 )
@@ -199,7 +200,7 @@ class OpenAISession(ResilientSession):
         assert self._connection is not None
         connection, conversation = self._connection, self._conversation
         while True:
-            event = json.loads(await connection.recv_bytes())
+            event = wire.decode_server_event(await connection.recv_bytes())
             if event.get("type") in DUE_EVENTS:
                 self.expect_output()
             for out in conversation.receive(event, self._loop.time()):

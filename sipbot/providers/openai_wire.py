@@ -43,6 +43,7 @@ from sipbot.domain import (
     Transcript,
     TurnComplete,
 )
+from sipbot.errors import ProviderProtocolError
 from sipbot.providers.continuity import greeting_prompt
 
 TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
@@ -51,6 +52,27 @@ ITEMS_REMEMBERED = 16  # audio items whose received length is kept for truncatio
 KNOWN_OPTIONS = frozenset({"session", "transcription_model", "vad", "eagerness", "noise_reduction"})
 ERROR_SESSION_EXPIRED = "session_expired"
 ERROR_ACTIVE_RESPONSE = "conversation_already_has_active_response"
+
+
+# --------------------------------------------------------------------------- what we receive
+
+
+def decode_server_event(data: bytes | str) -> dict[str, Any]:
+    """One server frame as the event object it must be.
+
+    Raises:
+        ProviderProtocolError: the frame is not JSON, or not a JSON object.
+    """
+    try:
+        event = json.loads(data)
+    except ValueError as error:  # JSONDecodeError, and UnicodeDecodeError for bytes
+        raise ProviderProtocolError(f"openai: a server frame is not JSON: {error}") from None
+    except RecursionError:  # [[[[... a few thousand deep
+        raise ProviderProtocolError("openai: a server frame is nested too deep") from None
+    if not isinstance(event, dict):
+        kind = type(event).__name__
+        raise ProviderProtocolError(f"openai: a server frame is a JSON {kind}, not an object")
+    return event
 
 
 # --------------------------------------------------------------------------- what we send
@@ -307,7 +329,13 @@ class OpenAIConversation:
         return events
 
     def _audio(self, event: Mapping[str, Any], now: float) -> list[ProviderEvent]:
-        audio = base64.b64decode(event.get("delta", ""))
+        delta = event.get("delta", "")
+        try:
+            audio = base64.b64decode(delta) if isinstance(delta, str) else None
+        except ValueError:  # binascii.Error
+            audio = None
+        if audio is None:
+            raise ProviderProtocolError(f"openai: audio delta is not base64: {delta!r:.80}")
         item_id = str(event.get("item_id", ""))
         received = self._received.pop(item_id, 0) + len(audio)
         self._received[item_id] = received
@@ -339,7 +367,7 @@ class OpenAIConversation:
         return []
 
     def _response_done(self, event: Mapping[str, Any], now: float) -> list[ProviderEvent]:
-        response = event.get("response") or {}
+        response = _member(event, "response")
         status = response.get("status")
         events: list[ProviderEvent] = []
         if status == "failed":
@@ -368,7 +396,7 @@ class OpenAIConversation:
         return [ToolCall(call_id, name, arguments)]
 
     def _error(self, event: Mapping[str, Any], now: float) -> list[ProviderEvent]:
-        error = event.get("error") or {}
+        error = _member(event, "error")
         code = str(error.get("code") or error.get("type") or "error")
         message = str(error.get("message", ""))
         self.error = (code, message)
@@ -388,6 +416,19 @@ class OpenAIConversation:
 
 
 _Handler = Callable[[OpenAIConversation, Mapping[str, Any], float], list[ProviderEvent]]
+
+
+def _member(event: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """The object ``event[name]`` (empty when absent or null).
+
+    Raises:
+        ProviderProtocolError: it is there but not a JSON object.
+    """
+    value = event.get(name) or {}
+    if not isinstance(value, dict):
+        kind = event.get("type")
+        raise ProviderProtocolError(f"openai: {kind}: {name!r} is not an object")
+    return value
 
 
 def _transcript(role: Literal["caller", "agent"], field: str, final: bool) -> _Handler:

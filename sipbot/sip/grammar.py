@@ -22,6 +22,7 @@ REQUIRED_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
 SINGLE_HEADERS = ("Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length", "Content-Type")
 
 _DIGITS_RE = re.compile(r"[0-9]+")
+MAX_DIGITS = 18  # larger numbers are out of range for every header read here
 # Call-ID = word [ "@" word ]; word = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" /
 # "`" / "'" / "~" / "(" / ")" / "<" / ">" / ":" / "\" / DQUOTE / "/" / "[" / "]" / "?" / "{" / "}")
 _WORD = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
@@ -45,8 +46,8 @@ def parse_cseq(value: str) -> tuple[int, str]:
     m = _CSEQ_RE.fullmatch(value.strip())
     if not m:
         raise SipParseError(400, "Malformed CSeq header")
-    number = int(m.group(1))
-    if number > MAX_CSEQ:
+    number = _bounded_int(m.group(1))
+    if number is None or number > MAX_CSEQ:
         raise SipParseError(400, "CSeq number out of range")
     return number, m.group(2)
 
@@ -60,9 +61,10 @@ def parse_max_forwards(value: str) -> int:
     value = value.strip()
     if not _DIGITS_RE.fullmatch(value):
         raise SipParseError(400, "Malformed Max-Forwards header")
-    if int(value) > MAX_MAX_FORWARDS:
+    number = _bounded_int(value)
+    if number is None or number > MAX_MAX_FORWARDS:
         raise SipParseError(400, "Max-Forwards out of range")
-    return int(value)
+    return number
 
 
 def parse_content_length(value: str) -> int:
@@ -74,7 +76,17 @@ def parse_content_length(value: str) -> int:
     value = value.strip()
     if not _DIGITS_RE.fullmatch(value):
         raise SipParseError(400, "Malformed Content-Length header")
-    return int(value)
+    number = _bounded_int(value)
+    if number is None:
+        raise SipParseError(400, "Content-Length out of range")
+    return number
+
+
+def _bounded_int(digits: str) -> int | None:
+    """``int(digits)``, or None past :data:`MAX_DIGITS` significant digits (Python refuses to
+    convert more than 4300 digits: a ValueError, not a parse error)."""
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= MAX_DIGITS else None
 
 
 def media_type(value: str) -> str:
@@ -139,6 +151,7 @@ def check_response_headers(headers: Headers) -> None:
     parse_name_addr(headers.get("From") or "", "From")
     parse_name_addr(headers.get("To") or "", "To")
     parse_cseq(headers.get("CSeq") or "")
+    _check_addresses(headers, ("Record-Route",))  # a 2xx's route set becomes the dialog's
 
 
 def _check_vias(headers: Headers) -> None:
@@ -155,11 +168,8 @@ def _check_vias(headers: Headers) -> None:
             first = False
 
 
-def _check_optional(headers: Headers) -> None:
-    mf = headers.get("Max-Forwards")
-    if mf is not None:
-        parse_max_forwards(mf)
-    for name in ("Contact", "Route", "Record-Route"):
+def _check_addresses(headers: Headers, names: tuple[str, ...]) -> None:
+    for name in names:
         for line in headers.get_lines(name):
             try:
                 elements = split_list(line, strict=True)
@@ -168,6 +178,13 @@ def _check_optional(headers: Headers) -> None:
             for element in elements:
                 if not (name == "Contact" and element == "*"):
                     parse_name_addr(element, name)
+
+
+def _check_optional(headers: Headers) -> None:
+    mf = headers.get("Max-Forwards")
+    if mf is not None:
+        parse_max_forwards(mf)
+    _check_addresses(headers, ("Contact", "Route", "Record-Route"))
     content_type = headers.get("Content-Type")
     if content_type is not None:
         media_type(content_type)

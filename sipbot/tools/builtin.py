@@ -28,11 +28,12 @@ MAX_TRANSFER_TIMEOUT_S = 60.0  # an agent's longest wait for a REFER's final NOT
 TRANSFER_TOOL_TIMEOUT_S = 240.0
 
 # A destination is a bare URI: no display name, parameters, headers or spaces, which could
-# smuggle a different target past a pattern.
+# smuggle a different target past a pattern; ASCII only ([0-9], not \d: no look-alike digits).
 _SIP_DEST_RE = re.compile(
-    r"((?i:sips?)):([A-Za-z0-9+*#._~!$&'()=,-]+)@([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?"
+    r"((?i:sips?)):([A-Za-z0-9+*#._~!$&'()=,-]+)@([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
 )
 _TEL_DEST_RE = re.compile(r"((?i:tel)):(\+?[0-9*#A-D().-]+)")
+_TEL_VISUAL = str.maketrans("", "", "().-")  # RFC 3966 §5.1.1: visual separators do not count
 
 
 @tool
@@ -69,7 +70,9 @@ class TransferPolicy:
     Patterns are ``sip:``, ``sips:`` or ``tel:`` URIs where ``*`` stands for any run of
     characters within one part (user, host) and never crosses ``@`` or ``:``:
     ``sip:*@pbx.example.com``, ``sip:+4930*@trunk.example.com``, ``tel:+1800*``.
-    Scheme and host compare case-insensitively.
+    Destinations and patterns are compared normalized: scheme and host lower-case, a
+    ``tel:`` number without its visual separators ``().-``; a destination with anything
+    else (parameters, headers, a display name, spaces, non-ASCII) matches nothing.
 
     Raises:
         ToolDefinitionError: a pattern is not such a URI.
@@ -98,7 +101,7 @@ def _normalize(uri: str) -> str | None:
         return None
     scheme, user, *rest = match.groups()
     if scheme.lower() == "tel":
-        return f"tel:{user}"
+        return f"tel:{user.translate(_TEL_VISUAL)}"
     host, port = rest
     return f"{scheme.lower()}:{user}@{host.lower()}{port or ''}"
 
@@ -110,7 +113,9 @@ def _compile_pattern(pattern: str) -> re.Pattern[str]:
             f"invalid transfer pattern {pattern!r}: expected a URI such as sip:*@pbx.example.com"
         )
     scheme, _, rest = pattern.strip().partition(":")
-    if scheme.lower() != "tel":
+    if scheme.lower() == "tel":
+        rest = rest.translate(_TEL_VISUAL)
+    else:
         user, _, hostport = rest.rpartition("@")
         rest = f"{user}@{hostport.lower()}"
     parts = [re.escape(part) for part in f"{scheme.lower()}:{rest}".split("*")]

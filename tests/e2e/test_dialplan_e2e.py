@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from sipbot.dialplan.template import CALL_DATA_NOTE
 from sipbot.emulators.script import EmulatorScript
 from tests.e2e.calls import audio_to, caller_turns, dominant_hz
 from tests.e2e.conftest import REPO_ROOT, StartServer
@@ -92,9 +93,11 @@ def test_two_dids_reach_two_agents_and_other_routes(
     assert (sales.session_count, support.session_count) == (1, 1)
     # each model got the prompt of its own agent, filled in from the call
     setup = next(f["setup"] for f in sales.received(0) if "setup" in f)
-    assert "You sell bikes to sipp." in str(setup["systemInstruction"])
+    assert 'You sell bikes to "sipp".' in str(setup["systemInstruction"])
     update = next(f for f in support.received(0) if f.get("type") == "session.update")
-    assert update["session"]["instructions"] == "You help sipp with orders."
+    assert update["session"]["instructions"] == (
+        f'You help "sipp" with orders.\n\n{CALL_DATA_NOTE}'  # the caller's data, marked
+    )
 
     for did, status in (("300", 486), ("999", 404), ("400", 302)):
         scenario = sipp.reject_scenario(peers_tmp / f"reject{did}.xml", status)
@@ -233,7 +236,7 @@ def test_readme_story_copy_an_example_point_it_at_my_tools_check_and_route(
     assert "route: business-hours" in friday_morning
     assert "agent: support" in friday_morning
     assert "dtmf 0: transfer sip:operator@pbx.example.com" in friday_morning
-    assert "The caller's number is +4930555" in friday_morning
+    assert 'The caller\'s number is "+4930555"' in friday_morning  # quoted: call data
     saturday = route("--did", "100", "--caller", "+4930555", "--at", "2025-03-15T10:00+01:00")
     assert "route: after-hours" in saturday
     assert "agent: after_hours" in saturday

@@ -563,6 +563,7 @@ def test_secrets_never_show(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_session_config_fills_the_prompt(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sipbot.dialplan.template import CALL_DATA_NOTE
     from sipbot.domain import CallInfo
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
@@ -571,8 +572,10 @@ def test_session_config_fills_the_prompt(in_tmp: Path, monkeypatch: pytest.Monke
     call = CallInfo("c1", "+4930555", "100", "Ann", {"x-customer-id": "C-42"})
     session = agent.session_config(call, datetime(2025, 3, 14, 23, 30, tzinfo=UTC))
     # 23:30 UTC on Friday is Saturday 00:30 in Berlin (the dialplan's timezone)
-    assert session.instructions == "You help Ann (+4930555) about C-42 on Saturday."
-    assert session.greeting == "Hello Ann"
+    assert session.instructions == (
+        f'You help "Ann" ("+4930555") about "C-42" on Saturday.\n\n{CALL_DATA_NOTE}'
+    )
+    assert session.greeting == 'Hello "Ann"'
     assert (session.model, session.voice, session.language, session.temperature) == (
         "m", "Kore", "en-US", 0.7,
     )  # fmt: skip

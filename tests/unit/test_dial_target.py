@@ -12,6 +12,7 @@ import pytest
 from sipbot.config import Config, load_config
 from sipbot.dial_limits import OutboundLimits
 from sipbot.dial_target import DialTarget, check_request
+from sipbot.dialplan.template import CALL_DATA_NOTE
 from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError, DialError
 from sipbot.outbound import DialRequest
@@ -126,9 +127,14 @@ def test_the_prompt_knows_the_call_is_outbound_and_has_the_variables(tmp_path: P
     )
     text = agent.session_config(info, datetime(2026, 12, 1, tzinfo=UTC)).instructions
     assert text.startswith("You placed this phone call to +15551234; the person who answers")
-    assert text.endswith("Remind Ann of the 9:00 appointment (outbound call to +15551234).")
+    assert text.endswith(
+        'Remind "Ann" of the "9:00" appointment ("outbound" call to "+15551234").\n\n'
+        + CALL_DATA_NOTE
+    )
     inbound = agent.session_config(CallInfo("c2", did="100"), datetime(2026, 12, 1, tzinfo=UTC))
-    assert inbound.instructions == "Remind  of the  appointment (inbound call to 100)."
+    assert inbound.instructions == (
+        'Remind "" of the "" appointment ("inbound" call to "100").\n\n' + CALL_DATA_NOTE
+    )
 
 
 @pytest.mark.parametrize(

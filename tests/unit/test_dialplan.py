@@ -35,6 +35,7 @@ from sipbot.dialplan import (
 )
 from sipbot.dialplan.agent import BargeIn
 from sipbot.dialplan.analysis import covers
+from sipbot.dialplan.template import CALL_DATA_NOTE
 from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError
 
@@ -310,7 +311,9 @@ def test_template_fill_and_escapes() -> None:
     )
     call = CallInfo("c-1", "555", "100", "Ann", {"x-customer-id": "C42"})
     now = datetime(2025, 3, 14, 9, 5, tzinfo=ZoneInfo("Europe/Berlin"))
-    assert template.fill(call, now) == "{literal} 555/100/Ann/c-1 C42 [] 2025-03-14 09:05 Friday"
+    assert template.fill(call, now) == (
+        '{literal} "555"/"100"/"Ann"/"c-1" "C42" [""] 2025-03-14 09:05 Friday'
+    )
     assert template.placeholders == (
         "caller", "did", "display_name", "call_id", "header.X-Customer-Id", "header.Missing",
         "date", "time", "weekday",
@@ -437,8 +440,8 @@ def test_route_command(tmp_path: Path) -> None:
         "action: answer support\n"
         "agent: support  local  mode=echo  tools: hang_up, transfer_call  "
         "transfer to: sip:*@pbx.example.com\n"
-        "prompt: Caller 555 on Monday at 10:00\n"
-        "greeting: Hello Ann\n"
+        f'prompt: Caller "555" on Monday at 10:00\n\n{CALL_DATA_NOTE}\n'
+        'greeting: Hello "Ann"\n'
         "dtmf 0: transfer sip:op@pbx.example.com\n"
     )
     out = io.StringIO()
