@@ -177,6 +177,11 @@ class Server:
                 draining=lambda: self.admission.draining,
                 max_calls=limits.max_calls,
                 registrations=lambda: self.registration_states,
+                queue_drops=lambda: {
+                    ("sip", "full"): self.ua.inbox_dropped,
+                    ("rtp", "full"): self.engine.inbox_dropped,
+                    ("rtp", "stale"): self.engine.inbox_stale,
+                },
             )
         )
         self.lag = LoopLagMonitor(on_sample=self.metrics.lag_sample)

@@ -21,6 +21,14 @@ Rules:
   are queued as they are read and processed by a drain that steps aside whenever a tick is due
   (the loop runs its timers before the drain resumes), so a burst of inbound packets cannot delay
   the outbound cadence by more than a few packets' processing.
+* Rule 7 (bounded inbound queue): the queue of Rule 1 is bounded in count and in age, so a
+  CPU-starved process or a flood cannot grow it without limit. A datagram that arrives while its
+  session already has :data:`SESSION_INBOX_MAX` waiting, or the engine :data:`INBOX_MAX`, is
+  dropped (the newest: a flood on one port crowds out only its own call); a datagram that waited
+  longer than :data:`INBOX_MAX_AGE_S` is dropped unprocessed by the drain (the oldest: its slot
+  has passed, and dropping it is how a starved process catches up). Both are counted
+  (:attr:`MediaEngine.inbox_dropped`, :attr:`MediaEngine.inbox_stale`) and logged at most once
+  per 10 s.
 * Rule 2 (symmetric RTP): we send to :attr:`RtpReceiver.peer`, the latched source of the
   caller's RTP; the latching policy is documented in :mod:`sipbot.media.receiver`.
 * Rule 3 (direction): ``direction`` is OUR direction, as ``sip.sdp.Negotiated.direction`` gives
@@ -65,6 +73,9 @@ from sipbot.ratelimit import RateLimitedLog
 log = logging.getLogger(__name__)
 
 DRAIN_CHECK_EVERY = 8  # datagrams processed between looks at the ticker's next deadline
+INBOX_MAX = 8192  # datagrams waiting in the engine (Rule 7): ~0.8 s of 200 calls' RTP
+SESSION_INBOX_MAX = 100  # datagrams waiting per session (Rule 7): 2 s of 20 ms packets
+INBOX_MAX_AGE_S = 0.25  # a datagram that waited longer is dropped unprocessed (Rule 7)
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,9 @@ class MediaEngine:
         # Rule 1: datagrams wait here (session, data, source, read at) for the drain
         self._inbox: deque[tuple[MediaSession, bytes, Address, float]] = deque()
         self._draining = False
+        self.inbox_dropped = 0  # datagrams refused because a queue was full (Rule 7)
+        self.inbox_stale = 0  # datagrams dropped unprocessed after waiting too long (Rule 7)
+        self._drop_log = RateLimitedLog(log)
 
     @property
     def ticker(self) -> Ticker:
@@ -170,9 +184,20 @@ class MediaEngine:
 
         The entry point of the inbound path: the drain hands it to
         :meth:`MediaSession.process` soon, in arrival order, stepping aside for due ticks
-        (Rule 1).
+        (Rule 1). A full queue drops it (Rule 7).
         """
-        self._inbox.append((session, data, addr, arrived))
+        inbox = self._inbox
+        if len(inbox) >= INBOX_MAX or session._queued >= SESSION_INBOX_MAX:
+            self.inbox_dropped += 1
+            self._drop_log.warning(
+                "inbox-full",
+                arrived,
+                "RTP receive queue full: dropping datagrams (%d dropped in total)",
+                self.inbox_dropped,
+            )
+            return
+        session._queued += 1
+        inbox.append((session, data, addr, arrived))
         if not self._draining:
             loop = self._loop
             assert loop is not None  # set by open_session, the only maker of sessions
@@ -180,21 +205,38 @@ class MediaEngine:
             loop.call_soon(self._drain)
 
     def _drain(self) -> None:
-        """Process queued datagrams; step aside for a due tick (Rule 1)."""
+        """Process queued datagrams; yield to a due tick (Rule 1); drop stale ones (Rule 7)."""
         inbox = self._inbox
         loop = self._loop
         assert loop is not None
         ticker = self._ticker
         due = ticker.next_deadline() if ticker is not None else None
         processed = 0
+        now = 0.0
         while inbox:
-            if due is not None and processed % DRAIN_CHECK_EVERY == 0 and loop.time() >= due:
-                loop.call_soon(self._drain)  # after the timers: the tick first
-                return
+            if processed % DRAIN_CHECK_EVERY == 0:
+                now = loop.time()
+                if due is not None and now >= due:
+                    loop.call_soon(self._drain)  # after the timers: the tick first
+                    return
             session, data, addr, arrived = inbox.popleft()
-            session.process(data, addr, arrived)
+            session._queued -= 1
             processed += 1
+            if now - arrived > INBOX_MAX_AGE_S:
+                self._stale(now, now - arrived)
+                continue
+            session.process(data, addr, arrived)
         self._draining = False
+
+    def _stale(self, now: float, waited: float) -> None:
+        self.inbox_stale += 1
+        self._drop_log.warning(
+            "inbox-stale",
+            now,
+            "RTP receive queue %.0f ms behind: dropping stale datagrams (%d dropped in total)",
+            waited * 1000.0,
+            self.inbox_stale,
+        )
 
     def session_closed(self, session: MediaSession) -> None:
         """Release ``session``'s port and stop ticking it (:meth:`MediaSession.close` calls it)."""
@@ -258,6 +300,7 @@ class MediaSession:
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._sending = self._expect_rx = False
         self._started = self._closed = self._timed_out = False
+        self._queued = 0  # datagrams of this session in the engine's queue (Rule 7)
 
     def __repr__(self) -> str:
         return f"<MediaSession port={self.local_port} peer={self._rx.peer}>"

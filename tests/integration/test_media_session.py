@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
 import struct
 import wave
@@ -24,7 +25,13 @@ from sipbot.domain import PCMU_8K
 from sipbot.errors import MediaError, PortRangeExhausted
 from sipbot.media.codecs import make_encoder
 from sipbot.media.rtp import RtpPacket, parse_rtp
-from sipbot.media.session import MediaEngine, MediaSession, MediaSettings
+from sipbot.media.session import (
+    INBOX_MAX_AGE_S,
+    SESSION_INBOX_MAX,
+    MediaEngine,
+    MediaSession,
+    MediaSettings,
+)
 
 pytestmark = pytest.mark.timeout(60)
 FRAME_24K = 960  # bytes of 20 ms PCM16 at 24 kHz
@@ -492,6 +499,7 @@ class _RecordingSession:
     def __init__(self, loop: _RecordingLoop) -> None:
         self.loop = loop
         self.processed: list[tuple[bytes, float]] = []
+        self._queued = 0  # the engine's per-session count (Rule 7)
 
     def process(self, data: bytes, addr: tuple[str, int], arrived: float) -> None:
         self.processed.append((data, arrived))
@@ -523,4 +531,63 @@ def test_the_drain_steps_aside_for_a_due_tick_and_resumes_in_order() -> None:
     assert [d for d, _ in session.processed] == [bytes([i]) for i in range(40)]
     assert all(arrived == 10.0 for _, arrived in session.processed)  # arrival times kept
     assert loop.soon == []
+    assert not engine._draining
+
+
+def test_a_full_session_queue_drops_the_newest_and_spares_other_calls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Rule 7: a flood on one call's port fills only that call's share of the queue."""
+    loop = _RecordingLoop(now=10.0)
+    engine = MediaEngine(MediaSettings(), loop=cast(Any, loop))
+    flooded, other = _RecordingSession(loop), _RecordingSession(loop)
+    with caplog.at_level(logging.WARNING, logger="sipbot.media.session"):
+        for i in range(SESSION_INBOX_MAX + 30):
+            engine.enqueue(cast(Any, flooded), i.to_bytes(2, "big"), ("127.0.0.1", 4000), 10.0)
+        engine.enqueue(cast(Any, other), b"other", ("127.0.0.1", 4002), 10.0)
+    assert engine.inbox_dropped == 30
+    assert [r.getMessage() for r in caplog.records] == [
+        "RTP receive queue full: dropping datagrams (1 dropped in total)"
+    ]
+    loop.soon.pop()()
+    assert [d for d, _ in flooded.processed] == [
+        i.to_bytes(2, "big") for i in range(SESSION_INBOX_MAX)
+    ]  # the oldest kept, in order
+    assert other.processed == [(b"other", 10.0)]
+    assert (flooded._queued, other._queued) == (0, 0)
+    engine.enqueue(cast(Any, flooded), b"again", ("127.0.0.1", 4000), loop.now)
+    assert engine.inbox_dropped == 30  # room again once drained
+
+
+def test_the_engine_queue_is_bounded_across_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sipbot.media.session.INBOX_MAX", 5)
+    loop = _RecordingLoop(now=10.0)
+    engine = MediaEngine(MediaSettings(), loop=cast(Any, loop))
+    sessions = [_RecordingSession(loop) for _ in range(8)]
+    for session in sessions:
+        engine.enqueue(cast(Any, session), b"x", ("127.0.0.1", 4000), 10.0)
+    assert engine.inbox_dropped == 3
+    loop.soon.pop()()
+    assert [len(s.processed) for s in sessions] == [1, 1, 1, 1, 1, 0, 0, 0]
+
+
+def test_datagrams_that_waited_too_long_are_dropped_unprocessed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Rule 7: a starved process catches up by dropping what has waited past its slot."""
+    loop = _RecordingLoop(now=10.0)
+    engine = MediaEngine(MediaSettings(), loop=cast(Any, loop))
+    session = _RecordingSession(loop)
+    old = 10.0 - INBOX_MAX_AGE_S - 0.1
+    with caplog.at_level(logging.WARNING, logger="sipbot.media.session"):
+        for i in range(20):
+            engine.enqueue(cast(Any, session), bytes([i]), ("127.0.0.1", 4000), old)
+        engine.enqueue(cast(Any, session), b"fresh", ("127.0.0.1", 4000), 10.0)
+        loop.soon.pop()()
+    assert engine.inbox_stale == 20
+    assert session.processed == [(b"fresh", 10.0)]
+    assert session._queued == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "RTP receive queue 350 ms behind: dropping stale datagrams (1 dropped in total)"
+    ]
     assert not engine._draining

@@ -493,3 +493,21 @@ def test_messages_are_counted_by_direction_method_and_status() -> None:
         ("in", "other", ""): 1,
         ("out", "other", "501"): 1,
     }
+
+
+def test_receive_queue_drops_are_exposed_per_path_and_reason() -> None:
+    m = Metrics(
+        Gauges(
+            active=dict,
+            sip_counts=dict,
+            ticker=lambda: None,
+            loop_lag_ms=lambda: 0.0,
+            draining=lambda: False,
+            max_calls=5,
+            queue_drops=lambda: {("rtp", "full"): 7, ("rtp", "stale"): 2, ("sip", "full"): 0},
+        )
+    )
+    got = samples(m.exposition().decode())
+    assert got['sipbot_receive_queue_dropped_total{path="rtp",reason="full"}'] == 7
+    assert got['sipbot_receive_queue_dropped_total{path="rtp",reason="stale"}'] == 2
+    assert got['sipbot_receive_queue_dropped_total{path="sip",reason="full"}'] == 0
