@@ -182,6 +182,7 @@ class Server:
                     ("rtp", "full"): self.engine.inbox_dropped,
                     ("rtp", "stale"): self.engine.inbox_stale,
                 },
+                tasks=lambda: len(asyncio.all_tasks()),
             )
         )
         self.lag = LoopLagMonitor(on_sample=self.metrics.lag_sample)

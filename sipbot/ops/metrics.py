@@ -81,6 +81,7 @@ class Gauges:
     registrations: Callable[[], Mapping[str, Any]] = dict
     # (path, reason) -> datagrams the receive queues dropped ("sip"/"rtp", "full"/"stale")
     queue_drops: Callable[[], Mapping[tuple[str, str], int]] = dict
+    tasks: Callable[[], int] = int  # asyncio tasks alive (a leak shows as growth)
 
 
 class Metrics:
@@ -308,3 +309,4 @@ class _ServerCollector:
         for (path, reason), count in sorted(g.queue_drops().items()):
             drops.add_metric([path, reason], count)
         yield drops
+        yield GaugeMetricFamily("sipbot_asyncio_tasks", "asyncio tasks alive", value=g.tasks())

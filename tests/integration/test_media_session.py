@@ -26,6 +26,7 @@ from sipbot.errors import MediaError, PortRangeExhausted
 from sipbot.media.codecs import make_encoder
 from sipbot.media.rtp import RtpPacket, parse_rtp
 from sipbot.media.session import (
+    DRAIN_MIN_BATCH,
     INBOX_MAX_AGE_S,
     SESSION_INBOX_MAX,
     MediaEngine,
@@ -518,17 +519,19 @@ def test_the_drain_steps_aside_for_a_due_tick_and_resumes_in_order() -> None:
     loop = _RecordingLoop(now=10.0)
     engine = MediaEngine(MediaSettings(), loop=cast(Any, loop))
     session = _RecordingSession(loop)
-    engine._ticker = cast(Any, _Deadline(10.010))  # the next tick is due in 10 ms
-    for i in range(40):
+    engine._ticker = cast(Any, _Deadline(10.020))  # the next tick is due in 20 ms
+    for i in range(60):
         engine.enqueue(cast(Any, session), bytes([i]), ("127.0.0.1", 4000), 10.0)
     assert len(loop.soon) == 1  # one drain scheduled for the whole burst
     loop.soon.pop()()
-    # 0.5 ms each: at 10 ms the tick is due; the drain stops at its next checkpoint (every 8)
-    assert [d for d, _ in session.processed] == [bytes([i]) for i in range(24)]
-    assert len(loop.soon) == 1  # it resumes after the loop's timers (the tick) have run
-    engine._ticker = cast(Any, _Deadline(10.030))
-    loop.soon.pop()()
+    # 0.5 ms each: at 20 ms the tick is due; the drain stops at its next checkpoint (every 8,
+    # after the first DRAIN_MIN_BATCH = 32)
+    assert DRAIN_MIN_BATCH == 32
     assert [d for d, _ in session.processed] == [bytes([i]) for i in range(40)]
+    assert len(loop.soon) == 1  # it resumes after the loop's timers (the tick) have run
+    engine._ticker = cast(Any, _Deadline(10.040))
+    loop.soon.pop()()
+    assert [d for d, _ in session.processed] == [bytes([i]) for i in range(60)]
     assert all(arrived == 10.0 for _, arrived in session.processed)  # arrival times kept
     assert loop.soon == []
     assert not engine._draining
@@ -591,3 +594,20 @@ def test_datagrams_that_waited_too_long_are_dropped_unprocessed(
         "RTP receive queue 350 ms behind: dropping stale datagrams (1 dropped in total)"
     ]
     assert not engine._draining
+
+
+def test_a_tick_due_at_every_turn_does_not_starve_the_drain() -> None:
+    """Rule 1: on a busy loop a tick is already due whenever the drain starts (one every 5 ms
+    with 4 groups); the drain still makes progress, a batch per turn, and empties the queue."""
+    loop = _RecordingLoop(now=10.0)
+    engine = MediaEngine(MediaSettings(), loop=cast(Any, loop))
+    session = _RecordingSession(loop)
+    engine._ticker = cast(Any, _Deadline(9.0))  # overdue, and stays so
+    for i in range(100):
+        engine.enqueue(cast(Any, session), bytes([i]), ("127.0.0.1", 4000), 10.0)
+    turns = 0
+    while loop.soon:
+        loop.soon.pop()()
+        turns += 1
+    assert [d for d, _ in session.processed] == [bytes([i]) for i in range(100)]
+    assert turns == 4  # 32 + 32 + 32 + 4

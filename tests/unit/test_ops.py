@@ -495,7 +495,7 @@ def test_messages_are_counted_by_direction_method_and_status() -> None:
     }
 
 
-def test_receive_queue_drops_are_exposed_per_path_and_reason() -> None:
+def test_receive_queue_drops_and_tasks_are_exposed() -> None:
     m = Metrics(
         Gauges(
             active=dict,
@@ -505,9 +505,11 @@ def test_receive_queue_drops_are_exposed_per_path_and_reason() -> None:
             draining=lambda: False,
             max_calls=5,
             queue_drops=lambda: {("rtp", "full"): 7, ("rtp", "stale"): 2, ("sip", "full"): 0},
+            tasks=lambda: 12,
         )
     )
     got = samples(m.exposition().decode())
+    assert got["sipbot_asyncio_tasks"] == 12
     assert got['sipbot_receive_queue_dropped_total{path="rtp",reason="full"}'] == 7
     assert got['sipbot_receive_queue_dropped_total{path="rtp",reason="stale"}'] == 2
     assert got['sipbot_receive_queue_dropped_total{path="sip",reason="full"}'] == 0
