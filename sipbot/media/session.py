@@ -534,7 +534,10 @@ class MediaSession:
 
     def _on_datagram(self, data: bytes, addr: Address) -> None:
         if not self._closed and self._codec is not None:
-            self._engine.enqueue(self, data, addr, self._loop.time())
+            arrived = self._loop.time()
+            if addr != self._rx.peer and self._rx.foreign(addr, arrived):
+                return  # before the queue (receiver Rule 8)
+            self._engine.enqueue(self, data, addr, arrived)
 
     def process(self, data: bytes, addr: Address, arrived: float) -> None:
         """Handle one datagram read from this session's socket at ``arrived`` (loop time).

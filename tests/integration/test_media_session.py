@@ -611,3 +611,35 @@ def test_a_tick_due_at_every_turn_does_not_starve_the_drain() -> None:
         turns += 1
     assert [d for d, _ in session.processed] == [bytes([i]) for i in range(100)]
     assert turns == 4  # 32 + 32 + 32 + 4
+
+
+def test_a_foreign_flood_never_takes_the_peers_place_in_the_queue() -> None:
+    """Receiver Rule 8: 200 foreign packets before each of the peer's (every 20 ms, 1.5 s): the peer
+    stays latched, none of its packets is crowded out, the flood is never queued."""
+
+    async def body(engine: MediaEngine, session: MediaSession, peer: Peer, calls: Calls) -> None:
+        foreign = await open_peer()
+        try:
+            configure(session, peer)
+            session.start()
+            loop = asyncio.get_running_loop()
+            peer.send(rtp(0), session.local_port)  # the peer latches first
+            await wait_until(lambda: session.stats.packets_in == 1)
+            end = loop.time() + 1.5
+            seq = 1
+            while loop.time() < end:
+                for k in range(SESSION_INBOX_MAX + 100):  # more than the call's queue holds
+                    foreign.send(rtp(k, ssrc=999), session.local_port)
+                peer.send(rtp(seq), session.local_port)
+                seq += 1
+                await asyncio.sleep(0.02)
+            await wait_until(lambda: session.stats.packets_in == seq)
+            stats = session.stats
+            assert stats.relatches == 0
+            assert stats.foreign_packets > 150 * seq
+            assert (engine.inbox_dropped, engine.inbox_stale) == (0, 0)
+        finally:
+            assert foreign.transport is not None
+            foreign.transport.close()
+
+    run(lambda: with_session(body))

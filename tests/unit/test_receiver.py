@@ -266,3 +266,16 @@ def test_every_event_code_comes_back_as_its_digit() -> None:
         got.extend(rx.receive(RtpPacket(101, code, code * 800, 1, payload).serialize(), SDP, 1.0))
     assert got == [Digit(c) for c in "0123456789*#ABCD"]
     assert rx.stats.dtmf_in == 16
+
+
+def test_foreign_alone_is_the_check_before_any_parsing() -> None:
+    """Rule 8: what the shell asks as a datagram is read, before the queue."""
+    sink = Sink()
+    rx = sink.receiver(relatch_after_s=1.0)
+    assert not rx.foreign(EVIL, 0.5)  # nothing latched yet: anyone may be the peer
+    rx.receive(rtp(1), NAT, 1.0)
+    assert not rx.foreign(NAT, 1.1)
+    assert rx.foreign(EVIL, 1.1)
+    assert rx.stats.foreign_packets == 1
+    assert not rx.foreign(EVIL, 2.0)  # the peer silent for 1 s: another source may take over
+    assert rx.stats.foreign_packets == 1
