@@ -157,20 +157,10 @@ def test_ten_calls_keep_talking_through_signalling_media_reload_and_drain_faults
     phases = [(name, start, end) for (name, start), end in zip(marks, ends, strict=True)]
     heard = bot_packets(result)
     assert len(stream_stats(heard)) == FAULT_CALLS
-    busy = {  # the server's CPU (cores) during each phase
-        name: round((b - a) / CLOCK_TICKS / (end - start), 2)
-        for (name, start, end), a, b in zip(phases, cpu[:-1], cpu[1:], strict=True)
-    }
-    try:
-        figures = assert_cadence(heard, phases, stalls)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\nserver CPU (cores) per phase: {busy}") from None
     summary = (
-        f"gap p99 (ms) { ({k: round(v, 1) for k, v in figures.items()}) }; faults 1-5 took "
-        f"{faults_done:.1f} s; {malformed} malformed, flood {flood.sent} "
+        f"faults 1-5 took {faults_done:.1f} s; {malformed} malformed, flood {flood.sent} "
         f"({sorted({s for f in flood.finals.values() for s in f})}), {rtp_sent} RTP"
     )
-    print(summary)
     failed = [r for r in torture if r[4]]
     assert not failed, f"{summary}\n{table(torture)}"
     assert (alive_after_reload, while_draining) == ("200 OK", "503 Service Unavailable")
@@ -193,3 +183,13 @@ def test_ten_calls_keep_talking_through_signalling_media_reload_and_drain_faults
     assert 1 <= count_lines(log, r"over the per-source rate from 127\.0\.0\.2") <= 2, summary
     assert count_lines(log, r"RTP receive queue full") <= 2 * FAULT_CALLS
     assert len(log.splitlines()) < 400, f"{len(log.splitlines())} log lines; {summary}"
+    # last, the cadence (the checks above hold however loaded the machine is)
+    busy = {  # the server's CPU (cores) during each phase
+        name: round((b - a) / CLOCK_TICKS / (end - start), 2)
+        for (name, start, end), a, b in zip(phases, cpu[:-1], cpu[1:], strict=True)
+    }
+    try:
+        figures = assert_cadence(heard, phases, stalls)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nserver CPU (cores) per phase: {busy}") from None
+    print(f"gap p99 (ms) { ({k: round(v, 1) for k, v in figures.items()}) }; CPU {busy}; {summary}")
