@@ -179,6 +179,7 @@ class Server:
                 registrations=lambda: self.registration_states,
                 queue_drops=lambda: {
                     ("sip", "full"): self.ua.inbox_dropped,
+                    ("sip", "stale"): self.ua.inbox_stale,
                     ("rtp", "full"): self.engine.inbox_dropped,
                     ("rtp", "stale"): self.engine.inbox_stale,
                 },
