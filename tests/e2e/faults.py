@@ -33,12 +33,12 @@ from tests.e2e.conftest import SipbotServer
 from tests.e2e.emulated import wait_until
 from tests.e2e.peers import audio, sipp
 from tests.e2e.peers.capture import RtpPacket, select, stream_stats
+from tests.e2e.test_hostile_input_e2e import rtp_ports
 from tests.e2e.test_media_robustness import trace_entries
 
 FAULT_CALLS = 10
 FAULT_P99_MS = 22.0  # issue 12: p99 of an admitted call's outbound gaps during a fault
 CONTROL_SLACK_MS = 3.0  # a fault may not add more than this to the machine's own p99
-RTP_RANGE = (10000, 19999)  # tests.e2e.peers.ports.E2E_RTP_PORTS
 CALLS_UP_S = 15.0
 SETTLE_S = 1.0  # after the calls are up, before the faults: setting up ten calls is not one
 
@@ -70,25 +70,6 @@ def live_calls(
     assert uac.process.running(), "SIPp ended before its calls were up"
     time.sleep(SETTLE_S)
     return uac
-
-
-def rtp_ports(pid: int) -> set[int]:
-    """The UDP ports in the server's RTP range that process ``pid`` holds sockets on."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    ports = set()
-    for line in Path(f"/proc/{pid}/net/udp").read_text().splitlines()[1:]:
-        fields = line.split()
-        port = int(fields[1].rsplit(":", 1)[1], 16)
-        if fields[9] in inodes and RTP_RANGE[0] <= port <= RTP_RANGE[1]:
-            ports.add(port)
-    return ports
 
 
 def own_gaps(

@@ -19,6 +19,12 @@ Afterwards, for the ten calls: the outbound cadence held (p99 gap <= 22 ms, cont
 sequence numbers and timestamps), each has its record (CDR line and database row,
 ``bye-received``), each recording is closed and plays, the log named each kind of problem a
 bounded number of times and holds no traceback.
+
+A second server, ten calls to the emulated OpenAI Realtime model (real SDK), one fault per
+caller turn: tools that hang (timed out after 2 s), raise (one traceback per 10 s for all calls)
+and return 4 MB; a reply that stalls 2.5 s mid-way, one that answers slowly (600 ms), a 4 MB
+frame, a frame that is not JSON (the SDK ends the connection: the call reconnects and goes on);
+and the recordings directory replaced by a file mid-call. The same checks.
 """
 
 from __future__ import annotations
@@ -32,24 +38,26 @@ from pathlib import Path
 import pytest
 
 from bench._calls import CLOCK_TICKS, cpu_ticks
+from sipbot.emulators.script import EmulatorScript, ReplyFault, ToolCallRule
+from tests.e2e.calls import caller_turns
 from tests.e2e.conftest import StartServer
-from tests.e2e.emulated import wait_until, write_dialplan
+from tests.e2e.emulated import EmulatorThread, server_env, wait_until, write_dialplan
 from tests.e2e.faults import (
     FAULT_CALLS,
+    SETTLE_S,
     assert_cadence,
     assert_recordings,
     count_lines,
     live_calls,
     records_of,
     rtp_attack,
-    rtp_ports,
     send_malformed,
     sipp_call_ids,
 )
-from tests.e2e.peers import audio
+from tests.e2e.peers import audio, sipp
 from tests.e2e.peers.capture import stream_stats
 from tests.e2e.test_call_path import StallWitness, bot_packets, cdr_lines, favour
-from tests.e2e.test_hostile_input_e2e import Flood
+from tests.e2e.test_hostile_input_e2e import Flood, rtp_ports
 from tests.e2e.test_rfc4475_server import EXPECTED, options, rounds, run_torture, table
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -193,3 +201,144 @@ def test_ten_calls_keep_talking_through_signalling_media_reload_and_drain_faults
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nserver CPU (cores) per phase: {busy}") from None
     print(f"gap p99 (ms) { ({k: round(v, 1) for k, v in figures.items()}) }; CPU {busy}; {summary}")
+
+
+TOOLS_MODULE = '''\
+"""Tools that misbehave (the fault suite's own module, next to its dialplan)."""
+
+import asyncio
+
+from sipbot.tools import tool
+
+
+@tool
+async def hang(order_id: str) -> str:
+    """Never answers.
+
+    Args:
+        order_id: the order number.
+    """
+    await asyncio.sleep(3600)
+    return "never"
+
+
+@tool
+async def explode(order_id: str) -> str:
+    """Raises.
+
+    Args:
+        order_id: the order number.
+    """
+    raise RuntimeError("the archive is on fire")
+
+
+@tool
+async def flood(order_id: str) -> str:
+    """Returns megabytes.
+
+    Args:
+        order_id: the order number.
+    """
+    return "x" * 4_000_000
+'''
+PROVIDER_HOLD_S = 24.0
+CALLER_TURNS = 8  # a turn every 1.8 s: each fault below has its turn
+TOOL_TIMEOUT_S = 2.0
+
+
+def provider_faults() -> EmulatorScript:
+    """One misbehaviour per caller turn; those that may end the connection last (a new
+    connection counts its turns from 1 again)."""
+    return EmulatorScript(
+        reply="tone",
+        reply_ms=800,
+        speed=1.0,
+        chunk_ms=100,
+        vad_silence_ms=300,
+        first_audio_delay_ms=600,  # answers slowly, every turn
+        tool_calls=(
+            ToolCallRule("hang", {"order_id": "1"}, on_turn=1),
+            ToolCallRule("explode", {"order_id": "2"}, on_turn=2),
+            ToolCallRule("flood", {"order_id": "3"}, on_turn=3),
+        ),
+        reply_faults=(
+            ReplyFault("stall", on_turn=4, stall_ms=2500),
+            ReplyFault("oversized", on_turn=5, size_kb=4096),
+            ReplyFault("malformed", on_turn=6),
+            ReplyFault("drop", on_turn=7),
+        ),
+    )
+
+
+@pytest.mark.requires_peers("sipp", "capture")
+def test_ten_calls_keep_talking_through_provider_tool_and_storage_faults(
+    sipbot_server: StartServer, peers_tmp: Path
+) -> None:
+    """A model that stalls, answers slowly, sends a broken and a 4 MB frame and drops the socket
+    mid-reply; tools that hang, raise and return 4 MB; the recordings directory gone mid-call."""
+    (peers_tmp / "fault_tools.py").write_text(TOOLS_MODULE)
+    recordings = peers_tmp / "recordings"
+    recordings.mkdir()
+    turns = caller_turns(peers_tmp / "turns.ulaw", CALLER_TURNS, tail_ms=4000)
+    with EmulatorThread("openai", provider_faults()) as model:
+        agent = model.agent(
+            prompt="Orders.",
+            tools=["hang", "explode", "flood"],
+            tool_timeout_s=TOOL_TIMEOUT_S,
+            recording=True,
+        )
+        config = write_dialplan(
+            peers_tmp / "provider-faults.yaml",
+            {
+                "server": {"recordings_dir": str(recordings)},
+                "agents": {"model": agent},
+                "tools": {
+                    name: {"python": f"fault_tools:{name}"} for name in ("hang", "explode", "flood")
+                },
+                "routes": [{"answer": "model"}],
+            },
+        )
+        server = sipbot_server("-c", str(config), env=server_env())
+        server.check_exit = False  # the broken tool's traceback is expected: checked below
+        favour(server.pid)
+        witness = StallWitness(peers_tmp)
+        scenario = sipp.uac_scenario(peers_tmp / "uac.xml", turns, hold_s=PROVIDER_HOLD_S)
+        uac = sipp.start_uac(
+            server.address, scenario, peers_tmp, calls=FAULT_CALLS, rate=50.0,
+            timeout_s=PROVIDER_HOLD_S + 40, capture=True, name="model-calls",
+        )  # fmt: skip
+        wait_until(lambda: len(rtp_ports(server.pid)) >= FAULT_CALLS, 15.0, "the calls up")
+        time.sleep(SETTLE_S)  # setting up ten calls at once is no fault
+        started = time.time()
+        time.sleep(CONTROL_S)  # the control: the calls' first seconds
+        # the recordings directory goes away mid-call (the open files keep being written)
+        recordings.rename(peers_tmp / "recordings-moved")
+        recordings.write_text("not a directory")
+        result = uac.wait(PROVIDER_HOLD_S + 40)
+        stalls = witness.stalls()
+        sessions = model.session_count
+        code = server.process.stop(timeout=15.0, signum=signal.SIGTERM)
+    result.assert_ok(calls=FAULT_CALLS)
+    assert code == 0
+    ids = sipp_call_ids(result)
+    cdrs = {c["call_id"]: c["reason"] for c in cdr_lines(server)}
+    assert {i: cdrs.get(i) for i in ids} == dict.fromkeys(ids, "bye-received"), cdrs
+    rows = records_of(peers_tmp / "data")
+    assert {i: rows.get(i) for i in ids} == dict.fromkeys(ids, ("answered", "bye-received"))
+    assert_recordings(peers_tmp / "recordings-moved", ids, PROVIDER_HOLD_S - 1.0)
+    assert sessions >= FAULT_CALLS, sessions
+    log = server.log()
+    # the tools: each call's hang timed out, its explode and 4 MB flood were answered; the
+    # explode traceback is logged once per 10 s for all calls, and no other traceback
+    assert count_lines(log, r"tool hang \(\S+\) timed out after 2\.0 s") >= FAULT_CALLS
+    raised = count_lines(log, r"tool explode \(\S+\) raised")
+    assert 1 <= raised <= 3, raised
+    assert log.count("Traceback") == raised
+    assert count_lines(log, r"tool flood\(") >= FAULT_CALLS
+    heard = bot_packets(result)
+    phases = [
+        ("control", started, started + CONTROL_S),
+        ("faults", started + CONTROL_S, started + 16.0),
+    ]
+    figures = assert_cadence(heard, phases, stalls)
+    print(f"gap p99 (ms) {figures}; provider sessions {sessions}; {len(log.splitlines())} lines")

@@ -21,10 +21,11 @@ import pytest
 from bench import soak
 from tests.e2e.conftest import StartServer
 from tests.e2e.emulated import wait_until
-from tests.e2e.faults import admission, assert_cadence, overload_scenario, rtp_ports
+from tests.e2e.faults import admission, assert_cadence, overload_scenario
 from tests.e2e.ops_helpers import echo_config
 from tests.e2e.peers import audio, sipp
 from tests.e2e.test_call_path import StallWitness, bot_packets, cdr_lines, favour
+from tests.e2e.test_hostile_input_e2e import rtp_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 

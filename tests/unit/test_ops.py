@@ -222,7 +222,7 @@ def test_recent_calls_are_bounded_newest_first() -> None:
 # --------------------------------------------------------------------------- metrics
 
 
-def metrics() -> Metrics:
+def metrics(**extra: Any) -> Metrics:
     return Metrics(
         Gauges(
             active=lambda: {("default", "echo"): 2},
@@ -231,6 +231,7 @@ def metrics() -> Metrics:
             loop_lag_ms=lambda: 12.0,
             draining=lambda: True,
             max_calls=5,
+            **extra,
         )
     )
 
@@ -496,17 +497,9 @@ def test_messages_are_counted_by_direction_method_and_status() -> None:
 
 
 def test_receive_queue_drops_and_tasks_are_exposed() -> None:
-    m = Metrics(
-        Gauges(
-            active=dict,
-            sip_counts=dict,
-            ticker=lambda: None,
-            loop_lag_ms=lambda: 0.0,
-            draining=lambda: False,
-            max_calls=5,
-            queue_drops=lambda: {("rtp", "full"): 7, ("rtp", "stale"): 2, ("sip", "full"): 0},
-            tasks=lambda: 12,
-        )
+    m = metrics(
+        queue_drops=lambda: {("rtp", "full"): 7, ("rtp", "stale"): 2, ("sip", "full"): 0},
+        tasks=lambda: 12,
     )
     got = samples(m.exposition().decode())
     assert got["sipbot_asyncio_tasks"] == 12
