@@ -23,7 +23,8 @@ bounded number of times and holds no traceback.
 A second server, ten calls to the emulated OpenAI Realtime model (real SDK), one fault per
 caller turn: tools that hang (timed out after 2 s), raise (one traceback per 10 s for all calls)
 and return 4 MB; a reply that stalls 2.5 s mid-way, one that answers slowly (600 ms), a 4 MB
-frame, a frame that is not JSON (the SDK ends the connection: the call reconnects and goes on);
+frame (over the adapter's 1 MiB limit: the connection ends, the call reconnects and goes on), a
+frame that is not JSON (the same, when a connection gets that far);
 and the recordings directory replaced by a file mid-call. The same checks.
 """
 
@@ -335,6 +336,8 @@ def test_ten_calls_keep_talking_through_provider_tool_and_storage_faults(
     assert 1 <= raised <= 3, raised
     assert log.count("Traceback") == raised
     assert count_lines(log, r"tool flood\(") >= FAULT_CALLS
+    # the 4 MB frame is over the adapter's frame limit: the connection ends, the call reconnects
+    assert count_lines(log, r"connection ended \(.*1009 \(message too big\)") >= FAULT_CALLS
     heard = bot_packets(result)
     phases = [
         ("control", started, started + CONTROL_S),
