@@ -33,15 +33,24 @@ class RateLimitedLog:
         self._next[key] = now + self.interval_s
         return self._suppressed.pop(key, 0)
 
-    def log(self, level: int, key: str, now: float, message: str, *args: Any) -> None:
-        """Log ``message % args`` at ``level`` unless ``key`` was logged within the interval."""
+    def log(
+        self,
+        level: int,
+        key: str,
+        now: float,
+        message: str,
+        *args: Any,
+        exc_info: BaseException | None = None,
+    ) -> None:
+        """Log ``message % args`` at ``level`` unless ``key`` was logged within the interval
+        (with ``exc_info``'s traceback, when given)."""
         suppressed = self._allow(key, now)
         if suppressed is None:
             return
         if suppressed:
             message += " (%d similar suppressed)"
             args = (*args, suppressed)
-        self.logger.log(level, message, *args)
+        self.logger.log(level, message, *args, exc_info=exc_info)
 
     def warning(self, key: str, now: float, message: str, *args: Any) -> None:
         """:meth:`log` at WARNING."""

@@ -191,6 +191,13 @@ class Server:
                 draining=lambda: self.admission.draining,
                 max_calls=limits.max_calls,
                 registrations=lambda: self.registration_states,
+                queue_drops=lambda: {
+                    ("sip", "full"): self.ua.inbox_dropped,
+                    ("sip", "stale"): self.ua.inbox_stale,
+                    ("rtp", "full"): self.engine.inbox_dropped,
+                    ("rtp", "stale"): self.engine.inbox_stale,
+                },
+                tasks=lambda: len(asyncio.all_tasks()),
             )
         )
         self.lag = LoopLagMonitor(on_sample=self.metrics.lag_sample)

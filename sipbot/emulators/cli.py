@@ -62,6 +62,7 @@ def build_script(path: str | None, overrides: Sequence[str]) -> EmulatorScript:
     values: dict[str, Any] = asdict(script)
     values["api_keys"] = sorted(script.api_keys)
     values["tool_calls"] = [asdict(rule) for rule in script.tool_calls]
+    values["reply_faults"] = [asdict(fault) for fault in script.reply_faults]
     for override in overrides:
         field, sep, text = override.partition("=")
         if not sep or not field:

@@ -54,6 +54,9 @@ def plan_reply(
     )
 
 
+DROPPED_WAIT_S = 60.0
+
+
 class ResponseRun:
     """Streams one response on a connection; :attr:`task` runs :meth:`stream`."""
 
@@ -173,11 +176,28 @@ class ResponseRun:
             connection.audio_ms_sent[item_id] = self.bytes_sent // self.format.bytes_per_ms
             await emit("response.output_audio.delta", delta=b64encode(chunk), **common)
             reply.position = index + 1
+            if index == 0:
+                await self._faults(reply.turn)
             if reply.texts[index]:
                 self.transcript_sent += reply.texts[index]
                 await emit(
                     "response.output_audio_transcript.delta", delta=reply.texts[index], **common
                 )
+
+    async def _faults(self, turn: int) -> None:
+        """The script's mid-reply faults for caller turn ``turn`` (see ``ReplyFault``)."""
+        connection = self.connection
+        for fault in connection.script.reply_faults_for(turn):
+            if fault.kind == "stall":
+                await asyncio.sleep(fault.stall_ms / 1000.0)
+            elif fault.kind == "drop":
+                connection.ws.transport.abort()
+                await asyncio.sleep(DROPPED_WAIT_S)  # the connection's end cancels this task
+            elif fault.kind == "malformed":
+                await connection.ws.send('{"type": "response.output_audio.delta", "delta": ')
+            else:
+                padding = "x" * (fault.size_kb * 1024)
+                await connection.emit("response.emulator_padding", padding=padding)
 
     async def _close_message(self, status: str) -> None:
         item = self.item

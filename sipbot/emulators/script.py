@@ -50,6 +50,25 @@ class ToolCallRule:
     on_turn: int = 1
 
 
+REPLY_FAULTS = ("stall", "drop", "malformed", "oversized")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyFault:
+    """On caller turn ``on_turn``, misbehave in the middle of the reply (after its first chunk).
+
+    ``kind``: ``stall`` sends nothing for ``stall_ms`` and then goes on; ``drop`` closes the
+    socket abruptly (no close frame); ``malformed`` sends a text frame that is not JSON, then
+    goes on; ``oversized`` sends one well-formed but unknown event of ``size_kb`` kilobytes,
+    then goes on. OpenAI emulator only.
+    """
+
+    kind: Literal["stall", "drop", "malformed", "oversized"]
+    on_turn: int = 1
+    stall_ms: int = 3000
+    size_kb: int = 2048
+
+
 @dataclass(frozen=True, slots=True)
 class EmulatorScript:
     """Behaviour of an emulated speech-to-speech session.
@@ -81,6 +100,7 @@ class EmulatorScript:
         error_after_turns: send a protocol error event after this many replies.
         stall_after_turns: stall the reply that follows this many replies (Rule 4).
         stall_mid_reply_ms: where in that reply's audio it stalls (0: before any audio).
+        reply_faults: mid-reply misbehaviour by caller turn (:class:`ReplyFault`).
         api_keys: keys accepted; any other key is refused at connect (HTTP 401 / close 1008).
             Empty means every key is accepted.
         vad_threshold_dbfs: server VAD level threshold.
@@ -106,6 +126,7 @@ class EmulatorScript:
     error_after_turns: int | None = None
     stall_after_turns: int | None = None
     stall_mid_reply_ms: int = 0
+    reply_faults: tuple[ReplyFault, ...] = ()
     api_keys: frozenset[str] = frozenset()
     vad_threshold_dbfs: float = -40.0
     vad_silence_ms: int = 500
@@ -117,6 +138,10 @@ class EmulatorScript:
     def stalls(self, replies_here: int, position_ms: int) -> bool:
         """Whether a caller-turn reply, ``position_ms`` into its audio, stalls now (Rule 4)."""
         return self.stall_after_turns == replies_here and position_ms >= self.stall_mid_reply_ms
+
+    def reply_faults_for(self, turn: int) -> tuple[ReplyFault, ...]:
+        """The mid-reply faults due on caller turn ``turn``."""
+        return tuple(fault for fault in self.reply_faults if fault.on_turn == turn)
 
 
 # --------------------------------------------------------------------------- loading
@@ -233,6 +258,8 @@ def _check(key: str, value: object) -> Any:
         if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
             raise ValueError("expected a list of strings")
         return frozenset(value)
+    if key == "reply_faults":
+        return _reply_faults(value)
     return _tool_calls(value)
 
 
@@ -263,3 +290,25 @@ def _tool_calls(value: object) -> tuple[ToolCallRule, ...]:
             raise ValueError(f"item {index}: 'on_turn' {exc}") from None
         rules.append(ToolCallRule(item["name"], dict(arguments), on_turn))
     return tuple(rules)
+
+
+def _reply_faults(value: object) -> tuple[ReplyFault, ...]:
+    if not isinstance(value, list):
+        raise ValueError("expected a list of {kind, on_turn, stall_ms, size_kb} mappings")
+    faults = []
+    for index, item in enumerate(value):
+        if not isinstance(item, Mapping) or item.get("kind") not in REPLY_FAULTS:
+            raise ValueError(f"item {index}: expected a mapping with 'kind' one of {REPLY_FAULTS}")
+        unknown = sorted(set(item) - {"kind", "on_turn", "stall_ms", "size_kb"})
+        if unknown:
+            raise ValueError(f"item {index}: unknown key {unknown[0]!r}")
+        try:
+            counts = {
+                key: _count(item[key], minimum=1)
+                for key in ("on_turn", "stall_ms", "size_kb")
+                if key in item
+            }
+        except ValueError as exc:
+            raise ValueError(f"item {index}: {exc}") from None
+        faults.append(ReplyFault(item["kind"], **counts))
+    return tuple(faults)

@@ -40,6 +40,10 @@ Rules:
   or beyond the jitter buffer's ``MAX_JUMP`` is a discontinuity: no gap. Timestamp units are
   payload bytes for PCMU, PCMA and G.722 alike (8 kHz clock; G.722 is 2 samples at 16 kHz per
   byte and per unit), so a packet's duration is its payload length.
+* Rule 9 (foreign floods): :meth:`RtpReceiver.foreign` is the check of Rule 1 on its own; the
+  media shell applies it as a datagram is read, before the bounded inbound queue, so packets
+  from a foreign source cannot crowd the peer's out of the queue, make the peer look silent and
+  so take the stream over (found by the fault suite: a flood at a call's port did exactly that).
 """
 
 from __future__ import annotations
@@ -172,9 +176,7 @@ class RtpReceiver:
             packet was dropped, held for reordering, or a DTMF continuation.
         """
         new_source = addr != self.peer
-        if new_source and self.latched and now - self.last_rx < self.relatch_after_s:
-            self.stats.foreign_packets += 1
-            self._log.warning("foreign", now, "%s: RTP from foreign source %s ignored", self, addr)
+        if new_source and self.foreign(addr, now):
             return NOTHING
         srtp = self.srtp
         if srtp is not None:  # Rule 7
@@ -234,6 +236,16 @@ class RtpReceiver:
             return NOTHING
         released = self.jitter.poll(now)
         return self._deliver(released, now) if released else NOTHING
+
+    def foreign(self, addr: Address, now: float) -> bool:
+        """Whether a datagram from ``addr`` at ``now`` is foreign (Rule 1): counted, logged
+        rate-limited, to be dropped. The shell asks this before it queues a datagram, so a
+        flood from elsewhere never takes the place of the peer's packets (Rule 9)."""
+        if addr == self.peer or not self.latched or now - self.last_rx >= self.relatch_after_s:
+            return False
+        self.stats.foreign_packets += 1
+        self._log.warning("foreign", now, "%s: RTP from foreign source %s ignored", self, addr)
+        return True
 
     def __str__(self) -> str:
         return self.name

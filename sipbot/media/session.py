@@ -20,7 +20,9 @@ Rules:
   a slot. Inbound work never waits for a tick, and a tick never waits for inbound work: datagrams
   are queued as they are read and processed by a drain that steps aside whenever a tick is due
   (the loop runs its timers before the drain resumes), so a burst of inbound packets cannot delay
-  the outbound cadence by more than a few packets' processing.
+  the outbound cadence by more than a few packets' processing. Each drain turn processes at
+  least :data:`DRAIN_MIN_BATCH` datagrams first (well under a millisecond), so inbound work
+  always progresses even when a tick is due at every turn of a busy loop.
 * Rule 2 (symmetric RTP): we send to :attr:`RtpReceiver.peer`, the latched source of the
   caller's RTP; the latching policy is documented in :mod:`sipbot.media.receiver`.
 * Rule 3 (direction): ``direction`` is OUR direction, as ``sip.sdp.Negotiated.direction`` gives
@@ -40,6 +42,14 @@ Rules:
   audio (:meth:`~sipbot.media.chain.InboundChain.fill`: concealment for lost packets, silence
   for suppressed ones) before the next payload, so ``on_audio`` gets the caller's time without
   holes; ``concealed_frames`` and ``silence_filled_ms`` count it.
+* Rule 8 (bounded inbound queue): the queue of Rule 1 is bounded in count and in age, so a
+  CPU-starved process or a flood cannot grow it without limit. A datagram that arrives while its
+  session already has :data:`SESSION_INBOX_MAX` waiting, or the engine :data:`INBOX_MAX`, is
+  dropped (the newest: a flood on one port crowds out only its own call); a datagram that waited
+  longer than :data:`INBOX_MAX_AGE_S` is dropped unprocessed by the drain (the oldest: its slot
+  has passed, and dropping it is how a starved process catches up). Both are counted
+  (:attr:`MediaEngine.inbox_dropped`, :attr:`MediaEngine.inbox_stale`) and logged at most once
+  per 10 s.
 """
 
 from __future__ import annotations
@@ -69,6 +79,13 @@ from sipbot.ratelimit import RateLimitedLog
 log = logging.getLogger(__name__)
 
 DRAIN_CHECK_EVERY = 8  # datagrams processed between looks at the ticker's next deadline
+# datagrams processed per drain turn before a due tick may interrupt it (Rule 1): with 4 phase
+# groups a tick is due every 5 ms, so on a busy loop one is nearly always due when the drain
+# starts; without this floor the drain would yield at once, every turn, and starve inbound audio
+DRAIN_MIN_BATCH = 32
+INBOX_MAX = 8192  # datagrams waiting in the engine (Rule 8): ~0.8 s of 200 calls' RTP
+SESSION_INBOX_MAX = 100  # datagrams waiting per session (Rule 8): 2 s of 20 ms packets
+INBOX_MAX_AGE_S = 0.25  # a datagram that waited longer is dropped unprocessed (Rule 8)
 
 
 @dataclass(frozen=True)
@@ -131,6 +148,9 @@ class MediaEngine:
         # Rule 1: datagrams wait here (session, data, source, read at) for the drain
         self._inbox: deque[tuple[MediaSession, bytes, Address, float]] = deque()
         self._draining = False
+        self.inbox_dropped = 0  # datagrams refused because a queue was full (Rule 8)
+        self.inbox_stale = 0  # datagrams dropped unprocessed after waiting too long (Rule 8)
+        self._drop_log = RateLimitedLog(log)
 
     @property
     def ticker(self) -> Ticker:
@@ -176,9 +196,20 @@ class MediaEngine:
 
         The entry point of the inbound path: the drain hands it to
         :meth:`MediaSession.process` soon, in arrival order, stepping aside for due ticks
-        (Rule 1).
+        (Rule 1). A full queue drops it (Rule 8).
         """
-        self._inbox.append((session, data, addr, arrived))
+        inbox = self._inbox
+        if len(inbox) >= INBOX_MAX or session._queued >= SESSION_INBOX_MAX:
+            self.inbox_dropped += 1
+            self._drop_log.warning(
+                "inbox-full",
+                arrived,
+                "RTP receive queue full: dropping datagrams (%d dropped in total)",
+                self.inbox_dropped,
+            )
+            return
+        session._queued += 1
+        inbox.append((session, data, addr, arrived))
         if not self._draining:
             loop = self._loop
             assert loop is not None  # set by open_session, the only maker of sessions
@@ -186,21 +217,38 @@ class MediaEngine:
             loop.call_soon(self._drain)
 
     def _drain(self) -> None:
-        """Process queued datagrams; step aside for a due tick (Rule 1)."""
+        """Process queued datagrams; yield to a due tick (Rule 1); drop stale ones (Rule 8)."""
         inbox = self._inbox
         loop = self._loop
         assert loop is not None
         ticker = self._ticker
         due = ticker.next_deadline() if ticker is not None else None
         processed = 0
+        now = 0.0
         while inbox:
-            if due is not None and processed % DRAIN_CHECK_EVERY == 0 and loop.time() >= due:
-                loop.call_soon(self._drain)  # after the timers: the tick first
-                return
+            if processed % DRAIN_CHECK_EVERY == 0:
+                now = loop.time()
+                if processed >= DRAIN_MIN_BATCH and due is not None and now >= due:
+                    loop.call_soon(self._drain)  # after the timers: the tick first
+                    return
             session, data, addr, arrived = inbox.popleft()
-            session.process(data, addr, arrived)
+            session._queued -= 1
             processed += 1
+            if now - arrived > INBOX_MAX_AGE_S:
+                self._stale(now, now - arrived)
+                continue
+            session.process(data, addr, arrived)
         self._draining = False
+
+    def _stale(self, now: float, waited: float) -> None:
+        self.inbox_stale += 1
+        self._drop_log.warning(
+            "inbox-stale",
+            now,
+            "RTP receive queue %.0f ms behind: dropping stale datagrams (%d dropped in total)",
+            waited * 1000.0,
+            self.inbox_stale,
+        )
 
     def session_closed(self, session: MediaSession) -> None:
         """Release ``session``'s port and stop ticking it (:meth:`MediaSession.close` calls it)."""
@@ -264,6 +312,7 @@ class MediaSession:
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._sending = self._expect_rx = False
         self._started = self._closed = self._timed_out = False
+        self._queued = 0  # datagrams of this session in the engine's queue (Rule 8)
 
     def __repr__(self) -> str:
         return f"<MediaSession port={self.local_port} peer={self._rx.peer}>"
@@ -495,7 +544,10 @@ class MediaSession:
 
     def _on_datagram(self, data: bytes, addr: Address) -> None:
         if not self._closed and self._codec is not None:
-            self._engine.enqueue(self, data, addr, self._loop.time())
+            arrived = self._loop.time()
+            if addr != self._rx.peer and self._rx.foreign(addr, arrived):
+                return  # before the queue (receiver Rule 9)
+            self._engine.enqueue(self, data, addr, arrived)
 
     def process(self, data: bytes, addr: Address, arrived: float) -> None:
         """Handle one datagram read from this session's socket at ``arrived`` (loop time).

@@ -79,6 +79,9 @@ class Gauges:
     max_calls: int
     # trunk -> its registration state (phase, code, failures: RegistrationState), if any
     registrations: Callable[[], Mapping[str, Any]] = dict
+    # (path, reason) -> datagrams the receive queues dropped ("sip"/"rtp", "full"/"stale")
+    queue_drops: Callable[[], Mapping[tuple[str, str], int]] = dict
+    tasks: Callable[[], int] = int  # asyncio tasks alive (a leak shows as growth)
 
 
 class Metrics:
@@ -298,3 +301,12 @@ class _ServerCollector:
                 "The latest tick ever ran behind its deadline (the worst outbound gap)",
                 value=stats.max_lateness_s,
             )
+        drops = CounterMetricFamily(
+            "sipbot_receive_queue_dropped",
+            "Datagrams dropped by a bounded receive queue (full, or waited too long)",
+            labels=["path", "reason"],
+        )
+        for (path, reason), count in sorted(g.queue_drops().items()):
+            drops.add_metric([path, reason], count)
+        yield drops
+        yield GaugeMetricFamily("sipbot_asyncio_tasks", "asyncio tasks alive", value=g.tasks())

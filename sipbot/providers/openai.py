@@ -37,6 +37,7 @@ DEFAULT_MODEL = "gpt-realtime"
 CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + websocket handshake + session.updated
 MAX_ATTEMPTS = 5
 DUE_EVENTS = frozenset({"input_audio_buffer.committed", "response.created"})  # an answer is owed
+MAX_FRAME_BYTES = 1 << 20  # one server event (5 s of 24 kHz audio is 320 kB in base64)
 
 
 class OpenAIProvider:
@@ -95,6 +96,11 @@ class OpenAIProvider:
         socket_options: Any = {
             "open_timeout": self.connect_timeout_s,
             "close_timeout": CLOSE_TIMEOUT_S,
+            # the SDK lifts websockets' frame limit (max_size None): a 4 MB frame was read and
+            # parsed in one go on the event loop, a gap in every call's audio; one over the
+            # limit now ends the connection (1009), and the session reconnects
+            "max_size": MAX_FRAME_BYTES,
+            "compression": None,  # what the SDK sets when it lifts the limit: keep it
         }
         manager = self._client.realtime.connect(
             model=model, websocket_connection_options=socket_options

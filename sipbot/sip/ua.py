@@ -25,7 +25,10 @@ Rules:
 * Rule 7: messages are queued as they are read and fed to the core by a drain that steps aside
   after :data:`DRAIN_BUDGET_S` (the loop runs its due timers, e.g. the media ticker, before the
   drain resumes): a burst of SIP work cannot delay the calls' RTP by more than the budget. The
-  queue holds at most :data:`INBOX_MAX` messages; more are dropped and counted.
+  queue holds at most :data:`INBOX_MAX` messages; more are dropped and counted. A message that
+  waited longer than :data:`INBOX_MAX_AGE_S` (a CPU-starved process) is dropped unprocessed and
+  counted (``inbox_stale``), so the queue's delay stays bounded too and fresh messages (and the
+  peers' retransmissions of the dropped ones) are answered instead of stale ones.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ T = TypeVar("T")
 WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 DRAIN_BUDGET_S = 0.004  # SIP work per loop turn before the timers get theirs (Rule 7)
 INBOX_MAX = 1024  # messages read but not yet processed (Rule 7): ~0.3 s of work at most
+INBOX_MAX_AGE_S = 1.0  # a message that waited longer is dropped unprocessed (Rule 7): T1 is 0.5 s
 
 
 @dataclass(frozen=True)
@@ -357,8 +361,9 @@ class UserAgent:
         self.limiter = limiter  # per-source message rate, checked before the core parses
         self.core_failures = 0  # messages on which the core raised (a bug; logged rate-limited)
         self.inbox_dropped = 0  # messages dropped because the receive queue was full (Rule 7)
+        self.inbox_stale = 0  # messages dropped unprocessed after waiting too long (Rule 7)
         self._drop_log = RateLimitedLog(log)
-        self._inbox: deque[tuple[bytes, Peer]] = deque()
+        self._inbox: deque[tuple[bytes, Peer, float]] = deque()
         self._draining = False
         self.bound: list[tuple[str, str, int]] = []
         timers = TimerSettings(t1=settings.t1, t2=settings.t2, t4=settings.t4)
@@ -656,7 +661,7 @@ class UserAgent:
                 self.inbox_dropped,
             )
             return
-        self._inbox.append((data, peer))
+        self._inbox.append((data, peer, now))
         if not self._draining:
             self._draining = True
             self.loop.call_soon(self._drain)
@@ -665,13 +670,27 @@ class UserAgent:
         """Feed queued messages to the core; step aside once the budget is spent (Rule 7)."""
         inbox = self._inbox
         deadline = time.perf_counter() + DRAIN_BUDGET_S
+        now = self.loop.time()
         while inbox:
-            data, peer = inbox.popleft()
+            data, peer, arrived = inbox.popleft()
+            if now - arrived > INBOX_MAX_AGE_S:
+                self._stale(now, now - arrived)
+                continue
             self._receive(data, peer)
             if inbox and time.perf_counter() >= deadline:
                 self.loop.call_soon(self._drain)  # after the loop's due timers
                 return
         self._draining = False
+
+    def _stale(self, now: float, waited: float) -> None:
+        self.inbox_stale += 1
+        self._drop_log.warning(
+            "inbox-stale",
+            now,
+            "SIP receive queue %.1f s behind: dropping stale messages (%d dropped in total)",
+            waited,
+            self.inbox_stale,
+        )
 
     def _receive(self, data: bytes, peer: Peer) -> None:
         if (

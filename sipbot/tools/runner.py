@@ -17,6 +17,9 @@ Rules:
   its task then resolves to a result with ``cancelled=True``, which the call does not send.
 * Rule 5: ``on_slow(call)`` is called once if a tool is still running after ``filler_after_ms``
   (the call can say "one moment"); never for a tool that finishes first.
+* Rule 6: the traceback of Rule 2 is logged at most once per tool and 10 s across the process
+  (the rest are counted in the next line): a broken tool that every call's model keeps calling
+  does not flood the log.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ from pydantic_core import to_jsonable_python
 
 from sipbot.domain import ToolCall, ToolSpec
 from sipbot.errors import SipbotError
+from sipbot.ratelimit import RateLimitedLog
 from sipbot.tools.context import ToolContext
 from sipbot.tools.registry import Tool
 
 log = logging.getLogger(__name__)
+_RAISED = RateLimitedLog(log)  # Rule 6
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_RESULT_CHARS = 4_000
@@ -179,7 +184,17 @@ class ToolRunner:
             log.info("tool %s (%s) refused: %s", call.name, call.id, exc)
             return self._error(call, started, str(exc))
         if exc is not None:
-            log.error("tool %s (%s) raised", call.name, call.id, exc_info=exc)
+            # one traceback per tool and 10 s, process-wide: a model that keeps calling a
+            # broken tool on every call must not flood the log (tool names come from the config)
+            _RAISED.log(
+                logging.ERROR,
+                call.name,
+                time.monotonic(),
+                "tool %s (%s) raised",
+                call.name,
+                call.id,
+                exc_info=exc,
+            )
             # the exception text may hold internals: the model hears only that it failed
             return self._error(call, started, f"the tool {call.name} failed")
         output = self._truncate(work.result())

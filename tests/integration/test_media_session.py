@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
 import struct
 import wave
@@ -24,7 +25,14 @@ from sipbot.domain import PCMU_8K
 from sipbot.errors import MediaError, PortRangeExhausted
 from sipbot.media.codecs import make_encoder
 from sipbot.media.rtp import RtpPacket, parse_rtp
-from sipbot.media.session import MediaEngine, MediaSession, MediaSettings
+from sipbot.media.session import (
+    DRAIN_MIN_BATCH,
+    INBOX_MAX_AGE_S,
+    SESSION_INBOX_MAX,
+    MediaEngine,
+    MediaSession,
+    MediaSettings,
+)
 
 pytestmark = pytest.mark.timeout(60)
 FRAME_24K = 960  # bytes of 20 ms PCM16 at 24 kHz
@@ -492,6 +500,7 @@ class _RecordingSession:
     def __init__(self, loop: _RecordingLoop) -> None:
         self.loop = loop
         self.processed: list[tuple[bytes, float]] = []
+        self._queued = 0  # the engine's per-session count (Rule 8)
 
     def process(self, data: bytes, addr: tuple[str, int], arrived: float) -> None:
         self.processed.append((data, arrived))
@@ -510,17 +519,127 @@ def test_the_drain_steps_aside_for_a_due_tick_and_resumes_in_order() -> None:
     loop = _RecordingLoop(now=10.0)
     engine = MediaEngine(MediaSettings(), loop=cast(Any, loop))
     session = _RecordingSession(loop)
-    engine._ticker = cast(Any, _Deadline(10.010))  # the next tick is due in 10 ms
-    for i in range(40):
+    engine._ticker = cast(Any, _Deadline(10.020))  # the next tick is due in 20 ms
+    for i in range(60):
         engine.enqueue(cast(Any, session), bytes([i]), ("127.0.0.1", 4000), 10.0)
     assert len(loop.soon) == 1  # one drain scheduled for the whole burst
     loop.soon.pop()()
-    # 0.5 ms each: at 10 ms the tick is due; the drain stops at its next checkpoint (every 8)
-    assert [d for d, _ in session.processed] == [bytes([i]) for i in range(24)]
-    assert len(loop.soon) == 1  # it resumes after the loop's timers (the tick) have run
-    engine._ticker = cast(Any, _Deadline(10.030))
-    loop.soon.pop()()
+    # 0.5 ms each: at 20 ms the tick is due; the drain stops at its next checkpoint (every 8,
+    # after the first DRAIN_MIN_BATCH = 32)
+    assert DRAIN_MIN_BATCH == 32
     assert [d for d, _ in session.processed] == [bytes([i]) for i in range(40)]
+    assert len(loop.soon) == 1  # it resumes after the loop's timers (the tick) have run
+    engine._ticker = cast(Any, _Deadline(10.040))
+    loop.soon.pop()()
+    assert [d for d, _ in session.processed] == [bytes([i]) for i in range(60)]
     assert all(arrived == 10.0 for _, arrived in session.processed)  # arrival times kept
     assert loop.soon == []
     assert not engine._draining
+
+
+def test_a_full_session_queue_drops_the_newest_and_spares_other_calls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Rule 8: a flood on one call's port fills only that call's share of the queue."""
+    loop = _RecordingLoop(now=10.0)
+    engine = MediaEngine(MediaSettings(), loop=cast(Any, loop))
+    flooded, other = _RecordingSession(loop), _RecordingSession(loop)
+    with caplog.at_level(logging.WARNING, logger="sipbot.media.session"):
+        for i in range(SESSION_INBOX_MAX + 30):
+            engine.enqueue(cast(Any, flooded), i.to_bytes(2, "big"), ("127.0.0.1", 4000), 10.0)
+        engine.enqueue(cast(Any, other), b"other", ("127.0.0.1", 4002), 10.0)
+    assert engine.inbox_dropped == 30
+    assert [r.getMessage() for r in caplog.records] == [
+        "RTP receive queue full: dropping datagrams (1 dropped in total)"
+    ]
+    loop.soon.pop()()
+    assert [d for d, _ in flooded.processed] == [
+        i.to_bytes(2, "big") for i in range(SESSION_INBOX_MAX)
+    ]  # the oldest kept, in order
+    assert other.processed == [(b"other", 10.0)]
+    assert (flooded._queued, other._queued) == (0, 0)
+    engine.enqueue(cast(Any, flooded), b"again", ("127.0.0.1", 4000), loop.now)
+    assert engine.inbox_dropped == 30  # room again once drained
+
+
+def test_the_engine_queue_is_bounded_across_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sipbot.media.session.INBOX_MAX", 5)
+    loop = _RecordingLoop(now=10.0)
+    engine = MediaEngine(MediaSettings(), loop=cast(Any, loop))
+    sessions = [_RecordingSession(loop) for _ in range(8)]
+    for session in sessions:
+        engine.enqueue(cast(Any, session), b"x", ("127.0.0.1", 4000), 10.0)
+    assert engine.inbox_dropped == 3
+    loop.soon.pop()()
+    assert [len(s.processed) for s in sessions] == [1, 1, 1, 1, 1, 0, 0, 0]
+
+
+def test_datagrams_that_waited_too_long_are_dropped_unprocessed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Rule 8: a starved process catches up by dropping what has waited past its slot."""
+    loop = _RecordingLoop(now=10.0)
+    engine = MediaEngine(MediaSettings(), loop=cast(Any, loop))
+    session = _RecordingSession(loop)
+    old = 10.0 - INBOX_MAX_AGE_S - 0.1
+    with caplog.at_level(logging.WARNING, logger="sipbot.media.session"):
+        for i in range(20):
+            engine.enqueue(cast(Any, session), bytes([i]), ("127.0.0.1", 4000), old)
+        engine.enqueue(cast(Any, session), b"fresh", ("127.0.0.1", 4000), 10.0)
+        loop.soon.pop()()
+    assert engine.inbox_stale == 20
+    assert session.processed == [(b"fresh", 10.0)]
+    assert session._queued == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "RTP receive queue 350 ms behind: dropping stale datagrams (1 dropped in total)"
+    ]
+    assert not engine._draining
+
+
+def test_a_tick_due_at_every_turn_does_not_starve_the_drain() -> None:
+    """Rule 1: on a busy loop a tick is already due whenever the drain starts (one every 5 ms
+    with 4 groups); the drain still makes progress, a batch per turn, and empties the queue."""
+    loop = _RecordingLoop(now=10.0)
+    engine = MediaEngine(MediaSettings(), loop=cast(Any, loop))
+    session = _RecordingSession(loop)
+    engine._ticker = cast(Any, _Deadline(9.0))  # overdue, and stays so
+    for i in range(100):
+        engine.enqueue(cast(Any, session), bytes([i]), ("127.0.0.1", 4000), 10.0)
+    turns = 0
+    while loop.soon:
+        loop.soon.pop()()
+        turns += 1
+    assert [d for d, _ in session.processed] == [bytes([i]) for i in range(100)]
+    assert turns == 4  # 32 + 32 + 32 + 4
+
+
+def test_a_foreign_flood_never_takes_the_peers_place_in_the_queue() -> None:
+    """Receiver Rule 9: 200 foreign packets before each of the peer's (every 20 ms, 1.5 s): the peer
+    stays latched, none of its packets is crowded out, the flood is never queued."""
+
+    async def body(engine: MediaEngine, session: MediaSession, peer: Peer, calls: Calls) -> None:
+        foreign = await open_peer()
+        try:
+            configure(session, peer)
+            session.start()
+            loop = asyncio.get_running_loop()
+            peer.send(rtp(0), session.local_port)  # the peer latches first
+            await wait_until(lambda: session.stats.packets_in == 1)
+            end = loop.time() + 1.5
+            seq = 1
+            while loop.time() < end:
+                for k in range(SESSION_INBOX_MAX + 100):  # more than the call's queue holds
+                    foreign.send(rtp(k, ssrc=999), session.local_port)
+                peer.send(rtp(seq), session.local_port)
+                seq += 1
+                await asyncio.sleep(0.02)
+            await wait_until(lambda: session.stats.packets_in == seq)
+            stats = session.stats
+            assert stats.relatches == 0
+            assert stats.foreign_packets > 150 * seq
+            assert (engine.inbox_dropped, engine.inbox_stale) == (0, 0)
+        finally:
+            assert foreign.transport is not None
+            foreign.transport.close()
+
+    run(lambda: with_session(body))

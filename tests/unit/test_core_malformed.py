@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
+from collections import deque
 
 import pytest
 
 from sipbot.sip.core import Core
 from sipbot.sip.legs import CallConfirmed, CoreSettings, IncomingCall, Peer
 from sipbot.sip.limiter import LimiterSettings, SourceLimiter
-from sipbot.sip.ua import DRAIN_BUDGET_S, INBOX_MAX, SipSettings, UserAgent
+from sipbot.sip.ua import DRAIN_BUDGET_S, INBOX_MAX, INBOX_MAX_AGE_S, SipSettings, UserAgent
 from tests.data.rfc4475 import DATA_DIR
 from tests.data.rfc4475 import load as load_rfc4475
 from tests.data.rfc4475.expected import EXPECTED
@@ -296,3 +298,24 @@ async def test_a_full_receive_queue_drops_and_counts() -> None:
     assert ua.inbox_dropped == 10
     await drained(ua)
     assert core.received == INBOX_MAX
+
+
+async def test_messages_that_waited_too_long_are_dropped_unprocessed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Rule 7: a starved loop answers what just came, not what waited past its peers' timers."""
+    ua = agent()
+    core = ua._core = Slow(CoreSettings(), lambda transport, host: ("127.0.0.1", 5060))
+    core.cost_s = 0.0
+    for _ in range(5):
+        ua._on_message(b"OPTIONS", SOURCE)
+    old = ua.loop.time() - INBOX_MAX_AGE_S - 0.5  # as if the loop had been starved meanwhile
+    ua._inbox = deque((data, peer, old) for data, peer, _ in ua._inbox)
+    ua._on_message(b"OPTIONS", SOURCE)
+    with caplog.at_level(logging.WARNING, logger="sipbot.sip.ua"):
+        await drained(ua)
+    assert (core.received, ua.inbox_stale) == (1, 5)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(
+        r"SIP receive queue 1\.\d s behind: dropping stale messages \(1 dropped in total\)", line
+    )

@@ -9,6 +9,7 @@ import pytest
 from sipbot.emulators.cli import build_script
 from sipbot.emulators.script import (
     EmulatorScript,
+    ReplyFault,
     ToolCallRule,
     load_script,
     script_from_mapping,
@@ -154,3 +155,38 @@ def test_a_stall_is_due_after_n_replies_at_a_point_of_the_reply() -> None:
     with pytest.raises(ConfigError) as info:
         script_from_mapping({"stall_mid_reply_ms": -1})
     assert str(info.value) == "stall_mid_reply_ms: must be at least 0, got -1"
+
+
+def test_reply_faults_load_and_pick_their_turn() -> None:
+    script = script_from_mapping(
+        {
+            "reply_faults": [
+                {"kind": "stall", "on_turn": 2, "stall_ms": 1500},
+                {"kind": "oversized", "size_kb": 64},
+                {"kind": "drop", "on_turn": 2},
+            ]
+        }
+    )
+    assert script.reply_faults_for(2) == (
+        ReplyFault("stall", 2, stall_ms=1500),
+        ReplyFault("drop", 2),
+    )
+    assert script.reply_faults_for(1) == (ReplyFault("oversized", 1, size_kb=64),)
+    assert script.reply_faults_for(3) == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([{"kind": "explode"}], "reply_faults: item 0: expected a mapping with 'kind' one of "
+         "('stall', 'drop', 'malformed', 'oversized')"),
+        ([{"kind": "stall", "when": 1}], "reply_faults: item 0: unknown key 'when'"),
+        ([{"kind": "stall", "stall_ms": 0}], "reply_faults: item 0: must be at least 1, got 0"),
+        ({"kind": "stall"}, "reply_faults: expected a list of {kind, on_turn, stall_ms, size_kb} "
+         "mappings"),
+    ],
+)  # fmt: skip
+def test_reply_fault_errors(value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        script_from_mapping({"reply_faults": value})
+    assert str(error.value) == message

@@ -222,7 +222,7 @@ def test_recent_calls_are_bounded_newest_first() -> None:
 # --------------------------------------------------------------------------- metrics
 
 
-def metrics() -> Metrics:
+def metrics(**extra: Any) -> Metrics:
     return Metrics(
         Gauges(
             active=lambda: {("default", "echo"): 2},
@@ -231,6 +231,7 @@ def metrics() -> Metrics:
             loop_lag_ms=lambda: 12.0,
             draining=lambda: True,
             max_calls=5,
+            **extra,
         )
     )
 
@@ -493,3 +494,15 @@ def test_messages_are_counted_by_direction_method_and_status() -> None:
         ("in", "other", ""): 1,
         ("out", "other", "501"): 1,
     }
+
+
+def test_receive_queue_drops_and_tasks_are_exposed() -> None:
+    m = metrics(
+        queue_drops=lambda: {("rtp", "full"): 7, ("rtp", "stale"): 2, ("sip", "full"): 0},
+        tasks=lambda: 12,
+    )
+    got = samples(m.exposition().decode())
+    assert got["sipbot_asyncio_tasks"] == 12
+    assert got['sipbot_receive_queue_dropped_total{path="rtp",reason="full"}'] == 7
+    assert got['sipbot_receive_queue_dropped_total{path="rtp",reason="stale"}'] == 2
+    assert got['sipbot_receive_queue_dropped_total{path="sip",reason="full"}'] == 0

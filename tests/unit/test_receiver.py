@@ -343,3 +343,16 @@ def test_shorter_packets_advance_the_expected_timestamp_by_their_length() -> Non
     rx = make_receiver()
     rx.receive(rtp_at(1, 0, b"\xff" * 80), SDP, 1.0)  # 10 ms
     assert rx.receive(rtp_at(2, 80, b"\xff" * 80), SDP, 1.01) == (b"\xff" * 80,)
+
+
+def test_foreign_alone_is_the_check_before_any_parsing() -> None:
+    """Rule 9: what the shell asks as a datagram is read, before the queue."""
+    sink = Sink()
+    rx = sink.receiver(relatch_after_s=1.0)
+    assert not rx.foreign(EVIL, 0.5)  # nothing latched yet: anyone may be the peer
+    rx.receive(rtp(1), NAT, 1.0)
+    assert not rx.foreign(NAT, 1.1)
+    assert rx.foreign(EVIL, 1.1)
+    assert rx.stats.foreign_packets == 1
+    assert not rx.foreign(EVIL, 2.0)  # the peer silent for 1 s: another source may take over
+    assert rx.stats.foreign_packets == 1

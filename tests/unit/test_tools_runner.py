@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+import sipbot.tools.runner as runner_module
 from sipbot.domain import CallInfo, ToolCall
 from sipbot.errors import ToolError
+from sipbot.ratelimit import RateLimitedLog
 from sipbot.tools import ToolContext, ToolRunner, tool
 from sipbot.tools.runner import TRUNCATED_MARK
 
@@ -82,6 +84,12 @@ async def big_dict(size: int) -> dict[str, Any]:
     return {"items": list(range(size))}
 
 
+@pytest.fixture(autouse=True)
+def fresh_raised_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule 6's limiter is process-wide: each test starts with its own."""
+    monkeypatch.setattr(runner_module, "_RAISED", RateLimitedLog(runner_module.log))
+
+
 def make_runner(**kwargs: Any) -> ToolRunner:
     tools = [echo, slow, blocking, broken, refusing, big, big_dict]
     return ToolRunner(ToolContext(Control()), tools, **kwargs)
@@ -118,6 +126,18 @@ async def test_exception_is_an_error_result_and_a_log_line(
     assert result.output == {"error": "the tool broken failed"}
     assert "secret internals" not in str(result.output)
     assert [r.getMessage() for r in caplog.records] == ["tool broken (t1) raised"]
+    assert caplog.records[0].exc_info is not None
+
+
+async def test_a_tool_raising_on_every_call_logs_one_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Rule 6: ten calls' models call the same broken tool: one traceback, across runners."""
+    with caplog.at_level(logging.ERROR, logger="sipbot.tools.runner"):
+        for n in range(10):
+            result = await make_runner().start(ToolCall(f"t{n}", "broken", {}))
+            assert result.output == {"error": "the tool broken failed"}
+    assert [r.getMessage() for r in caplog.records] == ["tool broken (t0) raised"]
     assert caplog.records[0].exc_info is not None
 
 
