@@ -16,7 +16,8 @@ Rules:
   status webhook (which never delays the call: :mod:`sipbot.webhook`).
 * Rule 3: early media (183 with SDP) is received (the media session is configured with the
   early answer) and noted in the record, never passed to the model; the call's audio reaches
-  the model only from the 2xx on.
+  the model only from the 2xx on. An agent with ``recording`` records the call as an inbound
+  one (:meth:`sipbot.server.Server.recording_path`), its early media included.
 * Rule 4: one call's failure ends that call only (logged, status ``failed``), and its trunk
   slot is given back however it ended.
 """
@@ -90,6 +91,7 @@ class DialerHost(Protocol):
     def _provider(self, agent: Agent) -> Provider: ...
     def _cdr(self, call: Call, reason: str) -> None: ...
     def media_fields(self, call: Call) -> dict[str, Any]: ...
+    def recording_path(self, agent: Agent, call_id: str) -> str | None: ...
 
 
 class _NotInvited:
@@ -234,6 +236,7 @@ class OutboundCall:
         self.media: MediaSession | None = None
         self.sdp: SdpAnswerer | None = None
         self.early_frames = 0
+        self.plan: CallPlan | None = None
         self._admitted: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._invite_task: asyncio.Future[ClientCall] | None = None
         self.attempt = Attempt(
@@ -337,7 +340,7 @@ class OutboundCall:
 
     async def _run(self) -> str | None:
         try:
-            plan = self._plan()
+            plan = self.plan = self._plan()
         except DialError as exc:
             self.publish(self.core.failed(str(exc), time.time()))
             return None
@@ -389,6 +392,8 @@ class OutboundCall:
             variables=dict(self.request.variables),
         )
         now = datetime.now(UTC)
+        recording = self.server.recording_path(agent, self.call_id)
+        self.attempt.recording_path = recording
         try:  # answering-machine detection: the agent's amd:, or what the request says
             amd = amd_plan(agent, info, now, self.request.amd)
         except MediaError as exc:
@@ -402,6 +407,7 @@ class OutboundCall:
             filler=self.server.filler,
             log_transcripts=self.server.config.server.log_transcripts,
             amd=amd,
+            recording_path=recording,
         )
 
     async def _resolve(self) -> Peer | None:
@@ -510,6 +516,12 @@ class OutboundCall:
             return
         if self.call is None:
             _configure(media, negotiated, host, "recvonly")
+            path = self.plan.recording_path if self.plan is not None else None
+            if path:  # the early media goes into the call's recording (Rule 3)
+                try:
+                    media.start_recording(path)
+                except (OSError, SipbotError) as exc:
+                    log.warning("outbound call %s: cannot record: %s", self.call_id, exc)
 
     async def _answer_media(self, dialog: ClientCall, call: Call) -> bool:
         """Apply the 2xx's SDP answer and start the media; False (and BYE) when unusable."""

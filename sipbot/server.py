@@ -468,11 +468,7 @@ class Server:
             attempt.note("failed", "agent-unavailable")
             return None
         fallback, fallback_config = self._fallback_of(agent, info, now)
-        recordings = self.config.server.recordings_dir
-        recording = None
-        if agent.recording and recordings:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            recording = os.path.join(recordings, f"{stamp}-{_safe(info.call_id)}.wav")
+        recording = self.recording_path(agent, info.call_id)
         attempt.recording_path = recording
         return CallPlan(
             info=info,
@@ -491,6 +487,15 @@ class Server:
             fallback_config=fallback_config,
             handoff_to=partial(self._handoff_to, info, now) if agent.handoff_allow else None,
         )
+
+    def recording_path(self, agent: Agent, call_id: str) -> str | None:
+        """Where call ``call_id`` is recorded (inbound or outbound), None when it is not: the
+        agent's ``recording`` and the server's ``recordings_dir`` both say so."""
+        recordings = self.config.server.recordings_dir
+        if not (agent.recording and recordings):
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return os.path.join(recordings, f"{stamp}-{_safe(call_id)}.wav")
 
     def _wav(self, path: str) -> bytes:
         """A transfer prompt of an agent, PCM16 16 kHz (read once; the dialplan checked it)."""

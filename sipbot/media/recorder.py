@@ -12,6 +12,8 @@ Rules:
   second; :meth:`CallRecorder.close` writes the rest and fixes the WAV header. It is idempotent.
 * Rule 3: the file is the caller's voice: it is created readable by its owner only (0600),
   whatever the umask, and an older file of that name is made 0600 too before it is reused.
+* Rule 4: before the bot's side has a clock (early media: the call is not answered, nothing is
+  sent), the caller's audio is written as it arrives with silence on the bot's channel.
 """
 
 from __future__ import annotations
@@ -74,6 +76,15 @@ class CallRecorder:
         excess = len(self._caller) - self.max_skew_bytes
         if excess > 0:
             del self._caller[: excess + (excess & 1)]
+
+    def caller_alone(self, pcm: bytes, rate_hz: int | None = None) -> None:
+        """Caller audio while the bot sends nothing at all (early media before the answer):
+        the caller is the clock, the bot's channel is silence (Rule 4)."""
+        if self._wav is None:
+            return
+        pcm = self._at_rate("caller", pcm, rate_hz)
+        self._caller += pcm
+        self.bot(bytes(len(self._caller) & ~1))
 
     def bot(self, pcm: bytes, rate_hz: int | None = None) -> None:
         """One frame the bot sent (or silence), paired with as much caller audio."""

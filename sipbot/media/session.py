@@ -429,7 +429,8 @@ class MediaSession:
         self._tx.send_dtmf(digits, duration_ms)
 
     def start_recording(self, path: str) -> None:
-        """Record the call to a stereo WAV (caller left, bot right) until close.
+        """Record the call to a stereo WAV (caller left, bot right) until close; a second
+        call with the same path keeps the file (an outbound call records its early media).
 
         Raises:
             MediaError: the session is not configured.
@@ -438,6 +439,8 @@ class MediaSession:
         if self._codec is None:
             raise MediaError("configure() must be called before start_recording()")
         if self._recorder is not None:
+            if self._recorder.path == path and not self._recorder.closed:
+                return  # already recording there (from the early media on): keep it
             self._recorder.close()
         self._recorder = CallRecorder(path, self._codec.pcm_rate_hz)
 
@@ -581,7 +584,10 @@ class MediaSession:
         """Frames the chain produced go to ``on_audio``; its PCM to the recorder."""
         recorder = self._recorder
         if recorder is not None:
-            recorder.caller(inbound.last_pcm, inbound.codec.pcm_rate_hz)
+            if self._started:
+                recorder.caller(inbound.last_pcm, inbound.codec.pcm_rate_hz)
+            else:  # early media: nothing sent, no bot clock yet (recorder Rule 4)
+                recorder.caller_alone(inbound.last_pcm, inbound.codec.pcm_rate_hz)
         for frame in frames:
             try:
                 self._on_audio(frame)

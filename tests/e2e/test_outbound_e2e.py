@@ -16,6 +16,7 @@ import re
 import socket
 import subprocess
 import time
+import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,8 @@ async def bot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     """``await bot(trunk_keys, agent_keys, env, t1_ms)``: a started server with trunk
     ``carrier``."""
     started: list[Server] = []
+    recordings = tmp_path / "recordings"  # agents with ``recording: true`` record here
+    recordings.mkdir()
 
     async def start(
         trunk: dict[str, Any] | None = None,
@@ -103,6 +106,7 @@ async def bot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
                 },
                 "media": {"rtp_ports": "10000-19999", "codecs": ["PCMU"]},
                 "data_dir": str(tmp_path / "data"),
+                "recordings_dir": str(recordings),
                 "http": False,
             },
             "agents": {"bot": {"provider": "local", "max_duration_s": 2, **(agent or {})}},
@@ -132,6 +136,21 @@ def uas(
     path.write_text(text)
     name = f"uas-{scenario}"
     return sipp.start_uas(tmp, path, rtp_echo=False, capture=capture, calls=calls, name=name)
+
+
+def _read_recording(path: Path) -> tuple[int, int, np.ndarray[Any, Any]]:
+    """A call recording's permissions, rate and frames (caller, bot); it must be a 16-bit
+    stereo WAV."""
+    with wave.open(str(path)) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth()) == (2, 2)
+        frames = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
+        return path.stat().st_mode & 0o777, wav.getframerate(), frames
+
+
+def _peak_hz(samples: np.ndarray[Any, Any], rate: int) -> float:
+    """The loudest frequency of ``samples``."""
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64)))
+    return float(np.fft.rfftfreq(len(samples), 1 / rate)[int(np.argmax(spectrum[1:])) + 1])
 
 
 def states(statuses: list[DialStatus]) -> list[str]:
@@ -254,7 +273,8 @@ async def test_early_media_is_accepted_then_the_call_is_answered(
     early.write_bytes(encode_ulaw(tone))
     callee = uas(tmp_path, "early_media", EARLY_AUDIO=str(early))
     with RecordedEmulator("openai", EmulatorScript(reply="tone")) as emu:
-        b = await bot(trunk_to(callee), emu.agent(max_duration_s=1.5), server_env())
+        agent = emu.agent(max_duration_s=1.5, recording=True, greeting="Hello, the clinic.")
+        b = await bot(trunk_to(callee), agent, server_env())
         call_id = await b.dial("dave")
         got = await b.ended(call_id)
         model_heard = emu.emulator.sessions[0].audio_in  # μ-law: G.711 pass-through
@@ -267,6 +287,16 @@ async def test_early_media_is_accepted_then_the_call_is_answered(
     assert 500 <= record["early_media"] <= 1200  # ms of early audio received...
     # ... and none of it reached the model (the callee sends nothing after its 200)
     assert len(model_heard) < 800 or audio.rms_dbfs(audio.decode_ulaw(model_heard)) < -45
+    # the agent records outbound calls as inbound ones: the early media, then the agent
+    path = Path(record["recording_path"])
+    assert path.parent == tmp_path / "recordings"
+    mode, rate, frames = _read_recording(path)
+    assert mode == 0o600
+    callee_side, agent_side = frames[:, 0], frames[:, 1]
+    assert _peak_hz(callee_side[: rate // 2], rate) == pytest.approx(1000, abs=20)  # early media
+    assert audio.rms_dbfs(agent_side[: rate // 2]) < -60  # the agent was silent before the 2xx
+    assert _peak_hz(agent_side, rate) == pytest.approx(440, abs=20)  # the agent's greeting
+    assert audio.rms_dbfs(agent_side) > -30
 
 
 async def test_a_407_challenge_is_answered_with_the_trunk_credentials(

@@ -1,4 +1,5 @@
-"""Stereo call recording: channel placement, alignment, skew bound, buffering, close."""
+"""Stereo call recording: channel placement, alignment, skew bound, early media, buffering,
+close."""
 
 from __future__ import annotations
 
@@ -34,6 +35,20 @@ def test_caller_left_bot_right(tmp_path: Path) -> None:
     assert data[:160].tolist() == [[100, -7]] * 160
     assert data[160:320].tolist() == [[0, 5]] * 160
     assert data[320:].tolist() == [[200, 6]] * 160
+
+
+def test_early_media_is_written_before_the_bot_has_a_clock(tmp_path: Path) -> None:
+    path = tmp_path / "early.wav"
+    rec = CallRecorder(str(path), 8000, max_skew_ms=20)  # far less than the early audio
+    for _ in range(5):  # a second of early media would all be kept
+        rec.caller_alone(frame(300))
+    rec.caller(frame(400))  # answered: the bot's frames are the clock again
+    rec.bot(frame(9))
+    rec.close()
+    _, _, data = read(path)
+    assert len(data) == 6 * 160
+    assert data[: 5 * 160].tolist() == [[300, 0]] * (5 * 160)
+    assert data[5 * 160 :].tolist() == [[400, 9]] * 160
 
 
 def test_caller_burst_is_bounded(tmp_path: Path) -> None:
