@@ -4,6 +4,14 @@
 server's engine; the :class:`ConsultLeg` plays the briefing to the target and gives the dialog's
 Replaces value (RFC 3891) for the REFER that hands the caller over. The target's audio is not
 used (nobody listens to it until the caller is joined, directly, without sipbot).
+
+Rules:
+
+* Rule 1: a target reached through a trunk (:func:`sipbot.dial_target.trunk_of`: the URI's
+  host is the trunk's dial domain or next hop) is called as a dialled call through that trunk
+  is (:func:`sipbot.dial_target.trunk_hop`): to its next hop (RFC 3263), with its Route, its
+  caller ID in From and P-Asserted-Identity, its credentials for a 401/407. Any other target
+  is called directly from the server's listeners.
 """
 
 from __future__ import annotations
@@ -11,16 +19,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from sipbot.dial_target import TrunkHop, trunk_caller_id, trunk_hop, trunk_of
+from sipbot.dialplan.trunks import Trunk
 from sipbot.domain import PCM16_16K, AudioFormat
 from sipbot.errors import LocalSipError, SipbotError
 from sipbot.media.session import MediaEngine, MediaSession
 from sipbot.sip.address import parse_uri
+from sipbot.sip.dns import SipResolver
+from sipbot.sip.legs import Peer
 from sipbot.sip.sdp import SessionDescription, accept_answer, build_offer, parse_sdp
 from sipbot.sip.ua import ClientCall, UserAgent
+
+log = logging.getLogger(__name__)
 
 RING_TIMEOUT_S = 30.0  # the target has this long to answer (then CANCEL: "no answer")
 CLOSE_TIMEOUT_S = 3.0
@@ -69,7 +85,9 @@ class Consulter:
         engine: the server's media engine (the call's RTP port).
         codecs: offered codecs, in preference order.
         address: the host for the SDP ``c=`` line; None → the agent's advertised host.
-        from_user: the user part of From.
+        from_user: the user part of From (a target not reached through a trunk).
+        trunks: the current dialplan's trunks (Rule 1); None → every target directly.
+        resolver: finds a trunk's next hop (RFC 3263); None → a resolver of the system's DNS.
     """
 
     def __init__(
@@ -79,25 +97,66 @@ class Consulter:
         codecs: Sequence[str],
         address: str | None = None,
         from_user: str = "sipbot",
+        trunks: Callable[[], Mapping[str, Trunk]] | None = None,
+        resolver: SipResolver | None = None,
     ) -> None:
         self._ua = ua
         self._engine = engine
         self._codecs = tuple(codecs)
         self._address = address
         self._from_user = from_user
+        self._trunks = trunks
+        self._resolver = resolver
         self._session_ids = itertools.count(1)
+
+    def route(self, uri: str) -> tuple[Trunk, TrunkHop] | None:
+        """The trunk ``uri`` is reached through and how the INVITE goes there (Rule 1), or
+        None (directly).
+
+        Raises:
+            DialError: that trunk has nowhere to send to.
+        """
+        trunk = trunk_of(uri, self._trunks()) if self._trunks is not None else None
+        if trunk is None:
+            return None
+        return trunk, trunk_hop(uri, trunk, trunk_caller_id(trunk))
+
+    async def _next_hop(self, hop: TrunkHop) -> Peer:
+        """Where a trunk's INVITE is sent (its next hop's first address, RFC 3263).
+
+        Raises:
+            DnsError: no address.
+        """
+        if self._resolver is None:
+            self._resolver = SipResolver()
+        return await next_hop_peer(self._resolver, self._ua, hop.next_hop)
 
     async def place(self, uri: str) -> ConsultLeg:
         """Call ``uri``; returns once it answered (its media running).
 
         Raises:
             RequestFailed: a final non-2xx response, or no answer within RING_TIMEOUT_S.
-            SipbotError: no media port, or ``uri`` is not a SIP URI.
+            SipbotError: no media port, ``uri`` is not a SIP URI, its trunk's next hop cannot
+                be found.
         """
         try:
             host = parse_uri(uri).host
         except SipbotError:
             raise LocalSipError(f"not a SIP URI: {uri!r}") from None
+        routed = self.route(uri)
+        keys: dict[str, Any] = {"from_user": self._from_user}
+        if routed is not None:  # Rule 1
+            trunk, hop = routed
+            peer = await self._next_hop(hop)
+            host = peer.host
+            keys = {
+                "from_user": hop.from_user,
+                "headers": hop.headers,
+                "credentials": hop.credentials,
+                "transport": peer.transport,
+                "destination": peer,
+            }
+            log.info("warm transfer: calling %s through trunk %s", uri, trunk.name)
         media = await self._engine.open_session(
             on_audio=_ignore, on_dtmf=_ignore, on_timeout=lambda: None
         )
@@ -109,9 +168,7 @@ class Consulter:
                 session_id=next(self._session_ids),
                 session_version=1,
             )
-            call = await self._ua.call(
-                uri, bytes(offer), from_user=self._from_user, timeout=RING_TIMEOUT_S
-            )
+            call = await self._ua.call(uri, bytes(offer), timeout=RING_TIMEOUT_S, **keys)
         except BaseException:
             await media.close()
             raise
@@ -122,6 +179,17 @@ class Consulter:
             await leg.close()
             raise
         return leg
+
+
+async def next_hop_peer(resolver: SipResolver, ua: UserAgent, next_hop: str) -> Peer:
+    """The first address of ``next_hop`` (RFC 3263), its name remembered by ``ua`` (for TLS).
+
+    Raises:
+        DnsError: no address.
+    """
+    first = (await resolver.resolve(next_hop))[0]
+    ua.remember_name(first.host, first.port, parse_uri(next_hop).host)
+    return Peer(first.transport, first.host, first.port)
 
 
 def start_answered(

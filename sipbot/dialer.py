@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from sipbot.call import Call, CallPlan, amd_plan
 from sipbot.config import Config
+from sipbot.consult import next_hop_peer
 from sipbot.dial_limits import DialGate, OutboundLimits
 from sipbot.dial_target import DialTarget, check_request
 from sipbot.dialplan import Agent
@@ -53,7 +54,6 @@ from sipbot.media_leg import resolve_media_host
 from sipbot.outbound import DialCore, DialRequest, DialStatus
 from sipbot.providers.base import Provider
 from sipbot.records import Attempt
-from sipbot.sip.address import parse_uri
 from sipbot.sip.dns import SipResolver
 from sipbot.sip.legs import Peer
 from sipbot.sip.message import SipResponse, generate_call_id
@@ -413,15 +413,12 @@ class OutboundCall:
     async def _resolve(self) -> Peer | None:
         """The next hop's address (RFC 3263); None when it cannot be found (``failed``)."""
         try:
-            found = await self.dialer.resolver.resolve(self.target.next_hop)
+            peer = await next_hop_peer(self.dialer.resolver, self.server.ua, self.target.next_hop)
         except SipbotError as exc:
             self.publish(self.core.failed(f"DNS: {exc}", time.time()))
             return None
-        first = found[0]
-        self.attempt.source = f"{first.host}:{first.port}"  # where the INVITE goes
-        name = parse_uri(self.target.next_hop).host
-        self.server.ua.remember_name(first.host, first.port, name)
-        return Peer(first.transport, first.host, first.port)
+        self.attempt.source = f"{peer.host}:{peer.port}"  # where the INVITE goes
+        return peer
 
     async def _open_media(self, peer: Peer) -> None:
         server = self.server

@@ -171,6 +171,8 @@ class Server:
             self.engine,
             settings.media.codecs,
             address=public_host[0] if public_host else None,
+            trunks=lambda: self.watcher.current.trunks,  # consult Rule 1: through a trunk
+            resolver=SipResolver(settings.sip.dns_servers, settings.sip.dns_port),
         )
         self.hold = hold_pattern(HOLD_PERIOD_S, PROMPT_RATE_HZ)  # one period: it loops
         self._wavs: dict[str, bytes] = {}  # agents' transfer prompts, PCM16 16 kHz, by path
