@@ -154,7 +154,7 @@ TRANSFEREE_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
   <send>
     <![CDATA[
 
-      SIP/2.0 202 Accepted
+      SIP/2.0 @@REFER_STATUS@@
       [last_Via:]
       [last_From:]
       [last_To:]
@@ -166,7 +166,14 @@ TRANSFEREE_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
     ]]>
   </send>
 
-  <send retrans="500">
+@@NOTIFY@@
+@@END@@
+  <pause milliseconds="200"/>
+</scenario>
+"""
+
+# after the REFER's 2xx: the NOTIFY of the transfer's outcome, and its 200
+NOTIFY_XML = """  <send retrans="500">
     <![CDATA[
 
       NOTIFY [next_url] SIP/2.0
@@ -188,9 +195,6 @@ TRANSFEREE_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
   </send>
 
   <recv response="200"/>
-@@END@@
-  <pause milliseconds="200"/>
-</scenario>
 """
 
 # after a 2xx NOTIFY: the transferor's BYE
@@ -256,13 +260,15 @@ def transferee_scenario(
     refer_timeout_s: float = 15.0,
     notify: str = "200 OK",
     stay_s: float = 2.0,
+    refer_status: str = "202 Accepted",
 ) -> Path:
     """Render the SIPp transferee UAC (see :data:`TRANSFEREE_XML`) into ``dest``.
 
     The call succeeds only if sipbot sends a REFER (after the optional DTMF digit), accepts the
     NOTIFY (its sipfrag status line: ``notify``) and then — for a 2xx — sends BYE, or — for any
     other status — does not: the caller stays ``stay_s`` and hangs up itself. The REFER's
-    headers are in the SIPp message log.
+    headers are in the SIPp message log. A ``refer_status`` other than 2xx refuses the REFER
+    (no NOTIFY); then too sipbot must not send BYE.
     """
     dtmf = ""
     if dtmf_pcap is not None:
@@ -270,7 +276,10 @@ def transferee_scenario(
         dtmf = dtmf.replace("@@DTMF_DELAY_MS@@", str(round(dtmf_delay_s * 1000)))
     text = TRANSFEREE_XML.replace("@@DTMF@@\n", dtmf).replace("@@AUDIO@@", str(audio_file))
     text = text.replace("@@REFER_TIMEOUT_MS@@", str(round(refer_timeout_s * 1000)))
-    end = TRANSFEROR_BYE_XML if notify.startswith("2") else CALLER_BYE_XML
+    accepted = refer_status.startswith("2")
+    text = text.replace("@@REFER_STATUS@@", refer_status)
+    text = text.replace("@@NOTIFY@@\n", NOTIFY_XML if accepted else "")
+    end = TRANSFEROR_BYE_XML if accepted and notify.startswith("2") else CALLER_BYE_XML
     text = text.replace("@@END@@\n", end.replace("@@STAY_MS@@", str(round(stay_s * 1000))))
     text = text.replace("@@NOTIFY_STATUS@@", notify)
     dest.write_text(text)

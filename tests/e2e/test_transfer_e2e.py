@@ -189,6 +189,37 @@ def test_a_keypress_transfer_to_a_busy_target_is_told_to_the_model(
     assert '"reason": "bye-received"' in log
 
 
+@pytest.mark.requires_peers("sipp")
+def test_a_refused_refer_leaves_the_caller_with_the_agent(
+    sipbot_server: StartServer, peers_tmp: Path
+) -> None:
+    desk = "sip:desk@127.0.0.1:5999"  # never called: the caller refuses the REFER
+    script = EmulatorScript(
+        tool_calls=(ToolCallRule("transfer_call", {"destination": desk}),), vad_silence_ms=300
+    )
+    with EmulatorThread("gemini", script) as model:
+        agent = model.agent(tools=["transfer_call"], transfer_allow=["sip:*@127.0.0.1:5999"])
+        config = {"agents": {"desk": agent}, "routes": [{"answer": "desk"}]}
+        server = sipbot_server("-c", str(write_dialplan(peers_tmp / "desk.yaml", config)),
+                               env=server_env())  # fmt: skip
+        turn = caller_turns(peers_tmp / "turn.ulaw", turns=1, tail_ms=3000)
+        # the caller answers the REFER 403; sipbot must not hang up on it
+        transferee = transferee_scenario(
+            peers_tmp / "transferee.xml", turn, refer_status="403 Forbidden", stay_s=1.5
+        )
+        result = sipp.run_uac(server.address, transferee, peers_tmp, service="1", timeout_s=20)
+        wait_until(model.tool_results, 5, "the tool result to reach the model")
+        results = model.tool_results()
+    result.assert_ok(calls=1)  # the REFER refused, no BYE from sipbot, the caller's BYE
+    [tool] = results
+    output = tool["output"]
+    assert isinstance(output, dict)
+    assert str(output["output"]).startswith(f"refused (403): the transfer to {desk}")
+    log = server.log()
+    assert "transfer outcome: refused (403)" in log
+    assert '"reason": "bye-received"' in log  # the caller hung up, not sipbot
+
+
 # --------------------------------------------------------------------------- warm transfer
 
 WARM_SCRIPT = Path(__file__).parent / "peers" / "pjsua2_warm.py"
