@@ -11,7 +11,7 @@ import pytest
 
 from sipbot.config import Config, load_config
 from sipbot.dial_limits import OutboundLimits
-from sipbot.dial_target import DialTarget, check_request
+from sipbot.dial_target import DialTarget, check_request, trunk_caller_id, trunk_hop, trunk_of
 from sipbot.dialplan.template import CALL_DATA_NOTE
 from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError, DialError
@@ -167,3 +167,21 @@ def test_a_bad_var_placeholder_is_refused_at_load(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"invalid variable name in placeholder \{var\.\}"):
         load(tmp_path, text)
+
+
+def test_a_uri_is_reached_through_the_trunk_of_its_host(tmp_path: Path) -> None:
+    trunks = load(tmp_path).dialplan.trunks
+    assert trunk_of("sip:200@REG.example.net", trunks) is trunks["carrier"]  # its domain
+    assert trunk_of("sip:200@carrier.example.org", trunks) is trunks["sbc"]  # outbound.domain
+    assert trunk_of("sip:200@sbc.example.org:5070", trunks) is trunks["sbc"]  # its proxy's host
+    assert trunk_of("sip:200@pbx.example.com", trunks) is None
+    assert trunk_of("tel:+4930123", trunks) is None
+    hop = trunk_hop("sip:200@carrier.example.org", trunks["sbc"], trunk_caller_id(trunks["sbc"]))
+    t = target(load(tmp_path), to="sip:200@carrier.example.org", trunk="sbc")
+    assert (hop.next_hop, hop.route, hop.from_user, hop.headers, hop.credentials) == (
+        t.next_hop, t.route, t.from_user, t.headers, t.credentials
+    )  # fmt: skip
+    direct = trunk_hop("sip:200@pbx.example.com", None, "sipbot")
+    assert (direct.next_hop, direct.headers, direct.credentials) == (
+        "sip:200@pbx.example.com", (), None
+    )  # fmt: skip
