@@ -13,7 +13,10 @@ Every ``--sample`` seconds: the server's RSS (``VmRSS``), open file descriptors
 (``sipbot_calls_active``). After warm-up (the first 20 % of the run, at least one minute) the
 figures must stay within bounds: RSS growth <= ``--rss-growth-mb`` from the warm-up's maximum,
 fds, tasks and ports <= their warm-up maximum + the slack for the calls' variation
-(``--warm-up`` sets another warm-up). Once SIPp
+(``--warm-up`` sets another warm-up). RSS must also level off: its growth over the second half
+of the time after warm-up (the maximum there against the first half's maximum, see
+:func:`rss_plateau`) must stay <= ``--rss-late-growth-mb``: memory an allocator keeps or a
+cache fills grows early and stops, a leak goes on growing with the calls. Once SIPp
 has ended every call, the server must be back where it was idle: no RTP port, fds and tasks
 equal to the idle figures. Printed as a table and a verdict line; exit code 1 on a violation.
 """
@@ -33,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from bench._calls import BenchServer, busy_ticks, cpu_ticks, status_mb
+from bench._plateau import rss_plateau
 from tests.e2e.faults import metric, udp_ports_of
 from tests.e2e.peers import audio, sipp
 
@@ -178,10 +182,16 @@ def judge(
         "udp_ports": max(s.udp_ports for s in warm) + slack,
     }
     worst = {k: max((getattr(s, k) for s in steady), default=0) for k in bounds}
-    reasons = {}
+    reasons: dict[str, int] = {}
     for cdr in cdrs:
         reasons[str(cdr["reason"])] = reasons.get(str(cdr["reason"]), 0) + 1
     problems = [f"{k} {worst[k]} > {bounds[k]}" for k in bounds if worst[k] > bounds[k]]
+    plateau = rss_plateau([(s.t_s, s.rss_mb, s.calls_total) for s in steady])
+    if plateau["late_growth_mb"] > args.rss_late_growth_mb:
+        problems.append(
+            f"RSS still growing after warm-up: +{plateau['late_growth_mb']} MB in the second "
+            f"half ({plateau['late_kb_per_call']} kB per call) > {args.rss_late_growth_mb} MB"
+        )
     if after.rtp_ports:
         problems.append(f"{after.rtp_ports} RTP ports still held after the calls")
     if after.fds > idle.fds or after.tasks > idle.tasks:
@@ -209,6 +219,7 @@ def judge(
         "rss_mb_after_warm_up": (
             [min(rss_after_warm), max(rss_after_warm)] if rss_after_warm else []
         ),
+        "rss_plateau": plateau,
         "machine_cores_busy": round(machine_cores, 2),
         "load_average": os.getloadavg()[0],
         "problems": problems,
@@ -224,6 +235,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--hold", type=float, default=20.0, help="seconds per call")
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--rss-growth-mb", type=float, default=20.0)
+    parser.add_argument(
+        "--rss-late-growth-mb",
+        type=float,
+        default=5.0,
+        help="RSS growth allowed in the second half after warm-up (the plateau)",
+    )
     parser.add_argument(
         "--warm-up", type=float, help="seconds (default: 20 %% of the run, at least 60)"
     )

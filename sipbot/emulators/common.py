@@ -287,6 +287,28 @@ class Conversation:
     tool_results: dict[str, Any] = field(default_factory=dict)
 
 
+class CallTurns:
+    """Caller turns so far by call (``instructions``) for ``turns_per_call`` (script Rule 5).
+
+    Bounded: past ``max_calls`` keys, the least recently counted call is forgotten.
+    """
+
+    def __init__(self, max_calls: int = 1024) -> None:
+        self.max_calls = max_calls
+        self._turns: dict[str, int] = {}
+
+    def get(self, call: str) -> int:
+        """The caller turns counted for ``call`` so far (0 for a new call)."""
+        return self._turns.get(call, 0)
+
+    def set(self, call: str, turns: int) -> None:
+        """Record that ``call`` has had ``turns`` caller turns."""
+        self._turns.pop(call, None)
+        self._turns[call] = turns
+        while len(self._turns) > self.max_calls:
+            del self._turns[next(iter(self._turns))]
+
+
 class ResumptionHandles:
     """Resumption handles → the conversation each resumes; a handle lapses after ``ttl_s``.
 

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
 
-from sipbot.emulators.common import EmulatedSession, EmulatorServer
+from sipbot.emulators.common import CallTurns, EmulatedSession, EmulatorServer
 from sipbot.emulators.openai_session import OpenAIConnection
 from sipbot.emulators.script import EmulatorScript
 
@@ -66,6 +66,7 @@ class OpenAIEmulator(EmulatorServer):
         keep_frames: bool = True,
     ) -> None:
         super().__init__(script, host=host, port=port, record=record, keep_frames=keep_frames)
+        self.call_turns = CallTurns()  # the script's turns_per_call (its Rule 5)
 
     @property
     def base_url(self) -> str:
@@ -100,4 +101,4 @@ class OpenAIEmulator(EmulatorServer):
     ) -> None:
         assert connection.request is not None  # a handler runs after the handshake
         model = parse_qs(urlsplit(connection.request.path).query)["model"][0]
-        await OpenAIConnection(connection, session, model).run()
+        await OpenAIConnection(connection, session, model, self.call_turns).run()

@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from sipbot.emulators import openai_wire as wire
 from sipbot.emulators.audio import SpeechStarted, SpeechStopped, TurnDetector, Utterance, decode
 from sipbot.emulators.common import (
+    CallTurns,
     Conversation,
     EmulatedSession,
     PendingCall,
@@ -43,11 +44,18 @@ VAD_BUFFER_S = 60  # input audio kept for a manual commit while server VAD is on
 class OpenAIConnection:
     """Serves one realtime session on ``ws`` and records it in ``session``."""
 
-    def __init__(self, ws: ServerConnection, session: EmulatedSession, model: str) -> None:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        session: EmulatedSession,
+        model: str,
+        call_turns: CallTurns | None = None,
+    ) -> None:
         self.ws = ws
         self.session = session
         self.config = wire.default_session(model, session.script)
         self.conversation = Conversation()
+        self.call_turns = call_turns if call_turns is not None else CallTurns()
         self.items: dict[str, dict[str, Any]] = {}  # the conversation's items, in order
         self.audio_ms_sent: dict[str, int] = {}  # assistant item id → audio ms sent
         self.known_calls: set[str] = set()
@@ -127,6 +135,10 @@ class OpenAIConnection:
     async def _on_session_update(self, event: dict[str, Any]) -> None:
         self.config = wire.merge_session(self.config, event.get("session"))
         self._configure_detector()
+        call = self._call_key()
+        if call is not None:  # the same call reconnecting continues its count (script Rule 5)
+            turns = max(self.conversation.turns, self.call_turns.get(call))
+            self.conversation.turns = turns
         await self.emit("session.updated", session=self.config)
 
     def _configure_detector(self) -> None:
@@ -237,6 +249,9 @@ class OpenAIConnection:
         conversation = self.conversation
         conversation.turns += 1
         conversation.last_utterance = utterance
+        call = self._call_key()
+        if call is not None:
+            self.call_turns.set(call, conversation.turns)
         text = self.script.caller_text.format(turn=conversation.turns)
         conversation.history.append({"role": "caller", "text": text})
         if self.config["audio"]["input"].get("transcription") is not None:
@@ -252,6 +267,13 @@ class OpenAIConnection:
                 **common,
             )
         return conversation.turns
+
+    def _call_key(self) -> str | None:
+        """The call this session belongs to, when the script counts turns per call."""
+        instructions = self.config.get("instructions")
+        if not self.script.turns_per_call or not isinstance(instructions, str):
+            return None
+        return instructions
 
     def last_item_id(self) -> str | None:
         """The id of the newest conversation item, if any."""

@@ -22,6 +22,11 @@ Turns:
 * Rule 4: ``stall_after_turns: N`` makes the next reply to a caller turn after N completed ones
   on a connection stop ``stall_mid_reply_ms`` into its audio: nothing more is sent on that
   connection (it stays open, silent). A reply stalls at most once: resumed (Gemini), it goes on.
+* Rule 5: ``turns_per_call`` (OpenAI only; the real service starts every session afresh) counts
+  caller turns for the whole call across its reconnections, as a resumed Gemini session does: a
+  session whose ``instructions`` equal an earlier session's continues that session's count (put
+  ``{call_id}`` in the agent's prompt so that concurrent calls differ). ``tool_calls`` and
+  ``reply_faults`` then each fire once per call, however often the call reconnects.
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ class EmulatorScript:
         stall_after_turns: stall the reply that follows this many replies (Rule 4).
         stall_mid_reply_ms: where in that reply's audio it stalls (0: before any audio).
         reply_faults: mid-reply misbehaviour by caller turn (:class:`ReplyFault`).
+        turns_per_call: OpenAI only: count caller turns across a call's reconnections (Rule 5).
         api_keys: keys accepted; any other key is refused at connect (HTTP 401 / close 1008).
             Empty means every key is accepted.
         vad_threshold_dbfs: server VAD level threshold.
@@ -127,6 +133,7 @@ class EmulatorScript:
     stall_after_turns: int | None = None
     stall_mid_reply_ms: int = 0
     reply_faults: tuple[ReplyFault, ...] = ()
+    turns_per_call: bool = False
     api_keys: frozenset[str] = frozenset()
     vad_threshold_dbfs: float = -40.0
     vad_silence_ms: int = 500
@@ -167,7 +174,7 @@ _OPTIONAL_COUNTS = frozenset(
     }
 )
 _NUMBERS = frozenset({"tone_hz", "speed", "vad_threshold_dbfs"})
-_FLAGS = frozenset({"interrupt_on_speech", "greet", "playback_wait"})
+_FLAGS = frozenset({"interrupt_on_speech", "greet", "playback_wait", "turns_per_call"})
 _TEXTS = frozenset({"reply_text", "caller_text"})
 _FIELDS = tuple(f.name for f in fields(EmulatorScript))
 

@@ -20,6 +20,9 @@ Rules:
 * Rule 6: the traceback of Rule 2 is logged at most once per tool and 10 s across the process
   (the rest are counted in the next line): a broken tool that every call's model keeps calling
   does not flood the log.
+* Rule 7: likewise, a timeout (Rule 1) is logged at most once per tool and 10 s across the
+  process, with the count of those suppressed: a hanging tool that every call's model calls
+  says so once, not once per call. Each call still gets its error result.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from sipbot.tools.registry import Tool
 
 log = logging.getLogger(__name__)
 _RAISED = RateLimitedLog(log)  # Rule 6
+_TIMED_OUT = RateLimitedLog(log)  # Rule 7
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_RESULT_CHARS = 4_000
@@ -174,7 +178,14 @@ class ToolRunner:
     ) -> ToolResult:
         if not work.done():
             work.cancel()
-            log.warning("tool %s (%s) timed out after %.1f s", call.name, call.id, timeout_s)
+            _TIMED_OUT.warning(  # Rule 7 (tool names come from the config: bounded keys)
+                call.name,
+                time.monotonic(),
+                "tool %s (%s) timed out after %.1f s",
+                call.name,
+                call.id,
+                timeout_s,
+            )
             return self._error(call, started, f"the tool {call.name} did not answer in time")
         if work.cancelled():
             elapsed = (time.monotonic() - started) * 1000

@@ -140,6 +140,10 @@ class EmulatorThread:
         """Whether session ``index`` has ended."""
         return self._call(lambda: self.emulator.sessions[index].closed.is_set())
 
+    def close_codes(self) -> list[int | None]:
+        """Each session's close code, in order (None while open; 1006 for a dropped socket)."""
+        return self._call(lambda: [s.close_code for s in self.emulator.sessions])
+
     def tool_results(self, index: int = -1) -> list[dict[str, Any]]:
         """The tool results sipbot sent in session ``index``: ``{"id", "name", "output"}``.
 

@@ -21,10 +21,13 @@ sequence numbers and timestamps), each has its record (CDR line and database row
 bounded number of times and holds no traceback.
 
 A second server, ten calls to the emulated OpenAI Realtime model (real SDK), one fault per
-caller turn: tools that hang (timed out after 2 s), raise (one traceback per 10 s for all calls)
+caller turn: tools that hang (timed out after 2 s, one line per 10 s for all calls), raise (one
+traceback per 10 s for all calls)
 and return 4 MB; a reply that stalls 2.5 s mid-way, one that answers slowly (600 ms), a 4 MB
 frame (over the adapter's 1 MiB limit: the connection ends, the call reconnects and goes on), a
-frame that is not JSON (the same, when a connection gets that far);
+frame that is not JSON, and the socket dropped mid-reply without a close frame (the call
+reconnects and goes on); the caller turns are counted per call across its reconnections, so
+each fault fires once in every call;
 the recordings directory replaced by a file mid-call, and the records database full (a full
 disk). The same checks, but the records: each call has its CDR line, the loss is logged once.
 """
@@ -36,6 +39,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -250,8 +254,8 @@ FULL_DB_PAGES = 8  # the empty schema's pages (tests/e2e/test_records_e2e.py): n
 
 
 def provider_faults() -> EmulatorScript:
-    """One misbehaviour per caller turn; those that may end the connection last (a new
-    connection counts its turns from 1 again)."""
+    """One misbehaviour per caller turn, counted for the whole call across its reconnections
+    (``turns_per_call``: the prompt names the call), so each fault fires once per call."""
     return EmulatorScript(
         reply="tone",
         reply_ms=800,
@@ -271,7 +275,18 @@ def provider_faults() -> EmulatorScript:
             ReplyFault("malformed", on_turn=6),
             ReplyFault("drop", on_turn=7),
         ),
+        turns_per_call=True,
     )
+
+
+def session_call(received: list[dict[str, Any]]) -> str | None:
+    """The call an OpenAI session served: its instructions (the prompt names the call)."""
+    for frame in received:
+        if frame.get("type") == "session.update":
+            instructions = (frame.get("session") or {}).get("instructions")
+            if isinstance(instructions, str):
+                return instructions
+    return None
 
 
 @pytest.mark.requires_peers("sipp", "capture")
@@ -286,7 +301,7 @@ def test_ten_calls_keep_talking_through_provider_tool_and_storage_faults(
     turns = caller_turns(peers_tmp / "turns.ulaw", CALLER_TURNS, tail_ms=4000)
     with EmulatorThread("openai", provider_faults()) as model:
         agent = model.agent(
-            prompt="Orders.",
+            prompt="Orders. Call {call_id}.",  # one turn count per call (turns_per_call)
             tools=["hang", "explode", "flood"],
             tool_timeout_s=TOOL_TIMEOUT_S,
             recording=True,
@@ -329,6 +344,9 @@ def test_ten_calls_keep_talking_through_provider_tool_and_storage_faults(
         stalls = witness.stalls()
         sessions = model.session_count
         code = server.process.stop(timeout=15.0, signum=signal.SIGTERM)
+        closes = model.close_codes()
+        calls_of = [session_call(model.received(i)) for i in range(len(closes))]
+        outputs = [r["output"] for i in range(len(closes)) for r in model.tool_results(i)]
     result.assert_ok(calls=FAULT_CALLS)
     assert code == 0
     ids = sipp_call_ids(result)
@@ -338,8 +356,12 @@ def test_ten_calls_keep_talking_through_provider_tool_and_storage_faults(
     assert sessions >= FAULT_CALLS, sessions
     log = server.log()
     # the tools: each call's hang timed out, its explode and 4 MB flood were answered; the
-    # explode traceback is logged once per 10 s for all calls, and no other traceback
-    assert count_lines(log, r"tool hang \(\S+\) timed out after 2\.0 s") >= FAULT_CALLS
+    # timeout and the explode traceback are each logged once per 10 s for all calls, and no
+    # other traceback
+    timed_out = {"error": "the tool hang did not answer in time"}
+    assert outputs.count(timed_out) == FAULT_CALLS, outputs.count(timed_out)
+    timeouts = count_lines(log, r"tool hang \(\S+\) timed out after 2\.0 s")
+    assert 1 <= timeouts <= 3, timeouts
     raised = count_lines(log, r"tool explode \(\S+\) raised")
     assert 1 <= raised <= 3, raised
     assert log.count("Traceback") == raised
@@ -348,6 +370,14 @@ def test_ten_calls_keep_talking_through_provider_tool_and_storage_faults(
     assert 1 <= log.count("call records lost") <= 2, log.count("call records lost")
     # the 4 MB frame is over the adapter's frame limit: the connection ends, the call reconnects
     assert count_lines(log, r"connection ended \(.*1009 \(message too big\)") >= 1
+    # every call's socket was dropped mid-reply once (no close frame) and the call reconnected
+    dropped = [calls_of[i] for i, c in enumerate(closes) if c == 1006]
+    assert None not in dropped, calls_of
+    assert len(set(dropped)) == len(dropped) == FAULT_CALLS, closes
+    for call in dropped:
+        later = [i for i, c in enumerate(calls_of) if c == call]
+        assert closes[later[-1]] != 1006, (call, [closes[i] for i in later])
+    assert sessions >= 3 * FAULT_CALLS, sessions  # the first, after the 4 MB frame, after the drop
     heard = bot_packets(result)
     phases = [
         ("control", started, started + CONTROL_S),

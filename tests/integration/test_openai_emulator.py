@@ -24,7 +24,7 @@ from sipbot.domain import PCMA_8K, PCMU_8K
 from sipbot.emulators.audio import decode, encode, tone
 from sipbot.emulators.cli import main
 from sipbot.emulators.openai import OpenAIEmulator
-from sipbot.emulators.script import EmulatorScript, ToolCallRule
+from sipbot.emulators.script import EmulatorScript, ReplyFault, ToolCallRule
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -445,6 +445,51 @@ async def test_drop_closes_without_a_close_frame(emulator: OpenAIEmulator) -> No
         await append(connection, chirp(300, RATE) + silence(600))
         with pytest.raises(websockets.ConnectionClosedError):
             await events_until(connection, lambda event: False)
+
+
+async def test_turns_per_call_continue_across_reconnections_so_a_later_fault_fires(
+    emulator: OpenAIEmulator,
+) -> None:
+    emulator.script = replace(
+        FAST,
+        reply="tone",
+        reply_ms=300,
+        turns_per_call=True,
+        reply_faults=(ReplyFault("drop", on_turn=2),),
+    )
+    turn = chirp(300, RATE) + silence(600)
+
+    async def open_call(instructions: str) -> Any:
+        manager = connect(emulator)
+        connection = await manager.__aenter__()
+        await connection.session.update(session={"type": "realtime", "instructions": instructions})
+        await events_until(connection, of_type("session.updated"))
+        return manager, connection
+
+    def transcript(events: list[Any]) -> str:
+        return str(by_kind(events, "response.output_audio_transcript.done").transcript)
+
+    def by_kind(events: list[Any], kind: str) -> Any:
+        return next(e for e in events if e.type == kind)
+
+    manager, first = await open_call("call A")
+    await append(first, turn)
+    assert transcript(await events_until(first, of_type("response.done"))) == "reply 1"
+    await append(first, turn)
+    with pytest.raises(websockets.ConnectionClosedError):  # turn 2 drops mid-reply
+        await events_until(first, lambda event: False)
+    await manager.__aexit__(None, None, None)
+    # the same call reconnects: its count goes on (turn 3, no second drop); another call's
+    # count starts at 1
+    for instructions, expected in (("call A", "reply 3"), ("call B", "reply 1")):
+        manager, connection = await open_call(instructions)
+        await append(connection, turn)
+        events = await events_until(connection, of_type("response.done"))
+        assert transcript(events) == expected
+        await manager.__aexit__(None, None, None)
+    await asyncio.wait_for(emulator.sessions[0].closed.wait(), WAIT_S)
+    assert emulator.sessions[0].close_code == 1006  # the drop: no close frame
+    assert [s.close_code for s in emulator.sessions[1:]] == [1000, 1000]
 
 
 # --------------------------------------------------------------------------- refusals

@@ -84,10 +84,23 @@ async def big_dict(size: int) -> dict[str, Any]:
     return {"items": list(range(size))}
 
 
+@tool
+async def stuck() -> None:
+    """Never answers."""
+    await asyncio.Event().wait()
+
+
+@tool
+async def stuck_too() -> None:
+    """Never answers either."""
+    await asyncio.Event().wait()
+
+
 @pytest.fixture(autouse=True)
 def fresh_raised_log(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rule 6's limiter is process-wide: each test starts with its own."""
+    """Rule 6's and Rule 7's limiters are process-wide: each test starts with its own."""
     monkeypatch.setattr(runner_module, "_RAISED", RateLimitedLog(runner_module.log))
+    monkeypatch.setattr(runner_module, "_TIMED_OUT", RateLimitedLog(runner_module.log))
 
 
 def make_runner(**kwargs: Any) -> ToolRunner:
@@ -139,6 +152,30 @@ async def test_a_tool_raising_on_every_call_logs_one_traceback(
             assert result.output == {"error": "the tool broken failed"}
     assert [r.getMessage() for r in caplog.records] == ["tool broken (t0) raised"]
     assert caplog.records[0].exc_info is not None
+
+
+async def test_a_tool_timing_out_on_every_call_logs_one_line_per_tool(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Rule 7: ten calls' models call the same hanging tool: each call gets its error result,
+    the log one line for that tool (and one for another hanging tool), across runners."""
+    with caplog.at_level(logging.WARNING, logger="sipbot.tools.runner"):
+        for n in range(10):
+            runner = ToolRunner(ToolContext(Control()), [stuck, stuck_too], timeout_s=0.0)
+            result = await runner.start(ToolCall(f"t{n}", "stuck", {}))
+            assert result.output == {"error": "the tool stuck did not answer in time"}
+            result = await runner.start(ToolCall(f"u{n}", "stuck_too", {}))
+            assert result.output == {"error": "the tool stuck_too did not answer in time"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "tool stuck (t0) timed out after 0.0 s",
+        "tool stuck_too (u0) timed out after 0.0 s",
+    ]
+    limiter = runner_module._TIMED_OUT
+    # 10 s later the next timeout is logged again, with the count of the suppressed ones
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sipbot.tools.runner"):
+        limiter.warning("stuck", time.monotonic() + limiter.interval_s, "tool %s", "stuck")
+    assert [r.getMessage() for r in caplog.records] == ["tool stuck (9 similar suppressed)"]
 
 
 async def test_tool_error_message_reaches_the_model() -> None:
