@@ -12,7 +12,8 @@ Rules of :class:`OpenAIConversation`:
   being made (or already asked for) is sent after the current ``response.done``; a request the
   server refuses with ``conversation_already_has_active_response`` is retried the same way.
 * Rule 2: the results of a response's tool calls go back together: ``response.create`` follows
-  the last missing ``function_call_output``.
+  the last missing ``function_call_output``, also when a result came before the response that
+  called the tools was done (the response asked for then waits for the others' results).
 * Rule 3: a truncation is clamped to the audio received for the item, so the server never
   rejects it; one that would cut nothing (all received audio was heard) is not sent.
 * Rule 4: ``input_audio_buffer.speech_started`` is a barge-in (:class:`Interrupted`) only while
@@ -377,7 +378,7 @@ class OpenAIConversation:
         events.append(TurnComplete(item))
         self._active = False
         self._response_item = None
-        if self._wanted and not self._requested:
+        if self._wanted and not self._requested and not self._pending_calls:  # Rule 2
             self.request_response()
         return events
 

@@ -964,7 +964,7 @@ def test_the_amd_plan_follows_the_agent_unless_the_dial_request_says_otherwise(
     )
     plan = amd_plan(spoken, info, now)
     assert plan is not None
-    assert plan.message_text == 'Hi "Alice"'  # dial variables are data (template Rule 1)
+    assert plan.message_text == "Hi Alice"
     assert amd_plan(spoken, info, now, requested=False) is None
     fixed = Agent("c", amd=AmdSettings(enabled=True, on_machine="message", message_audio=str(wav)))
     plan = amd_plan(fixed, info, now)

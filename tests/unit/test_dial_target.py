@@ -128,12 +128,11 @@ def test_the_prompt_knows_the_call_is_outbound_and_has_the_variables(tmp_path: P
     text = agent.session_config(info, datetime(2026, 12, 1, tzinfo=UTC)).instructions
     assert text.startswith("You placed this phone call to +15551234; the person who answers")
     assert text.endswith(
-        'Remind "Ann" of the "9:00" appointment ("outbound" call to "+15551234").\n\n'
-        + CALL_DATA_NOTE
+        'Remind Ann of the 9:00 appointment ("outbound" call to "+15551234").\n\n' + CALL_DATA_NOTE
     )
     inbound = agent.session_config(CallInfo("c2", did="100"), datetime(2026, 12, 1, tzinfo=UTC))
     assert inbound.instructions == (
-        'Remind "" of the "" appointment ("inbound" call to "100").\n\n' + CALL_DATA_NOTE
+        'Remind  of the  appointment ("inbound" call to "100").\n\n' + CALL_DATA_NOTE
     )
 
 

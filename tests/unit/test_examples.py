@@ -102,7 +102,7 @@ def test_outbound_places_reminders_through_the_limited_carrier_trunk() -> None:
     now = datetime(2025, 6, 3, 8, 0, tzinfo=UTC)
     prompt = plan.agents["reminder"].session_config(call, now).instructions
     assert prompt.startswith("You placed this phone call to +4930555123")
-    assert 'calling "Ada" to remind them of\ntheir appointment on "Tuesday at 10:00".' in prompt
+    assert "calling Ada to remind them of\ntheir appointment on Tuesday at 10:00." in prompt
 
 
 def test_default_is_the_local_echo() -> None:

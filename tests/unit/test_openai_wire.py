@@ -282,6 +282,21 @@ def test_tool_results_go_back_together() -> None:
     ConversationItemCreateEvent.model_validate(sent[0])
 
 
+def test_a_result_before_the_response_is_done_waits_for_the_other_calls() -> None:
+    """Rule 2: a fast tool answered while its response still called tools (seen in the e2e)."""
+    conv = OpenAIConversation(PCM16_24K)
+    conv.receive(CREATED, now=0.0)
+    call_a = {"type": "response.function_call_arguments.done", "call_id": "c_a", "name": "f"}
+    conv.receive({**call_a, "arguments": "{}"}, now=0.0)
+    assert conv.tool_result("c_a", "quick")  # before the response called its second tool
+    conv.receive({**call_a, "call_id": "c_b", "arguments": "{}"}, now=0.0)
+    conv.receive(done(), now=0.0)
+    sent = conv.data_to_send()
+    assert {"type": "response.create"} not in sent  # c_b's result is still missing
+    assert conv.tool_result("c_b", "slow")
+    assert conv.data_to_send()[-1] == {"type": "response.create"}
+
+
 def test_barge_in_while_audio_arrives_and_truncate_is_clamped() -> None:
     conv = OpenAIConversation(PCM16_24K)
     conv.receive(CREATED, now=0.0)
