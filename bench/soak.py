@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from bench._calls import BenchServer, busy_ticks, cpu_ticks, status_mb
 from bench._plateau import rss_plateau
-from tests.e2e.faults import metric, udp_ports_of
+from tests.e2e.faults import metric
 from tests.e2e.peers import audio, sipp
+from tests.e2e.peers.ports import udp_ports_of
 
 RTP_RANGE = (10000, 19999)  # bench._calls.SERVER_RTP_PORTS
 SETTLE_AFTER_S = 5.0  # after the last call ended, before the "after" sample

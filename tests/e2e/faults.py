@@ -15,14 +15,12 @@ The checks, for the calls admitted before a fault:
 from __future__ import annotations
 
 import itertools
-import os
 import random
 import re
 import socket
 import sqlite3
 import time
 import wave
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -256,22 +254,6 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-def udp_ports_of(pid: int) -> Iterator[int]:
-    """Every local UDP port process ``pid`` holds."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    for line in Path(f"/proc/{pid}/net/udp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[9] in inodes:
-            yield int(fields[1].rsplit(":", 1)[1], 16)
 
 
 # --- overload ---------------------------------------------------------------------------------

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import threading
@@ -30,7 +29,7 @@ from sipbot.sip.message import SipRequest, parse_message
 from tests.e2e.conftest import SipbotServer, StartServer
 from tests.e2e.emulated import EmulatorThread, server_env, wait_until, write_dialplan
 from tests.e2e.peers import audio, sipp
-from tests.e2e.peers.ports import free_port
+from tests.e2e.peers.ports import free_port, udp_ports_of
 from tests.e2e.test_call_path import (
     ECHO_HOLD_S,
     StallWitness,
@@ -157,22 +156,7 @@ class Flood:
 
 def rtp_ports(pid: int) -> set[int]:
     """The UDP ports in the server's RTP range that process ``pid`` holds sockets on."""
-    inodes = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for fd in fd_dir.iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    ports = set()
-    for line in Path(f"/proc/{pid}/net/udp").read_text().splitlines()[1:]:
-        fields = line.split()
-        port = int(fields[1].rsplit(":", 1)[1], 16)
-        if fields[9] in inodes and RTP_RANGE[0] <= port <= RTP_RANGE[1]:
-            ports.add(port)
-    return ports
+    return {port for port in udp_ports_of(pid) if RTP_RANGE[0] <= port <= RTP_RANGE[1]}
 
 
 @pytest.mark.requires_peers("sipp", "capture")

@@ -19,6 +19,7 @@ import random
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -159,3 +160,19 @@ def wait_bound(port: int, proto: Literal["udp", "tcp"], timeout: float) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def udp_ports_of(pid: int) -> Iterator[int]:
+    """Every local UDP port process ``pid`` holds."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    for line in Path(f"/proc/{pid}/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[9] in inodes:
+            yield int(fields[1].rsplit(":", 1)[1], 16)
