@@ -146,6 +146,7 @@ class WorkerPool:
         workers: int,
         extra: Sequence[str],
         dispatch: str,
+        nice: int = 0,
     ) -> None:
         self.workers: list[BenchServer] = []
         self.kamailio: Kamailio | None = None
@@ -153,7 +154,7 @@ class WorkerPool:
             for i, ports in enumerate(rtp_slices(workers)):
                 http = f"127.0.0.1:{free_port('tcp')}"
                 argv = [*extra, "--rtp-ports", ports, "--http", http]
-                self.workers.append(BenchServer(workdir, config, f"{name}-w{i}", argv))
+                self.workers.append(BenchServer(workdir, config, f"{name}-w{i}", argv, nice))
             kam_dir = workdir / f"{name}-kamailio"
             kam_dir.mkdir(parents=True, exist_ok=True)
             self.kamailio = start_dispatcher(kam_dir, [w.address for w in self.workers], dispatch)

@@ -102,7 +102,9 @@ class Bench:
         name = f"w{workers}-n{n}-{len(self.runs)}"
         extra = ["--local-mode", "loopback"]
         if workers == 0:
-            server = BenchServer(self.workdir, self.config, f"sipbot-{name}", extra)
+            server = BenchServer(
+                self.workdir, self.config, f"sipbot-{name}", extra, self.args.worker_nice
+            )
             try:
                 result = self._calls(server, n, hold, name, {})
                 per_worker = [
@@ -115,7 +117,13 @@ class Bench:
             figures["kamailio"] = None
         else:
             pool = WorkerPool(
-                self.workdir, self.config, f"sipbot-{name}", workers, extra, self.args.dispatch
+                self.workdir,
+                self.config,
+                f"sipbot-{name}",
+                workers,
+                extra,
+                self.args.dispatch,
+                nice=self.args.worker_nice,
             )
             try:
                 kam_before, t0 = pool.kamailio_cpu_ticks(), time.time()
@@ -274,6 +282,13 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=25.0, help="seconds per call")
     parser.add_argument("--rate", type=float, default=40.0, help="new calls per second")
     parser.add_argument("--prebuffer-ms", type=int, default=60, help="server.media.prebuffer_ms")
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        help="run every worker under nice -n N (sipbot@.service uses Nice=-10; default 0 as"
+        " bench_calls.py)",
+    )
     parser.add_argument("--dispatch", choices=DISPATCH, default="rr", help="rr or call-load")
     parser.add_argument(
         "--baseline",
@@ -302,7 +317,8 @@ def main() -> None:
         f"# bench_workers: {os.cpu_count()} CPUs (shared), load average "
         f"{os.getloadavg()[0]:.2f} at start; {args.workers} workers behind Kamailio "
         f"(deploy/kamailio-dispatcher.cfg, dispatch {args.dispatch}), loopback, PCMU, "
-        f"pre-buffer {args.prebuffer_ms} ms, {args.rate:g} calls/s; baseline {args.baseline};"
+        f"pre-buffer {args.prebuffer_ms} ms, {args.rate:g} calls/s; worker nice "
+        f"{args.worker_nice}; baseline {args.baseline};"
         f" logs in {workdir}",
         flush=True,
     )
