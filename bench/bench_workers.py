@@ -1,7 +1,7 @@
 """Calls per host: W ``sipbot run`` workers behind Kamailio's dispatcher (issue 13, item 4).
 
     python bench/bench_workers.py [--workers W] [--calls 100,200,400] [--hold 25] [--rate 40]
-                                  [--dispatch rr|load] [--baseline direct|none]
+                                  [--dispatch rr|load] [--worker-nice N] [--no-baseline]
                                   [--find-max [--start N] [--steps K] [--resolution C]]
                                   [--workdir DIR] [--json FILE]
 
@@ -11,7 +11,7 @@ threads), with the calls placed on W workers (default: one per core) behind
 ``deploy/kamailio-dispatcher.cfg`` (``bench/_workers.py``; ``--dispatch rr`` round robin as
 shipped, ``load`` call-load distribution). Every worker runs ``--local-mode loopback``, PCMU only,
 on its own SIP port, RTP range and HTTP port. Then, as the reference, the same on ONE worker
-without Kamailio (``--baseline direct``, what ``bench_calls.py`` measures) with N/W calls.
+without Kamailio (unless ``--no-baseline``; what ``bench_calls.py`` measures) with N/W calls.
 
 A run **holds the pacing target** when every call succeeded and OUR outbound gaps over whole
 calls (all streams together) have p99 ≤ 22 ms and max ≤ 30 ms. Printed per run: the
@@ -292,10 +292,9 @@ def main() -> None:
     )
     parser.add_argument("--dispatch", choices=DISPATCH, default="rr", help="rr or call-load")
     parser.add_argument(
-        "--baseline",
-        choices=("direct", "none"),
-        default="direct",
-        help="also run ONE worker without Kamailio at N/W calls (the ratio's reference)",
+        "--no-baseline",
+        action="store_true",
+        help="skip the reference: ONE worker without Kamailio at N/W calls",
     )
     parser.add_argument(
         "--find-max", action="store_true", help="search the largest N holding the target"
@@ -319,11 +318,11 @@ def main() -> None:
         f"{os.getloadavg()[0]:.2f} at start; {args.workers} workers behind Kamailio "
         f"(deploy/kamailio-dispatcher.cfg, dispatch {args.dispatch}), loopback, PCMU, "
         f"pre-buffer {args.prebuffer_ms} ms, {args.rate:g} calls/s; worker nice "
-        f"{args.worker_nice}; baseline {args.baseline};"
+        f"{args.worker_nice}; baseline {'none' if args.no_baseline else 'direct'};"
         f" logs in {workdir}",
         flush=True,
     )
-    direct = args.baseline == "direct"
+    direct = not args.no_baseline
     if args.find_max:
         start = args.start or calls[0]
         find_max(lambda n: bench.run(args.workers, n), start, args.steps, args.resolution)
