@@ -33,6 +33,7 @@ RTP_FIRST, RTP_LAST = 10000, 19999  # bench._calls.SERVER_RTP_PORTS, shared out 
 DISPATCH = ("rr", "load")
 READY_TIMEOUT_S = 15.0
 ACTIVE_TIMEOUT_S = 10.0
+KAMAILIO_IDLE_S = 3.0  # Kamailio's own CPU rate (timers, OPTIONS probes) is measured this long
 
 
 def rtp_slices(workers: int) -> list[str]:
@@ -137,6 +138,8 @@ class WorkerPool:
     Calls go to Kamailio's address. ``pid`` is worker 0 (``run_calls`` counts it as "server");
     :meth:`other_pids` names the other workers ``worker1``... and Kamailio's processes
     ``kamailio-PID``, so that every process is counted once and the caller can add them up.
+    ``kamailio_idle_cores``: Kamailio's CPU with no call, measured for KAMAILIO_IDLE_S once the
+    workers are active in its dispatcher (timers, OPTIONS probes).
     """
 
     def __init__(
@@ -159,6 +162,9 @@ class WorkerPool:
             kam_dir = workdir / f"{name}-kamailio"
             kam_dir.mkdir(parents=True, exist_ok=True)
             self.kamailio = start_dispatcher(kam_dir, [w.address for w in self.workers], dispatch)
+            cpu, t0 = self.kamailio_cpu_s(), time.monotonic()
+            time.sleep(KAMAILIO_IDLE_S)
+            self.kamailio_idle_cores = (self.kamailio_cpu_s() - cpu) / (time.monotonic() - t0)
         except BaseException:
             self.stop()
             raise
