@@ -166,9 +166,10 @@ class Bench:
     def _calls(
         self, target: CallTarget, n: int, hold: float, name: str, others: dict[str, int]
     ) -> LoadResult:
+        """The calls; ``name`` (Request-URI user) keeps each run's SIPp files apart."""
         return run_calls(
             target, n, rate=self.args.rate, hold_s=hold, audio=self.speech.ulaw,
-            workdir=self.workdir, service="bot", other_pids=others,
+            workdir=self.workdir, service=f"bot-{name}", other_pids=others,
         )  # fmt: skip
 
 
