@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import yaml
@@ -125,6 +125,23 @@ def write_config(
     return path
 
 
+class CallTarget(Protocol):
+    """What :func:`run_calls` places calls on: one :class:`BenchServer`, or several workers behind
+    a dispatcher (``bench/_workers.py``), whose ``pid`` is then the one counted as "server"."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def pid(self) -> int: ...
+
+    idle_rss_mb: float
+
+    def cdrs(self) -> list[dict[str, Any]]: ...
+
+    def gc_pauses(self, since: float) -> dict[str, Any]: ...
+
+
 class BenchServer:
     """A fresh ``python -m sipbot run`` on a free port; its log holds the CDR lines."""
 
@@ -203,7 +220,7 @@ class LoadResult:
 
 
 def run_calls(
-    server: BenchServer,
+    server: CallTarget,
     n: int,
     *,
     rate: float,
@@ -282,7 +299,7 @@ def staggered(scenario: Path) -> Path:
     return scenario
 
 
-def _wait_cdrs(server: BenchServer, expected: int) -> list[dict[str, Any]]:
+def _wait_cdrs(server: CallTarget, expected: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + CDR_TIMEOUT_S
     cdrs = server.cdrs()
     while len(cdrs) < expected and time.monotonic() < deadline:
