@@ -5,6 +5,7 @@ provider's setup (the wire modules' output), the barge-in precedence and failove
 
 from __future__ import annotations
 
+import json
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,9 @@ from sipbot.dialplan import Agent, Answer
 from sipbot.dialplan.agent import BargeIn
 from sipbot.dialplan.options import GeminiOptions, OpenAIOptions
 from sipbot.domain import PCM16_24K, CallInfo, SessionConfig, TurnDetection
+from sipbot.emulators import gemini_wire as emulated_gemini
+from sipbot.emulators import openai_wire as emulated_openai
+from sipbot.emulators.script import EmulatorScript
 from sipbot.errors import ConfigError
 from sipbot.providers import gemini_wire, openai_wire
 
@@ -401,3 +405,171 @@ def test_handoff_target_brings_its_own_options(tmp_path: Path) -> None:
     billing = session(dialplan.agents["billing"])
     assert billing.options == {"noise_reduction": "far_field"}
     assert session(dialplan.agents["desk"]).options == {"affective_dialog": True}
+
+
+# --------------------------------------------------------------------------- the emulators check them
+
+GEMINI_SETUP = {
+    "model": "models/m",
+    "generationConfig": {
+        "responseModalities": ["AUDIO"],
+        "speechConfig": {"languageCode": "de-DE"},
+        "thinkingConfig": {"thinkingBudget": 512},
+        "enableAffectiveDialog": True,
+    },
+    "proactivity": {"proactiveAudio": True},
+    "realtimeInputConfig": {"activityHandling": "NO_INTERRUPTION"},
+}
+
+
+def test_gemini_emulator_records_the_options() -> None:
+    options = emulated_gemini.parse_setup(GEMINI_SETUP)
+    assert (
+        options.proactive_audio,
+        options.affective_dialog,
+        options.thinking_budget,
+        options.language_code,
+        options.activity_interrupts,
+    ) == (True, True, 512, "de-DE", False)
+    plain = emulated_gemini.parse_setup({"model": "models/m"})
+    assert (plain.proactive_audio, plain.affective_dialog, plain.thinking_budget) == (
+        False,
+        False,
+        None,
+    )
+
+
+def _with(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    setup: Any = json.loads(json.dumps(GEMINI_SETUP))
+    node = setup
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    return dict(setup)
+
+
+ENUM = "type.googleapis.com/google.ai.generativelanguage.v1beta."
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "reason"),
+    [
+        (
+            ("realtimeInputConfig", "activityHandling"),
+            "NO_INTERRUPT",
+            f"Invalid value at 'setup.realtime_input_config.activity_handling' ({ENUM}ActivityHandling), \"NO_INTERRUPT\"",
+        ),
+        (
+            ("generationConfig", "thinkingConfig", "thinkingBudget"),
+            "lots",
+            "Invalid value at 'setup.generation_config.thinking_config.thinking_budget' (TYPE_INT32), \"lots\"",
+        ),
+        (
+            ("proactivity", "proactiveAudio"),
+            "yes",
+            "Invalid value at 'setup.proactivity.proactive_audio' (TYPE_BOOL), \"yes\"",
+        ),
+        (
+            ("generationConfig", "enableAffectiveDialog"),
+            1,
+            "Invalid value at 'setup.generation_config.enable_affective_dialog' (TYPE_BOOL), 1",
+        ),
+        (
+            ("proactivity", "proactiveSpeech"),
+            True,
+            "Invalid JSON payload received. Unknown name \"proactive_speech\" at 'setup.proactivity': Cannot find field.",
+        ),
+        (
+            ("generationConfig", "affectiveDialog"),
+            True,
+            "Invalid JSON payload received. Unknown name \"affective_dialog\" at 'setup.generation_config': Cannot find field.",
+        ),
+        (
+            ("generationConfig", "thinkingConfig", "budget"),
+            1,
+            "Invalid JSON payload received. Unknown name \"budget\" at 'setup.generation_config.thinking_config': Cannot find field.",
+        ),
+    ],
+)
+def test_gemini_emulator_refuses_like_the_service(
+    path: tuple[str, ...], value: Any, reason: str
+) -> None:
+    with pytest.raises(emulated_gemini.WireError) as info:
+        emulated_gemini.parse_setup(_with(path, value))
+    assert str(info.value) == reason
+
+
+def test_gemini_emulator_takes_protobuf_json_spellings() -> None:
+    """Enums by number, int32 as a string: what protobuf JSON allows."""
+    setup = _with(("realtimeInputConfig", "activityHandling"), 2)
+    setup["generationConfig"]["thinkingConfig"]["thinkingBudget"] = "-1"
+    options = emulated_gemini.parse_setup(setup)
+    assert (options.activity_interrupts, options.thinking_budget) == (False, -1)
+
+
+def _openai_update(audio_input: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "realtime", "audio": {"input": audio_input}}
+
+
+def test_openai_emulator_takes_the_options() -> None:
+    current = emulated_openai.default_session("gpt-realtime", EmulatorScript())
+    update = _openai_update(
+        {
+            "turn_detection": {
+                "type": "semantic_vad",
+                "eagerness": "low",
+                "interrupt_response": False,
+            },
+            "noise_reduction": {"type": "near_field"},
+            "transcription": {"model": "gpt-4o-mini-transcribe", "language": "de"},
+        }
+    )
+    merged = emulated_openai.merge_session(current, update)
+    assert merged["audio"]["input"]["turn_detection"]["eagerness"] == "low"
+    assert merged["audio"]["input"]["noise_reduction"] == {"type": "near_field"}
+    off = emulated_openai.merge_session(merged, _openai_update({"noise_reduction": None}))
+    assert off["audio"]["input"]["noise_reduction"] is None
+
+
+@pytest.mark.parametrize(
+    ("audio_input", "code", "param", "message"),
+    [
+        (
+            {"turn_detection": {"type": "semantic_vad", "eagerness": "eager"}},
+            "invalid_value",
+            "session.audio.input.turn_detection.eagerness",
+            "Invalid value: 'eager'. Supported values are: 'low', 'medium', 'high' and 'auto'.",
+        ),
+        (
+            {"noise_reduction": {"type": "near"}},
+            "invalid_value",
+            "session.audio.input.noise_reduction.type",
+            "Invalid value: 'near'. Supported values are: 'near_field' and 'far_field'.",
+        ),
+        (
+            {"noise_reduction": {}},
+            "missing_required_parameter",
+            "session.audio.input.noise_reduction.type",
+            "Missing required parameter: 'session.audio.input.noise_reduction.type'.",
+        ),
+        (
+            {"transcription": {"model": "gpt-4o-mini-transcribe", "language": "de-DE"}},
+            "invalid_value",
+            "session.audio.input.transcription.language",
+            "Invalid language 'de-DE'. Language parameter must be specified in ISO-639-1 format.",
+        ),
+        (
+            {"turn_detection": {"type": "server_vad", "interrupt_response": "no"}},
+            "invalid_type",
+            "session.audio.input.turn_detection.interrupt_response",
+            "Invalid type for 'session.audio.input.turn_detection.interrupt_response': expected a boolean.",
+        ),
+    ],
+)
+def test_openai_emulator_refuses_like_the_service(
+    audio_input: dict[str, Any], code: str, param: str, message: str
+) -> None:
+    current = emulated_openai.default_session("gpt-realtime", EmulatorScript())
+    with pytest.raises(emulated_openai.EventError) as info:
+        emulated_openai.merge_session(current, _openai_update(audio_input))
+    assert (info.value.code, info.value.param, info.value.message) == (code, param, message)
