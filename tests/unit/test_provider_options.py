@@ -6,6 +6,7 @@ provider's setup (the wire modules' output), the barge-in precedence and failove
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
@@ -573,3 +574,24 @@ def test_openai_emulator_refuses_like_the_service(
     with pytest.raises(emulated_openai.EventError) as info:
         emulated_openai.merge_session(current, _openai_update(audio_input))
     assert (info.value.code, info.value.param, info.value.message) == (code, param, message)
+
+
+# --------------------------------------------------------------------------- the documented examples
+
+CONFIG_MD = Path(__file__).resolve().parents[2] / "docs" / "CONFIG.md"
+
+
+def test_config_md_examples_load_and_map(tmp_path: Path) -> None:
+    text = CONFIG_MD.read_text(encoding="utf-8")
+    section = text[text.index("### Provider options") : text.index("### The barge-in guard")]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    first = load_agent(tmp_path, blocks[0], "concierge")
+    assert first.provider_options == GeminiOptions(True, True, 0, "no_interruption")
+    desk = load_agent(tmp_path, blocks[0], "desk")
+    assert desk.provider_options == OpenAIOptions(
+        "semantic_vad", "low", "far_field", "gpt-4o-mini-transcribe", False
+    )
+    support = load_agent(tmp_path, blocks[1], "support")
+    assert support.fallback is not None
+    assert session(support.fallback).options["eagerness"] == "high"
