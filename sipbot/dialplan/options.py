@@ -214,7 +214,8 @@ def with_free_options(
         merged = {f.name: getattr(block, f.name) for f in fields(block)}
     for key, value in given.items():
         name = OPENAI_OPTION_KEYS[key]
-        if merged.get(name) is not None:
+        current = merged.get(name)
+        if current is not None and not _same(current, value):  # same: folded in before
             fail(f"options.{key}", f"openai.{name} is also set: give it once")
         merged[name] = value
     try:
@@ -224,6 +225,13 @@ def with_free_options(
         key = back.get(exc.field or "", exc.field or "")
         where = f"options.{key}" if key in given else f"openai.{exc.field}"
         raise ConfigError(exc.message, field=where) from None
+
+
+def _same(current: Any, value: Any) -> bool:
+    """Whether ``value`` is what the block already holds (enums compare lower-cased)."""
+    if isinstance(current, str) and isinstance(value, str):
+        return current == value.lower() or current == value
+    return bool(current == value)
 
 
 def check_language(provider: str, language: str | None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,14 @@ def test_openai_free_options_still_work() -> None:
     assert agent.provider_options == OpenAIOptions(turn_detection="semantic_vad", eagerness="high")
     detection = openai_wire.session_update(session(agent), PCM16_24K)["session"]["audio"]["input"]
     assert detection["turn_detection"]["eagerness"] == "high"
+
+
+def test_agent_copies_keep_their_options() -> None:
+    """``replace`` (server overrides, ``with_fallback``) checks the agent again: same result."""
+    agent = Agent("a", provider="openai", options={"vad": "semantic_vad", "eagerness": "HIGH"})
+    copied = replace(agent, max_duration_s=5.0).with_fallback("gemini")
+    assert copied.provider_options == agent.provider_options
+    assert session(copied).options == session(agent).options
 
 
 # --------------------------------------------------------------------------- barge-in precedence
