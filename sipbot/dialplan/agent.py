@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from sipbot.dialplan.amd import AmdSettings
 from sipbot.dialplan.fields import did_you_mean, fail, parse_srtp, with_field
 from sipbot.dialplan.match import zone
+from sipbot.dialplan.options import ProviderOptions, check_language, with_free_options
 from sipbot.dialplan.template import CALL_DATA_NOTE, Template
 from sipbot.domain import CallInfo, SessionConfig, SrtpMode, ToolSpec, TurnDetection
 from sipbot.errors import ConfigError, ToolDefinitionError
@@ -118,6 +119,8 @@ class Agent:
             switches to when this agent's provider is lost (:meth:`with_fallback`); None → none.
         handoff_allow: names of the agents the ``handoff`` tool may hand the call to (required
             with it; the dialplan checks that they exist).
+        provider_options: the typed ``gemini:`` or ``openai:`` block
+            (:mod:`sipbot.dialplan.options`); it must be for this agent's provider.
 
     Raises:
         ConfigError: an invalid value (``field`` names it, relative to the agent).
@@ -154,6 +157,7 @@ class Agent:
     stall_timeout_ms: int | None = None
     fallback: Agent | None = None
     handoff_allow: Sequence[str] = ()
+    provider_options: ProviderOptions | None = None
     resolved_tools: tuple[Tool, ...] = field(init=False, repr=False, compare=False)
     _prompt: Template = field(init=False, repr=False, compare=False)
     _greeting: Template | None = field(init=False, repr=False, compare=False)
@@ -188,6 +192,7 @@ class Agent:
             if path is not None and not os.path.isfile(path):
                 fail(key, f"no such file {path!r}")
         self._check_numbers()
+        self._check_provider_options()
 
     def _resolve_tools(self) -> tuple[Tool, ...]:
         resolved: list[Tool] = []
@@ -251,6 +256,38 @@ class Agent:
                 f"must be between {low} and {high}, not {barge_in.min_speech_ms}",
             )
 
+    def _check_provider_options(self) -> None:
+        """Options Rules 1-3 (:mod:`sipbot.dialplan.options`), and the ``language`` tag."""
+        check_language(self.provider, self.language)
+        block = self.provider_options
+        if block is not None and block.provider != self.provider:
+            fail(
+                block.provider,
+                f"options for provider {block.provider}, but this agent's provider is "
+                f"{self.provider}",
+            )
+        block = with_free_options(self.provider, block, self.options)
+        _set(self, "provider_options", block)
+        if block is None or not block.interrupts:
+            return
+        key = f"{block.provider}.{block.interruption_key}"
+        if self.barge_in.mode != "provider":
+            fail(
+                key,
+                f"turns the provider's interruption on, but barge_in.mode is "
+                f"{self.barge_in.mode}: the provider's interruption is off there",
+            )
+        if not self.turn.barge_in:
+            fail(key, "turns the provider's interruption on, but turn.barge_in is false")
+
+    @property
+    def provider_interrupts(self) -> bool:
+        """Whether the provider's own VAD may cut the agent (options Rule 2)."""
+        if self.barge_in.mode != "provider" or not self.turn.barge_in:
+            return False  # the guard decides, or nobody does
+        block = self.provider_options
+        return block is None or block.interrupts is not False
+
     def amd_message(self, call: CallInfo, now: datetime) -> str | None:
         """The ``amd.message`` for ``call`` (``now`` aware, shown in the agent's timezone)."""
         return self.amd.message_text(call, now.astimezone(self._zone))
@@ -265,8 +302,11 @@ class Agent:
         base_url: str | None = None,
         ca_file: str | None = None,
         options: Mapping[str, Any] | None = None,
+        provider_options: ProviderOptions | None = None,
     ) -> Agent:
         """This agent with a fallback: its prompt, greeting, tools and settings on ``provider``.
+
+        The fallback has its own ``options`` and ``provider_options``, never this agent's.
 
         Raises:
             ConfigError: an invalid fallback (``field`` names it, e.g. ``fallback.provider``).
@@ -281,6 +321,7 @@ class Agent:
                 base_url=base_url,
                 ca_file=ca_file,
                 options=dict(options or {}),
+                provider_options=provider_options,
                 fallback=None,
             )
         except ConfigError as exc:
@@ -311,6 +352,8 @@ class Agent:
         """
         local = now.astimezone(self._zone)
         options = dict(self.options)
+        if self.provider_options is not None:
+            options.update(self.provider_options.session_options())
         if self.provider == "local":
             options.setdefault("mode", self.local_mode)
         instructions = self._prompt.fill(call, local)
@@ -327,7 +370,7 @@ class Agent:
             tools=self.tool_specs if tools is None else tuple(tools),
             greeting=None if self._greeting is None else self._greeting.fill(call, local),
             turn_detection=self.turn
-            if self.barge_in.mode == "provider"
+            if self.provider_interrupts
             else replace(self.turn, barge_in=False),  # the guard decides, or nobody does
             options=options,
             stall_timeout_s=None if self.stall_timeout_ms is None else self.stall_timeout_ms / 1000,

@@ -28,7 +28,15 @@ from sipbot.dialplan.model import (
     Transfer,
     check_uri,
 )
-from sipbot.dialplan.schema import AgentModel, DialplanModel, MatchModel, RouteModel, ToolModel
+from sipbot.dialplan.options import OPTION_BLOCKS, ProviderOptions
+from sipbot.dialplan.schema import (
+    AgentModel,
+    DialplanModel,
+    FallbackModel,
+    MatchModel,
+    RouteModel,
+    ToolModel,
+)
 from sipbot.dialplan.trunks import build_trunk
 from sipbot.domain import TurnDetection
 from sipbot.errors import ConfigError, ToolDefinitionError
@@ -162,7 +170,24 @@ def _agent(
         message = "secrets come from the environment only: write api_key: ${VAR}"
         raise doc.error((*path, "fallback", "api_key"), message)
     keys = {key: getattr(fallback, key) for key in type(fallback).model_fields}  # EnvStrings kept
+    del keys["gemini"], keys["openai"]
+    keys["provider_options"] = _provider_options(doc, (*path, "fallback"), fallback)
     return at(doc, path, lambda: agent.with_fallback(**keys))
+
+
+def _provider_options(
+    doc: Document, path: Path, spec: AgentModel | FallbackModel
+) -> ProviderOptions | None:
+    """The typed ``gemini:``/``openai:`` block of ``spec``; the agent checks its provider."""
+    blocks: list[ProviderOptions] = []
+    for name, make in OPTION_BLOCKS.items():
+        given = getattr(spec, name)
+        if given is not None:
+            values = given.model_dump()
+            blocks.append(at(doc, (*path, name), lambda: make(**values)))  # noqa: B023
+    if len(blocks) > 1:  # keep the wrong one: the agent names it
+        blocks = [b for b in blocks if b.provider != spec.provider] or blocks
+    return blocks[0] if blocks else None
 
 
 def _agent_alone(
@@ -173,6 +198,7 @@ def _agent_alone(
     resolved: list[Tool | str],
     timezone: str,
 ) -> Agent:
+    provider_options = _provider_options(doc, path, spec)
     amd = AmdSettings()
     if spec.amd is not None:
         amd_spec = spec.amd
@@ -222,6 +248,7 @@ def _agent_alone(
             amd=amd,
             stall_timeout_ms=spec.stall_timeout_ms,
             handoff_allow=spec.handoff_allow,
+            provider_options=provider_options,
         ),
     )
 

@@ -44,6 +44,25 @@ class AmdModel(StrictModel):
     max_wait_s: float = 5.0
 
 
+class GeminiOptionsModel(StrictModel):
+    """``agents.NAME.gemini``: typed Gemini Live options (checked by ``GeminiOptions``)."""
+
+    proactive_audio: bool | None = None
+    affective_dialog: bool | None = None
+    thinking_budget: int | None = None
+    activity_handling: str | None = None
+
+
+class OpenAIOptionsModel(StrictModel):
+    """``agents.NAME.openai``: typed OpenAI Realtime options (checked by ``OpenAIOptions``)."""
+
+    turn_detection: str | None = None
+    eagerness: str | None = None
+    noise_reduction: str | None = None
+    transcription_model: str | None = None
+    interrupt_response: bool | None = None
+
+
 class FallbackModel(StrictModel):
     """``agents.NAME.fallback``: the provider a call switches to when the agent's is lost."""
 
@@ -54,6 +73,8 @@ class FallbackModel(StrictModel):
     base_url: str | None = None
     ca_file: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    gemini: GeminiOptionsModel | None = None
+    openai: OpenAIOptionsModel | None = None
 
 
 class AgentModel(StrictModel):
@@ -87,6 +108,8 @@ class AgentModel(StrictModel):
     stall_timeout_ms: int | None = None
     fallback: FallbackModel | None = None
     handoff_allow: list[str] = Field(default_factory=list)
+    gemini: GeminiOptionsModel | None = None
+    openai: OpenAIOptionsModel | None = None
 
 
 class HttpModel(StrictModel):

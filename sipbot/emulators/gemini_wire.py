@@ -50,6 +50,36 @@ SETUP_KEYS = frozenset(
         "labels",
     }
 )
+GENERATION_CONFIG_KEYS = frozenset(
+    {
+        "candidateCount",
+        "maxOutputTokens",
+        "temperature",
+        "topP",
+        "topK",
+        "presencePenalty",
+        "frequencyPenalty",
+        "responseModalities",
+        "speechConfig",
+        "mediaResolution",
+        "seed",
+        "thinkingConfig",
+        "enableAffectiveDialog",
+        "stopSequences",
+    }
+)
+THINKING_CONFIG_KEYS = frozenset({"includeThoughts", "thinkingBudget", "thinkingLevel"})
+PROACTIVITY_KEYS = frozenset({"proactiveAudio", "proactiveVideo"})
+REALTIME_INPUT_CONFIG_KEYS = frozenset(
+    {"automaticActivityDetection", "activityHandling", "turnCoverage"}
+)
+ACTIVITY_HANDLING = (
+    "ACTIVITY_HANDLING_UNSPECIFIED",
+    "START_OF_ACTIVITY_INTERRUPTS",
+    "NO_INTERRUPTION",
+)
+THINKING_LEVELS = ("THINKING_LEVEL_UNSPECIFIED", "MINIMAL", "LOW", "MEDIUM", "HIGH", "XHIGH")
+ENUM_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1beta."  # + the enum's name
 REALTIME_INPUT_KEYS = frozenset(
     {"mediaChunks", "audio", "audioStreamEnd", "video", "text", "activityStart", "activityEnd"}
 )
@@ -131,13 +161,21 @@ class SetupOptions:
     activity_interrupts: bool
     silence_ms: int | None
     prefix_ms: int | None
+    proactive_audio: bool = False
+    affective_dialog: bool = False
+    thinking_budget: int | None = None
+    language_code: str | None = None
 
 
 def parse_setup(setup: Any) -> SetupOptions:
     """Check a ``setup`` frame's body and extract its options.
 
+    ``generationConfig`` (with ``thinkingConfig``), ``proactivity`` and ``realtimeInputConfig``
+    are checked field by field, as the service's protobuf JSON parser does: unknown names,
+    booleans and integers of the wrong type, and unknown enum values are refused.
+
     Raises:
-        WireError: unknown field, or no ``models/...`` model.
+        WireError: unknown field, a value of the wrong type, or no ``models/...`` model.
     """
     setup = _check_keys(setup, SETUP_KEYS, "setup")
     model = setup.get("model")
@@ -145,9 +183,23 @@ def parse_setup(setup: Any) -> SetupOptions:
         raise WireError(
             f"Invalid value at 'setup.model': {json.dumps(model)} is not of the form 'models/*'."
         )
-    modalities = (setup.get("generationConfig") or {}).get("responseModalities") or ["AUDIO"]
+    generation = _generation_config(setup.get("generationConfig") or {})
+    modalities = generation.get("responseModalities") or ["AUDIO"]
     resumption = setup.get("sessionResumption")
-    input_config = setup.get("realtimeInputConfig") or {}
+    proactivity = _check_keys(setup.get("proactivity") or {}, PROACTIVITY_KEYS, "setup.proactivity")
+    input_config = _check_keys(
+        setup.get("realtimeInputConfig") or {},
+        REALTIME_INPUT_CONFIG_KEYS,
+        "setup.realtime_input_config",
+    )
+    handling = None
+    if "activityHandling" in input_config:
+        handling = _enum(
+            input_config["activityHandling"],
+            ACTIVITY_HANDLING,
+            "ActivityHandling",
+            "setup.realtime_input_config.activity_handling",
+        )
     detection = input_config.get("automaticActivityDetection") or {}
     return SetupOptions(
         model=model,
@@ -157,10 +209,70 @@ def parse_setup(setup: Any) -> SetupOptions:
         resumption=resumption is not None,
         resume_handle=(resumption or {}).get("handle") or None,
         automatic_activity=not detection.get("disabled", False),
-        activity_interrupts=input_config.get("activityHandling") != "NO_INTERRUPTION",
+        activity_interrupts=handling != "NO_INTERRUPTION",
         silence_ms=_optional_int(detection.get("silenceDurationMs")),
         prefix_ms=_optional_int(detection.get("prefixPaddingMs")),
+        proactive_audio=_bool(
+            proactivity.get("proactiveAudio"), "setup.proactivity.proactive_audio"
+        ),
+        affective_dialog=_bool(
+            generation.get("enableAffectiveDialog"),
+            "setup.generation_config.enable_affective_dialog",
+        ),
+        thinking_budget=_thinking_budget(generation),
+        language_code=(generation.get("speechConfig") or {}).get("languageCode"),
     )
+
+
+def _generation_config(body: Any) -> dict[str, Any]:
+    where = "setup.generation_config"
+    generation = _check_keys(body, GENERATION_CONFIG_KEYS, where)
+    thinking = _check_keys(
+        generation.get("thinkingConfig") or {}, THINKING_CONFIG_KEYS, where + ".thinking_config"
+    )
+    if "thinkingLevel" in thinking:
+        _enum(
+            thinking["thinkingLevel"],
+            THINKING_LEVELS,
+            "ThinkingLevel",
+            where + ".thinking_config.thinking_level",
+        )
+    _bool(thinking.get("includeThoughts"), where + ".thinking_config.include_thoughts")
+    return generation
+
+
+def _thinking_budget(generation: dict[str, Any]) -> int | None:
+    value = (generation.get("thinkingConfig") or {}).get("thinkingBudget")
+    if value is None:
+        return None
+    return _int32(value, "setup.generation_config.thinking_config.thinking_budget")
+
+
+def _invalid(where: str, kind: str, value: Any) -> WireError:
+    """The protobuf JSON parser's error for a value of the wrong type or an unknown enum."""
+    return WireError(f"Invalid value at '{where}' ({kind}), {json.dumps(value)}")
+
+
+def _enum(value: Any, names: tuple[str, ...], enum: str, where: str) -> str:
+    if isinstance(value, str) and value in names:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(names):
+        return names[value]
+    raise _invalid(where, ENUM_TYPE + enum, value)
+
+
+def _bool(value: Any, where: str) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise _invalid(where, "TYPE_BOOL", value)
+
+
+def _int32(value: Any, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31:
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?\d{1,10}", value):
+        return _int32(int(value), where)
+    raise _invalid(where, "TYPE_INT32", value)
 
 
 def _optional_int(value: Any) -> int | None:

@@ -44,6 +44,9 @@ AUDIO_KEYS = frozenset({"input", "output"})
 AUDIO_INPUT_KEYS = frozenset({"format", "noise_reduction", "transcription", "turn_detection"})
 AUDIO_OUTPUT_KEYS = frozenset({"format", "voice", "speed"})
 TURN_DETECTION_TYPES = ("server_vad", "semantic_vad")
+EAGERNESS = ("low", "medium", "high", "auto")
+NOISE_REDUCTION_TYPES = ("near_field", "far_field")
+TRANSCRIPTION_KEYS = frozenset({"model", "language", "prompt", "delay", "keywords", "languages"})
 CLIENT_EVENTS = (
     "session.update",
     "input_audio_buffer.append",
@@ -206,6 +209,40 @@ def _check_turn_detection(value: Any, where: str) -> None:
     kind = require(body, "type", where + ".")
     if kind not in TURN_DETECTION_TYPES:
         raise invalid(f"{where}.type", kind, TURN_DETECTION_TYPES)
+    if "eagerness" in body and body["eagerness"] not in EAGERNESS:
+        raise invalid(f"{where}.eagerness", body["eagerness"], EAGERNESS)
+    for flag in ("create_response", "interrupt_response"):
+        if flag in body and not isinstance(body[flag], bool):
+            raise EventError(
+                "invalid_type",
+                f"Invalid type for '{where}.{flag}': expected a boolean.",
+                f"{where}.{flag}",
+            )
+
+
+def _check_noise_reduction(value: Any, where: str) -> None:
+    if value is None:  # null turns it off
+        return
+    body = _check_keys(value, frozenset({"type"}), where)
+    kind = require(body, "type", where + ".")
+    if kind not in NOISE_REDUCTION_TYPES:
+        raise invalid(f"{where}.type", kind, NOISE_REDUCTION_TYPES)
+
+
+def _check_transcription(value: Any, where: str) -> None:
+    if value is None:  # null turns it off
+        return
+    body = _check_keys(value, TRANSCRIPTION_KEYS, where)
+    language = body.get("language")
+    if language is not None and (
+        not isinstance(language, str) or len(language) != 2 or not language.isalpha()
+    ):
+        raise EventError(
+            "invalid_value",
+            f"Invalid language '{language}'. Language parameter must be specified in "
+            "ISO-639-1 format.",
+            f"{where}.language",
+        )
 
 
 def _check_tools(tools: Any) -> None:
@@ -253,6 +290,10 @@ def merge_session(current: dict[str, Any], update: Any) -> dict[str, Any]:
             check_format(part["format"], where + ".format")
         if side == "input" and "turn_detection" in part:
             _check_turn_detection(part["turn_detection"], where + ".turn_detection")
+        if side == "input" and "noise_reduction" in part:
+            _check_noise_reduction(part["noise_reduction"], where + ".noise_reduction")
+        if side == "input" and "transcription" in part:
+            _check_transcription(part["transcription"], where + ".transcription")
         merged["audio"][side].update(copy.deepcopy(part))
     return merged
 

@@ -60,7 +60,15 @@ def realtime_audio_message(audio: bytes) -> str:
 ITEM_PREFIX = "gemini-turn-"
 LOW_THRESHOLD = 0.4  # TurnDetection.threshold at or below: start-of-speech sensitivity HIGH
 HIGH_THRESHOLD = 0.6  # at or above: sensitivity LOW (needs clearer speech to start a turn)
-KNOWN_OPTIONS = frozenset({"config", "context_window_compression"})
+KNOWN_OPTIONS = frozenset(
+    {
+        "config",
+        "context_window_compression",
+        "proactive_audio",  # the typed gemini: block (sipbot/dialplan/options.py)
+        "affective_dialog",
+        "thinking_budget",
+    }
+)
 
 
 # --------------------------------------------------------------------------- what we send
@@ -71,7 +79,10 @@ def connect_config(config: SessionConfig, *, resumption_handle: str | None) -> d
 
     Session resumption is always on (an empty handle asks for handles); sliding-window context
     compression is on unless ``options["context_window_compression"]`` is False, since audio
-    sessions otherwise end after 15 minutes. ``options["config"]`` (a mapping of
+    sessions otherwise end after 15 minutes. The typed ``gemini:`` options arrive as
+    ``options["proactive_audio"]`` (``proactivity.proactive_audio``), ``["affective_dialog"]``
+    (``enable_affective_dialog``) and ``["thinking_budget"]`` (``thinking_config``); activity
+    handling comes from ``turn_detection.barge_in``. ``options["config"]`` (a mapping of
     ``LiveConnectConfig`` fields) is merged in last, recursively, for anything not mapped here.
     """
     built: dict[str, Any] = {"response_modalities": ["AUDIO"]}
@@ -102,6 +113,7 @@ def connect_config(config: SessionConfig, *, resumption_handle: str | None) -> d
     built["input_audio_transcription"] = {}
     built["output_audio_transcription"] = {}
     built["realtime_input_config"] = _realtime_input_config(config)
+    built.update(_native_audio_options(config.options))
     extra = config.options.get("config")
     if isinstance(extra, Mapping):
         _merge(built, extra)
@@ -121,6 +133,18 @@ def _realtime_input_config(config: SessionConfig) -> dict[str, Any]:
         detection["start_of_speech_sensitivity"] = "START_SENSITIVITY_LOW"
     handling = "START_OF_ACTIVITY_INTERRUPTS" if turn.barge_in else "NO_INTERRUPTION"
     return {"automatic_activity_detection": detection, "activity_handling": handling}
+
+
+def _native_audio_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``LiveConnectConfig`` fields of the typed ``gemini:`` options that are set."""
+    out: dict[str, Any] = {}
+    if options.get("proactive_audio") is not None:
+        out["proactivity"] = {"proactive_audio": bool(options["proactive_audio"])}
+    if options.get("affective_dialog") is not None:
+        out["enable_affective_dialog"] = bool(options["affective_dialog"])
+    if options.get("thinking_budget") is not None:
+        out["thinking_config"] = {"thinking_budget": int(options["thinking_budget"])}
+    return out
 
 
 def _merge(into: dict[str, Any], extra: Mapping[str, Any]) -> None:

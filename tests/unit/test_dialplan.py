@@ -278,7 +278,8 @@ def test_route_request_needs_an_aware_datetime() -> None:
          "transfer_timeout_s=10.0, transfer_briefing=None, transfer_hold=None, "
          "amd=AmdSettings(enabled=False, on_machine='hangup', on_unknown='talk', message=None, "
          "message_audio=None, max_wait_s=5.0), "
-         "stall_timeout_ms=None, fallback=None, handoff_allow=()) (Answer, Reject or Transfer)"),
+         "stall_timeout_ms=None, fallback=None, handoff_allow=(), provider_options=None) "
+         "(Answer, Reject or Transfer)"),
         (lambda: Route("r", Answer(ECHO), dtmf={"5": Reject(486)}), "dtmf.5",  # type: ignore[dict-item]
          "a DTMF action is a transfer or hang_up"),
         (lambda: Dialplan([Route("a", Reject()), Route("a", Reject())]), "routes[1].name",
