@@ -44,6 +44,16 @@ class AmdModel(StrictModel):
     max_wait_s: float = 5.0
 
 
+class MemoryModel(StrictModel):
+    """``agents.NAME.memory``: returning callers (the block is the opt-in)."""
+
+    enabled: bool = True
+    days: int = 30
+    max_calls: int = 3
+    max_chars: int = 600
+    scope: str = "agent"
+
+
 class FallbackModel(StrictModel):
     """``agents.NAME.fallback``: the provider a call switches to when the agent's is lost."""
 
@@ -87,6 +97,7 @@ class AgentModel(StrictModel):
     stall_timeout_ms: int | None = None
     fallback: FallbackModel | None = None
     handoff_allow: list[str] = Field(default_factory=list)
+    memory: MemoryModel | None = None
 
 
 class HttpModel(StrictModel):

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from sipbot.memory import caller_key
 from sipbot.records.model import CALL_COLUMNS
 from sipbot.records.store import SqlStore
 
@@ -71,9 +73,28 @@ def export_command(store: SqlStore, out: IO[str], fmt: str) -> int:
 
 
 def erase_command(store: SqlStore, out: IO[str], caller: str) -> int:
-    """Delete every record and transcript line of one caller (a data-subject request)."""
-    calls, lines = store.erase_caller(caller)
-    print(f"erased {calls} call records and {lines} transcript lines of caller {caller}", file=out)
+    """Delete every record of one caller (a data-subject request): its transcript, its summary
+    (what returning callers are remembered by) and the recording files it names. Idempotent:
+    a second run finds nothing; a recording already gone is reported, not an error."""
+    erased = store.erase(caller)
+    key = caller_key(caller)
+    also = f" (and records of {key})" if key is not None and key != caller else ""
+    removed = 0
+    for path in erased.recordings:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            print(f"recording {path} was already gone", file=out)
+        except OSError as exc:
+            print(f"recording {path} NOT removed: {exc.strerror}", file=out)
+        else:
+            removed += 1
+            print(f"removed recording {path}", file=out)
+    print(
+        f"erased {erased.calls} call records, {erased.lines} transcript lines and "
+        f"{removed} recording files of caller {caller}{also}",
+        file=out,
+    )
     return 0
 
 

@@ -124,7 +124,7 @@ def test_a_version_1_database_is_migrated_with_its_records(url: str) -> None:
             (T0,),
         )
     assert pg.migrate() == 1
-    assert pg.version() == SCHEMA_VERSION == 6
+    assert pg.version() == SCHEMA_VERSION == 7
     old = pg.get("old")
     assert old is not None
     assert (old["turns"], old["media"], old["source"]) == (2, None, None)
