@@ -21,7 +21,8 @@ Rules:
   by a model (``"by": "model"``) can be stored later in the same column.
 * Rule 3: what a person said on an earlier call is JSON-quoted data (template Rule 1); the
   note ends with :data:`MEMORY_DATA_NOTE`; the entries together are at most ``max_chars``
-  characters (older calls are left out first, then the quotes are cut).
+  characters: older calls whose facts (date, agent, duration, outcome) do not fit are left
+  out, then the quotes are cut, the room shared out newest first.
 * Rule 4: only calls that started within ``days`` before ``now`` count: the store's query is
   bounded by :func:`window_start` and :func:`memory_note` checks the bound again.
 """
@@ -126,16 +127,22 @@ def memory_note(
     """
     since = window_start(now, days)
     recent = [r for r in rows if since <= float(r["started"]) <= now]
-    entries: list[str] = []
-    left = max_chars
-    for index, row in enumerate(recent):
-        entry = _entry(row, zone, left // (len(recent) - index))  # an equal share of what is left
-        if entry is None:
+    facts: list[str] = []
+    used = -1  # n entries take n - 1 newlines
+    for row in recent:  # the newest calls whose facts fit; older ones are left out
+        head = _facts(row, zone)
+        if used + 1 + len(head) > max_chars:
             break
-        entries.append(entry)
-        left -= len(entry) + 1  # the newline
-    if not entries:
+        facts.append(head)
+        used += 1 + len(head)
+    if not facts:
         return None
+    pool = max_chars - used  # characters left for the quotes, shared out newest first
+    entries = []
+    for index, head in enumerate(facts):
+        entry = _entry(head, recent[index].get("summary"), len(head) + pool // (len(facts) - index))
+        pool -= len(entry) - len(head)
+        entries.append(entry)
     return "\n".join((MEMORY_HEADER, *entries, MEMORY_DATA_NOTE))
 
 
@@ -147,18 +154,15 @@ def with_memory(config: SessionConfig, note: str | None) -> SessionConfig:
     return replace(config, instructions=joined)
 
 
-def _entry(row: Mapping[str, Any], zone: ZoneInfo, limit: int) -> str | None:
-    """One earlier call in at most ``limit`` characters, or None when even its facts don't fit."""
-    head = _facts(row, zone)
-    said = _said(row.get("summary"))
+def _entry(head: str, summary: Any, limit: int) -> str:
+    """One earlier call: its facts, and what was said cut to fit ``limit`` characters."""
+    said = _said(summary)
     caller, agent = said
     quote = max(len(caller), len(agent))
     while True:
         entry = head + _quotes(caller[:quote], agent[:quote], full=said)
-        if len(entry) <= limit:
+        if len(entry) <= limit or quote <= 0:
             return entry
-        if quote <= 0:
-            return None  # not even the facts fit
         quote = max(0, min(quote - 1, quote - (len(entry) - limit) // 2))
 
 

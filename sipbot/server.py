@@ -62,6 +62,7 @@ from sipbot.media.formats import PCM16_24K
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
 from sipbot.media_leg import MediaLeg
+from sipbot.memory import caller_key, memory_note, window_start, with_memory
 from sipbot.ops.admission import Admission
 from sipbot.ops.looplag import LoopLagMonitor
 from sipbot.ops.metrics import Gauges, Metrics
@@ -71,7 +72,6 @@ from sipbot.prompts import APOLOGY_PROMPT, FILLER_PROMPT, load_prompt, load_wav,
 from sipbot.providers.base import Provider
 from sipbot.providers.registry import make_provider
 from sipbot.ratelimit import RateLimitedLog
-from sipbot.memory import caller_key, memory_note, window_start, with_memory
 from sipbot.records import Attempt, RecordWriter, default_data_dir, open_store
 from sipbot.records.recall import Recall
 from sipbot.reload import DialplanWatcher

@@ -222,8 +222,8 @@ def _agent_alone(
             amd=amd,
             stall_timeout_ms=spec.stall_timeout_ms,
             handoff_allow=spec.handoff_allow,
-            memory=MemorySettings(**spec.memory.model_dump())  # type: ignore[arg-type]
-            if spec.memory is not None  # (scope checked by Agent)
+            memory=MemorySettings(**spec.memory.model_dump())  # scope checked by Agent
+            if spec.memory is not None
             else MemorySettings(),
         ),
     )

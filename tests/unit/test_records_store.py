@@ -85,7 +85,12 @@ def test_a_newer_database_is_refused(store: SqliteStore) -> None:
 def test_pending_lists_the_steps_after_the_current_version() -> None:
     assert pending(0) == [(v + 1, step) for v, step in enumerate(MIGRATIONS)]
     assert pending(1) == [(v + 1, step) for v, step in enumerate(MIGRATIONS) if v >= 1]
-    assert pending(3) == [(4, MIGRATIONS[3]), (5, MIGRATIONS[4]), (6, MIGRATIONS[5]), (7, MIGRATIONS[6])]
+    assert pending(3) == [
+        (4, MIGRATIONS[3]),
+        (5, MIGRATIONS[4]),
+        (6, MIGRATIONS[5]),
+        (7, MIGRATIONS[6]),
+    ]
     assert pending(7) == []
 
 
