@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sipbot.errors import ConfigError, RecordsUnavailable
+from sipbot.memory import DAY_S, caller_key, summarize, window_start
 from sipbot.records import CallRow, LineRow, RecordWriter, open_store
 from sipbot.records.commands import rows_of
 from sipbot.records.postgres import PostgresStore, safe_url
@@ -171,3 +172,48 @@ async def test_records_written_during_an_outage_arrive_when_the_server_returns(
     check.close()
     with pytest.raises(RecordsUnavailable):
         PostgresStore(url.replace(str(cluster.port), str(free_port("tcp")))).version()
+
+
+def test_returning_callers_are_found_and_erased_the_same_way_as_in_sqlite(
+    url: str, tmp_path: Path
+) -> None:
+    def calls(caller: str, n: int, started: float, **keys: object) -> CallRow:
+        lines = (LineRow(0, None, "caller", f"question {n}"), LineRow(1, None, "agent", "answer"))
+        return CallRow(
+            id=f"{n:032x}",
+            call_id=f"c{n}",
+            caller=caller,
+            caller_key=caller_key(caller),
+            did="100",
+            outcome="answered",
+            started=started,
+            answered=started + 1,
+            ended=started + 30,
+            agent=str(keys.get("agent", "support")),
+            summary=summarize(lines),
+            lines=lines,
+        )
+
+    records = [
+        calls("+49 30 555", 1, T0 - 40 * DAY_S),  # outside the window
+        calls("+4930555", 2, T0 - DAY_S),
+        calls("+49-30-555", 3, T0 - 60, agent="sales"),
+        calls("+4930666", 4, T0 - 30),
+        calls("anonymous", 5, T0 - 30),
+    ]
+    pg = PostgresStore(url)
+    pg.migrate()
+    lite = SqliteStore(str(tmp_path / "r.sqlite3"))
+    lite.migrate()
+    since = window_start(T0, 30)
+    for store in (pg, lite):
+        store.write(records)
+    found = pg.recent_calls("+4930555", since, 3)
+    assert found == lite.recent_calls("+4930555", since, 3)
+    assert [r["started"] for r in found] == [T0 - 60, T0 - DAY_S]
+    assert [r["agent"] for r in pg.recent_calls("+4930555", since, 3, "sales")] == ["sales"]
+    assert pg.erase("+49 30 555") == lite.erase("+49 30 555")
+    assert pg.recent_calls("+4930555", 0.0, 3) == []
+    assert [r["caller"] for r in pg.list_calls()] == ["+4930666", "anonymous"]
+    assert pg.erase("+49 30 555").calls == 0  # idempotent
+    pg.close()
