@@ -1,0 +1,120 @@
+"""End to end: a returning caller (agent ``memory``) on a real ``sipbot run``.
+
+SIPp calls twice from the same number (written differently the second time) to an agent with
+memory on, behind the OpenAI emulator and the real SDK: the second session's instructions hold
+the summary of the first call, quoted as data. ``sipbot calls erase --caller`` then removes the
+caller's records, and a third call's instructions hold no memory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sipbot.emulators.script import EmulatorScript
+from sipbot.memory import MEMORY_DATA_NOTE, MEMORY_HEADER
+from sipbot.records import SqlStore, open_store
+from tests.e2e.calls import caller_turns
+from tests.e2e.conftest import REPO_ROOT, SipbotServer, StartServer
+from tests.e2e.emulated import EmulatorThread, server_env, wait_until, write_dialplan
+from tests.e2e.peers import sipp
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+CALLER_SAID = "my order 42 is late"
+AGENT_SAID = "a new one ships tomorrow"
+PROMPT = "You answer the phone."
+WAIT_S = 20.0
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorThread]:
+    script = EmulatorScript(
+        reply="tone",
+        reply_ms=400,
+        reply_text=AGENT_SAID,
+        caller_text=CALLER_SAID,
+        vad_silence_ms=300,
+    )
+    with EmulatorThread("openai", script) as emu:
+        yield emu
+
+
+def call(server: SipbotServer, tmp: Path, name: str, caller: str, hold_s: float) -> None:
+    talk = sipp.uac_scenario(
+        tmp / f"{name}.xml", caller_turns(tmp / f"{name}.ulaw"), hold_s=hold_s, caller=caller
+    )
+    result = sipp.run_uac(server.address, talk, tmp, service="100", name=name, timeout_s=30)
+    result.assert_ok(calls=1)
+
+
+def instructions(emu: EmulatorThread, index: int) -> str:
+    update = next(f for f in emu.received(index) if f.get("type") == "session.update")
+    text = update["session"]["instructions"]
+    assert isinstance(text, str)
+    return text
+
+
+def records(store: SqlStore, count: int) -> list[dict[str, Any]]:
+    def found() -> list[dict[str, Any]]:
+        try:
+            rows = list(store.export())
+        except Exception:  # the file may still be being created
+            return []
+        return rows if len(rows) >= count else []
+
+    return wait_until(found, WAIT_S, f"{count} call records")
+
+
+@pytest.mark.requires_peers("sipp")
+def test_a_returning_caller_is_remembered_until_erased(
+    sipbot_server: StartServer, peers_tmp: Path, emulator: EmulatorThread
+) -> None:
+    path = peers_tmp / "records.sqlite3"
+    url = f"sqlite:///{path}"
+    config = {
+        "server": {"records": {"url": url}},
+        "agents": {
+            "bot": emulator.agent(prompt=PROMPT, memory={"days": 30, "max_calls": 3}),
+        },
+        "routes": [{"answer": "bot"}],
+    }
+    server = sipbot_server(
+        "-c", str(write_dialplan(peers_tmp / "plan.yaml", config)), env=server_env()
+    )
+    store = open_store(url, "unused")
+
+    call(server, peers_tmp, "first", "+15550100", hold_s=3.0)
+    (first,) = records(store, 1)
+    assert first["caller_key"] == "+15550100"
+    assert CALLER_SAID in first["summary"]
+    assert instructions(emulator, 0) == PROMPT  # a first call: nothing to remember
+
+    call(server, peers_tmp, "second", "+1-555-0100", hold_s=1.0)  # the same number, dashed
+    remembered = instructions(emulator, 1)
+    assert remembered.startswith(f"{PROMPT}\n\n{MEMORY_HEADER}\n- ")
+    assert f'the caller said "{CALLER_SAID}"' in remembered
+    assert f'the agent said last "{AGENT_SAID}"' in remembered
+    assert 'agent "bot"' in remembered
+    assert remembered.endswith(MEMORY_DATA_NOTE)
+    records(store, 2)  # the second call's record is in before it is erased
+    store.close()
+
+    env = {**os.environ, "XDG_DATA_HOME": str(peers_tmp / "data")}
+    erase = [sys.executable, "-m", "sipbot", "calls", "erase", "--url", url, "--caller"]
+    done = subprocess.run(
+        [*erase, "+15550100"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("erased 2 call records, ")
+    assert done.stdout.endswith(" and 0 recording files of caller +15550100\n")
+
+    call(server, peers_tmp, "third", "+15550100", hold_s=1.0)
+    assert instructions(emulator, 2) == PROMPT  # erased: nothing to remember
+    assert "returning caller" in server.log()
