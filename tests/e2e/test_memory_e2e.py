@@ -13,24 +13,23 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sipbot.emulators.script import EmulatorScript
 from sipbot.memory import MEMORY_DATA_NOTE, MEMORY_HEADER
-from sipbot.records import SqlStore, open_store
+from sipbot.records import open_store
 from tests.e2e.calls import caller_turns
 from tests.e2e.conftest import REPO_ROOT, SipbotServer, StartServer
-from tests.e2e.emulated import EmulatorThread, server_env, wait_until, write_dialplan
+from tests.e2e.emulated import EmulatorThread, server_env, write_dialplan
 from tests.e2e.peers import sipp
+from tests.e2e.test_records_e2e import wait_records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 CALLER_SAID = "my order 42 is late"
 AGENT_SAID = "a new one ships tomorrow"
 PROMPT = "You answer the phone."
-WAIT_S = 20.0
 
 
 @pytest.fixture
@@ -61,17 +60,6 @@ def instructions(emu: EmulatorThread, index: int) -> str:
     return text
 
 
-def records(store: SqlStore, count: int) -> list[dict[str, Any]]:
-    def found() -> list[dict[str, Any]]:
-        try:
-            rows = list(store.export())
-        except Exception:  # the file may still be being created
-            return []
-        return rows if len(rows) >= count else []
-
-    return wait_until(found, WAIT_S, f"{count} call records")
-
-
 @pytest.mark.requires_peers("sipp")
 def test_a_returning_caller_is_remembered_until_erased(
     sipbot_server: StartServer, peers_tmp: Path, emulator: EmulatorThread
@@ -91,7 +79,7 @@ def test_a_returning_caller_is_remembered_until_erased(
     store = open_store(url, "unused")
 
     call(server, peers_tmp, "first", "+15550100", hold_s=3.0)
-    (first,) = records(store, 1)
+    (first,) = wait_records(store, 1)
     assert first["caller_key"] == "+15550100"
     assert CALLER_SAID in first["summary"]
     assert instructions(emulator, 0) == PROMPT  # a first call: nothing to remember
@@ -103,7 +91,7 @@ def test_a_returning_caller_is_remembered_until_erased(
     assert f'the agent said last "{AGENT_SAID}"' in remembered
     assert 'agent "bot"' in remembered
     assert remembered.endswith(MEMORY_DATA_NOTE)
-    records(store, 2)  # the second call's record is in before it is erased
+    wait_records(store, 2)  # the second call's record is in before it is erased
     store.close()
 
     env = {**os.environ, "XDG_DATA_HOME": str(peers_tmp / "data")}
