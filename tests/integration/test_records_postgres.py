@@ -5,8 +5,10 @@ SQLite, erase and purge, an unreachable server at start, and an outage in the mi
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from sipbot.memory import DAY_S, caller_key, summarize, window_start
 from sipbot.records import CallRow, LineRow, RecordWriter, open_store
 from sipbot.records.commands import rows_of
 from sipbot.records.postgres import PostgresStore, safe_url
+from sipbot.records.recall import Recall
 from sipbot.records.schema import SCHEMA_VERSION
 from sipbot.records.store import SqliteStore
 from tests.e2e.peers.ports import free_port
@@ -217,3 +220,40 @@ def test_returning_callers_are_found_and_erased_the_same_way_as_in_sqlite(
     assert [r["caller"] for r in pg.list_calls()] == ["+4930666", "anonymous"]
     assert pg.erase("+49 30 555").calls == 0  # idempotent
     pg.close()
+
+
+async def test_a_blocked_lookup_costs_a_call_at_most_the_timeout(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import psycopg
+
+    store = PostgresStore(url)
+    store.migrate()
+    store.write([replace(rows()[0], caller_key="+4930555")])
+    store.close()
+    now = [0.0]
+    recall = Recall(PostgresStore(url), timeout_s=0.2, retry_s=10.0, clock=lambda: now[0])
+    assert len(await recall.recent_calls("+4930555", 0.0, 3)) == 1
+    loop = asyncio.get_running_loop()
+    with caplog.at_level(logging.WARNING, "sipbot.records"):
+        with psycopg.connect(url) as locker:  # another session holds the table (a DDL, a dump)
+            locker.execute("LOCK TABLE calls IN ACCESS EXCLUSIVE MODE")
+            started = loop.time()
+            assert await recall.recent_calls("+4930555", 0.0, 3) == []
+            waited = loop.time() - started
+            assert await recall.recent_calls("+4930555", 0.0, 3) == []  # skipped at once
+            skipped = loop.time() - started - waited
+            locker.rollback()
+        now[0] = 11.0  # past retry_s: tried again, and the database answers
+        recall.timeout_s = WAIT_S  # (a loaded machine must not make this one time out)
+        async with asyncio.timeout(WAIT_S):
+            assert len(await recall.recent_calls("+4930555", 0.0, 3)) == 1
+    assert 0.2 <= waited < 0.6
+    assert skipped < 0.05
+    assert (recall.lookups, recall.found, recall.failed, recall.skipped) == (3, 2, 1, 1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "returning callers: records lookup failed (no answer within 0.2 s); "
+        "calls go on without memory",
+        "returning callers: the records database answers again",
+    ]
+    await recall.aclose()
