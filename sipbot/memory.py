@@ -8,8 +8,9 @@ records (:mod:`sipbot.records.recall`) and adds :func:`memory_note` to the promp
 
 Rules:
 
-* Rule 1: a caller is matched on :func:`caller_key` of the From user: visual separators
-  (space, ``.``, ``-``, ``(``, ``)``, ``/``) are removed and a phone number keeps its digits and
+* Rule 1: a caller is matched on :func:`caller_key` of the From user: user parameters
+  (``;phone-context=...``) and visual separators (space, ``.``, ``-``, ``(``, ``)``, ``/``)
+  are removed and a phone number keeps its digits and
   a leading ``+`` (``+49 30 555-0`` and ``+49305550`` match; ``030 5550`` does not match
   ``+49305550``: sipbot does not know the caller's country); any other user name is
   lower-cased. An anonymous or withheld caller (empty, ``anonymous``, ``restricted``,
@@ -66,7 +67,7 @@ END_REASONS: Final[Mapping[str, str]] = {
 
 def caller_key(user: str) -> str | None:
     """The caller as records are matched on (Rule 1), or None for an anonymous caller."""
-    text = SEPARATORS.sub("", user.strip())
+    text = SEPARATORS.sub("", user.split(";", 1)[0])  # without ;phone-context=... and the like
     lowered = text.lower()
     if lowered in ANONYMOUS or lowered == "+":
         return None

@@ -67,6 +67,7 @@ def record(started: float, summary: str | None = None, **keys: object) -> dict[s
         ("+49 (30) 555-0", "+49305550"),
         ("030.555/0", "0305550"),
         ("4930555", "4930555"),  # no country guessed: not the same as +4930555
+        ("+4930555;phone-context=+49", "+4930555"),
         ("Alice", "alice"),
         ("  bob  ", "bob"),
         ("", None),
