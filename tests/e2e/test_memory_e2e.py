@@ -3,14 +3,19 @@
 SIPp calls twice from the same number (written differently the second time) to an agent with
 memory on, behind the OpenAI emulator and the real SDK: the second session's instructions hold
 the summary of the first call, quoted as data. ``sipbot calls erase --caller`` then removes the
-caller's records, and a third call's instructions hold no memory.
+caller's records, and a third call's instructions hold no memory; ``DELETE /api/records``
+erases the third call's record over HTTP (with the token; twice: nothing the second time).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +28,7 @@ from tests.e2e.calls import caller_turns
 from tests.e2e.conftest import REPO_ROOT, SipbotServer, StartServer
 from tests.e2e.emulated import EmulatorThread, server_env, write_dialplan
 from tests.e2e.peers import sipp
+from tests.e2e.peers.ports import free_port
 from tests.e2e.test_records_e2e import wait_records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -30,6 +36,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 CALLER_SAID = "my order 42 is late"
 AGENT_SAID = "a new one ships tomorrow"
 PROMPT = "You answer the phone."
+TOKEN = "memory-e2e-token"
 
 
 @pytest.fixture
@@ -53,6 +60,17 @@ def call(server: SipbotServer, tmp: Path, name: str, caller: str, hold_s: float)
     result.assert_ok(calls=1)
 
 
+def delete(url: str, caller: str, token: str = TOKEN) -> tuple[int, dict[str, object]]:
+    query = urllib.parse.urlencode({"caller": caller})
+    req = urllib.request.Request(f"{url}/api/records?{query}", method="DELETE")
+    req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
 def instructions(emu: EmulatorThread, index: int) -> str:
     update = next(f for f in emu.received(index) if f.get("type") == "session.update")
     text = update["session"]["instructions"]
@@ -67,14 +85,19 @@ def test_a_returning_caller_is_remembered_until_erased(
     path = peers_tmp / "records.sqlite3"
     url = f"sqlite:///{path}"
     config = {
-        "server": {"records": {"url": url}},
+        "server": {"records": {"url": url}, "http": {"token": "${E2E_HTTP_TOKEN}"}},
         "agents": {
             "bot": emulator.agent(prompt=PROMPT, memory={"days": 30, "max_calls": 3}),
         },
         "routes": [{"answer": "bot"}],
     }
+    http = f"127.0.0.1:{free_port('tcp')}"
     server = sipbot_server(
-        "-c", str(write_dialplan(peers_tmp / "plan.yaml", config)), env=server_env()
+        "-c",
+        str(write_dialplan(peers_tmp / "plan.yaml", config)),
+        "--http",
+        http,
+        env={**server_env(), "E2E_HTTP_TOKEN": TOKEN},
     )
     store = open_store(url, "unused")
 
@@ -92,7 +115,6 @@ def test_a_returning_caller_is_remembered_until_erased(
     assert 'agent "bot"' in remembered
     assert remembered.endswith(MEMORY_DATA_NOTE)
     wait_records(store, 2)  # the second call's record is in before it is erased
-    store.close()
 
     env = {**os.environ, "XDG_DATA_HOME": str(peers_tmp / "data")}
     erase = [sys.executable, "-m", "sipbot", "calls", "erase", "--url", url, "--caller"]
@@ -106,3 +128,11 @@ def test_a_returning_caller_is_remembered_until_erased(
     call(server, peers_tmp, "third", "+15550100", hold_s=1.0)
     assert instructions(emulator, 2) == PROMPT  # erased: nothing to remember
     assert "returning caller" in server.log()
+
+    wait_records(store, 1)  # the third call's record
+    store.close()
+    assert delete(f"http://{http}", "+15550100", token="wrong")[0] == 401
+    status, body = delete(f"http://{http}", "+1 555 0100")
+    assert (status, body["calls"], body["recordings_removed"]) == (200, 1, [])
+    status, body = delete(f"http://{http}", "+1 555 0100")
+    assert (status, body["calls"], body["lines"]) == (200, 0, 0)
