@@ -29,7 +29,7 @@ Rules:
 * Rule 6: drain (SIGTERM, ``sipbot drain``, ``POST /drain``): new INVITEs and OPTIONS get 503,
   calls in progress may finish for ``limits.drain_timeout_s``, then each hears a short goodbye
   and gets BYE.
-* Rule 7: an agent with ``memory`` gets a returning caller's earlier calls in its prompt,
+* Rule 8: an agent with ``memory`` gets a returning caller's earlier calls in its prompt,
   looked up before the answer in at most ``Recall.timeout_s`` (:mod:`sipbot.memory`); a failing
   records database only costs the memory.
 """
@@ -501,7 +501,7 @@ class Server:
 
     async def _remember(self, plan: CallPlan) -> CallPlan:
         """``plan`` with the caller's earlier calls in its prompts, when its agent has
-        ``memory`` on and the caller called within ``memory.days`` (Rule 7)."""
+        ``memory`` on and the caller called within ``memory.days`` (Rule 8)."""
         settings = plan.agent.memory
         key = caller_key(plan.info.caller)
         if not settings.enabled or self.recall is None or key is None:
