@@ -397,6 +397,7 @@ def load_config(path: str | None, *, environ: Mapping[str, str] | None = None) -
     dialplan = build_dialplan(model, doc, search_paths)
     warnings = [_warning(doc, p, m) for p, m in dialplan_warnings(dialplan)]
     warnings += [_warning(doc, p, m) for p, m in _unused_definitions(model)]
+    warnings += [_warning(doc, p, m) for p, m in _memory_without_records(model)]
     if not dialplan.routes:
         warnings.append(_warning(doc, (), "no routes: every call is rejected with 404"))
     return Config(model.server, dialplan, source, path, tuple(warnings))
@@ -440,6 +441,17 @@ def _unused_definitions(model: ConfigModel) -> list[tuple[Path, str]]:
         if n not in used_trunks and trunk.outbound is None  # an outbound trunk is dialled through
     ]
     return out
+
+
+def _memory_without_records(model: ConfigModel) -> list[tuple[Path, str]]:
+    """Agents with ``memory`` on while there are no call records to remember from."""
+    if model.server.records.enabled:
+        return []
+    return [
+        (("agents", name, "memory"), "memory needs server.records: this agent remembers nothing")
+        for name, agent in model.agents.items()
+        if agent.memory is not None and agent.memory.enabled
+    ]
 
 
 def _warning(doc: Document, path: Path, message: str) -> str:

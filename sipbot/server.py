@@ -29,6 +29,9 @@ Rules:
 * Rule 6: drain (SIGTERM, ``sipbot drain``, ``POST /drain``): new INVITEs and OPTIONS get 503,
   calls in progress may finish for ``limits.drain_timeout_s``, then each hears a short goodbye
   and gets BYE.
+* Rule 8: an agent with ``memory`` gets a returning caller's earlier calls in its prompt,
+  looked up before the answer in at most ``Recall.timeout_s`` (:mod:`sipbot.memory`); a failing
+  records database only costs the memory.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from sipbot.media.formats import PCM16_24K
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
 from sipbot.media_leg import MediaLeg
+from sipbot.memory import caller_key, memory_note, window_start, with_memory
 from sipbot.ops.admission import Admission
 from sipbot.ops.looplag import LoopLagMonitor
 from sipbot.ops.metrics import Gauges, Metrics
@@ -69,6 +73,7 @@ from sipbot.providers.base import Provider
 from sipbot.providers.registry import make_provider
 from sipbot.ratelimit import RateLimitedLog
 from sipbot.records import Attempt, RecordWriter, default_data_dir, open_store
+from sipbot.records.recall import Recall
 from sipbot.reload import DialplanWatcher
 from sipbot.sip.address import parse_name_addr, parse_uri
 from sipbot.sip.auth import DigestVerifier
@@ -208,6 +213,7 @@ class Server:
         self._drain_task: asyncio.Task[None] | None = None
         self.http: Any = None  # the side listener (sipbot.ops.http), once started
         self.records = make_records(config)
+        self.recall = make_recall(config)
         self.registrations: dict[str, Registration] = {}
         trust = settings.trust
         self._verifier = DigestVerifier(trust.realm) if trust.users else None
@@ -280,6 +286,8 @@ class Server:
         await aclose_http_clients()
         if self.records is not None:
             await self.records.aclose(STOP_TIMEOUT_S)
+        if self.recall is not None:
+            await self.recall.aclose()
         self._stopped.set()
 
     # ------------------------------------------------------------------ calls
@@ -371,6 +379,7 @@ class Server:
                 return
             if plan is None:
                 return
+            plan = await self._remember(plan)
             call = Call(dialog, plan)
             self.calls[info.call_id] = call
             self.calls_total += 1
@@ -488,6 +497,29 @@ class Server:
             fallback=fallback,
             fallback_config=fallback_config,
             handoff_to=partial(self._handoff_to, info, now) if agent.handoff_allow else None,
+        )
+
+    async def _remember(self, plan: CallPlan) -> CallPlan:
+        """``plan`` with the caller's earlier calls in its prompts, when its agent has
+        ``memory`` on and the caller called within ``memory.days`` (Rule 8)."""
+        settings = plan.agent.memory
+        key = caller_key(plan.info.caller)
+        if not settings.enabled or self.recall is None or key is None:
+            return plan
+        now = time.time()
+        agent = plan.agent.name if settings.scope == "agent" else None
+        since = window_start(now, settings.days)
+        rows = await self.recall.recent_calls(key, since, settings.max_calls, agent)
+        zone, chars = plan.agent.zone, settings.max_chars
+        note = memory_note(rows, now=now, days=settings.days, zone=zone, max_chars=chars)
+        if note is None:
+            return plan
+        log.info("call %s: returning caller, %d earlier calls", plan.info.call_id, len(rows))
+        fallback = plan.fallback_config
+        return replace(
+            plan,
+            session_config=with_memory(plan.session_config, note),
+            fallback_config=None if fallback is None else with_memory(fallback, note),
         )
 
     def recording_path(self, agent: Agent, call_id: str) -> str | None:
@@ -801,6 +833,19 @@ def make_records(config: Config) -> RecordWriter | None:
     data_dir = config.server.data_dir or default_data_dir()
     store = open_store(settings.url, data_dir, max_size_mb=settings.max_size_mb)
     return RecordWriter(store, queue_max=settings.queue_max, keep_days=settings.keep_days)
+
+
+def make_recall(config: Config) -> Recall | None:
+    """The returning callers' lookup (its own connection, made on first use), or None when
+    records are disabled.
+
+    Raises:
+        ConfigError: the records URL names no supported database.
+    """
+    settings = config.server.records
+    if not settings.enabled:
+        return None
+    return Recall(open_store(settings.url, config.server.data_dir or default_data_dir()))
 
 
 def _discard(row: object) -> None:

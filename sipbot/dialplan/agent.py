@@ -51,6 +51,32 @@ class BargeIn:
     min_speech_ms: int = 800
 
 
+MemoryScope = Literal["agent", "all"]
+MEMORY_SCOPES: tuple[MemoryScope, ...] = ("agent", "all")
+MEMORY_DAYS_RANGE = (1, 3650)
+MEMORY_MAX_CALLS_RANGE = (1, 20)
+MEMORY_MAX_CHARS_RANGE = (100, 4000)
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySettings:
+    """Returning callers (docs/CONFIG.md, ``memory``; :mod:`sipbot.memory`).
+
+    Attributes:
+        enabled: give a caller who called before a summary of the earlier calls in the prompt.
+        days: only calls that started in the last ``days`` days count.
+        max_calls: at most this many earlier calls, newest first.
+        max_chars: the summary of the earlier calls is cut to this many characters.
+        scope: ``agent`` (only this agent's calls) or ``all`` (calls to any agent).
+    """
+
+    enabled: bool = False
+    days: int = 30
+    max_calls: int = 3
+    max_chars: int = 600
+    scope: MemoryScope = "agent"
+
+
 # put before the prompt of a call sipbot placed: the model must not greet as if called
 OUTBOUND_NOTE = (
     "You placed this phone call to {to}; the person who answers did not call you. "
@@ -121,6 +147,7 @@ class Agent:
             with it; the dialplan checks that they exist).
         provider_options: the typed ``gemini:`` or ``openai:`` block
             (:mod:`sipbot.dialplan.options`); it must be for this agent's provider.
+        memory: returning callers: a summary of the caller's earlier calls in the prompt.
 
     Raises:
         ConfigError: an invalid value (``field`` names it, relative to the agent).
@@ -158,6 +185,7 @@ class Agent:
     fallback: Agent | None = None
     handoff_allow: Sequence[str] = ()
     provider_options: ProviderOptions | None = None
+    memory: MemorySettings = field(default_factory=MemorySettings, repr=False)
     resolved_tools: tuple[Tool, ...] = field(init=False, repr=False, compare=False)
     _prompt: Template = field(init=False, repr=False, compare=False)
     _greeting: Template | None = field(init=False, repr=False, compare=False)
@@ -243,6 +271,7 @@ class Agent:
             if same == (self.provider, self.model, self.base_url):
                 fail("fallback", "the fallback is the agent's own provider, model and endpoint")
         self._check_barge_in()
+        self._check_memory()
 
     def _check_barge_in(self) -> None:
         barge_in = self.barge_in
@@ -287,6 +316,20 @@ class Agent:
             return False  # the guard decides, or nobody does
         block = self.provider_options
         return block is None or block.interrupts is not False
+
+    def _check_memory(self) -> None:
+        memory = self.memory
+        if memory.scope not in MEMORY_SCOPES:
+            hint = did_you_mean(memory.scope, MEMORY_SCOPES)
+            fail("memory.scope", f"unknown scope {memory.scope!r}{hint} (agent, all)")
+        for key, (low, high) in (
+            ("days", MEMORY_DAYS_RANGE),
+            ("max_calls", MEMORY_MAX_CALLS_RANGE),
+            ("max_chars", MEMORY_MAX_CHARS_RANGE),
+        ):
+            value = getattr(memory, key)
+            if not low <= value <= high:
+                fail(f"memory.{key}", f"must be between {low} and {high}, not {value}")
 
     def amd_message(self, call: CallInfo, now: datetime) -> str | None:
         """The ``amd.message`` for ``call`` (``now`` aware, shown in the agent's timezone)."""

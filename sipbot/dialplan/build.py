@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
-from sipbot.dialplan.agent import Agent, BargeIn
+from sipbot.dialplan.agent import Agent, BargeIn, MemorySettings
 from sipbot.dialplan.amd import AmdSettings
 from sipbot.dialplan.fields import did_you_mean, with_field
 from sipbot.dialplan.match import Exact, Match, Prefix, Regex, TextMatcher
@@ -249,6 +249,9 @@ def _agent_alone(
             stall_timeout_ms=spec.stall_timeout_ms,
             handoff_allow=spec.handoff_allow,
             provider_options=provider_options,
+            memory=MemorySettings(**spec.memory.model_dump())  # scope checked by Agent
+            if spec.memory is not None
+            else MemorySettings(),
         ),
     )
 

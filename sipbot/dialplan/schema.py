@@ -63,6 +63,16 @@ class OpenAIOptionsModel(StrictModel):
     interrupt_response: bool | None = None
 
 
+class MemoryModel(StrictModel):
+    """``agents.NAME.memory``: returning callers (the block is the opt-in)."""
+
+    enabled: bool = True
+    days: int = 30
+    max_calls: int = 3
+    max_chars: int = 600
+    scope: str = "agent"
+
+
 class FallbackModel(StrictModel):
     """``agents.NAME.fallback``: the provider a call switches to when the agent's is lost."""
 
@@ -110,6 +120,7 @@ class AgentModel(StrictModel):
     handoff_allow: list[str] = Field(default_factory=list)
     gemini: GeminiOptionsModel | None = None
     openai: OpenAIOptionsModel | None = None
+    memory: MemoryModel | None = None
 
 
 class HttpModel(StrictModel):

@@ -118,11 +118,12 @@ class Template:
         return "".join(out)
 
 
-def call_data(value: str) -> str:
-    """``value`` from the call's signalling as prompt data (Rule 1): a JSON string."""
+def call_data(value: str, limit: int = CALL_VALUE_MAX_CHARS) -> str:
+    """``value`` from the call's signalling as prompt data (Rule 1): a JSON string of at most
+    ``limit`` characters between its quotes (before escaping)."""
     clean = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in value)
-    if len(clean) > CALL_VALUE_MAX_CHARS:
-        clean = clean[: CALL_VALUE_MAX_CHARS - 1] + "…"
+    if len(clean) > limit:
+        clean = clean[: max(0, limit - 1)] + "…"
     return json.dumps(clean, ensure_ascii=False)
 
 

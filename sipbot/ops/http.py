@@ -3,7 +3,8 @@
 Routes: ``/healthz``, ``/readyz``, ``/metrics``, ``/api/status``, ``/api/calls``,
 ``/api/recent``, ``/api/events`` (server-sent events for the page), ``POST /drain``,
 ``/recordings/{call_id}``, ``POST /calls`` (place an outbound call) and ``GET /calls/{call_id}``
-(its state), and the live-calls page (``/``, ``/static/...``).
+(its state), ``DELETE /api/records?caller=NUMBER`` (erase a caller's records), and the
+live-calls page (``/``, ``/static/...``).
 
 Rules:
 
@@ -19,7 +20,8 @@ Rules:
 * Rule 4: ``POST /calls`` costs money and reaches people: it needs a configured token (403
   without one, even on loopback) and ``Content-Type: application/json`` (415 otherwise), which
   a web page in a browser cannot send to another origin without a CORS preflight we never
-  grant.
+  grant. ``DELETE /api/records`` destroys data: it needs a configured token too (403 without
+  one), and DELETE is never sent cross-origin without that preflight either.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from aiohttp import web
 
 from sipbot.ops import snapshot
 from sipbot.ops.dials import DialBook, dial_fields
+from sipbot.ops.observe import mask_number
 from sipbot.ops.records_view import RecordsReader
 from sipbot.records import default_data_dir
 from sipbot.secret import to_secret
@@ -99,6 +102,7 @@ async def start_http(server: Server, settings: HttpSettings) -> HttpListener | N
     app.router.add_get("/api/recent", api.recent)
     app.router.add_get("/api/records", api.records)
     app.router.add_get("/api/records/{record_id}", api.record)
+    app.router.add_delete("/api/records", api.erase_records)
     app.router.add_get("/api/events", api.events)
     app.router.add_post("/drain", api.drain)
     app.router.add_post("/calls", api.place_call)
@@ -232,6 +236,24 @@ class _Api:
         if row is None:
             return web.json_response({"error": "no such record"}, status=404)
         return web.json_response(row)
+
+    async def erase_records(self, request: web.Request) -> web.Response:
+        """``DELETE /api/records?caller=NUMBER``: what ``sipbot calls erase --caller`` does
+        (Rule 4); 200 with what was removed (idempotent), 400 without a caller, 404 when
+        records are off, 503 when the database cannot be reached."""
+        if self._token is None:  # Rule 4
+            error = "erasing records over HTTP needs a token: set server.http.token"
+            return web.json_response({"error": error}, status=403)
+        caller = request.query.get("caller", "")
+        if not caller.strip():
+            return web.json_response({"error": "give the caller: ?caller=NUMBER"}, status=400)
+        if self._reader is None:
+            return web.json_response({"error": "call records are off"}, status=404)
+        erased = await self._reader.erase(caller)
+        if erased is None:
+            return web.json_response({"error": "the records database failed"}, status=503)
+        log.info("records of caller %s erased over HTTP: %d", mask_number(caller), erased["calls"])
+        return web.json_response(erased)
 
     async def drain(self, request: web.Request) -> web.Response:
         started = self.server.drain()

@@ -13,6 +13,7 @@ from typing import Any
 
 from sipbot.ops.observe import mask_number
 from sipbot.records import open_store
+from sipbot.records.commands import remove_recordings
 
 LIST_FIELDS = (
     "id",
@@ -71,6 +72,26 @@ class RecordsReader:
         ]
         out["recording_path"] = row.get("recording_path")
         return out
+
+    async def erase(self, caller: str) -> dict[str, Any] | None:
+        """``sipbot calls erase --caller`` over HTTP: the caller's records, transcripts,
+        summaries and recording files; what was removed, or None when the database failed."""
+        async with self._lock:
+            return await asyncio.to_thread(self._erase, caller)
+
+    def _erase(self, caller: str) -> dict[str, Any] | None:
+        erased = self._call("erase", caller)
+        if erased is None:
+            return None
+        files = remove_recordings(erased.recordings)
+        return {
+            "caller": caller,
+            "calls": erased.calls,
+            "lines": erased.lines,
+            "recordings_removed": list(files.removed),
+            "recordings_missing": list(files.missing),
+            "recordings_failed": [path for path, _ in files.failed],
+        }
 
     def _call(self, method: str, arg: Any) -> Any:
         try:

@@ -13,6 +13,8 @@ Rules:
 * Rule 3: the call object is read with ``getattr`` defaults: ``record.tools`` and
   ``record.lines`` may be absent (the transcript then comes from ``call.transcript``, without
   times).
+* Rule 4: an inbound record carries its caller's key and a summary of its transcript
+  (:mod:`sipbot.memory` Rules 1-2), what a returning caller is remembered by.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from sipbot.memory import caller_key, summarize
 from sipbot.records.model import CallRow, LineRow, as_text, truncate
 
 EPOCH_MIN = 1e9  # below this a time is an offset from the call's start, not an epoch
@@ -114,6 +117,7 @@ class Attempt:
             end = self.reason or ("cancelled" if self.status == 487 else "not-answered")
         ended = getattr(record, "ended", None) or time.time()
         started = self.started
+        lines = transcript_lines(call, started)
         return CallRow(
             id=uuid.uuid4().hex,
             call_id=self.call_id,
@@ -149,7 +153,9 @@ class Attempt:
             stalls=int(getattr(record, "stalls", 0) or 0),
             recovery_ms=int(getattr(record, "recovery_ms", 0) or 0),
             switched_to=getattr(record, "switched_to", None),
-            lines=transcript_lines(call, started),
+            caller_key=caller_key(self.caller) if self.direction == "inbound" else None,
+            summary=summarize(lines),
+            lines=lines,
         )
 
     def _tool(self, entry: Any, started: float) -> dict[str, Any]:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from sipbot.memory import caller_key
 from sipbot.records.model import CALL_COLUMNS
 from sipbot.records.store import SqlStore
 
@@ -71,10 +74,51 @@ def export_command(store: SqlStore, out: IO[str], fmt: str) -> int:
 
 
 def erase_command(store: SqlStore, out: IO[str], caller: str) -> int:
-    """Delete every record and transcript line of one caller (a data-subject request)."""
-    calls, lines = store.erase_caller(caller)
-    print(f"erased {calls} call records and {lines} transcript lines of caller {caller}", file=out)
+    """Delete every record of one caller (a data-subject request): its transcript, its summary
+    (what returning callers are remembered by) and the recording files it names. Idempotent:
+    a second run finds nothing; a recording already gone is reported, not an error."""
+    erased = store.erase(caller)
+    key = caller_key(caller)
+    also = f" (and records of {key})" if key is not None and key != caller else ""
+    files = remove_recordings(erased.recordings)
+    for path in files.removed:
+        print(f"removed recording {path}", file=out)
+    for path in files.missing:
+        print(f"recording {path} was already gone", file=out)
+    for path, reason in files.failed:
+        print(f"recording {path} NOT removed: {reason}", file=out)
+    print(
+        f"erased {erased.calls} call records, {erased.lines} transcript lines and "
+        f"{len(files.removed)} recording files of caller {caller}{also}",
+        file=out,
+    )
     return 0
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedFiles:
+    """What :func:`remove_recordings` did: removed, already gone, not removed (with why)."""
+
+    removed: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    failed: tuple[tuple[str, str], ...] = ()
+
+
+def remove_recordings(paths: Iterable[str]) -> RemovedFiles:
+    """Remove the recording files of erased records (a file already gone is no error)."""
+    removed: list[str] = []
+    missing: list[str] = []
+    failed: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            missing.append(path)
+        except OSError as exc:
+            failed.append((path, exc.strerror or str(exc)))
+        else:
+            removed.append(path)
+    return RemovedFiles(tuple(removed), tuple(missing), tuple(failed))
 
 
 def _summary(record: dict[str, Any]) -> dict[str, str]:

@@ -16,7 +16,7 @@ OUTCOMES: Final = ("answered", "rejected", "redirected", "refused", "failed", "c
 TRUNCATE_CHARS = 2000  # longest tool argument/result text kept per tool call
 TRUNCATED_MARK = "…[truncated]"
 
-# The columns of ``calls`` in the order CallRow holds them (schema version 4).
+# The columns of ``calls`` in the order CallRow holds them (schema version 7).
 CALL_COLUMNS: Final = (
     "id",
     "call_id",
@@ -49,6 +49,8 @@ CALL_COLUMNS: Final = (
     "stalls",
     "recovery_ms",
     "switched_to",
+    "caller_key",
+    "summary",
 )
 LINE_COLUMNS: Final = ("record_id", "seq", "at", "role", "text")
 
@@ -89,6 +91,9 @@ class CallRow:
         stalls: times the provider stalled and was resumed in place.
         recovery_ms: total time from each stall or provider switch to the next agent audio.
         switched_to: the fallback provider the call switched to, or None.
+        caller_key: the caller normalised (:func:`sipbot.memory.caller_key`), None for an
+            anonymous caller or an outbound call: what returning callers are matched on.
+        summary: JSON summary of what was said (:func:`sipbot.memory.summarize`), or None.
         lines: the transcript.
     """
 
@@ -123,6 +128,8 @@ class CallRow:
     stalls: int = 0
     recovery_ms: int = 0
     switched_to: str | None = None
+    caller_key: str | None = None
+    summary: str | None = None
     lines: tuple[LineRow, ...] = field(default=())
 
     def values(self) -> tuple[Any, ...]:

@@ -15,7 +15,10 @@ version 3 added outbound calls: ``direction``, the final dial state (answered, b
 rejected, failed), when it started ringing and how much early media came (ms); version 4 added
 the answering-machine detection's result and timings (``amd``, JSON);
 version 5 added ``concealed_frames`` (20 ms of lost caller audio concealed, media Rule 7);
-version 6 added provider stalls, the recovery time and the provider a call switched to.
+version 6 added provider stalls, the recovery time and the provider a call switched to;
+version 7 added returning callers (:mod:`sipbot.memory`): ``caller_key`` (the caller, normalised;
+NULL for anonymous callers and outbound calls), ``summary`` (JSON, built from the transcript at
+call end) and an index on ``(caller_key, started)`` for the lookup at call start.
 """
 
 from __future__ import annotations
@@ -79,6 +82,12 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE calls ADD COLUMN stalls INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE calls ADD COLUMN recovery_ms INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE calls ADD COLUMN switched_to TEXT",
+    ),
+    # version 7
+    (
+        "ALTER TABLE calls ADD COLUMN caller_key TEXT",
+        "ALTER TABLE calls ADD COLUMN summary TEXT",
+        "CREATE INDEX calls_caller_key_started ON calls (caller_key, started)",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)

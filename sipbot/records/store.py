@@ -20,10 +20,12 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from sipbot.errors import ConfigError, RecordsUnavailable, RecordsWriteFailed
+from sipbot.memory import caller_key
 from sipbot.records.model import CALL_COLUMNS, LINE_COLUMNS, CallRow
 from sipbot.records.schema import SCHEMA_VERSION, VERSION_TABLE, pending
 
@@ -39,6 +41,16 @@ _INSERT_LINE = (
     f"INSERT INTO transcript_lines ({', '.join(LINE_COLUMNS)}) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (record_id, seq) DO NOTHING"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Erased:
+    """What :meth:`SqlStore.erase` deleted: records, transcript lines, and the recording files
+    those records named (the caller removes the files)."""
+
+    calls: int
+    lines: int
+    recordings: tuple[str, ...] = ()
 
 
 class SqlStore:
@@ -62,6 +74,12 @@ class SqlStore:
     def _transaction(self) -> Iterator[Any]:
         raise NotImplementedError
         yield  # pragma: no cover
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """A read-only transaction (SQLite: one that takes no write lock)."""
+        with self._transaction() as conn:
+            yield conn
 
     def _sort_error(self, exc: Exception) -> Exception:
         """The RecordsUnavailable / RecordsWriteFailed for a database error (Rule 2)."""
@@ -152,15 +170,56 @@ class SqlStore:
 
     def erase_caller(self, caller: str) -> tuple[int, int]:
         """Delete every record and transcript line of ``caller``: (records, lines) deleted."""
+        erased = self.erase(caller)
+        return erased.calls, erased.lines
+
+    def erase(self, caller: str) -> Erased:
+        """Delete every record (with its transcript and summary) of ``caller``, as given or
+        normalised (its ``caller_key``, :func:`sipbot.memory.caller_key`), in one transaction.
+
+        Returns:
+            What was deleted, with the recording files the records named (not yet removed).
+        """
+        where = "caller = ?"
+        params: tuple[str, ...] = (caller,)
+        key = caller_key(caller)
+        if key is not None:
+            where, params = "caller = ? OR caller_key = ?", (caller, key)
         with self._transaction() as conn:
-            ids = "SELECT id FROM calls WHERE caller = ?"
+            paths = conn.execute(
+                self._sql(f"SELECT recording_path FROM calls WHERE ({where})"), params
+            ).fetchall()
+            ids = f"SELECT id FROM calls WHERE ({where})"
             lines = conn.execute(
-                self._sql(f"DELETE FROM transcript_lines WHERE record_id IN ({ids})"), (caller,)
+                self._sql(f"DELETE FROM transcript_lines WHERE record_id IN ({ids})"), params
             ).rowcount
-            calls = conn.execute(
-                self._sql("DELETE FROM calls WHERE caller = ?"), (caller,)
-            ).rowcount
-            return int(calls), int(lines)
+            calls = conn.execute(self._sql(f"DELETE FROM calls WHERE ({where})"), params).rowcount
+        recordings = tuple(sorted({row[0] for row in paths if row[0]}))
+        return Erased(int(calls), int(lines), recordings)
+
+    def recent_calls(
+        self, key: str, since: float, limit: int, agent: str | None = None
+    ) -> list[dict[str, Any]]:
+        """A returning caller's answered calls since ``since`` (epoch s), newest first: one
+        query on the ``(caller_key, started)`` index (:mod:`sipbot.memory` Rule 4).
+
+        Args:
+            key: the caller's key (:func:`sipbot.memory.caller_key`).
+            since: the window's start.
+            limit: at most this many calls.
+            agent: only this agent's calls; None → any agent's.
+        """
+        sql = (
+            "SELECT started, answered, ended, agent, end_reason, summary FROM calls"
+            " WHERE caller_key = ? AND started >= ? AND answered IS NOT NULL"
+        )
+        params: tuple[Any, ...] = (key, since)
+        if agent is not None:
+            sql += " AND agent = ?"
+            params += (agent,)
+        sql += " ORDER BY started DESC LIMIT ?"
+        with self._reading() as conn:
+            return _dicts(conn.execute(self._sql(sql), (*params, limit)))
 
     # ------------------------------------------------------------------ reading
 
@@ -259,6 +318,16 @@ class SqliteStore(SqlStore):
                 db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        db.execute("BEGIN DEFERRED")  # WAL: reads a snapshot, never waits for the writer
+        try:
+            yield db
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("COMMIT")
 
     def _sort_error(self, exc: Exception) -> Exception:
         code = getattr(exc, "sqlite_errorcode", None)

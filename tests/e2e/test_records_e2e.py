@@ -260,7 +260,7 @@ def test_the_default_records_file_and_sipbot_calls(
     assert f"call_id:        {record['call_id']}\n" in shown.stdout
 
 
-SCHEMA_PAGES = 8  # sqlite_master, schema_version, calls + 3 indexes, transcript_lines + its key
+SCHEMA_PAGES = 9  # sqlite_master, schema_version, calls + 4 indexes, transcript_lines + its key
 
 
 @pytest.mark.requires_peers("sipp")

@@ -5,16 +5,20 @@ SQLite, erase and purge, an unreachable server at start, and an outage in the mi
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sipbot.errors import ConfigError, RecordsUnavailable
+from sipbot.memory import DAY_S, caller_key, summarize, window_start
 from sipbot.records import CallRow, LineRow, RecordWriter, open_store
 from sipbot.records.commands import rows_of
 from sipbot.records.postgres import PostgresStore, safe_url
+from sipbot.records.recall import Recall
 from sipbot.records.schema import SCHEMA_VERSION
 from sipbot.records.store import SqliteStore
 from tests.e2e.peers.ports import free_port
@@ -124,7 +128,7 @@ def test_a_version_1_database_is_migrated_with_its_records(url: str) -> None:
             (T0,),
         )
     assert pg.migrate() == 1
-    assert pg.version() == SCHEMA_VERSION == 6
+    assert pg.version() == SCHEMA_VERSION == 7
     old = pg.get("old")
     assert old is not None
     assert (old["turns"], old["media"], old["source"]) == (2, None, None)
@@ -171,3 +175,85 @@ async def test_records_written_during_an_outage_arrive_when_the_server_returns(
     check.close()
     with pytest.raises(RecordsUnavailable):
         PostgresStore(url.replace(str(cluster.port), str(free_port("tcp")))).version()
+
+
+def test_returning_callers_are_found_and_erased_the_same_way_as_in_sqlite(
+    url: str, tmp_path: Path
+) -> None:
+    def calls(caller: str, n: int, started: float, **keys: object) -> CallRow:
+        lines = (LineRow(0, None, "caller", f"question {n}"), LineRow(1, None, "agent", "answer"))
+        return CallRow(
+            id=f"{n:032x}",
+            call_id=f"c{n}",
+            caller=caller,
+            caller_key=caller_key(caller),
+            did="100",
+            outcome="answered",
+            started=started,
+            answered=started + 1,
+            ended=started + 30,
+            agent=str(keys.get("agent", "support")),
+            summary=summarize(lines),
+            lines=lines,
+        )
+
+    records = [
+        calls("+49 30 555", 1, T0 - 40 * DAY_S),  # outside the window
+        calls("+4930555", 2, T0 - DAY_S),
+        calls("+49-30-555", 3, T0 - 60, agent="sales"),
+        calls("+4930666", 4, T0 - 30),
+        calls("anonymous", 5, T0 - 30),
+    ]
+    pg = PostgresStore(url)
+    pg.migrate()
+    lite = SqliteStore(str(tmp_path / "r.sqlite3"))
+    lite.migrate()
+    since = window_start(T0, 30)
+    for store in (pg, lite):
+        store.write(records)
+    found = pg.recent_calls("+4930555", since, 3)
+    assert found == lite.recent_calls("+4930555", since, 3)
+    assert [r["started"] for r in found] == [T0 - 60, T0 - DAY_S]
+    assert [r["agent"] for r in pg.recent_calls("+4930555", since, 3, "sales")] == ["sales"]
+    assert pg.erase("+49 30 555") == lite.erase("+49 30 555")
+    assert pg.recent_calls("+4930555", 0.0, 3) == []
+    assert [r["caller"] for r in pg.list_calls()] == ["+4930666", "anonymous"]
+    assert pg.erase("+49 30 555").calls == 0  # idempotent
+    pg.close()
+
+
+async def test_a_blocked_lookup_costs_a_call_at_most_the_timeout(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import psycopg
+
+    store = PostgresStore(url)
+    store.migrate()
+    store.write([replace(rows()[0], caller_key="+4930555")])
+    store.close()
+    now = [0.0]
+    recall = Recall(PostgresStore(url), timeout_s=0.2, retry_s=10.0, clock=lambda: now[0])
+    assert len(await recall.recent_calls("+4930555", 0.0, 3)) == 1
+    loop = asyncio.get_running_loop()
+    with caplog.at_level(logging.WARNING, "sipbot.records"):
+        with psycopg.connect(url) as locker:  # another session holds the table (a DDL, a dump)
+            locker.execute("LOCK TABLE calls IN ACCESS EXCLUSIVE MODE")
+            started = loop.time()
+            assert await recall.recent_calls("+4930555", 0.0, 3) == []
+            waited = loop.time() - started
+            assert await recall.recent_calls("+4930555", 0.0, 3) == []  # skipped at once
+            skipped = loop.time() - started - waited
+            locker.rollback()
+        now[0] = 11.0  # past retry_s: tried again, and the database answers
+        recall.timeout_s = WAIT_S  # (a loaded machine must not make this one time out)
+        async with asyncio.timeout(WAIT_S):
+            assert len(await recall.recent_calls("+4930555", 0.0, 3)) == 1
+    assert 0.2 <= waited < 0.6
+    assert skipped < 0.05
+    assert (recall.lookups, recall.found, recall.failed, recall.skipped) == (3, 2, 1, 1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "returning callers: records lookup failed (no answer within 0.2 s); "
+        "calls go on without memory",
+        "returning callers: the records database answers again",
+    ]
+    await recall.aclose()

@@ -114,7 +114,7 @@ def test_export_jsonl_and_csv(url: str, capsys: pytest.CaptureFixture[str]) -> N
 def test_erase_removes_one_callers_records(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["calls", "erase", "--caller", "+111", "--url", url]) == 0
     assert capsys.readouterr().out == (
-        "erased 1 call records and 2 transcript lines of caller +111\n"
+        "erased 1 call records, 2 transcript lines and 0 recording files of caller +111\n"
     )
     assert main(["calls", "export", "--url", url]) == 0
     assert [json.loads(x)["caller"] for x in capsys.readouterr().out.splitlines()] == ["+222"]

@@ -44,7 +44,7 @@ def test_an_empty_database_migrates_to_the_current_version(tmp_path: Path) -> No
     db = SqliteStore(str(tmp_path / "r.sqlite3"))
     assert db.version() == 0
     assert db.migrate() == 0
-    assert db.version() == SCHEMA_VERSION == 6
+    assert db.version() == SCHEMA_VERSION == 7
     assert db.migrate() == SCHEMA_VERSION  # a second run changes nothing
     columns = [r[1] for r in sqlite3.connect(db.path).execute("PRAGMA table_info(calls)")]
     assert tuple(columns) == CALL_COLUMNS
@@ -73,20 +73,25 @@ def test_a_version_1_database_keeps_its_records_through_the_migration(tmp_path: 
 
 def test_a_newer_database_is_refused(store: SqliteStore) -> None:
     with sqlite3.connect(store.path) as db:
-        db.execute("UPDATE schema_version SET version = 7")
+        db.execute("UPDATE schema_version SET version = 8")
     with pytest.raises(ConfigError) as caught:
         store.migrate()
     assert str(caught.value) == (
-        "server.records.url: the records database is at schema version 7; "
-        "this sipbot knows versions up to 6"
+        "server.records.url: the records database is at schema version 8; "
+        "this sipbot knows versions up to 7"
     )
 
 
 def test_pending_lists_the_steps_after_the_current_version() -> None:
     assert pending(0) == [(v + 1, step) for v, step in enumerate(MIGRATIONS)]
     assert pending(1) == [(v + 1, step) for v, step in enumerate(MIGRATIONS) if v >= 1]
-    assert pending(3) == [(4, MIGRATIONS[3]), (5, MIGRATIONS[4]), (6, MIGRATIONS[5])]
-    assert pending(6) == []
+    assert pending(3) == [
+        (4, MIGRATIONS[3]),
+        (5, MIGRATIONS[4]),
+        (6, MIGRATIONS[5]),
+        (7, MIGRATIONS[6]),
+    ]
+    assert pending(7) == []
 
 
 def test_writes_are_idempotent_and_keep_the_transcript_in_order(store: SqliteStore) -> None:
