@@ -82,14 +82,20 @@ def webhook_headers(target: WebhookTarget, body: bytes) -> dict[str, str]:
 
 
 class _Threads:
-    """Daemon threads that run sync hooks (Rule 2); started on first use."""
+    """Daemon threads that run sync hooks (Rule 2); started on first use. A job abandoned (timed
+    out) before a thread took it is skipped; at most ``queued`` jobs wait."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, queued: int) -> None:
         self._count = count
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(queued)
         self._threads: list[threading.Thread] = []
 
     def submit(self, function: Callable[[HookEvent], Any], event: HookEvent) -> asyncio.Future[Any]:
+        """Run ``function(event)`` on a hook thread; its future on the loop.
+
+        Raises:
+            queue.Full: ``queued`` jobs wait already (threads stuck in hooks).
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
 
@@ -102,6 +108,8 @@ class _Threads:
                 future.set_result(result)
 
         def job() -> None:
+            if future.done():  # abandoned while it waited (a benign race: then it just runs)
+                return
             try:
                 result, error = function(event), None
             except Exception as exc:  # the integrator's code: reported, never raised here
@@ -114,7 +122,7 @@ class _Threads:
                 thread = threading.Thread(target=self._work, name=f"sipbot-hook-{n}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
-        self._jobs.put(job)
+        self._jobs.put_nowait(job)
         return future
 
     def _work(self) -> None:
@@ -123,7 +131,8 @@ class _Threads:
 
     def close(self) -> None:
         for _ in self._threads:
-            self._jobs.put(None)
+            with contextlib.suppress(queue.Full):  # stuck threads: daemons, they die with us
+                self._jobs.put_nowait(None)
         self._threads.clear()
 
 
@@ -149,7 +158,7 @@ class Hooks:
         self._on_failure = on_failure
         self._max_in_flight = max_in_flight
         self._in_flight = 0
-        self._threads = _Threads(threads)
+        self._threads = _Threads(threads, max_in_flight)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._posters: dict[int, StatusWebhook] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -205,11 +214,15 @@ class Hooks:
         if self._in_flight >= self._max_in_flight:
             self._failed(hook, event, "dropped", None)
             return None, True
-        self._in_flight += 1
         if hook.is_async:
             pending: asyncio.Future[Any] = loop.create_task(function(event))
         else:
-            pending = self._threads.submit(function, event)
+            try:
+                pending = self._threads.submit(function, event)
+            except queue.Full:
+                self._failed(hook, event, "dropped", None)
+                return None, True
+        self._in_flight += 1
         pending.add_done_callback(self._release)
         done, _ = await asyncio.wait({pending}, timeout=hook.timeout_s(event.name))
         if not done:
