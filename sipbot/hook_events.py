@@ -20,10 +20,8 @@ Rules:
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
@@ -31,7 +29,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from sipbot.dialplan.schema import StrictModel
+from sipbot.errors import ToolDefinitionError
 from sipbot.secret import Secret, to_secret
+from sipbot.tools.registry import import_reference
 from sipbot.yamlsource import Document, Path
 
 CALL_START = "call.start"
@@ -322,7 +322,7 @@ def _hook(doc: Document, index: int, model: HookModel, search_paths: list[str]) 
     if model.python is not None:
         try:
             function = load_function(model.python, search_paths)
-        except ValueError as exc:
+        except ToolDefinitionError as exc:
             raise doc.error((*where, "python"), str(exc)) from None
         return Hook(events, function, None, model.timeout_ms, f"python {model.python}")
     webhook = model.webhook
@@ -335,25 +335,14 @@ def _hook(doc: Document, index: int, model: HookModel, search_paths: list[str]) 
 
 
 def load_function(reference: str, search_paths: Iterable[str] = ()) -> Callable[..., Any]:
-    """Import ``package.module:function`` (``search_paths`` — the config file's directory, the
-    working directory — are added to ``sys.path`` when missing, as for tools).
+    """Import ``package.module:function`` (as a tool's, :func:`import_reference`).
 
     Raises:
-        ValueError: a malformed reference, an import error, or not callable.
+        ToolDefinitionError: a malformed reference, an import error, or not callable.
     """
-    module_name, sep, attribute = reference.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(f"{reference!r} is not 'module:function'")
-    for path in search_paths:
-        if path not in sys.path:
-            sys.path.append(path)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # whatever the integrator's module raises while importing
-        raise ValueError(f"cannot import {module_name}: {exc}") from None
-    target = getattr(module, attribute, None)
+    target = import_reference(reference, search_paths)
     if not callable(target):
-        raise ValueError(f"module {module_name} has no function {attribute!r}")
+        raise ToolDefinitionError(f"{reference} is not a function")
     return target  # type: ignore[no-any-return]
 
 

@@ -462,7 +462,11 @@ def test_hooks_load_from_the_config(tmp_path: Path) -> None:
         ("hooks:\n  - events: [call.end]\n", ":8: hooks[0]: a hook needs exactly one of python:"),
         (
             "hooks:\n  - python: myhooks_unit:nothing\n",
-            ":8: hooks[0].python: module myhooks_unit has no function 'nothing'",
+            ":8: hooks[0].python: module myhooks_unit has no 'nothing'",
+        ),
+        (
+            "hooks:\n  - python: myhooks_unit:not_callable\n",
+            ":8: hooks[0].python: myhooks_unit:not_callable is not a function",
         ),
         (
             "hooks:\n  - python: no_such_hooks_module:f\n",
