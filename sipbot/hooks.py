@@ -195,7 +195,7 @@ class Hooks:
         if poster is None:
             poster = self._posters[id(hook)] = StatusWebhook(
                 target.url,
-                timeout_s=hook.timeout_s(event.name),
+                timeout_s=hook.timeout_s(""),  # its timeout_ms, or DEFAULT_TIMEOUT_MS
                 headers=lambda body: webhook_headers(target, body),
                 queue_max=WEBHOOK_QUEUE_MAX,
             )

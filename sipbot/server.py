@@ -31,8 +31,8 @@ Rules:
   and gets BYE.
 * Rule 7: call-start hooks (``hooks:``, :mod:`sipbot.hooks`) are asked after routing and before
   anything is allocated for the answer, for at most their timeout: they may reject the call or
-  answer it with another agent; no answer in time leaves the dialplan's choice. Every call's end
-  goes to the ``call.end`` hooks with its record, after the record was handed to the writer.
+  answer it with another agent; no answer in time leaves the dialplan's choice. The end of every
+  answered call goes to the ``call.end`` hooks with its record, as its CDR line is logged.
 """
 
 from __future__ import annotations
