@@ -13,7 +13,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any, Literal, NamedTuple
@@ -408,13 +408,18 @@ def load_config(path: str | None, *, environ: Mapping[str, str] | None = None) -
 
 
 def config_from_objects(
-    dialplan: Dialplan, server: Mapping[str, Any] | None = None, source: str = "<python>"
+    dialplan: Dialplan,
+    server: Mapping[str, Any] | None = None,
+    source: str = "<python>",
+    *,
+    hooks: Sequence[Hook] = (),
 ) -> Config:
     """A :class:`Config` for a dialplan built in Python (``sipbot.serve``).
 
     Args:
         dialplan: the agents and routes.
         server: ``server:`` settings as in the YAML file.
+        hooks: the integrator hooks.
 
     Raises:
         ConfigError: a server setting is invalid (``field`` names it).
@@ -428,7 +433,7 @@ def config_from_objects(
     warnings = tuple(
         f"{source}: {path}: warning: {message}" for path, message in dialplan_warnings(dialplan)
     )
-    return Config(settings, dialplan, source, None, warnings)
+    return Config(settings, dialplan, source, None, warnings, tuple(hooks))
 
 
 def _unused_definitions(model: ConfigModel) -> list[tuple[Path, str]]:

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from sipbot.dialplan.schema import StrictModel
-from sipbot.errors import ToolDefinitionError
+from sipbot.errors import ConfigError, ToolDefinitionError
 from sipbot.secret import Secret, to_secret
 from sipbot.tools.registry import import_reference
 from sipbot.yamlsource import Document, Path
@@ -296,6 +296,47 @@ class Hook:
         if event == TRANSCRIPT:
             return TRANSCRIPT_TIMEOUT_MS / 1000
         return DEFAULT_TIMEOUT_MS / 1000
+
+
+def python_hook(
+    function: Callable[[HookEvent], Any],
+    events: Iterable[str] = EVENTS,
+    *,
+    timeout_ms: int | None = None,
+) -> Hook:
+    """A Python hook built in code (``sipbot.serve(..., hooks=[...])``).
+
+    Raises:
+        ConfigError: an unknown event.
+    """
+    return Hook(_events(events), function, None, timeout_ms, f"python {function.__qualname__}")
+
+
+def webhook_hook(
+    url: str,
+    events: Iterable[str] = EVENTS,
+    *,
+    token: str | Secret | None = None,
+    secret: str | Secret | None = None,
+    timeout_ms: int | None = None,
+) -> Hook:
+    """A webhook built in code (``sipbot.serve(..., hooks=[...])``).
+
+    Raises:
+        ConfigError: an unknown event, or a URL that is not http(s).
+    """
+    if not re.match(r"https?://[^/\s]+", url):
+        raise ConfigError(f"bad URL {url!r}: expected http:// or https://", field="url")
+    target = WebhookTarget(url, _secret(token), _secret(secret))
+    return Hook(_events(events), None, target, timeout_ms, f"webhook {url}")
+
+
+def _events(events: Iterable[str]) -> frozenset[str]:
+    chosen = frozenset(events)
+    unknown = sorted(chosen - set(EVENTS))
+    if unknown:
+        raise ConfigError(f"unknown event {unknown[0]!r} ({', '.join(EVENTS)})", field="events")
+    return chosen
 
 
 def build_hooks(

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from sipbot.call import REDACTION_WAIT_S, Call, CallPlan
-from sipbot.config import load_config
-from sipbot.dialplan import Agent
+from sipbot.config import config_from_objects, load_config
+from sipbot.dialplan import Agent, Dialplan
 from sipbot.domain import AudioOut, CallInfo, Interrupted, SessionConfig, Transcript, TurnComplete
 from sipbot.errors import ConfigError
 from sipbot.hook_events import (
@@ -44,7 +44,9 @@ from sipbot.hook_events import (
     TranscriptLine,
     WebhookTarget,
     parse_decision,
+    python_hook,
     redacted,
+    webhook_hook,
 )
 from sipbot.hooks import SIGNATURE_HEADER, Hooks, webhook_headers
 from sipbot.secret import Secret
@@ -64,8 +66,8 @@ def line(text: str, role: str = "caller") -> TranscriptLine:
     return TranscriptLine("call-1", 0.0, role, text)  # type: ignore[arg-type]
 
 
-def python_hook(function: Any, *events: str, timeout_ms: int | None = None) -> Hook:
-    return Hook(frozenset(events or EVENTS), function, None, timeout_ms, f"python {id(function)}")
+def hook(function: Any, *events: str, timeout_ms: int | None = None) -> Hook:
+    return python_hook(function, events or EVENTS, timeout_ms=timeout_ms)
 
 
 async def redact_cards(event: HookEvent) -> str | None:
@@ -147,7 +149,7 @@ def test_emit_returns_at_once_and_starts_hooks_in_config_order() -> None:
         seen.append(("sync", event.name))
 
     async def main() -> None:
-        hooks = Hooks([python_hook(first), python_hook(second), python_hook(blocking, BARGE_IN)])
+        hooks = Hooks([hook(first), hook(second), hook(blocking, BARGE_IN)])
         hooks.emit(BargeIn("call-1", 0.0, 300))
         hooks.emit(SpeechStart("call-1", 0.0, "caller"))
         assert seen == []  # nothing ran inside emit
@@ -171,7 +173,7 @@ def test_a_hung_hook_is_timed_out_logged_once_and_counted(caplog: pytest.LogCapt
         await asyncio.sleep(30)
 
     async def main() -> None:
-        hooks = Hooks([python_hook(hangs)], on_failure=lambda e, o: failures.append((e, o)))
+        hooks = Hooks([hook(hangs)], on_failure=lambda e, o: failures.append((e, o)))
         loop = asyncio.get_running_loop()
         started = loop.time()
         for _ in range(3):
@@ -201,7 +203,7 @@ def test_a_raising_hook_is_logged_and_counted_and_others_still_run(
         ran.append(event.name)
 
     async def main() -> None:
-        hooks = Hooks([python_hook(broken), python_hook(fine)])
+        hooks = Hooks([hook(broken), hook(fine)])
         hooks.emit(BargeIn("call-1", 0.0, 0))
         await until(lambda: hooks.failures[("barge_in", "error")] == 1 and ran == ["barge_in"])
         await hooks.aclose(1.0)
@@ -216,7 +218,7 @@ def test_runs_over_the_in_flight_bound_are_dropped() -> None:
         await asyncio.sleep(30)
 
     async def main() -> None:
-        hooks = Hooks([python_hook(hangs)], max_in_flight=2)
+        hooks = Hooks([hook(hangs)], max_in_flight=2)
         for _ in range(5):
             hooks.emit(BargeIn("call-1", 0.0, 0))
         await until(lambda: hooks.failures[("barge_in", "timeout")] == 2)
@@ -241,11 +243,11 @@ def test_transcript_hooks_redact_in_order_and_fail_closed() -> None:
         return None
 
     async def main() -> None:
-        chain = Hooks([python_hook(card, TRANSCRIPT), python_hook(upper, TRANSCRIPT)])
+        chain = Hooks([hook(card, TRANSCRIPT), hook(upper, TRANSCRIPT)])
         said = "my card is 4111 1111 1111 1111 thanks"
         assert await chain.redact(line(said)) == "MY CARD IS [CARD] THANKS"
-        assert await Hooks([python_hook(keeps, TRANSCRIPT)]).redact(line(said)) == said
-        failing = Hooks([python_hook(card, TRANSCRIPT), python_hook(broken, TRANSCRIPT)])
+        assert await Hooks([hook(keeps, TRANSCRIPT)]).redact(line(said)) == said
+        failing = Hooks([hook(card, TRANSCRIPT), hook(broken, TRANSCRIPT)])
         assert await failing.redact(line(said)) == REDACTION_FAILED
 
     asyncio.run(main())
@@ -259,7 +261,7 @@ def test_a_blocking_sync_redactor_times_out_closed_without_blocking_the_loop() -
         return "too late"
 
     async def main() -> None:
-        hooks = Hooks([python_hook(blocks, TRANSCRIPT, timeout_ms=500)])
+        hooks = Hooks([hook(blocks, TRANSCRIPT, timeout_ms=500)])
         loop = asyncio.get_running_loop()
         started = loop.time()
         assert await hooks.redact(line("4111111111111111")) == REDACTION_FAILED
@@ -288,13 +290,13 @@ def test_call_start_takes_the_first_decision_in_config_order() -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        hooks = Hooks([python_hook(undecided), python_hook(hangs), python_hook(rejects)])
+        hooks = Hooks([hook(undecided), hook(hangs), hook(rejects)])
         started = loop.time()
         assert await hooks.call_start(event, ["sales"]) == Decision(reject=603, reason="Decline")
         assert loop.time() - started <= 1.0 + 0.02  # the hung one was given its 1 s
-        hooks = Hooks([python_hook(chooses, CALL_START), python_hook(rejects)])
+        hooks = Hooks([hook(chooses, CALL_START), hook(rejects)])
         assert await hooks.call_start(event, ["sales", "billing"]) == Decision(agent="billing")
-        assert await Hooks([python_hook(hangs)]).call_start(event, ["sales"]) is None
+        assert await Hooks([hook(hangs)]).call_start(event, ["sales"]) is None
         assert await Hooks([]).call_start(event, ["sales"]) is None
 
     run(main)
@@ -331,7 +333,7 @@ def test_a_redacting_hook_keeps_the_card_out_of_the_record_and_the_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def main() -> None:
-        rig = HookRig(Hooks([python_hook(redact_cards, TRANSCRIPT)]))
+        rig = HookRig(Hooks([hook(redact_cards, TRANSCRIPT)]))
         await rig.confirm()
         rig.session.emit(
             Transcript("caller", "my card is 4111 1111 1111 1111"), Transcript("agent", "thanks")
@@ -359,7 +361,7 @@ def test_a_hook_that_sleeps_30_s_does_not_delay_audio_or_the_end() -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        hooks = Hooks([python_hook(sleeps)])
+        hooks = Hooks([hook(sleeps)])
         rig = HookRig(hooks)
         await rig.confirm()
         rig.session.emit(AudioOut(b"\x00" * 48 * 200, "i1"))
@@ -390,7 +392,7 @@ def test_speech_hooks_see_both_sides() -> None:
         seen.append((event.name, side, getattr(event, "cut", False)))
 
     async def main() -> None:
-        rig = HookRig(Hooks([python_hook(speech, SPEECH_START, SPEECH_END)]))
+        rig = HookRig(Hooks([hook(speech, SPEECH_START, SPEECH_END)]))
         await rig.confirm()
         loud = b"\x00\x40" * 320  # PCM16 16 kHz, -6 dBFS
         for _ in range(10):
@@ -412,6 +414,24 @@ def test_speech_hooks_see_both_sides() -> None:
 
 
 # --------------------------------------------------------------------------- config (Rule 4)
+
+
+def test_hooks_built_in_code_are_checked_and_reach_the_config() -> None:
+    redactor = python_hook(redact_cards, [TRANSCRIPT], timeout_ms=200)
+    assert redactor.label == "python redact_cards"
+    assert redactor.timeout_s(TRANSCRIPT) == 0.2
+    posted = webhook_hook("https://crm.example.com/h", token="t", secret="s")
+    assert posted.events == frozenset(EVENTS)
+    assert posted.webhook is not None
+    assert posted.webhook.secret is not None
+    assert posted.webhook.secret.reveal() == "s"
+    with pytest.raises(ConfigError, match=re.escape("events: unknown event 'call.begin'")):
+        python_hook(redact_cards, ["call.begin"])
+    with pytest.raises(ConfigError, match=re.escape("url: bad URL 'crm.example.com'")):
+        webhook_hook("crm.example.com")
+    config = config_from_objects(Dialplan([]), hooks=[redactor, posted])
+    assert config.hooks == (redactor, posted)
+
 
 HOOKS_MODULE = """
 async def redact(event):
