@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import re
 import threading
@@ -23,7 +24,15 @@ import pytest
 from sipbot.call import REDACTION_WAIT_S, Call, CallPlan
 from sipbot.config import config_from_objects, load_config
 from sipbot.dialplan import Agent, Dialplan
-from sipbot.domain import AudioOut, CallInfo, Interrupted, SessionConfig, Transcript, TurnComplete
+from sipbot.domain import (
+    AudioOut,
+    CallInfo,
+    Interrupted,
+    SessionConfig,
+    ToolCall,
+    Transcript,
+    TurnComplete,
+)
 from sipbot.errors import ConfigError
 from sipbot.hook_events import (
     BARGE_IN,
@@ -33,6 +42,8 @@ from sipbot.hook_events import (
     REDACTION_FAILED,
     SPEECH_END,
     SPEECH_START,
+    TOOL_CALL,
+    TOOL_RESULT,
     TRANSCRIPT,
     TRANSCRIPT_TIMEOUT_MS,
     BargeIn,
@@ -41,6 +52,8 @@ from sipbot.hook_events import (
     Hook,
     HookEvent,
     SpeechStart,
+    ToolCalled,
+    ToolResult,
     TranscriptLine,
     WebhookTarget,
     parse_decision,
@@ -308,13 +321,13 @@ def test_call_start_takes_the_first_decision_in_config_order() -> None:
 class HookRig:
     """A call on the recorders of test_call, with hooks."""
 
-    def __init__(self, hooks: Hooks, log_transcripts: bool = True) -> None:
+    def __init__(self, hooks: Hooks, log_transcripts: bool = True, tools: Any = ()) -> None:
         self.session = RecorderSession()
         self.dialog = RecorderDialog()
         self.media = RecorderMedia()
         plan = CallPlan(
             CallInfo("call-1"),
-            Agent("a", max_duration_s=600.0),
+            Agent("a", tools=list(tools), max_duration_s=600.0),
             RecorderProvider(self.session),
             SessionConfig(),
             log_transcripts=log_transcripts,
@@ -411,6 +424,38 @@ def test_speech_hooks_see_both_sides() -> None:
         ("speech.start", "agent", False),
         ("speech.end", "agent", False),
     ]
+
+
+def test_tool_and_barge_in_events_carry_what_happened() -> None:
+    seen: list[HookEvent] = []
+
+    async def keep(event: HookEvent) -> None:
+        seen.append(event)
+
+    async def main() -> None:
+        rig = HookRig(
+            Hooks([hook(keep, TOOL_CALL, TOOL_RESULT, BARGE_IN)]), tools=["get_caller_info"]
+        )
+        await rig.confirm()
+        rig.session.emit(ToolCall("t1", "get_caller_info", {}))
+        await until(lambda: len(seen) == 2)
+        rig.session.emit(AudioOut(b"\x00" * 48 * 1000, "i1"))  # 1 s of agent audio
+        await until(lambda: bool(rig.media.segments))
+        await asyncio.sleep(0.3)
+        rig.session.emit(Interrupted())
+        await until(lambda: len(seen) == 3)
+        rig.call.hang_up_now("shutdown")
+        await rig.task
+
+    run(main)
+    called, result, barge = seen
+    assert isinstance(called, ToolCalled)
+    assert (called.id, called.tool) == ("t1", "get_caller_info")
+    assert isinstance(result, ToolResult)
+    assert (result.id, result.tool, result.error) == ("t1", "get_caller_info", False)
+    assert json.loads(result.output) == {"caller": "", "display_name": "", "did": ""}
+    assert isinstance(barge, BargeIn)
+    assert 290 <= barge.heard_ms <= 320
 
 
 # --------------------------------------------------------------------------- config (Rule 4)
