@@ -165,6 +165,10 @@ class Hooks:
         self._log = RateLimitedLog(log, HOOK_LOG_INTERVAL_S)
         self.failures: Counter[tuple[str, str]] = Counter()  # (event, outcome) -> runs
 
+    def same(self, hooks: Sequence[Hook]) -> bool:
+        """``hooks`` (reloaded) are these: the same functions, webhooks, events and bounds."""
+        return [_key(h) for h in hooks] == [_key(h) for h in self.hooks]
+
     def wants(self, *events: str) -> bool:
         """Some hook takes one of ``events``."""
         return any(not hook.events.isdisjoint(events) for hook in self.hooks)
@@ -224,7 +228,11 @@ class Hooks:
                 return None, True
         self._in_flight += 1
         pending.add_done_callback(self._release)
-        done, _ = await asyncio.wait({pending}, timeout=hook.timeout_s(event.name))
+        try:
+            done, _ = await asyncio.wait({pending}, timeout=hook.timeout_s(event.name))
+        except asyncio.CancelledError:  # the caller gave up (a call's end, shutdown)
+            pending.cancel()
+            raise
         if not done:
             pending.cancel()  # not awaited: a hook that ignores cancelling stays its own problem
             self._failed(hook, event, "timeout", None)
@@ -321,6 +329,15 @@ class Hooks:
         if self._session is not None:
             await self._session.close()
         self._threads.close()
+
+
+def _key(hook: Hook) -> tuple[object, ...]:
+    """What makes two loaded hooks the same (secrets compared by value)."""
+    target = hook.webhook
+    if target is None:
+        return (hook.events, hook.function, hook.timeout_ms)
+    token, secret = (s.reveal() if s is not None else None for s in (target.token, target.secret))
+    return (hook.events, hook.timeout_ms, target.url, token, secret)
 
 
 class CallerSpeech:

@@ -635,8 +635,9 @@ class Server:
 
     def _on_reload(self, config: Config) -> None:
         log.info("dialplan reloaded from %s: new calls use it", config.source)
-        self._old_hooks.append(self.hooks)  # its calls keep it; closed at stop
-        self.hooks = Hooks(config.hooks, on_failure=self.metrics.hook_failed)
+        if not self.hooks.same(config.hooks):
+            self._old_hooks.append(self.hooks)  # its calls keep it; closed at stop
+            self.hooks = Hooks(config.hooks, on_failure=self.metrics.hook_failed)
         self._providers.clear()
         self._warm_providers()
 

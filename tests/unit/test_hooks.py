@@ -476,6 +476,10 @@ def test_hooks_built_in_code_are_checked_and_reach_the_config() -> None:
         webhook_hook("crm.example.com")
     config = config_from_objects(Dialplan([]), hooks=[redactor, posted])
     assert config.hooks == (redactor, posted)
+    hooks = Hooks(config.hooks)  # a reload with the same hooks keeps them
+    assert hooks.same([redactor, webhook_hook("https://crm.example.com/h", token="t", secret="s")])
+    assert not hooks.same([redactor, webhook_hook("https://crm.example.com/h", token="t")])
+    assert not hooks.same([redactor])
 
 
 HOOKS_MODULE = """
