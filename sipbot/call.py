@@ -773,7 +773,8 @@ class Call:
             agent_lines = [i for i, ln in enumerate(self.record.lines) if ln.role == "agent"]
             if agent_lines:
                 self._heard[agent_lines[-1]] = event.text
-            log.debug("call %s: caller heard %r", self.info.call_id, event.text)
+            if self._hooks is None or not self._hooks.redacting:  # Rule 6: unredacted text
+                log.debug("call %s: caller heard %r", self.info.call_id, event.text)
             return
         if isinstance(event, ProviderStalled):
             log.warning("call %s: provider stalled: %s", self.info.call_id, event.message)
