@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sipbot.dialplan import Dialplan
+    from sipbot.hook_events import Hook
 
 from sipbot.version import __version__
 
@@ -30,6 +31,7 @@ def serve(
     rtp_ports: str = "20000-29999",
     server: Mapping[str, Any] | None = None,
     log_level: str = "info",
+    hooks: Sequence[Hook] = (),
 ) -> int:
     """Run a sipbot server for ``dialplan`` until SIGTERM/SIGINT; returns the exit code.
 
@@ -40,6 +42,8 @@ def serve(
         rtp_ports: ``MIN-MAX`` RTP port range.
         server: any other ``server:`` settings, as in the YAML file (docs/CONFIG.md).
         log_level: debug, info, warning or error.
+        hooks: integrator hooks (:func:`sipbot.hook_events.python_hook`,
+            :func:`~sipbot.hook_events.webhook_hook`; docs/HOOKS.md).
 
     Raises:
         ConfigError: a server setting is invalid.
@@ -54,4 +58,4 @@ def serve(
         sip.setdefault("public_address", public_address)
     settings.setdefault("media", {}).setdefault("rtp_ports", rtp_ports)
     settings.setdefault("log_level", log_level)
-    return run_config(config_from_objects(dialplan, settings))
+    return run_config(config_from_objects(dialplan, settings, hooks=hooks))

@@ -22,6 +22,11 @@ Rules:
   loaded nothing interrupts the agent.
 * Rule 5: while answering-machine detection runs (Conversation Rule 11), callee frames go to the
   detector (:mod:`sipbot.media.amd`), not to the provider; what it finds goes to the core.
+* Rule 6 (integrator hooks, :mod:`sipbot.hooks`): the call hands its events to the hooks and
+  never waits for them, except a transcript line while a Python transcript hook runs: the line
+  takes its place in the record at once as REDACTION_FAILED and gets its text (and its log line)
+  when the hooks return — in a task, never on the media path. After BYE the record waits for
+  redactions still running at most REDACTION_WAIT_S; one still running then stays redacted.
 """
 
 from __future__ import annotations
@@ -82,8 +87,24 @@ from sipbot.domain import (
     SessionConfig,
     ToolCall,
     Transcript,
+    TurnComplete,
 )
 from sipbot.errors import ConfigError, ProviderError, RequestFailed, SipbotError, ToolError
+from sipbot.hook_events import (
+    REDACTION_FAILED,
+    SPEECH_END,
+    SPEECH_START,
+    TRANSCRIPT_TIMEOUT_MS,
+    BargeIn,
+    HookEvent,
+    ProviderSwitch,
+    SpeechEnd,
+    SpeechStart,
+    ToolCalled,
+)
+from sipbot.hook_events import ToolResult as ToolResultEvent
+from sipbot.hook_events import TranscriptLine as TranscriptEvent
+from sipbot.hooks import CallerSpeech, Hooks
 from sipbot.media.amd import AmdVerdict, AnsweringMachineDetection, Beep
 from sipbot.media.session import MediaEngine
 from sipbot.media_leg import MediaLeg
@@ -102,6 +123,7 @@ TOOL_LOG_OUTPUT_CHARS = 2_000  # a tool's output as the call record keeps it
 AUDIBLE_HOLD_S = 0.3  # Rule 4: the agent counts as audible this long after its queue ran dry
 HOLD_CHUNK_S = 3  # hold audio is queued this much at a time (Conversation Rule 9)
 AMD_RATE_HZ = 16_000  # callee audio before the provider session sets formats
+REDACTION_WAIT_S = TRANSCRIPT_TIMEOUT_MS / 1000  # Rule 6: the record waits this long at most
 # put before the prompt of a session that only leaves a message on a machine (Conversation Rule 12)
 VOICEMAIL_NOTE = (
     "An answering machine took this call and is recording now. Say only the message you are "
@@ -186,6 +208,7 @@ class CallPlan:
         fallback_config: the fallback's session settings (its history is filled at the switch).
         handoff_to: an agent's name → that agent set up for this call (for the ``handoff``
             tool); None → no handoffs.
+        hooks: the integrator hooks that get this call's events (Rule 6), or None.
     """
 
     info: CallInfo
@@ -204,6 +227,7 @@ class CallPlan:
     fallback: Provider | None = None
     fallback_config: SessionConfig | None = None
     handoff_to: Callable[[str], AgentSetup] | None = None
+    hooks: Hooks | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +322,12 @@ class Call:
         self._guard_in = GuardInput(PCM16_16K)
         self._guard_out = GuardInput(self._outbound)
         self._audible_at = float("-inf")
+        hooks = plan.hooks
+        self._hooks = hooks if hooks is not None and hooks.hooks else None  # Rule 6
+        self._redactions: set[asyncio.Task[None]] = set()
+        self._agent_speaking = False
+        self._speech_hooks = self._hooks is not None and self._hooks.wants(SPEECH_START, SPEECH_END)
+        self._caller_speech: CallerSpeech | None = None
 
     # ------------------------------------------------------------------ answering
 
@@ -404,6 +434,7 @@ class Call:
             reason = await self._ended
         finally:
             await self._teardown()
+        await self._redacted()
         self.record.ended = time.time()
         self.record.reason = reason
         counts = self.core.counts
@@ -438,6 +469,8 @@ class Call:
             session.send_audio(frame)  # Rule 1
             if self.guard is not None:
                 self._guard_caller(frame)
+            if self._caller_speech is not None:
+                self._caller_spoke(frame)
             return
         self._pending.append(frame)
         if not self._heard_caller:
@@ -464,12 +497,15 @@ class Call:
                     self._media.play(audio, item_id)
                     if self.guard is not None:
                         self.guard.agent_audio(self._guard_out.floats(audio))
+                    if self._speech_hooks and not self._agent_speaking:
+                        self._agent_speech(True)
                 case Duck(gain_db):
                     self._media.duck(gain_db)
                 case Flush(report):
                     heard = self._media.flush()
                     if report:
                         log.debug("call %s: barge-in, heard %s", self.info.call_id, heard)
+                        self._barged_in(heard)
                         self._run(self.core.media_flushed(heard, self._loop.time()))
                 case Truncate(item_id, played_ms):
                     self._to_session(lambda s: s.truncate(item_id, played_ms))
@@ -654,6 +690,8 @@ class Call:
         self._media.set_formats(inbound, outbound)
         self._outbound = outbound
         self._guard_in, self._guard_out = GuardInput(inbound), GuardInput(outbound)
+        if self._speech_hooks:
+            self._caller_speech = CallerSpeech(inbound)
         self._session = session
         while self._pending:
             session.send_audio(self._pending.popleft())
@@ -675,11 +713,31 @@ class Call:
             fallback.name,
         )
         self.record.switched_to = fallback.name
+        self._emit(
+            ProviderSwitch(
+                self.info.call_id,
+                time.time(),
+                reason,
+                self.plan.provider.name,
+                fallback.name,
+                self.plan.agent.name,
+            )
+        )
         self._spawn(self._converse(fallback, self._seeded(config)))
 
     def _hand_off(self, target: AgentSetup, why: str) -> None:
         agent = target.agent
         log.info("call %s: handed off to agent %s (%s)", self.info.call_id, agent.name, why)
+        self._emit(
+            ProviderSwitch(
+                self.info.call_id,
+                time.time(),
+                HANDOFF,
+                self.plan.provider.name,
+                target.provider.name,
+                agent.name,
+            )
+        )
         self._handoff = None
         seeded = self._seeded(target.session_config)
         self._spawn(self.runner.aclose())  # the handoff tool, its last, has finished
@@ -715,24 +773,33 @@ class Call:
             agent_lines = [i for i, ln in enumerate(self.record.lines) if ln.role == "agent"]
             if agent_lines:
                 self._heard[agent_lines[-1]] = event.text
-            log.debug("call %s: caller heard %r", self.info.call_id, event.text)
+            if self._hooks is None or not self._hooks.redacting:  # Rule 6: unredacted text
+                log.debug("call %s: caller heard %r", self.info.call_id, event.text)
             return
         if isinstance(event, ProviderStalled):
             log.warning("call %s: provider stalled: %s", self.info.call_id, event.message)
         if isinstance(event, Transcript):
             if event.role == "caller" and self.guard is not None:
                 self._guard_verdict(self.guard.caller_words(event.text, self._agent_audible()))
-            if event.final:
+            if event.final and self._hooks is not None and self._hooks.redacting:
+                self._redact(event)  # Rule 6
+            elif event.final:
                 self.transcript.append(event)
                 self.record.lines.append(TranscriptLine(time.time(), event.role, event.text))
                 level = logging.INFO if self.plan.log_transcripts else logging.DEBUG
                 log.log(level, "call %s: %s: %s", self.info.call_id, event.role, event.text)
+                if self._hooks is not None:
+                    self._emit(
+                        TranscriptEvent(self.info.call_id, time.time(), event.role, event.text)
+                    )
             return
         if isinstance(event, ProviderNotice):
             log.info("call %s: provider: %s", self.info.call_id, event.message)
             return
         if isinstance(event, ProviderFailed):
             log.warning("call %s: provider failed: %s", self.info.call_id, event.message)
+        if isinstance(event, TurnComplete) and self._agent_speaking:
+            self._agent_speech(False)
         self._run(self.core.provider_event(event, self._loop.time()))
 
     # ------------------------------------------------------------------ barge-in guard (Rule 4)
@@ -773,6 +840,7 @@ class Call:
     def _start_tool(self, call: ToolCall) -> None:
         log.info("call %s: tool %s(%s)", self.info.call_id, call.name, dict(call.arguments))
         started = time.time()
+        self._emit(ToolCalled(self.info.call_id, started, call.id, call.name, call.arguments))
         task = self.runner.start(call)
         task.add_done_callback(lambda t: self._tool_done(call, started, t))
 
@@ -782,16 +850,28 @@ class Call:
         result = task.result()
         output = result.output if result.output is not None else result.error
         text = output if isinstance(output, str) else json.dumps(output, default=str)
-        self.record.tools.append(
-            ToolLogEntry(
-                call.name,
-                call.arguments,
-                text[:TOOL_LOG_OUTPUT_CHARS],
-                started,
-                time.time(),
-                result.error is not None,
-            )
+        entry = ToolLogEntry(
+            call.name,
+            call.arguments,
+            text[:TOOL_LOG_OUTPUT_CHARS],
+            started,
+            time.time(),
+            result.error is not None,
         )
+        self.record.tools.append(entry)
+        if self._hooks is not None:
+            took_ms = round((entry.ended - started) * 1000)
+            self._emit(
+                ToolResultEvent(
+                    self.info.call_id,
+                    entry.ended,
+                    call.id,
+                    call.name,
+                    entry.output,
+                    entry.error,
+                    took_ms,
+                )
+            )
         self._run(
             self.core.tool_finished(
                 result.call_id, result.output, self._loop.time(), cancelled=result.cancelled
@@ -857,6 +937,63 @@ class Call:
         done = None if request is None else self._transfers.get(request)
         if done is not None and not done.done():
             done.set_result(outcome)
+
+    # ------------------------------------------------------------------ hooks (Rule 6)
+
+    def _emit(self, event: HookEvent) -> None:
+        if self._hooks is not None:
+            self._hooks.emit(event)
+
+    def _agent_speech(self, started: bool, *, cut: bool = False) -> None:
+        self._agent_speaking = started
+        now = time.time()
+        if started:
+            self._emit(SpeechStart(self.info.call_id, now, "agent"))
+        else:
+            self._emit(SpeechEnd(self.info.call_id, now, "agent", cut))
+
+    def _caller_spoke(self, frame: bytes) -> None:
+        assert self._caller_speech is not None
+        change = self._caller_speech.feed(frame)
+        if change == "speech_start":
+            self._emit(SpeechStart(self.info.call_id, time.time(), "caller"))
+        elif change == "speech_end":
+            self._emit(SpeechEnd(self.info.call_id, time.time(), "caller"))
+
+    def _barged_in(self, heard: Mapping[str, int]) -> None:
+        if self._hooks is None:
+            return
+        self._emit(BargeIn(self.info.call_id, time.time(), sum(heard.values())))
+        if self._agent_speaking:
+            self._agent_speech(False, cut=True)
+
+    def _redact(self, event: Transcript) -> None:
+        """Rule 6: the line takes its place now, redacted until the hooks give its text."""
+        at = time.time()
+        index, position = len(self.record.lines), len(self.transcript)
+        self.record.lines.append(TranscriptLine(at, event.role, REDACTION_FAILED))
+        self.transcript.append(Transcript(event.role, REDACTION_FAILED))
+        line = TranscriptEvent(self.info.call_id, at, event.role, event.text)
+        task = self._loop.create_task(self._store_redacted(line, index, position))
+        self._redactions.add(task)
+        task.add_done_callback(self._redactions.discard)
+
+    async def _store_redacted(self, line: TranscriptEvent, index: int, position: int) -> None:
+        assert self._hooks is not None
+        text = await self._hooks.redact(line)
+        self.record.lines[index] = TranscriptLine(line.at, line.role, text)
+        self.transcript[position] = Transcript(line.role, text)
+        level = logging.INFO if self.plan.log_transcripts else logging.DEBUG
+        log.log(level, "call %s: %s: %s", self.info.call_id, line.role, text)
+
+    async def _redacted(self) -> None:
+        """Rule 6: wait (bounded) for the redactions still running; the rest stay redacted."""
+        if not self._redactions:
+            return
+        pending = set(self._redactions)
+        _, late = await asyncio.wait(pending, timeout=REDACTION_WAIT_S)
+        for task in late:
+            task.cancel()
 
     # ------------------------------------------------------------------ the end
 

@@ -1,5 +1,5 @@
 """One YAML file configures a deployment: ``server:`` settings, ``agents:``, ``tools:``,
-``trunks:`` and ``routes:`` (docs/CONFIG.md describes every key).
+``trunks:``, ``routes:`` and ``hooks:`` (docs/CONFIG.md describes every key).
 
 :func:`load_config` turns the file into frozen typed objects, or raises one
 :class:`~sipbot.errors.ConfigError` whose text is one line ``FILE:LINE: FIELD: message``, with
@@ -13,7 +13,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any, Literal, NamedTuple
@@ -28,6 +28,7 @@ from sipbot.dialplan.fields import did_you_mean
 from sipbot.dialplan.model import Dialplan
 from sipbot.dialplan.schema import DialplanModel, StrictModel
 from sipbot.errors import ConfigError
+from sipbot.hook_events import Hook, HookModel, build_hooks
 from sipbot.secret import EnvString
 from sipbot.yamlsource import Document, Path, format_path, load_yaml
 
@@ -337,6 +338,7 @@ class ConfigModel(DialplanModel):
     """The whole file."""
 
     server: ServerSettings = Field(default_factory=ServerSettings)
+    hooks: list[HookModel] = Field(default_factory=list)  # integrator hooks (docs/HOOKS.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +351,7 @@ class Config:
         source: the file name as shown in messages.
         path: the file's path, or None for the embedded default.
         warnings: one-line warnings (``FILE:LINE: FIELD: warning: ...``).
+        hooks: the integrator hooks (``hooks:``), loaded.
     """
 
     server: ServerSettings
@@ -356,6 +359,7 @@ class Config:
     source: str
     path: str | None = None
     warnings: tuple[str, ...] = ()
+    hooks: tuple[Hook, ...] = ()
 
 
 def default_config_text() -> str:
@@ -395,22 +399,28 @@ def load_config(path: str | None, *, environ: Mapping[str, str] | None = None) -
     search_paths = [os.path.dirname(os.path.abspath(path))] if path else []
     search_paths.append(os.getcwd())
     dialplan = build_dialplan(model, doc, search_paths)
+    hooks = build_hooks(model.hooks, doc, search_paths)
     warnings = [_warning(doc, p, m) for p, m in dialplan_warnings(dialplan)]
     warnings += [_warning(doc, p, m) for p, m in _unused_definitions(model)]
     warnings += [_warning(doc, p, m) for p, m in _memory_without_records(model)]
     if not dialplan.routes:
         warnings.append(_warning(doc, (), "no routes: every call is rejected with 404"))
-    return Config(model.server, dialplan, source, path, tuple(warnings))
+    return Config(model.server, dialplan, source, path, tuple(warnings), hooks)
 
 
 def config_from_objects(
-    dialplan: Dialplan, server: Mapping[str, Any] | None = None, source: str = "<python>"
+    dialplan: Dialplan,
+    server: Mapping[str, Any] | None = None,
+    source: str = "<python>",
+    *,
+    hooks: Sequence[Hook] = (),
 ) -> Config:
     """A :class:`Config` for a dialplan built in Python (``sipbot.serve``).
 
     Args:
         dialplan: the agents and routes.
         server: ``server:`` settings as in the YAML file.
+        hooks: the integrator hooks.
 
     Raises:
         ConfigError: a server setting is invalid (``field`` names it).
@@ -424,7 +434,7 @@ def config_from_objects(
     warnings = tuple(
         f"{source}: {path}: warning: {message}" for path, message in dialplan_warnings(dialplan)
     )
-    return Config(settings, dialplan, source, None, warnings)
+    return Config(settings, dialplan, source, None, warnings, tuple(hooks))
 
 
 def _unused_definitions(model: ConfigModel) -> list[tuple[Path, str]]:

@@ -408,6 +408,7 @@ class OutboundCall:
             log_transcripts=self.server.config.server.log_transcripts,
             amd=amd,
             recording_path=recording,
+            hooks=getattr(self.server, "hooks", None),  # integrator hooks (sipbot.hooks)
         )
 
     async def _resolve(self) -> Peer | None:

@@ -29,6 +29,10 @@ Rules:
 * Rule 6: drain (SIGTERM, ``sipbot drain``, ``POST /drain``): new INVITEs and OPTIONS get 503,
   calls in progress may finish for ``limits.drain_timeout_s``, then each hears a short goodbye
   and gets BYE.
+* Rule 7: call-start hooks (``hooks:``, :mod:`sipbot.hooks`) are asked after routing and before
+  anything is allocated for the answer, for at most their timeout: they may reject the call or
+  answer it with another agent; no answer in time leaves the dialplan's choice. The end of every
+  answered call goes to the ``call.end`` hooks with its record, as its CDR line is logged.
 * Rule 8: an agent with ``memory`` gets a returning caller's earlier calls in its prompt,
   looked up before the answer in at most ``Recall.timeout_s`` (:mod:`sipbot.memory`); a failing
   records database only costs the memory.
@@ -54,10 +58,12 @@ from sipbot.call import AgentSetup, Call, CallPlan
 from sipbot.config import Config, TrustSettings
 from sipbot.consult import HOLD_PERIOD_S, Consulter, hold_pattern
 from sipbot.dialer import Dialer
-from sipbot.dialplan import Agent, Answer, Reject, RouteRequest, Transfer, route
+from sipbot.dialplan import Agent, Answer, Reject, RouteDecision, RouteRequest, Transfer, route
 from sipbot.dialplan.trunks import Trunk, call_srtp
 from sipbot.domain import CallInfo, SessionConfig
 from sipbot.errors import ConfigError, SipbotError, SipParseError
+from sipbot.hook_events import CALL_END, CALL_START, CallEnd, CallStart, Decision
+from sipbot.hooks import Hooks
 from sipbot.media.formats import PCM16_24K
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
@@ -208,6 +214,8 @@ class Server:
             )
         )
         self.lag = LoopLagMonitor(on_sample=self.metrics.lag_sample)
+        self.hooks = Hooks(config.hooks, on_failure=self.metrics.hook_failed)  # Rule 7
+        self._old_hooks: list[Hooks] = []  # replaced by a reload, still used by their calls
         self.goodbye = load_prompt(GOODBYE_PROMPT, PROMPT_RATE_HZ)
         self.drained = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
@@ -284,6 +292,8 @@ class Server:
             await self.http.close()
         await self.engine.close()
         await aclose_http_clients()
+        for hooks in (*self._old_hooks, self.hooks):
+            await hooks.aclose(STOP_TIMEOUT_S)
         if self.records is not None:
             await self.records.aclose(STOP_TIMEOUT_S)
         if self.recall is not None:
@@ -371,7 +381,8 @@ class Server:
         outcome = "error"
         try:
             try:
-                plan = self._plan(dialog, info, attempt, trunk_name)
+                decided = await self._call_start(dialog, info, trunk_name)
+                plan = self._plan(dialog, info, attempt, trunk_name, decided)
             except Exception:
                 log.exception("call %s: routing failed", info.call_id)
                 dialog.reject(500, "Server Internal Error")
@@ -435,15 +446,52 @@ class Server:
             attempt.note("refused", reason)
             attempt.finish()
 
-    def _plan(
-        self, dialog: ServerCall, info: CallInfo, attempt: Attempt, trunk: str = ""
-    ) -> CallPlan | None:
-        """Route the call; answer non-agent outcomes here. None: nothing more to do."""
-        now = datetime.now(UTC)
-        request = RouteRequest(
+    def _route_request(
+        self, dialog: ServerCall, info: CallInfo, trunk: str, now: datetime
+    ) -> RouteRequest:
+        return RouteRequest(
             info.did, info.caller, info.display_name, dialog.source[1], info.headers, now, trunk
         )
-        decision = route(self.watcher.current, request)
+
+    async def _call_start(
+        self, dialog: ServerCall, info: CallInfo, trunk: str
+    ) -> RouteDecision | None:
+        """Rule 7: the route, as the call-start hooks change it; None when no hook asks."""
+        if not self.hooks.wants(CALL_START):
+            return None
+        dialplan = self.watcher.current
+        decision = route(dialplan, self._route_request(dialog, info, trunk, datetime.now(UTC)))
+        action = decision.action
+        _, host, port = dialog.source
+        event = CallStart(
+            info.call_id,
+            time.time(),
+            info.caller,
+            info.did,
+            info.display_name,
+            _join_hostport(host, port),
+            trunk,
+            info.headers,
+            decision.route_name or "",
+            action.agent.name if isinstance(action, Answer) else "",
+        )
+        hooks = self.hooks
+        answer = await hooks.call_start(event, dialplan.agents)
+        return decision if answer is None else _decided(decision, answer, dialplan.agents, info)
+
+    def _plan(
+        self,
+        dialog: ServerCall,
+        info: CallInfo,
+        attempt: Attempt,
+        trunk: str = "",
+        decided: RouteDecision | None = None,
+    ) -> CallPlan | None:
+        """Route the call (unless the call-start hooks ``decided``); answer non-agent outcomes
+        here. None: nothing more to do."""
+        now = datetime.now(UTC)
+        request = self._route_request(dialog, info, trunk, now)
+        decision = decided if decided is not None else route(self.watcher.current, request)
         action = decision.action
         self.routes[info.call_id] = decision.route_name or ""
         log.info(
@@ -497,6 +545,7 @@ class Server:
             fallback=fallback,
             fallback_config=fallback_config,
             handoff_to=partial(self._handoff_to, info, now) if agent.handoff_allow else None,
+            hooks=self.hooks,
         )
 
     async def _remember(self, plan: CallPlan) -> CallPlan:
@@ -618,6 +667,9 @@ class Server:
 
     def _on_reload(self, config: Config) -> None:
         log.info("dialplan reloaded from %s: new calls use it", config.source)
+        if not self.hooks.same(config.hooks):
+            self._old_hooks.append(self.hooks)  # its calls keep it; closed at stop
+            self.hooks = Hooks(config.hooks, on_failure=self.metrics.hook_failed)
         self._providers.clear()
         self._warm_providers()
 
@@ -648,6 +700,10 @@ class Server:
             **({"amd": r.amd} if r.amd else {}),
         }
         cdr_log.info(json.dumps(record))
+        if call.plan.hooks is not None and call.plan.hooks.wants(CALL_END):  # Rule 7
+            call.plan.hooks.emit(
+                CallEnd(r.call_id, time.time(), reason, call_end_record(call, record))
+            )
         self.recent.add(
             {
                 **record,
@@ -819,6 +875,32 @@ def cdr_media(call: Call) -> dict[str, Any]:
         "rtp_concealed": stats.concealed_frames if stats else 0,
         "latency_ms": latency.as_dict(),
     }
+
+
+def call_end_record(call: Call, cdr: Mapping[str, Any]) -> dict[str, Any]:
+    """The record a ``call.end`` hook gets: the CDR fields, the transcript as stored (redacted)
+    and the tool calls."""
+    r = call.record
+    return {
+        **cdr,
+        "transcript": [{"at": ln.at, "role": ln.role, "text": ln.text} for ln in r.lines],
+        "tools": [
+            {"name": t.name, "output": t.output, "error": t.error, "started": t.started}
+            for t in r.tools
+        ],
+    }
+
+
+def _decided(
+    decision: RouteDecision, answer: Decision, agents: Mapping[str, Agent], info: CallInfo
+) -> RouteDecision:
+    """The route changed by a call-start hook's answer (Rule 7)."""
+    if answer.reject is not None:
+        log.info("call %s: a call-start hook rejects it (%d)", info.call_id, answer.reject)
+        return replace(decision, action=Reject(answer.reject, answer.reason))
+    assert answer.agent is not None
+    log.info("call %s: a call-start hook chose agent %s", info.call_id, answer.agent)
+    return replace(decision, action=Answer(agents[answer.agent]))
 
 
 def make_records(config: Config) -> RecordWriter | None:

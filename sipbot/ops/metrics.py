@@ -148,6 +148,12 @@ class Metrics:
             registry=registry,
             buckets=LAG_BUCKETS_S,
         )
+        self.hook_failures = PromCounter(
+            "sipbot_hook_failures",
+            "Integrator hook runs that failed, by event and outcome (error, timeout, dropped)",
+            ["event", "outcome"],
+            registry=registry,
+        )
         registry.register(_ServerCollector(gauges))
 
     # ------------------------------------------------------------------ events
@@ -193,6 +199,10 @@ class Metrics:
     def tool_done(self, tool: str, seconds: float, outcome: str) -> None:
         """A tool result went back to the model."""
         self.tools.labels(tool, outcome).observe(seconds)
+
+    def hook_failed(self, event: str, outcome: str) -> None:
+        """An integrator hook raised, timed out or was dropped (event names are a fixed set)."""
+        self.hook_failures.labels(event, outcome).inc()
 
     def exposition(self) -> bytes:
         """The text format for ``/metrics``."""

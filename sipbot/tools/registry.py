@@ -232,15 +232,15 @@ def tool(
     return decorate if function is None else decorate(function)
 
 
-def load_python_tool(reference: str, search_paths: Iterable[str] = ()) -> PythonTool:
-    """Import ``package.module:attribute`` and return it as a tool.
+def import_reference(reference: str, search_paths: Iterable[str] = ()) -> Any:
+    """Import ``package.module:attribute`` and return the attribute (a tool, a hook).
 
-    A plain function is wrapped with :func:`tool`. ``search_paths`` (e.g. the config file's
-    directory and the working directory) are appended to ``sys.path`` when missing, so that a
-    tools module next to the dialplan imports without installing it.
+    ``search_paths`` (e.g. the config file's directory and the working directory) are appended
+    to ``sys.path`` when missing, so that a module next to the dialplan imports without
+    installing it.
 
     Raises:
-        ToolDefinitionError: a malformed reference, an import error, or not a function.
+        ToolDefinitionError: a malformed reference, an import error, no such attribute.
     """
     module_name, sep, attribute = reference.partition(":")
     if not sep or not module_name or not attribute:
@@ -253,11 +253,22 @@ def load_python_tool(reference: str, search_paths: Iterable[str] = ()) -> Python
     except Exception as exc:
         raise ToolDefinitionError(f"cannot import {module_name}: {exc}") from None
     try:
-        target = getattr(module, attribute)
+        return getattr(module, attribute)
     except AttributeError:
         names = [n for n in vars(module) if not n.startswith("_")]
         hint = did_you_mean(attribute, names)
         raise ToolDefinitionError(f"module {module_name} has no {attribute!r}{hint}") from None
+
+
+def load_python_tool(reference: str, search_paths: Iterable[str] = ()) -> PythonTool:
+    """Import ``package.module:attribute`` (:func:`import_reference`) and return it as a tool.
+
+    A plain function is wrapped with :func:`tool`.
+
+    Raises:
+        ToolDefinitionError: a malformed reference, an import error, or not a function.
+    """
+    target = import_reference(reference, search_paths)
     if isinstance(target, PythonTool):
         return target
     if callable(target):
