@@ -21,6 +21,13 @@ Rules of :class:`GeminiReceiver`:
   of a turn without audio, e.g. a tool call) gives ``TurnComplete(None)``.
 * Rule 5: Gemini cannot truncate a reply, so what the caller heard of a cut one is told in-band
   (:func:`heard_note`): a text turn marked ``[system note]`` that does not complete the turn.
+* Rule 6: :meth:`GeminiReceiver.receive_frame` reads a server frame as it came off the websocket
+  (camelCase JSON) with no SDK model in between: the JSON parsed once, each audio payload
+  base64-decoded once (standard or URL-safe, padded or not, as the SDK accepts), fields the
+  receiver does not use never touched. Both entry points read a message into one flat record
+  (:class:`_Fields`), so they cannot disagree on the Rules; tests/unit/test_gemini_parse.py pins
+  the frame path against the SDK's own parse. A frame that is not JSON, has none of the
+  server message fields, or has one of the wrong type raises :class:`ProviderProtocolError`.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import base64
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
+
+from pydantic_core import SchemaValidator, core_schema, from_json
 
 from sipbot.domain import (
     AudioOut,
@@ -41,6 +50,7 @@ from sipbot.domain import (
     Transcript,
     TurnComplete,
 )
+from sipbot.errors import ProviderProtocolError
 from sipbot.providers.continuity import SYSTEM_NOTE, greeting_prompt
 
 INPUT_MIME_TYPE = "audio/pcm;rate=16000"
@@ -273,17 +283,205 @@ class ServerMessage(Protocol):
     def session_resumption_update(self) -> _ResumptionUpdate | None: ...
 
 
+# Top-level fields of BidiGenerateContentServerMessage (google-genai's _LiveServerMessage_from_mldev
+# reads these; a frame with none of them is an error there, and here).
+SERVER_FIELDS = (
+    "serverContent",
+    "setupComplete",
+    "toolCall",
+    "toolCallCancellation",
+    "usageMetadata",
+    "goAway",
+    "sessionResumptionUpdate",
+    "voiceActivityDetectionSignal",
+    "voiceActivity",
+)
+EXCERPT_CHARS = 200  # of a bad frame, in the error
+
+
+class _Fields:
+    """What the receiver uses of one server message, however it was read (Rule 6).
+
+    Class attributes are the defaults, so a reader sets only what the message has.
+    """
+
+    caller: str | None = None  # a piece of the caller's transcript
+    caller_finished = False
+    audio: Sequence[bytes] = ()  # the non-empty audio chunks of the model turn, in order
+    agent: str | None = None  # a piece of the agent's transcript
+    interrupted = False
+    turn_complete = False
+    generation_complete = False
+    calls: Sequence[ToolCall] | None = None  # None: no toolCall
+    cancelled: tuple[str, ...] | None = None  # None: no toolCallCancellation
+    handle: str | None = None  # a new resumable handle
+    go_away = False
+    time_left: str | None = None
+
+
+def _bytes_validator() -> SchemaValidator | None:
+    """pydantic-core's base64 bytes validator, the one the SDK's ``Blob.data`` goes through.
+
+    Both alphabets, padding optional, ~4x faster than ``binascii``; None if this pydantic-core
+    does not decode base64 in Python mode (before ``val_json_bytes``): then binascii is used.
+    """
+    validator = SchemaValidator(
+        core_schema.bytes_schema(), core_schema.CoreConfig(val_json_bytes="base64")
+    )
+    return validator if validator.validate_python("AAE") == b"\x00\x01" else None
+
+
+_BYTES = _bytes_validator()
+_URL_SAFE = str.maketrans("-_", "+/")
+
+
+def b64decode(text: str) -> bytes:
+    """Base64 as protobuf JSON writes bytes: standard or URL-safe alphabet, padded or not.
+
+    Raises:
+        ValueError: ``text`` is not base64.
+    """
+    if _BYTES is not None:
+        return _BYTES.validate_python(text)  # type: ignore[no-any-return]
+    text = text.translate(_URL_SAFE).rstrip("=")
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+def _read_frame(frame: str | bytes) -> _Fields:
+    """The fields of a raw server frame (Rule 6).
+
+    Raises:
+        ProviderProtocolError: not JSON, no server message field, or a field of the wrong type.
+    """
+    if not frame:
+        return _Fields()  # the SDK reads an empty frame as an empty message
+    try:
+        message = from_json(frame)
+    except ValueError as error:
+        raise ProviderProtocolError(
+            f"gemini: server frame is not JSON ({error}): {_excerpt(frame)}"
+        ) from error
+    if not isinstance(message, dict) or (
+        message.get("serverContent") is None
+        and not any(message.get(name) is not None for name in SERVER_FIELDS)
+    ):
+        raise ProviderProtocolError(f"gemini: server frame is no server message: {_excerpt(frame)}")
+    try:
+        return _read_dict(message)
+    except (AttributeError, TypeError, ValueError) as error:
+        raise ProviderProtocolError(
+            f"gemini: malformed server message ({error}): {_excerpt(frame)}"
+        ) from error
+
+
+def _read_dict(message: dict[str, Any]) -> _Fields:
+    fields = _Fields()
+    content = message.get("serverContent")
+    if content is not None:
+        _read_content(content, fields)
+    tool = message.get("toolCall")
+    if tool is not None:
+        fields.calls = [
+            ToolCall(
+                _text(call.get("id")) or "",
+                _text(call.get("name")) or "",
+                dict(call.get("args") or {}),
+            )
+            for call in tool.get("functionCalls") or ()
+        ]
+    cancel = message.get("toolCallCancellation")
+    if cancel is not None:
+        fields.cancelled = tuple(_text(id_) or "" for id_ in cancel.get("ids") or ())
+    update = message.get("sessionResumptionUpdate")
+    if update is not None and update.get("resumable") and update.get("newHandle"):
+        fields.handle = _text(update["newHandle"])
+    away = message.get("goAway")
+    if away is not None:
+        fields.go_away = True
+        fields.time_left = _text(away.get("timeLeft"))
+    return fields
+
+
+def _read_content(content: dict[str, Any], fields: _Fields) -> None:
+    heard = content.get("inputTranscription")
+    if heard is not None:
+        fields.caller = _text(heard.get("text"))
+        fields.caller_finished = bool(heard.get("finished"))
+    turn = content.get("modelTurn")
+    if turn is not None:
+        fields.audio = [
+            b64decode(blob["data"])
+            for part in turn.get("parts") or ()
+            if (blob := part.get("inlineData")) is not None and blob.get("data")
+        ]
+    said = content.get("outputTranscription")
+    if said is not None:
+        fields.agent = _text(said.get("text"))
+    fields.interrupted = bool(content.get("interrupted"))
+    fields.turn_complete = bool(content.get("turnComplete"))
+    fields.generation_complete = bool(content.get("generationComplete"))
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"expected a string, got {type(value).__name__}")
+
+
+def _excerpt(frame: str | bytes) -> str:
+    text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+    return repr(text[:EXCERPT_CHARS]) + ("..." if len(text) > EXCERPT_CHARS else "")
+
+
+def _read_model(message: ServerMessage) -> _Fields:
+    """The fields of a message the SDK parsed (its ``LiveServerMessage``)."""
+    fields = _Fields()
+    content = message.server_content
+    if content is not None:
+        heard = content.input_transcription
+        if heard is not None:
+            fields.caller = heard.text
+            fields.caller_finished = bool(heard.finished)
+        if content.model_turn is not None:
+            fields.audio = [
+                blob.data
+                for part in content.model_turn.parts or ()
+                if (blob := part.inline_data) is not None and blob.data
+            ]
+        if content.output_transcription is not None:
+            fields.agent = content.output_transcription.text
+        fields.interrupted = bool(content.interrupted)
+        fields.turn_complete = bool(content.turn_complete)
+        fields.generation_complete = bool(content.generation_complete)
+    if message.tool_call is not None:
+        fields.calls = [
+            ToolCall(call.id or "", call.name or "", dict(call.args or {}))
+            for call in message.tool_call.function_calls or ()
+        ]
+    if message.tool_call_cancellation is not None:
+        fields.cancelled = tuple(message.tool_call_cancellation.ids or ())
+    update = message.session_resumption_update
+    if update is not None and update.resumable and update.new_handle:
+        fields.handle = update.new_handle
+    if message.go_away is not None:
+        fields.go_away = True
+        fields.time_left = message.go_away.time_left
+    return fields
+
+
 class GeminiReceiver:
     """Turns Gemini server messages into events; keeps reconnection state (see the Rules).
 
     Attributes:
         resumption_handle: the latest resumable handle, or None before the first one.
         go_away: the server announced the end of the current connection.
+        generation_complete: the last message said the model has generated all of its turn.
     """
 
     def __init__(self) -> None:
         self.resumption_handle: str | None = None
         self.go_away = False
+        self.generation_complete = False
         self._turns = 0
         self._item: str | None = None
         self._caller_text: list[str] = []
@@ -295,24 +493,16 @@ class GeminiReceiver:
         return self._item is not None
 
     def receive(self, message: ServerMessage) -> list[ProviderEvent]:
-        """The events ``message`` means, in order."""
-        events: list[ProviderEvent] = []
-        content = message.server_content
-        if content is not None:
-            self._content(content, events)
-        if message.tool_call is not None:
-            self._finish_caller(events)
-            for call in message.tool_call.function_calls or ():
-                events.append(ToolCall(call.id or "", call.name or "", dict(call.args or {})))
-        if message.tool_call_cancellation is not None:
-            events.append(ToolCallCancelled(tuple(message.tool_call_cancellation.ids or ())))
-        update = message.session_resumption_update
-        if update is not None and update.resumable and update.new_handle:
-            self.resumption_handle = update.new_handle
-        if message.go_away is not None:
-            self.go_away = True
-            events.append(ProviderNotice(f"gemini: goAway, time left {message.go_away.time_left}"))
-        return events
+        """The events ``message`` (as the SDK parsed it) means, in order."""
+        return self._apply(_read_model(message))
+
+    def receive_frame(self, frame: str | bytes) -> list[ProviderEvent]:
+        """The events a raw server frame means, in order (Rule 6).
+
+        Raises:
+            ProviderProtocolError: the frame is not a server message (state is unchanged).
+        """
+        return self._apply(_read_frame(frame))
 
     def connection_lost(self) -> list[ProviderEvent]:
         """Close what the lost connection left open; call before reconnecting."""
@@ -325,41 +515,48 @@ class GeminiReceiver:
         self.go_away = False
         return events
 
-    def _content(self, content: _ServerContent, events: list[ProviderEvent]) -> None:
-        if content.input_transcription is not None:
-            piece = content.input_transcription.text
-            if piece:
-                self._caller_text.append(piece)
-                events.append(Transcript("caller", piece, final=False))
-            if content.input_transcription.finished:
-                self._finish_caller(events)
-        if content.model_turn is not None:
-            self._audio(content.model_turn, events)
-        if content.output_transcription is not None:
-            piece = content.output_transcription.text
-            if piece:
-                self._agent_text.append(piece)
-                events.append(Transcript("agent", piece, final=False))
-        if content.interrupted:
-            events.append(Interrupted(self._item))
-            self._finish_agent(events)
-            self._item = None
-        if content.turn_complete:
+    def _apply(self, fields: _Fields) -> list[ProviderEvent]:
+        events: list[ProviderEvent] = []
+        self._content(fields, events)
+        if fields.calls is not None:
             self._finish_caller(events)
-            self._finish_agent(events)
-            events.append(TurnComplete(self._item))
-            self._item = None
+            events.extend(fields.calls)
+        if fields.cancelled is not None:
+            events.append(ToolCallCancelled(fields.cancelled))
+        if fields.handle is not None:
+            self.resumption_handle = fields.handle
+        if fields.go_away:
+            self.go_away = True
+            events.append(ProviderNotice(f"gemini: goAway, time left {fields.time_left}"))
+        self.generation_complete = fields.generation_complete
+        return events
 
-    def _audio(self, turn: _Content, events: list[ProviderEvent]) -> None:
-        for part in turn.parts or ():
-            blob = part.inline_data
-            if blob is None or not blob.data:
-                continue
+    def _content(self, fields: _Fields, events: list[ProviderEvent]) -> None:
+        piece = fields.caller
+        if piece:
+            self._caller_text.append(piece)
+            events.append(Transcript("caller", piece, final=False))
+        if fields.caller_finished:
+            self._finish_caller(events)
+        for chunk in fields.audio:
             if self._item is None:
                 self._finish_caller(events)
                 self._turns += 1
                 self._item = f"{ITEM_PREFIX}{self._turns}"
-            events.append(AudioOut(blob.data, self._item))
+            events.append(AudioOut(chunk, self._item))
+        piece = fields.agent
+        if piece:
+            self._agent_text.append(piece)
+            events.append(Transcript("agent", piece, final=False))
+        if fields.interrupted:
+            events.append(Interrupted(self._item))
+            self._finish_agent(events)
+            self._item = None
+        if fields.turn_complete:
+            self._finish_caller(events)
+            self._finish_agent(events)
+            events.append(TurnComplete(self._item))
+            self._item = None
 
     def _finish_caller(self, events: list[ProviderEvent]) -> None:
         if self._caller_text:
