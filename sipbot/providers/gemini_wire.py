@@ -391,7 +391,10 @@ def _read_dict(message: dict[str, Any]) -> _Fields:
         ]
     cancel = message.get("toolCallCancellation")
     if cancel is not None:
-        fields.cancelled = tuple(_text(id_) or "" for id_ in cancel.get("ids") or ())
+        ids = cancel.get("ids") or ()
+        if not isinstance(ids, list | tuple):
+            raise TypeError(f"expected a list of ids, got {type(ids).__name__}")
+        fields.cancelled = tuple(_text(id_) or "" for id_ in ids)
     update = message.get("sessionResumptionUpdate")
     if update is not None and update.get("resumable") and update.get("newHandle"):
         fields.handle = _text(update["newHandle"])
