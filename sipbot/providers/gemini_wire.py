@@ -37,7 +37,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from pydantic_core import SchemaValidator, core_schema, from_json
+from pydantic_core import from_json
 
 from sipbot.domain import (
     AudioOut,
@@ -52,6 +52,7 @@ from sipbot.domain import (
 )
 from sipbot.errors import ProviderProtocolError
 from sipbot.providers.continuity import SYSTEM_NOTE, greeting_prompt
+from sipbot.providers.payload import b64decode
 
 INPUT_MIME_TYPE = "audio/pcm;rate=16000"
 
@@ -317,34 +318,6 @@ class _Fields:
     handle: str | None = None  # a new resumable handle
     go_away = False
     time_left: str | None = None
-
-
-def _bytes_validator() -> SchemaValidator | None:
-    """pydantic-core's base64 bytes validator, the one the SDK's ``Blob.data`` goes through.
-
-    Both alphabets, padding optional, ~4x faster than ``binascii``; None if this pydantic-core
-    does not decode base64 in Python mode (before ``val_json_bytes``): then binascii is used.
-    """
-    validator = SchemaValidator(
-        core_schema.bytes_schema(), core_schema.CoreConfig(val_json_bytes="base64")
-    )
-    return validator if validator.validate_python("AAE") == b"\x00\x01" else None
-
-
-_BYTES = _bytes_validator()
-_URL_SAFE = str.maketrans("-_", "+/")
-
-
-def b64decode(text: str) -> bytes:
-    """Base64 as protobuf JSON writes bytes: standard or URL-safe alphabet, padded or not.
-
-    Raises:
-        ValueError: ``text`` is not base64.
-    """
-    if _BYTES is not None:
-        return _BYTES.validate_python(text)  # type: ignore[no-any-return]
-    text = text.translate(_URL_SAFE).rstrip("=")
-    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
 
 
 def _read_frame(frame: str | bytes) -> _Fields:

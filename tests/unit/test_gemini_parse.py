@@ -31,9 +31,10 @@ from sipbot.domain import ProviderEvent
 from sipbot.emulators import gemini_wire as emulator
 from sipbot.emulators.common import PendingCall
 from sipbot.errors import ProviderProtocolError
-from sipbot.providers import gemini_wire
+from sipbot.providers import payload
 from sipbot.providers.gemini import _frame_socket, _raise_closed
-from sipbot.providers.gemini_wire import GeminiReceiver, b64decode
+from sipbot.providers.gemini_wire import GeminiReceiver
+from sipbot.providers.payload import b64decode
 
 PCM = bytes(range(256)) * 19  # 4864 bytes: base64 with padding, and '+' and '/' in it
 CHUNK = PCM[:4800]  # the emulator's default chunk: 100 ms of 24 kHz PCM16
@@ -232,7 +233,7 @@ def test_what_the_sdk_refuses_raises_provider_protocol_error(frame: str, message
 def test_base64_without_pydantic_core_decodes_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
     texts = [base64.b64encode(PCM), base64.urlsafe_b64encode(PCM), urlsafe_unpadded(PCM[:5])]
     fast = [b64decode(text.decode()) for text in texts]
-    monkeypatch.setattr(gemini_wire, "_BYTES", None)
+    monkeypatch.setattr(payload, "_BYTES", None)
     assert [b64decode(text.decode()) for text in texts] == fast == [PCM, PCM, PCM[:5]]
     with pytest.raises(ValueError, match="base64"):
         b64decode("A!")
