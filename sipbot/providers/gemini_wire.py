@@ -24,8 +24,9 @@ Rules of :class:`GeminiReceiver`:
 * Rule 6: :meth:`GeminiReceiver.receive_frame` reads a server frame as it came off the websocket
   (camelCase JSON) with no SDK model in between: the JSON parsed once, each audio payload
   base64-decoded once (standard or URL-safe, padded or not, as the SDK accepts), fields the
-  receiver does not use never touched. Both entry points read a message into one flat record
-  (:class:`_Fields`), so they cannot disagree on the Rules; tests/unit/test_gemini_parse.py pins
+  receiver does not use never touched (:mod:`gemini_frames`). Both entry points read a message
+  into one flat record (:class:`ServerFields`), so they cannot disagree on the Rules;
+  tests/unit/test_gemini_parse.py pins
   the frame path against the SDK's own parse. A frame that is not JSON, has none of the
   server message fields, or has one of the wrong type raises :class:`ProviderProtocolError`.
 """
@@ -36,8 +37,6 @@ import base64
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
-
-from pydantic_core import from_json
 
 from sipbot.domain import (
     AudioOut,
@@ -50,9 +49,8 @@ from sipbot.domain import (
     Transcript,
     TurnComplete,
 )
-from sipbot.errors import ProviderProtocolError
 from sipbot.providers.continuity import SYSTEM_NOTE, greeting_prompt
-from sipbot.providers.payload import b64decode
+from sipbot.providers.gemini_frames import ServerFields, read_frame
 
 INPUT_MIME_TYPE = "audio/pcm;rate=16000"
 
@@ -284,134 +282,9 @@ class ServerMessage(Protocol):
     def session_resumption_update(self) -> _ResumptionUpdate | None: ...
 
 
-# Top-level fields of BidiGenerateContentServerMessage (google-genai's _LiveServerMessage_from_mldev
-# reads these; a frame with none of them is an error there, and here).
-SERVER_FIELDS = (
-    "serverContent",
-    "setupComplete",
-    "toolCall",
-    "toolCallCancellation",
-    "usageMetadata",
-    "goAway",
-    "sessionResumptionUpdate",
-    "voiceActivityDetectionSignal",
-    "voiceActivity",
-)
-EXCERPT_CHARS = 200  # of a bad frame, in the error
-
-
-class _Fields:
-    """What the receiver uses of one server message, however it was read (Rule 6).
-
-    Class attributes are the defaults, so a reader sets only what the message has.
-    """
-
-    caller: str | None = None  # a piece of the caller's transcript
-    caller_finished = False
-    audio: Sequence[bytes] = ()  # the non-empty audio chunks of the model turn, in order
-    agent: str | None = None  # a piece of the agent's transcript
-    interrupted = False
-    turn_complete = False
-    generation_complete = False
-    calls: Sequence[ToolCall] | None = None  # None: no toolCall
-    cancelled: tuple[str, ...] | None = None  # None: no toolCallCancellation
-    handle: str | None = None  # a new resumable handle
-    go_away = False
-    time_left: str | None = None
-
-
-def _read_frame(frame: str | bytes) -> _Fields:
-    """The fields of a raw server frame (Rule 6).
-
-    Raises:
-        ProviderProtocolError: not JSON, no server message field, or a field of the wrong type.
-    """
-    if not frame:
-        return _Fields()  # the SDK reads an empty frame as an empty message
-    try:
-        message = from_json(frame)
-    except ValueError as error:
-        raise ProviderProtocolError(
-            f"gemini: server frame is not JSON ({error}): {_excerpt(frame)}"
-        ) from error
-    if not isinstance(message, dict) or (
-        message.get("serverContent") is None
-        and not any(message.get(name) is not None for name in SERVER_FIELDS)
-    ):
-        raise ProviderProtocolError(f"gemini: server frame is no server message: {_excerpt(frame)}")
-    try:
-        return _read_dict(message)
-    except (AttributeError, TypeError, ValueError) as error:
-        raise ProviderProtocolError(
-            f"gemini: malformed server message ({error}): {_excerpt(frame)}"
-        ) from error
-
-
-def _read_dict(message: dict[str, Any]) -> _Fields:
-    fields = _Fields()
-    content = message.get("serverContent")
-    if content is not None:
-        _read_content(content, fields)
-    tool = message.get("toolCall")
-    if tool is not None:
-        fields.calls = [
-            ToolCall(
-                _text(call.get("id")) or "",
-                _text(call.get("name")) or "",
-                dict(call.get("args") or {}),
-            )
-            for call in tool.get("functionCalls") or ()
-        ]
-    cancel = message.get("toolCallCancellation")
-    if cancel is not None:
-        ids = cancel.get("ids") or ()
-        if not isinstance(ids, list | tuple):
-            raise TypeError(f"expected a list of ids, got {type(ids).__name__}")
-        fields.cancelled = tuple(_text(id_) or "" for id_ in ids)
-    update = message.get("sessionResumptionUpdate")
-    if update is not None and update.get("resumable") and update.get("newHandle"):
-        fields.handle = _text(update["newHandle"])
-    away = message.get("goAway")
-    if away is not None:
-        fields.go_away = True
-        fields.time_left = _text(away.get("timeLeft"))
-    return fields
-
-
-def _read_content(content: dict[str, Any], fields: _Fields) -> None:
-    heard = content.get("inputTranscription")
-    if heard is not None:
-        fields.caller = _text(heard.get("text"))
-        fields.caller_finished = bool(heard.get("finished"))
-    turn = content.get("modelTurn")
-    if turn is not None:
-        fields.audio = [
-            b64decode(blob["data"])
-            for part in turn.get("parts") or ()
-            if (blob := part.get("inlineData")) is not None and blob.get("data")
-        ]
-    said = content.get("outputTranscription")
-    if said is not None:
-        fields.agent = _text(said.get("text"))
-    fields.interrupted = bool(content.get("interrupted"))
-    fields.turn_complete = bool(content.get("turnComplete"))
-    fields.generation_complete = bool(content.get("generationComplete"))
-
-
-def _text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise TypeError(f"expected a string, got {type(value).__name__}")
-
-
-def _excerpt(frame: str | bytes) -> str:
-    text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
-    return repr(text[:EXCERPT_CHARS]) + ("..." if len(text) > EXCERPT_CHARS else "")
-
-
-def _read_model(message: ServerMessage) -> _Fields:
+def _read_model(message: ServerMessage) -> ServerFields:
     """The fields of a message the SDK parsed (its ``LiveServerMessage``)."""
-    fields = _Fields()
+    fields = ServerFields()
     content = message.server_content
     if content is not None:
         heard = content.input_transcription
@@ -478,7 +351,7 @@ class GeminiReceiver:
         Raises:
             ProviderProtocolError: the frame is not a server message (state is unchanged).
         """
-        return self._apply(_read_frame(frame))
+        return self._apply(read_frame(frame))
 
     def connection_lost(self) -> list[ProviderEvent]:
         """Close what the lost connection left open; call before reconnecting."""
@@ -491,7 +364,7 @@ class GeminiReceiver:
         self.go_away = False
         return events
 
-    def _apply(self, fields: _Fields) -> list[ProviderEvent]:
+    def _apply(self, fields: ServerFields) -> list[ProviderEvent]:
         events: list[ProviderEvent] = []
         self._content(fields, events)
         if fields.calls is not None:
@@ -507,7 +380,7 @@ class GeminiReceiver:
         self.generation_complete = fields.generation_complete
         return events
 
-    def _content(self, fields: _Fields, events: list[ProviderEvent]) -> None:
+    def _content(self, fields: ServerFields, events: list[ProviderEvent]) -> None:
         piece = fields.caller
         if piece:
             self._caller_text.append(piece)
