@@ -17,8 +17,8 @@ reconnection) whose server messages become events through :class:`GeminiReceiver
   continues the conversation). A barge-in sends what the caller heard as a system note
   (:func:`wire.heard_note`).
 * Rule 5: server frames are read from the SDK session's websocket and parsed by
-  :meth:`wire.GeminiReceiver.receive_frame` (no ``LiveServerMessage`` per message: ≈ 120 µs of
-  pydantic per audio chunk, against ≈ 10 µs); a close raises the SDK's ``APIError`` as its own
+  :meth:`wire.GeminiReceiver.receive_frame` (no ``LiveServerMessage`` per message: 130-190 µs of
+  pydantic per 100 ms audio chunk, against ≈ 9 µs; bench/README.md); a close raises the SDK's ``APIError`` as its own
   ``receive()`` does. An SDK whose session has no websocket we know (:func:`_frame_socket`)
   logs an error once and is read through ``receive()`` instead.
 """
@@ -338,8 +338,9 @@ def _text_socket(session: AsyncSession) -> _TextSocket | None:
     return cast(_TextSocket, socket) if callable(send) else None
 
 
-# google-genai 1.20 to 3.6.1 (read in 3.6.1's live.py): AsyncSession keeps the websockets
-# (>= 13, asyncio implementation) connection it reads in ``_ws`` and reads it with
+# What this relies on, read in google-genai 3.6.1's live.py (the version installed when it was
+# written; pyproject allows >= 1.20): AsyncSession keeps the websockets (>= 13, asyncio
+# implementation) connection it reads in ``_ws`` and reads it with
 # ``_ws.recv(decode=False)``, one JSON server message per frame; a close becomes
 # ``errors.APIError.raise_error(code, reason, None)``. tests/unit/test_gemini_parse.py fails
 # when an SDK upgrade breaks any of this.
