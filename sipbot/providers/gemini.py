@@ -17,10 +17,11 @@ reconnection) whose server messages become events through :class:`GeminiReceiver
   continues the conversation). A barge-in sends what the caller heard as a system note
   (:func:`wire.heard_note`).
 * Rule 5: server frames are read from the SDK session's websocket and parsed by
-  :meth:`wire.GeminiReceiver.receive_frame` (no ``LiveServerMessage`` per message: 130-190 µs of
-  pydantic per 100 ms audio chunk, against ≈ 9 µs; bench/README.md); a close raises the SDK's ``APIError`` as its own
-  ``receive()`` does. An SDK whose session has no websocket we know (:func:`_frame_socket`)
-  logs an error once and is read through ``receive()`` instead.
+  :meth:`wire.GeminiReceiver.receive_frame`, with no ``LiveServerMessage`` per message (its
+  pydantic costs 130-190 µs per 100 ms audio chunk, against ≈ 9 µs: bench/README.md); a close
+  raises the SDK's ``APIError`` as its own ``receive()`` does. An SDK whose session has no
+  websocket we know (:func:`_frame_socket`) logs an error once and is read through
+  ``receive()`` instead.
 """
 
 from __future__ import annotations
