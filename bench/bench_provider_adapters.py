@@ -6,6 +6,16 @@ Printed: this process's CPU per call-second, ticker lateness, and how long the m
 waited for a CPU (on a shared machine lateness is mostly that, not the adapters).
 
     python bench/bench_provider_adapters.py gemini 100 --seconds 10
+
+``--per-message`` instead measures, in this process alone, the CPU each received server message
+costs from its frame to sipbot's events (``time.process_time``, best of several rounds), for the
+shapes a call receives most: an audio chunk at the emulator's default size (100 ms), transcript
+pieces and the end of a turn. Gemini is measured both ways: ``sdk`` is google-genai's own
+``AsyncSession._receive`` (a pydantic ``LiveServerMessage`` per message) feeding
+``GeminiReceiver.receive``, ``frames`` is ``GeminiReceiver.receive_frame`` on the same bytes.
+``--profile`` adds a cProfile of the audio chunk path (top functions by own time).
+
+    python bench/bench_provider_adapters.py gemini --per-message --profile
 """
 
 from __future__ import annotations
@@ -117,15 +127,153 @@ async def run(kind: str, count: int, seconds: float, child: subprocess.Popen[str
         task.cancel()
 
 
+# --------------------------------------------------------------------------- per message
+
+ROUNDS = 7  # the best round is reported: the machine may be shared
+CHUNK_MS = 100  # EmulatorScript's default chunk_ms
+
+
+def per_message_us(parse: Any, frame: bytes, count: int) -> float:
+    """Best-of-ROUNDS CPU µs for ``parse(frame)``."""
+    best = math.inf
+    for _ in range(ROUNDS):
+        start = time.process_time()
+        for _ in range(count):
+            parse(frame)
+        best = min(best, time.process_time() - start)
+    return 1e6 * best / count
+
+
+def gemini_frames() -> dict[str, bytes]:
+    """Server frames as the Gemini emulator writes them."""
+    import json
+
+    from sipbot.emulators import gemini_wire as emulator
+
+    chunk = tone(24_000, CHUNK_MS)
+
+    def wire(message: dict[str, Any]) -> bytes:
+        return json.dumps(message, separators=(",", ":")).encode()
+
+    return {
+        f"audio chunk ({CHUNK_MS} ms)": wire(emulator.audio_content(chunk)),
+        "output transcription": wire(emulator.output_transcription("It is noon ")),
+        "input transcription": wire({"serverContent": {"inputTranscription": {"text": "What "}}}),
+        "turnComplete + usage": wire(emulator.turn_complete(1200, 2000)),
+    }
+
+
+def gemini_parsers() -> dict[str, Any]:
+    from google import genai
+    from google.genai import types
+    from google.genai.live import AsyncSession
+
+    from sipbot.providers.gemini import _warm_up_sdk
+    from sipbot.providers.gemini_wire import GeminiReceiver
+
+    class OneFrame:  # the websocket AsyncSession._receive reads: hands it the current frame
+        frame = b""
+
+        async def recv(self, decode: bool | None = None) -> bytes:
+            return self.frame
+
+    socket = OneFrame()
+    client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url="https://h"))
+    session = AsyncSession(api_client=client.aio._api_client, websocket=socket)  # type: ignore[arg-type]
+    _warm_up_sdk()
+    sdk_receiver, frames_receiver = GeminiReceiver(), GeminiReceiver()
+
+    def sdk(frame: bytes) -> Any:
+        socket.frame = frame
+        receiving = session._receive()
+        try:
+            receiving.send(None)
+        except StopIteration as done:
+            return sdk_receiver.receive(done.value)
+        raise AssertionError("AsyncSession._receive suspended")
+
+    parsers: dict[str, Any] = {"sdk": sdk}
+    if hasattr(frames_receiver, "receive_frame"):  # not before it existed (a "before" run)
+        parsers["frames"] = frames_receiver.receive_frame
+    return parsers
+
+
+def openai_frames() -> dict[str, bytes]:
+    """Server events as the OpenAI emulator writes them."""
+    import base64
+    import json
+
+    common = {"response_id": "resp_1", "item_id": "item_1", "output_index": 0, "content_index": 0}
+
+    def event(kind: str, **fields: Any) -> bytes:
+        body = {"type": kind, "event_id": "event_0123456789abcdef", **fields, **common}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    chunk = base64.b64encode(tone(24_000, CHUNK_MS)).decode()
+    return {
+        f"audio chunk ({CHUNK_MS} ms)": event("response.output_audio.delta", delta=chunk),
+        "output transcription": event("response.output_audio_transcript.delta", delta="It is "),
+        "input transcription": event(
+            "conversation.item.input_audio_transcription.delta", delta="What "
+        ),
+    }
+
+
+def openai_parsers() -> dict[str, Any]:
+    from sipbot.domain import PCM16_24K
+    from sipbot.providers import openai_wire
+
+    conversation = openai_wire.OpenAIConversation(PCM16_24K)
+    clock = time.monotonic
+
+    def frames(frame: bytes) -> Any:  # what OpenAISession.receive does with each frame
+        return conversation.receive(openai_wire.decode_server_event(frame), clock())
+
+    return {"frames": frames}
+
+
+def per_message(kind: str, count: int, profile: bool) -> None:
+    frames, parsers = (
+        (gemini_frames(), gemini_parsers())
+        if kind == "gemini"
+        else (openai_frames(), openai_parsers())
+    )
+    for shape, frame in frames.items():
+        figures = ", ".join(
+            f"{path} {per_message_us(parse, frame, count):.1f} µs"
+            for path, parse in parsers.items()
+        )
+        print(f"{kind} {shape} [{len(frame)} B]: {figures}")
+    if profile:
+        import cProfile
+        import pstats
+
+        audio = next(iter(frames.values()))
+        for path, parse in parsers.items():
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for _ in range(count):
+                parse(audio)
+            profiler.disable()
+            print(f"--- {kind} {path}: audio chunk x {count}, by own time")
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("provider", choices=("gemini", "openai"))
-    parser.add_argument("calls", type=int)
+    parser.add_argument("calls", type=int, nargs="?", default=0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--per-message", action="store_true", help="CPU per received message")
+    parser.add_argument("--messages", type=int, default=2000, help="per round, --per-message")
+    parser.add_argument("--profile", action="store_true", help="cProfile, with --per-message")
     parser.add_argument("--emulator", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.emulator:
         asyncio.run(serve_emulator(args.provider))
+        return
+    if args.per_message:
+        per_message(args.provider, args.messages, args.profile)
         return
     child = subprocess.Popen(
         [sys.executable, __file__, args.provider, "0", "--emulator"],

@@ -312,13 +312,17 @@ _gemini: list[Callable[[dict[str, Any]], Any]] = []
 def gemini_messages(data: bytes) -> None:
     """Server frames parsed by the SDK as ``AsyncSession.receive`` does, then our receiver.
 
-    What the SDK itself refuses (not JSON, not its schema) never reaches sipbot's code and
-    ends the connection inside the SDK, so it is skipped here.
+    What the SDK itself refuses (not JSON, not its schema) never reaches that receiver and ends
+    the connection inside the SDK, so it is skipped there. The same frames also go through
+    ``receive_frame`` (what sipbot runs), which may refuse a frame only with
+    ProviderProtocolError.
     """
     if not _gemini:
         _gemini.append(_gemini_parse())
-    receiver = GeminiReceiver()
+    receiver, frames = GeminiReceiver(), GeminiReceiver()
     for frame in split(data):
+        with contextlib.suppress(ProviderProtocolError):  # what sipbot reads: receive_frame
+            frames.receive_frame(frame)
         try:
             raw = json.loads(frame)
             if not isinstance(raw, dict):
@@ -328,6 +332,7 @@ def gemini_messages(data: bytes) -> None:
             continue
         receiver.receive(message)
     receiver.connection_lost()
+    frames.connection_lost()
 
 
 TARGETS: dict[str, Target] = {

@@ -16,6 +16,12 @@ reconnection) whose server messages become events through :class:`GeminiReceiver
   greeting, and until ``generationComplete``; a stall resumes with the handle (the service
   continues the conversation). A barge-in sends what the caller heard as a system note
   (:func:`wire.heard_note`).
+* Rule 5: server frames are read from the SDK session's websocket and parsed by
+  :meth:`wire.GeminiReceiver.receive_frame`, with no ``LiveServerMessage`` per message (its
+  pydantic costs 130-190 µs per 100 ms audio chunk, against ≈ 9 µs: bench/README.md); a close
+  raises the SDK's ``APIError`` as its own ``receive()`` does. An SDK whose session has no
+  websocket we know (:func:`_frame_socket`) logs an error once and is read through
+  ``receive()`` instead.
 """
 
 from __future__ import annotations
@@ -24,14 +30,18 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import Any, Protocol, cast
+from typing import Any, NoReturn, Protocol, cast
 
 from google import genai
+from google.genai import errors as genai_errors
 from google.genai import types
 from google.genai.live import AsyncSession
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CLOSE_CODE_EXPLANATIONS
 
 from sipbot.domain import PCM16_16K, PCM16_24K, CallInfo, ProviderEvent, SessionConfig
-from sipbot.errors import ConfigError, ProviderConnectError
+from sipbot.errors import ConfigError, ProviderConnectError, ProviderProtocolError
 from sipbot.providers import gemini_wire as wire
 from sipbot.providers.resilience import CLOSE_TIMEOUT_S, ResilientSession, bounded, describe
 
@@ -60,6 +70,7 @@ _WARM_UP_MESSAGES: tuple[dict[str, Any], ...] = (
     {"usageMetadata": {"promptTokenCount": 1}},
 )
 _warmed_up = False
+_warned_no_frames = False  # the SDK-shape error is logged once a process (Rule 5)
 
 
 class GeminiProvider:
@@ -182,6 +193,7 @@ class GeminiSession(ResilientSession):
         self._stack: contextlib.AsyncExitStack | None = None
         self._session: AsyncSession | None = None
         self._socket: _TextSocket | None = None  # the SDK session's websocket (audio fast path)
+        self._frames: Connection | None = None  # the same, to read raw frames (Rule 5)
         self._handle_failed = False
 
     # ----------------------------------------------------------------- ProviderSession
@@ -222,6 +234,7 @@ class GeminiSession(ResilientSession):
         try:
             self._stack, self._session = await self._provider.connect(self.config, handle)
             self._socket = _text_socket(self._session)
+            self._frames = _frames_or_none(self._session)
         except ProviderConnectError:
             # The handle may be why (expired, unknown): the next attempt starts afresh, seeded.
             self._handle_failed = handle is not None
@@ -247,6 +260,7 @@ class GeminiSession(ResilientSession):
     async def disconnect(self) -> None:
         stack, self._stack, self._session = self._stack, None, None
         self._socket = None
+        self._frames = None
         if stack is not None:
             await stack.aclose()
 
@@ -261,14 +275,31 @@ class GeminiSession(ResilientSession):
 
     async def receive(self) -> str:
         assert self._session is not None
+        frames, receiver = self._frames, self._receiver
+        if frames is None:
+            return await self._receive_messages()
+        while True:
+            try:
+                frame = await frames.recv(decode=False)
+            except ConnectionClosed as closed:
+                _raise_closed(closed)
+            for event in receiver.receive_frame(frame):
+                self.emit(event)
+            if receiver.generation_complete:
+                self.watch.settle()  # the rest is playback time: nothing more is due
+            if receiver.go_away and not receiver.in_turn:
+                return "goAway"
+
+    async def _receive_messages(self) -> str:
+        """``receive()`` through the SDK's parse (an SDK whose websocket we cannot reach)."""
+        assert self._session is not None
         session, receiver = self._session, self._receiver
         while True:  # receive() ends at each turnComplete
             async for message in session.receive():
                 for event in receiver.receive(message):
                     self.emit(event)
-                content = message.server_content
-                if content is not None and content.generation_complete:
-                    self.watch.settle()  # the rest is playback time: nothing more is due
+                if receiver.generation_complete:
+                    self.watch.settle()
                 if receiver.go_away and not receiver.in_turn:
                     return "goAway"
 
@@ -306,3 +337,53 @@ def _text_socket(session: AsyncSession) -> _TextSocket | None:
     socket = getattr(session, "_ws", None)
     send = getattr(socket, "send", None)
     return cast(_TextSocket, socket) if callable(send) else None
+
+
+# What this relies on, read in google-genai 3.6.1's live.py (the version installed when it was
+# written; pyproject allows >= 1.20): AsyncSession keeps the websockets (>= 13, asyncio
+# implementation) connection it reads in ``_ws`` and reads it with
+# ``_ws.recv(decode=False)``, one JSON server message per frame; a close becomes
+# ``errors.APIError.raise_error(code, reason, None)``. tests/unit/test_gemini_parse.py fails
+# when an SDK upgrade breaks any of this.
+
+
+def _frame_socket(session: AsyncSession) -> Connection:
+    """The websocket an SDK session reads its server messages from (Rule 5).
+
+    Raises:
+        ProviderProtocolError: this SDK version lays its session out differently.
+    """
+    socket = getattr(session, "_ws", None)
+    if not isinstance(socket, Connection):
+        raise ProviderProtocolError(
+            f"gemini: google-genai {_sdk_version()}: AsyncSession._ws is "
+            f"{type(socket).__name__}, not a websockets.asyncio Connection (the SDK changed: "
+            "see _frame_socket in sipbot/providers/gemini.py)"
+        )
+    return socket
+
+
+def _frames_or_none(session: AsyncSession) -> Connection | None:
+    """:func:`_frame_socket`, or None (the error logged once a process) to use ``receive()``."""
+    global _warned_no_frames
+    try:
+        return _frame_socket(session)
+    except ProviderProtocolError as error:
+        if not _warned_no_frames:
+            _warned_no_frames = True
+            logger.error("%s; reading through the SDK's receive() instead (slower)", error)
+        return None
+
+
+def _raise_closed(closed: ConnectionClosed) -> NoReturn:
+    """Raise what ``AsyncSession._receive`` raises for a closed socket (Rule 3)."""
+    if closed.rcvd is not None:
+        code, reason = closed.rcvd.code, closed.rcvd.reason
+    else:
+        code, reason = 1006, CLOSE_CODE_EXPLANATIONS.get(1006, "Abnormal closure.")
+    genai_errors.APIError.raise_error(code, reason, None)
+    raise closed  # raise_error always raises; this keeps the type checker sure of it
+
+
+def _sdk_version() -> str:
+    return str(getattr(genai, "__version__", "?"))

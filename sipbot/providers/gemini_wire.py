@@ -21,6 +21,14 @@ Rules of :class:`GeminiReceiver`:
   of a turn without audio, e.g. a tool call) gives ``TurnComplete(None)``.
 * Rule 5: Gemini cannot truncate a reply, so what the caller heard of a cut one is told in-band
   (:func:`heard_note`): a text turn marked ``[system note]`` that does not complete the turn.
+* Rule 6: :meth:`GeminiReceiver.receive_frame` reads a server frame as it came off the websocket
+  (camelCase JSON) with no SDK model in between: the JSON parsed once, each audio payload
+  base64-decoded once (standard or URL-safe, padded or not, as the SDK accepts), fields the
+  receiver does not use never touched (:mod:`gemini_frames`). Both entry points read a message
+  into one flat record (:class:`ServerFields`), so they cannot disagree on the Rules;
+  tests/unit/test_gemini_parse.py pins
+  the frame path against the SDK's own parse. A frame that is not JSON, has none of the
+  server message fields, or has one of the wrong type raises :class:`ProviderProtocolError`.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from sipbot.domain import (
     TurnComplete,
 )
 from sipbot.providers.continuity import SYSTEM_NOTE, greeting_prompt
+from sipbot.providers.gemini_frames import ServerFields, read_frame
 
 INPUT_MIME_TYPE = "audio/pcm;rate=16000"
 
@@ -297,17 +306,55 @@ class ServerMessage(Protocol):
     def session_resumption_update(self) -> _ResumptionUpdate | None: ...
 
 
+def _read_model(message: ServerMessage) -> ServerFields:
+    """The fields of a message the SDK parsed (its ``LiveServerMessage``)."""
+    fields = ServerFields()
+    content = message.server_content
+    if content is not None:
+        heard = content.input_transcription
+        if heard is not None:
+            fields.caller = heard.text
+            fields.caller_finished = bool(heard.finished)
+        if content.model_turn is not None:
+            fields.audio = [
+                blob.data
+                for part in content.model_turn.parts or ()
+                if (blob := part.inline_data) is not None and blob.data
+            ]
+        if content.output_transcription is not None:
+            fields.agent = content.output_transcription.text
+        fields.interrupted = bool(content.interrupted)
+        fields.turn_complete = bool(content.turn_complete)
+        fields.generation_complete = bool(content.generation_complete)
+    if message.tool_call is not None:
+        fields.calls = [
+            ToolCall(call.id or "", call.name or "", dict(call.args or {}))
+            for call in message.tool_call.function_calls or ()
+        ]
+    if message.tool_call_cancellation is not None:
+        fields.cancelled = tuple(message.tool_call_cancellation.ids or ())
+    update = message.session_resumption_update
+    if update is not None and update.resumable and update.new_handle:
+        fields.handle = update.new_handle
+    if message.go_away is not None:
+        fields.go_away = True
+        fields.time_left = message.go_away.time_left
+    return fields
+
+
 class GeminiReceiver:
     """Turns Gemini server messages into events; keeps reconnection state (see the Rules).
 
     Attributes:
         resumption_handle: the latest resumable handle, or None before the first one.
         go_away: the server announced the end of the current connection.
+        generation_complete: the last message said the model has generated all of its turn.
     """
 
     def __init__(self) -> None:
         self.resumption_handle: str | None = None
         self.go_away = False
+        self.generation_complete = False
         self._turns = 0
         self._item: str | None = None
         self._caller_text: list[str] = []
@@ -319,24 +366,16 @@ class GeminiReceiver:
         return self._item is not None
 
     def receive(self, message: ServerMessage) -> list[ProviderEvent]:
-        """The events ``message`` means, in order."""
-        events: list[ProviderEvent] = []
-        content = message.server_content
-        if content is not None:
-            self._content(content, events)
-        if message.tool_call is not None:
-            self._finish_caller(events)
-            for call in message.tool_call.function_calls or ():
-                events.append(ToolCall(call.id or "", call.name or "", dict(call.args or {})))
-        if message.tool_call_cancellation is not None:
-            events.append(ToolCallCancelled(tuple(message.tool_call_cancellation.ids or ())))
-        update = message.session_resumption_update
-        if update is not None and update.resumable and update.new_handle:
-            self.resumption_handle = update.new_handle
-        if message.go_away is not None:
-            self.go_away = True
-            events.append(ProviderNotice(f"gemini: goAway, time left {message.go_away.time_left}"))
-        return events
+        """The events ``message`` (as the SDK parsed it) means, in order."""
+        return self._apply(_read_model(message))
+
+    def receive_frame(self, frame: str | bytes) -> list[ProviderEvent]:
+        """The events a raw server frame means, in order (Rule 6).
+
+        Raises:
+            ProviderProtocolError: the frame is not a server message (state is unchanged).
+        """
+        return self._apply(read_frame(frame))
 
     def connection_lost(self) -> list[ProviderEvent]:
         """Close what the lost connection left open; call before reconnecting."""
@@ -349,41 +388,48 @@ class GeminiReceiver:
         self.go_away = False
         return events
 
-    def _content(self, content: _ServerContent, events: list[ProviderEvent]) -> None:
-        if content.input_transcription is not None:
-            piece = content.input_transcription.text
-            if piece:
-                self._caller_text.append(piece)
-                events.append(Transcript("caller", piece, final=False))
-            if content.input_transcription.finished:
-                self._finish_caller(events)
-        if content.model_turn is not None:
-            self._audio(content.model_turn, events)
-        if content.output_transcription is not None:
-            piece = content.output_transcription.text
-            if piece:
-                self._agent_text.append(piece)
-                events.append(Transcript("agent", piece, final=False))
-        if content.interrupted:
-            events.append(Interrupted(self._item))
-            self._finish_agent(events)
-            self._item = None
-        if content.turn_complete:
+    def _apply(self, fields: ServerFields) -> list[ProviderEvent]:
+        events: list[ProviderEvent] = []
+        self._content(fields, events)
+        if fields.calls is not None:
             self._finish_caller(events)
-            self._finish_agent(events)
-            events.append(TurnComplete(self._item))
-            self._item = None
+            events.extend(fields.calls)
+        if fields.cancelled is not None:
+            events.append(ToolCallCancelled(fields.cancelled))
+        if fields.handle is not None:
+            self.resumption_handle = fields.handle
+        if fields.go_away:
+            self.go_away = True
+            events.append(ProviderNotice(f"gemini: goAway, time left {fields.time_left}"))
+        self.generation_complete = fields.generation_complete
+        return events
 
-    def _audio(self, turn: _Content, events: list[ProviderEvent]) -> None:
-        for part in turn.parts or ():
-            blob = part.inline_data
-            if blob is None or not blob.data:
-                continue
+    def _content(self, fields: ServerFields, events: list[ProviderEvent]) -> None:
+        piece = fields.caller
+        if piece:
+            self._caller_text.append(piece)
+            events.append(Transcript("caller", piece, final=False))
+        if fields.caller_finished:
+            self._finish_caller(events)
+        for chunk in fields.audio:
             if self._item is None:
                 self._finish_caller(events)
                 self._turns += 1
                 self._item = f"{ITEM_PREFIX}{self._turns}"
-            events.append(AudioOut(blob.data, self._item))
+            events.append(AudioOut(chunk, self._item))
+        piece = fields.agent
+        if piece:
+            self._agent_text.append(piece)
+            events.append(Transcript("agent", piece, final=False))
+        if fields.interrupted:
+            events.append(Interrupted(self._item))
+            self._finish_agent(events)
+            self._item = None
+        if fields.turn_complete:
+            self._finish_caller(events)
+            self._finish_agent(events)
+            events.append(TurnComplete(self._item))
+            self._item = None
 
     def _finish_caller(self, events: list[ProviderEvent]) -> None:
         if self._caller_text:

@@ -30,6 +30,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
+from pydantic_core import from_json
+
 from sipbot.domain import (
     PCM16_24K,
     PCMA_8K,
@@ -46,6 +48,7 @@ from sipbot.domain import (
 )
 from sipbot.errors import ProviderProtocolError
 from sipbot.providers.continuity import greeting_prompt
+from sipbot.providers.payload import b64decode
 
 TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
 PLAYOUT_MARGIN_S = 0.5  # pacer pre-buffer and jitter: agent audio may play this long after
@@ -65,15 +68,24 @@ def decode_server_event(data: bytes | str) -> dict[str, Any]:
         ProviderProtocolError: the frame is not JSON, or not a JSON object.
     """
     try:
-        event = json.loads(data)
-    except ValueError as error:  # JSONDecodeError, and UnicodeDecodeError for bytes
-        raise ProviderProtocolError(f"openai: a server frame is not JSON: {error}") from None
-    except RecursionError:  # [[[[... a few thousand deep
-        raise ProviderProtocolError("openai: a server frame is nested too deep") from None
+        # pydantic-core's parser is ≈ 4x faster than json's on an audio delta; for a frame it
+        # refuses, json parses again: the same result for valid JSON, json's wording otherwise.
+        event = from_json(data)
+    except ValueError:
+        event = _json_loads(data)
     if not isinstance(event, dict):
         kind = type(event).__name__
         raise ProviderProtocolError(f"openai: a server frame is a JSON {kind}, not an object")
     return event
+
+
+def _json_loads(data: bytes | str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as error:  # JSONDecodeError, and UnicodeDecodeError for bytes
+        raise ProviderProtocolError(f"openai: a server frame is not JSON: {error}") from None
+    except RecursionError:  # [[[[... a few thousand deep
+        raise ProviderProtocolError("openai: a server frame is nested too deep") from None
 
 
 # --------------------------------------------------------------------------- what we send
@@ -332,8 +344,8 @@ class OpenAIConversation:
     def _audio(self, event: Mapping[str, Any], now: float) -> list[ProviderEvent]:
         delta = event.get("delta", "")
         try:
-            audio = base64.b64decode(delta) if isinstance(delta, str) else None
-        except ValueError:  # binascii.Error
+            audio = b64decode(delta) if isinstance(delta, str) else None
+        except ValueError:  # pydantic-core's ValidationError, binascii.Error
             audio = None
         if audio is None:
             raise ProviderProtocolError(f"openai: audio delta is not base64: {delta!r:.80}")

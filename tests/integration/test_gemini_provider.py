@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import NoReturn
 
 import pytest
 
@@ -26,7 +27,8 @@ from sipbot.domain import (
 from sipbot.emulators.common import ResumptionHandles
 from sipbot.emulators.gemini import GeminiEmulator
 from sipbot.emulators.script import EmulatorScript, ToolCallRule
-from sipbot.errors import ConfigError, ProviderConnectError
+from sipbot.errors import ConfigError, ProviderConnectError, ProviderProtocolError
+from sipbot.providers import gemini
 from sipbot.providers.gemini import GeminiProvider, GeminiSession
 from tests.integration.conftest import EventLog, dominant_hz, eventually, feed, silence, sine
 
@@ -313,3 +315,29 @@ def test_socket_options_reach_websockets() -> None:
     assert options["open_timeout"] == 3.0
     assert options["close_timeout"] == 2.0
     assert options["max_size"] == 16 * 1024 * 1024  # the SDK default is 1 MiB
+
+
+async def test_an_sdk_whose_websocket_we_cannot_reach_is_read_through_its_receive(
+    emulator: GeminiEmulator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """gemini Rule 5's fallback: the SDK's own receive(), through a goAway and a resume."""
+
+    def laid_out_differently(session: object) -> NoReturn:
+        raise ProviderProtocolError("gemini: google-genai 9.0: AsyncSession._ws is NoneType")
+
+    monkeypatch.setattr(gemini, "_frame_socket", laid_out_differently)
+    monkeypatch.setattr(gemini, "_warned_no_frames", False)
+    emulator.script = replace(FAST, go_away_after_turns=1, go_away_time_left_ms=300)
+    session, log = await opened(emulator)
+    feed(session, utterance(440.0), FRAME_IN)
+    await log.wait_for(lambda e: isinstance(e, ProviderNotice) and "resumed" in e.message)
+    feed(session, utterance(660.0), FRAME_IN)
+    await log.wait_for(lambda e: e == Transcript("agent", "reply 2"), within_s=8.0)
+    assert log.of_type(TurnComplete)[0] == TurnComplete("gemini-turn-1")
+    assert abs(dominant_hz(reply_audio(log, "gemini-turn-2"), RATE_OUT) - 660.0) < 5.0
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [  # once, though two connections were made
+        "gemini: google-genai 9.0: AsyncSession._ws is NoneType; "
+        "reading through the SDK's receive() instead (slower)"
+    ]
+    await session.close()

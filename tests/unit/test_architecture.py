@@ -59,6 +59,8 @@ CORES = (
     "media/plc.py",
     "bargein.py",
     "providers/*_wire.py",
+    "providers/gemini_frames.py",
+    "providers/payload.py",
     "dialplan/*.py",
 )
 OPTIONAL_CORES = ("conversation.py",)  # the call's sans-I/O core, once it exists
