@@ -16,6 +16,9 @@ reconnection) whose server messages become events through :class:`GeminiReceiver
   greeting, and until ``generationComplete``; a stall resumes with the handle (the service
   continues the conversation). A barge-in sends what the caller heard as a system note
   (:func:`wire.heard_note`).
+* Rule 5: what the SDK builds lazily on the first connection (the pydantic validators of the
+  connect parameters and of the seeding turns, ~100 ms on the event loop every call shares) is
+  built when the provider is made (:func:`_warm_up_connect`, before ``sipbot ready``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,15 @@ from google import genai
 from google.genai import types
 from google.genai.live import AsyncSession
 
-from sipbot.domain import PCM16_16K, PCM16_24K, CallInfo, ProviderEvent, SessionConfig
+from sipbot.domain import (
+    PCM16_16K,
+    PCM16_24K,
+    CallInfo,
+    ProviderEvent,
+    SessionConfig,
+    ToolSpec,
+    Transcript,
+)
 from sipbot.errors import ConfigError, ProviderConnectError
 from sipbot.providers import gemini_wire as wire
 from sipbot.providers.resilience import CLOSE_TIMEOUT_S, ResilientSession, bounded, describe
@@ -60,6 +71,17 @@ _WARM_UP_MESSAGES: tuple[dict[str, Any], ...] = (
     {"usageMetadata": {"promptTokenCount": 1}},
 )
 _warmed_up = False
+# A session using every part of the connect message and of the seeding turns (Rule 5).
+_WARM_UP_CONFIG = SessionConfig(
+    instructions="a",
+    voice="Puck",
+    language="en-US",
+    temperature=0.5,
+    tools=(ToolSpec("f", "f", {"type": "object", "properties": {"a": {"type": "string"}}}),),
+    greeting="hi",
+    history=(Transcript("caller", "a"), Transcript("agent", "b")),
+)
+_connect_warmed_up = False
 
 
 class GeminiProvider:
@@ -106,6 +128,7 @@ class GeminiProvider:
         )
         self._client = genai.Client(api_key=api_key, http_options=options)
         _warm_up_sdk()
+        _warm_up_connect(self._client, model)
         self.model = model
         self.connect_timeout_s = connect_timeout_s
         self.max_attempts = max_attempts
@@ -168,6 +191,36 @@ def _warm_up_sdk() -> None:
         types.LiveSendRealtimeInputParameters(audio=types.Blob(data=b"", mime_type="audio/pcm"))
     except Exception as error:  # the SDK's internals moved: lose the warm-up, nothing else
         logger.debug("gemini: SDK warm-up skipped: %r", error)
+
+
+def _warm_up_connect(client: genai.Client, model: str) -> None:
+    """Build the connect parameters and seeding turns the way ``live.connect`` and
+    ``send_client_content`` do (once a process, Rule 5).
+
+    Uses the SDK's private converters; any failure only means no warm-up.
+    """
+    global _connect_warmed_up
+    if _connect_warmed_up:
+        return
+    _connect_warmed_up = True
+    try:
+        from google.genai import _live_converters as converters
+        from google.genai import _transformers as transformers
+
+        built = wire.connect_config(_WARM_UP_CONFIG, resumption_handle="h")
+        live_config = types.LiveConnectConfig(**built)
+        live_config.system_instruction = transformers.t_content(built["system_instruction"])
+        parameters = types.LiveConnectParameters(model=f"models/{model}", config=live_config)
+        converters._LiveConnectParameters_to_mldev(
+            api_client=client._api_client, from_object=parameters.model_dump(exclude_none=True)
+        )
+        turns: Any = wire.seed_turns(_WARM_UP_CONFIG.history, _WARM_UP_CONFIG.greeting)
+        content = transformers.t_client_content(turns, True).model_dump(
+            mode="json", exclude_none=True
+        )
+        converters._LiveClientContent_to_mldev(from_object=content)
+    except Exception as error:  # the SDK's internals moved: lose the warm-up, nothing else
+        logger.debug("gemini: SDK connect warm-up skipped: %r", error)
 
 
 class GeminiSession(ResilientSession):

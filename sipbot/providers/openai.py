@@ -14,13 +14,21 @@ reconnection) whose protocol state lives in :class:`OpenAIConversation`.
   ``response.created`` until ``response.done`` (caller transcripts may come after the reply, so
   they do not count); a stall opens a new session seeded with the transcript that asks for the
   owed answer again (``response.create``).
+* Rule 5: opening a session does no one-off or avoidable work on the event loop, which every
+  call's audio shares: what the SDK does lazily on its first connection (importing its
+  websocket and anyio modules, ``platform.platform()`` running ``uname -p`` in a subprocess for
+  its headers) is done when the provider is made (:func:`_warm_up_sdk`, before ``sipbot
+  ready``), and a ``wss://`` connection uses one TLS context per provider instead of the one
+  websockets would build per connection (loading the CA bundle: 50-130 ms on a busy host).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
+import ssl
 from typing import Any
 
 from openai import AsyncOpenAI
@@ -38,6 +46,9 @@ CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + websocket handshake + session.updated
 MAX_ATTEMPTS = 5
 DUE_EVENTS = frozenset({"input_audio_buffer.committed", "response.created"})  # an answer is owed
 MAX_FRAME_BYTES = 1 << 20  # one server event (5 s of 24 kHz audio is 320 kB in base64)
+# Imported by the SDK on its first connection and first send (Rule 5).
+_LAZY_MODULES = ("openai.lib._websocket", "websockets.asyncio.client", "anyio._backends._asyncio")
+_warmed_up = False
 
 
 class OpenAIProvider:
@@ -70,6 +81,8 @@ class OpenAIProvider:
         self._client = AsyncOpenAI(
             api_key=api_key, websocket_base_url=websocket_base_url, max_retries=0
         )
+        self._tls = _tls_context(self._client)  # Rule 5
+        _warm_up_sdk(self._client)
         self.model = model
         self.connect_timeout_s = connect_timeout_s
         self.max_attempts = max_attempts
@@ -102,6 +115,8 @@ class OpenAIProvider:
             "max_size": MAX_FRAME_BYTES,
             "compression": None,  # what the SDK sets when it lifts the limit: keep it
         }
+        if self._tls is not None:
+            socket_options["ssl"] = self._tls  # one per provider, not one per connection
         manager = self._client.realtime.connect(
             model=model, websocket_connection_options=socket_options
         )
@@ -110,6 +125,33 @@ class OpenAIProvider:
                 return await manager.enter()
         except Exception as error:  # the SDK and websockets raise many kinds; all mean this
             raise ProviderConnectError(f"openai: cannot connect: {describe(error)}") from error
+
+
+def _tls_context(client: AsyncOpenAI) -> ssl.SSLContext | None:
+    """The TLS context for the client's websocket URL (None for ``ws://``): the default one
+    websockets would make per connection, made once (Rule 5)."""
+    if client.websocket_base_url is not None:
+        secure = str(client.websocket_base_url).startswith(("wss:", "https:"))
+    else:
+        secure = client.base_url.scheme != "http"  # the SDK's rule for its own base URL
+    return ssl.create_default_context() if secure else None
+
+
+def _warm_up_sdk(client: AsyncOpenAI) -> None:
+    """Do now, once a process, what the SDK would do lazily in the first call (Rule 5).
+
+    Any failure only means no warm-up.
+    """
+    global _warmed_up
+    if _warmed_up:
+        return
+    _warmed_up = True
+    try:
+        for name in _LAZY_MODULES:
+            importlib.import_module(name)
+        _ = client.default_headers  # platform headers: cached by the SDK once computed
+    except Exception as error:  # the SDK's internals moved: lose the warm-up, nothing else
+        logger.debug("openai: SDK warm-up skipped: %r", error)
 
 
 class OpenAISession(ResilientSession):
