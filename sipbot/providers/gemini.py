@@ -219,6 +219,10 @@ def _warm_up_connect(client: genai.Client, model: str) -> None:
             mode="json", exclude_none=True
         )
         converters._LiveClientContent_to_mldev(from_object=content)
+        # built on first use during a connection, not by the calls above
+        types.FunctionDeclaration(name="f")
+        types.ModalityTokenCount(token_count=1)
+        "a".encode("idna")  # TLS server_hostname: imports the codec (and stringprep)
     except Exception as error:  # the SDK's internals moved: lose the warm-up, nothing else
         logger.debug("gemini: SDK connect warm-up skipped: %r", error)
 

@@ -46,8 +46,14 @@ CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + websocket handshake + session.updated
 MAX_ATTEMPTS = 5
 DUE_EVENTS = frozenset({"input_audio_buffer.committed", "response.created"})  # an answer is owed
 MAX_FRAME_BYTES = 1 << 20  # one server event (5 s of 24 kHz audio is 320 kB in base64)
-# Imported by the SDK on its first connection and first send (Rule 5).
-_LAZY_MODULES = ("openai.lib._websocket", "websockets.asyncio.client", "anyio._backends._asyncio")
+# Imported by the SDK on its first connection and first send, and by TLS for the host name's
+# idna codec (Rule 5).
+_LAZY_MODULES = (
+    "openai.lib._websocket",
+    "websockets.asyncio.client",
+    "anyio._backends._asyncio",
+    "encodings.idna",
+)
 _warmed_up = False
 
 
