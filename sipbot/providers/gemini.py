@@ -19,6 +19,9 @@ reconnection) whose server messages become events through :class:`GeminiReceiver
 * Rule 5: what the SDK builds lazily on the first connection (the pydantic validators of the
   connect parameters and of the seeding turns, ~100 ms on the event loop every call shares) is
   built when the provider is made (:func:`_warm_up_connect`, before ``sipbot ready``).
+  Providers with the same key, URL and CA file share the SDK client (:func:`_client_for`): a
+  config reload makes new providers on the loop, and making a client (its HTTP clients and TLS
+  contexts) costs 200-400 ms there; a reload that changes the key gets a new client.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
+from collections import OrderedDict
 from typing import Any, Protocol, cast
 
 from google import genai
@@ -82,6 +87,8 @@ _WARM_UP_CONFIG = SessionConfig(
     history=(Transcript("caller", "a"), Transcript("agent", "b")),
 )
 _connect_warmed_up = False
+MAX_CLIENTS = 16  # shared clients kept (one per key, URL and CA file; old keys age out)
+_clients: OrderedDict[tuple[object, ...], genai.Client] = OrderedDict()
 
 
 class GeminiProvider:
@@ -115,18 +122,7 @@ class GeminiProvider:
     ) -> None:
         if not api_key:
             raise ConfigError("gemini: no API key (set GEMINI_API_KEY)")
-        # google-genai passes the entries websockets' connect() accepts through to it.
-        socket_args: dict[str, Any] = {
-            "open_timeout": connect_timeout_s,
-            "close_timeout": CLOSE_TIMEOUT_S,
-            "max_size": MAX_MESSAGE_BYTES,
-        }
-        if ca_file is not None:
-            socket_args["ssl"] = ssl.create_default_context(cafile=ca_file)
-        options = types.HttpOptions(
-            base_url=base_url, api_version=api_version, async_client_args=socket_args
-        )
-        self._client = genai.Client(api_key=api_key, http_options=options)
+        self._client = _client_for(api_key, base_url, ca_file, api_version, connect_timeout_s)
         _warm_up_sdk()
         _warm_up_connect(self._client, model)
         self.model = model
@@ -170,6 +166,41 @@ class GeminiProvider:
             await bounded(stack.aclose())
             raise ProviderConnectError(f"gemini: cannot connect: {describe(error)}") from error
         return stack, session
+
+
+def _client_for(
+    api_key: str,
+    base_url: str | None,
+    ca_file: str | None,
+    api_version: str,
+    connect_timeout_s: float,
+) -> genai.Client:
+    """The shared SDK client for these settings (Rule 5); a rewritten CA file makes a new one.
+
+    Raises:
+        OSError: ``ca_file`` cannot be read.
+    """
+    ca_version = os.stat(ca_file).st_mtime_ns if ca_file is not None else None
+    key = (api_key, base_url, ca_file, ca_version, api_version, connect_timeout_s)
+    client = _clients.get(key)
+    if client is not None:
+        _clients.move_to_end(key)
+        return client
+    # google-genai passes the entries websockets' connect() accepts through to it.
+    socket_args: dict[str, Any] = {
+        "open_timeout": connect_timeout_s,
+        "close_timeout": CLOSE_TIMEOUT_S,
+        "max_size": MAX_MESSAGE_BYTES,
+    }
+    if ca_file is not None:
+        socket_args["ssl"] = ssl.create_default_context(cafile=ca_file)
+    options = types.HttpOptions(
+        base_url=base_url, api_version=api_version, async_client_args=socket_args
+    )
+    client = _clients[key] = genai.Client(api_key=api_key, http_options=options)
+    while len(_clients) > MAX_CLIENTS:
+        _clients.popitem(last=False)
+    return client
 
 
 def _warm_up_sdk() -> None:

@@ -20,6 +20,9 @@ reconnection) whose protocol state lives in :class:`OpenAIConversation`.
   its headers) is done when the provider is made (:func:`_warm_up_sdk`, before ``sipbot
   ready``), and a ``wss://`` connection uses one TLS context per provider instead of the one
   websockets would build per connection (loading the CA bundle: 50-130 ms on a busy host).
+  Providers with the same key and URL share the client and that context (:func:`_client_for`):
+  a config reload makes new providers on the loop, and making a client costs 70-400 ms there;
+  a reload that changes the key gets a new client with the new key.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import importlib
 import json
 import logging
 import ssl
+from collections import OrderedDict
 from typing import Any
 
 from openai import AsyncOpenAI
@@ -55,6 +59,10 @@ _LAZY_MODULES = (
     "encodings.idna",
 )
 _warmed_up = False
+MAX_CLIENTS = 16  # shared clients kept (one per key and URL; old keys age out)
+_clients: OrderedDict[tuple[str, str | None], tuple[AsyncOpenAI, ssl.SSLContext | None]] = (
+    OrderedDict()
+)
 
 
 class OpenAIProvider:
@@ -84,10 +92,7 @@ class OpenAIProvider:
     ) -> None:
         if not api_key:
             raise ConfigError("openai: no API key (set OPENAI_API_KEY)")
-        self._client = AsyncOpenAI(
-            api_key=api_key, websocket_base_url=websocket_base_url, max_retries=0
-        )
-        self._tls = _tls_context(self._client)  # Rule 5
+        self._client, self._tls = _client_for(api_key, websocket_base_url)  # Rule 5
         _warm_up_sdk(self._client)
         self.model = model
         self.connect_timeout_s = connect_timeout_s
@@ -131,6 +136,22 @@ class OpenAIProvider:
                 return await manager.enter()
         except Exception as error:  # the SDK and websockets raise many kinds; all mean this
             raise ProviderConnectError(f"openai: cannot connect: {describe(error)}") from error
+
+
+def _client_for(
+    api_key: str, websocket_base_url: str | None
+) -> tuple[AsyncOpenAI, ssl.SSLContext | None]:
+    """The shared client for this key and URL, and its TLS context (Rule 5)."""
+    key = (api_key, websocket_base_url)
+    entry = _clients.get(key)
+    if entry is None:
+        client = AsyncOpenAI(api_key=api_key, websocket_base_url=websocket_base_url, max_retries=0)
+        entry = _clients[key] = (client, _tls_context(client))
+        while len(_clients) > MAX_CLIENTS:
+            _clients.popitem(last=False)
+    else:
+        _clients.move_to_end(key)
+    return entry
 
 
 def _tls_context(client: AsyncOpenAI) -> ssl.SSLContext | None:

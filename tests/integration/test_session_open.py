@@ -18,11 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import certifi
 import pytest
 
 from sipbot.emulators.gemini import GeminiEmulator
 from sipbot.emulators.openai import OpenAIEmulator
 from sipbot.emulators.script import EmulatorScript
+from sipbot.providers.gemini import GeminiProvider
 from sipbot.providers.openai import OpenAIProvider
 
 KEY = "test-key"
@@ -87,3 +89,29 @@ def test_openai_tls_context_made_once_per_provider(url: str | None, secure: bool
     if tls is not None:
         assert tls.verify_mode == ssl.CERT_REQUIRED
         assert tls.check_hostname
+
+
+def test_providers_share_the_sdk_client_per_key() -> None:
+    """A reload makes new providers on the loop; the SDK client (70-400 ms to make) is shared
+    while the key and URL stay, and a new key gets a new client that uses it."""
+    first = OpenAIProvider(KEY, websocket_base_url="ws://127.0.0.1:9/v1")
+    again = OpenAIProvider(KEY, websocket_base_url="ws://127.0.0.1:9/v1")
+    rotated = OpenAIProvider("new-key", websocket_base_url="ws://127.0.0.1:9/v1")
+    assert again._client is first._client
+    assert rotated._client is not first._client
+    assert rotated._client.api_key == "new-key"
+    assert OpenAIProvider(KEY)._tls is OpenAIProvider(KEY)._tls
+
+
+def test_gemini_providers_share_the_sdk_client_per_key(tmp_path: Path) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(Path(certifi.where()).read_bytes())
+    url = "https://127.0.0.1:9"
+    first = GeminiProvider(KEY, base_url=url, ca_file=str(ca_file))
+    assert GeminiProvider(KEY, base_url=url, ca_file=str(ca_file))._client is first._client
+    rotated = GeminiProvider("new-key", base_url=url, ca_file=str(ca_file))
+    assert rotated._client is not first._client
+    assert rotated._client._api_client.api_key == "new-key"
+    stat = ca_file.stat()
+    os.utime(ca_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # rewritten
+    assert GeminiProvider(KEY, base_url=url, ca_file=str(ca_file))._client is not first._client
