@@ -86,7 +86,6 @@ _WARM_UP_CONFIG = SessionConfig(
     greeting="hi",
     history=(Transcript("caller", "a"), Transcript("agent", "b")),
 )
-_connect_warmed_up = False
 MAX_CLIENTS = 16  # shared clients kept (one per key, URL and CA file; old keys age out)
 _clients: OrderedDict[tuple[object, ...], genai.Client] = OrderedDict()
 
@@ -124,7 +123,6 @@ class GeminiProvider:
             raise ConfigError("gemini: no API key (set GEMINI_API_KEY)")
         self._client = _client_for(api_key, base_url, ca_file, api_version, connect_timeout_s)
         _warm_up_sdk()
-        _warm_up_connect(self._client, model)
         self.model = model
         self.connect_timeout_s = connect_timeout_s
         self.max_attempts = max_attempts
@@ -198,6 +196,7 @@ def _client_for(
         base_url=base_url, api_version=api_version, async_client_args=socket_args
     )
     client = _clients[key] = genai.Client(api_key=api_key, http_options=options)
+    _warm_up_connect(client)  # costly only the first time: the SDK keeps what it built
     while len(_clients) > MAX_CLIENTS:
         _clients.popitem(last=False)
     return client
@@ -224,16 +223,12 @@ def _warm_up_sdk() -> None:
         logger.debug("gemini: SDK warm-up skipped: %r", error)
 
 
-def _warm_up_connect(client: genai.Client, model: str) -> None:
+def _warm_up_connect(client: genai.Client) -> None:
     """Build the connect parameters and seeding turns the way ``live.connect`` and
-    ``send_client_content`` do (once a process, Rule 5).
+    ``send_client_content`` do (Rule 5).
 
     Uses the SDK's private converters; any failure only means no warm-up.
     """
-    global _connect_warmed_up
-    if _connect_warmed_up:
-        return
-    _connect_warmed_up = True
     try:
         from google.genai import _live_converters as converters
         from google.genai import _transformers as transformers
@@ -241,7 +236,7 @@ def _warm_up_connect(client: genai.Client, model: str) -> None:
         built = wire.connect_config(_WARM_UP_CONFIG, resumption_handle="h")
         live_config = types.LiveConnectConfig(**built)
         live_config.system_instruction = transformers.t_content(built["system_instruction"])
-        parameters = types.LiveConnectParameters(model=f"models/{model}", config=live_config)
+        parameters = types.LiveConnectParameters(model="models/warm-up", config=live_config)
         converters._LiveConnectParameters_to_mldev(
             api_client=client._api_client, from_object=parameters.model_dump(exclude_none=True)
         )
