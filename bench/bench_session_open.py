@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import os
 import re
 import subprocess
@@ -132,6 +133,8 @@ async def measure(provider_name: str, opens: int, concurrent: int, stacks: bool)
         started = time.perf_counter()
         provider = make(provider_name, url, ca_file)  # at server start, before any call
         made_ms = (time.perf_counter() - started) * 1000
+        gc.collect()  # what the server does once its providers are made (see _warm_providers)
+        gc.freeze()
         ticker = Ticker()
         ticker.start()
         sampler = Sampler(ticker, threading.get_ident())
