@@ -22,6 +22,12 @@ reconnection) whose server messages become events through :class:`GeminiReceiver
   raises the SDK's ``APIError`` as its own ``receive()`` does. An SDK whose session has no
   websocket we know (:func:`_frame_socket`) logs an error once and is read through
   ``receive()`` instead.
+* Rule 6: what the SDK builds lazily on the first connection (the pydantic validators of the
+  connect parameters and of the seeding turns, ~100 ms on the event loop every call shares) is
+  built when the provider is made (:func:`_warm_up_connect`, before ``sipbot ready``).
+  Providers with the same key, URL and CA file share the SDK client (:func:`_client_for`): a
+  config reload makes new providers on the loop, and making a client (its HTTP clients and TLS
+  contexts) costs 200-400 ms there; a reload that changes the key gets a new client.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
+from collections import OrderedDict
 from typing import Any, NoReturn, Protocol, cast
 
 from google import genai
@@ -40,7 +48,15 @@ from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CLOSE_CODE_EXPLANATIONS
 
-from sipbot.domain import PCM16_16K, PCM16_24K, CallInfo, ProviderEvent, SessionConfig
+from sipbot.domain import (
+    PCM16_16K,
+    PCM16_24K,
+    CallInfo,
+    ProviderEvent,
+    SessionConfig,
+    ToolSpec,
+    Transcript,
+)
 from sipbot.errors import ConfigError, ProviderConnectError, ProviderProtocolError
 from sipbot.providers import gemini_wire as wire
 from sipbot.providers.resilience import CLOSE_TIMEOUT_S, ResilientSession, bounded, describe
@@ -71,6 +87,18 @@ _WARM_UP_MESSAGES: tuple[dict[str, Any], ...] = (
 )
 _warmed_up = False
 _warned_no_frames = False  # the SDK-shape error is logged once a process (Rule 5)
+# A session using every part of the connect message and of the seeding turns (Rule 6).
+_WARM_UP_CONFIG = SessionConfig(
+    instructions="a",
+    voice="Puck",
+    language="en-US",
+    temperature=0.5,
+    tools=(ToolSpec("f", "f", {"type": "object", "properties": {"a": {"type": "string"}}}),),
+    greeting="hi",
+    history=(Transcript("caller", "a"), Transcript("agent", "b")),
+)
+MAX_CLIENTS = 16  # shared clients kept (one per key, URL and CA file; old keys age out)
+_clients: OrderedDict[tuple[object, ...], genai.Client] = OrderedDict()
 
 
 class GeminiProvider:
@@ -104,18 +132,7 @@ class GeminiProvider:
     ) -> None:
         if not api_key:
             raise ConfigError("gemini: no API key (set GEMINI_API_KEY)")
-        # google-genai passes the entries websockets' connect() accepts through to it.
-        socket_args: dict[str, Any] = {
-            "open_timeout": connect_timeout_s,
-            "close_timeout": CLOSE_TIMEOUT_S,
-            "max_size": MAX_MESSAGE_BYTES,
-        }
-        if ca_file is not None:
-            socket_args["ssl"] = ssl.create_default_context(cafile=ca_file)
-        options = types.HttpOptions(
-            base_url=base_url, api_version=api_version, async_client_args=socket_args
-        )
-        self._client = genai.Client(api_key=api_key, http_options=options)
+        self._client = _client_for(api_key, base_url, ca_file, api_version, connect_timeout_s)
         _warm_up_sdk()
         self.model = model
         self.connect_timeout_s = connect_timeout_s
@@ -160,6 +177,42 @@ class GeminiProvider:
         return stack, session
 
 
+def _client_for(
+    api_key: str,
+    base_url: str | None,
+    ca_file: str | None,
+    api_version: str,
+    connect_timeout_s: float,
+) -> genai.Client:
+    """The shared SDK client for these settings (Rule 6); a rewritten CA file makes a new one.
+
+    Raises:
+        OSError: ``ca_file`` cannot be read.
+    """
+    ca_version = os.stat(ca_file).st_mtime_ns if ca_file is not None else None
+    key = (api_key, base_url, ca_file, ca_version, api_version, connect_timeout_s)
+    client = _clients.get(key)
+    if client is not None:
+        _clients.move_to_end(key)
+        return client
+    # google-genai passes the entries websockets' connect() accepts through to it.
+    socket_args: dict[str, Any] = {
+        "open_timeout": connect_timeout_s,
+        "close_timeout": CLOSE_TIMEOUT_S,
+        "max_size": MAX_MESSAGE_BYTES,
+    }
+    if ca_file is not None:
+        socket_args["ssl"] = ssl.create_default_context(cafile=ca_file)
+    options = types.HttpOptions(
+        base_url=base_url, api_version=api_version, async_client_args=socket_args
+    )
+    client = _clients[key] = genai.Client(api_key=api_key, http_options=options)
+    _warm_up_connect(client)  # costly only the first time: the SDK keeps what it built
+    while len(_clients) > MAX_CLIENTS:
+        _clients.popitem(last=False)
+    return client
+
+
 def _warm_up_sdk() -> None:
     """Parse one message of each shape the way ``AsyncSession.receive`` does (once a process).
 
@@ -179,6 +232,36 @@ def _warm_up_sdk() -> None:
         types.LiveSendRealtimeInputParameters(audio=types.Blob(data=b"", mime_type="audio/pcm"))
     except Exception as error:  # the SDK's internals moved: lose the warm-up, nothing else
         logger.debug("gemini: SDK warm-up skipped: %r", error)
+
+
+def _warm_up_connect(client: genai.Client) -> None:
+    """Build the connect parameters and seeding turns the way ``live.connect`` and
+    ``send_client_content`` do (Rule 6).
+
+    Uses the SDK's private converters; any failure only means no warm-up.
+    """
+    try:
+        from google.genai import _live_converters as converters
+        from google.genai import _transformers as transformers
+
+        built = wire.connect_config(_WARM_UP_CONFIG, resumption_handle="h")
+        live_config = types.LiveConnectConfig(**built)
+        live_config.system_instruction = transformers.t_content(built["system_instruction"])
+        parameters = types.LiveConnectParameters(model="models/warm-up", config=live_config)
+        converters._LiveConnectParameters_to_mldev(
+            api_client=client._api_client, from_object=parameters.model_dump(exclude_none=True)
+        )
+        turns: Any = wire.seed_turns(_WARM_UP_CONFIG.history, _WARM_UP_CONFIG.greeting)
+        content = transformers.t_client_content(turns, True).model_dump(
+            mode="json", exclude_none=True
+        )
+        converters._LiveClientContent_to_mldev(from_object=content)
+        # built on first use during a connection, not by the calls above
+        types.FunctionDeclaration(name="f")
+        types.ModalityTokenCount(token_count=1)
+        "a".encode("idna")  # TLS server_hostname: imports the codec (and stringprep)
+    except Exception as error:  # the SDK's internals moved: lose the warm-up, nothing else
+        logger.debug("gemini: SDK connect warm-up skipped: %r", error)
 
 
 class GeminiSession(ResilientSession):

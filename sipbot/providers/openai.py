@@ -14,13 +14,25 @@ reconnection) whose protocol state lives in :class:`OpenAIConversation`.
   ``response.created`` until ``response.done`` (caller transcripts may come after the reply, so
   they do not count); a stall opens a new session seeded with the transcript that asks for the
   owed answer again (``response.create``).
+* Rule 5: opening a session does no one-off or avoidable work on the event loop, which every
+  call's audio shares: what the SDK does lazily on its first connection (importing its
+  websocket and anyio modules, ``platform.platform()`` running ``uname -p`` in a subprocess for
+  its headers) is done when the provider is made (:func:`_warm_up_sdk`, before ``sipbot
+  ready``), and a ``wss://`` connection uses one TLS context per provider instead of the one
+  websockets would build per connection (loading the CA bundle: 50-130 ms on a busy host).
+  Providers with the same key and URL share the client and that context (:func:`_client_for`):
+  a config reload makes new providers on the loop, and making a client costs 70-400 ms there;
+  a reload that changes the key gets a new client with the new key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
+import ssl
+from collections import OrderedDict
 from typing import Any
 
 from openai import AsyncOpenAI
@@ -38,6 +50,19 @@ CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + websocket handshake + session.updated
 MAX_ATTEMPTS = 5
 DUE_EVENTS = frozenset({"input_audio_buffer.committed", "response.created"})  # an answer is owed
 MAX_FRAME_BYTES = 1 << 20  # one server event (5 s of 24 kHz audio is 320 kB in base64)
+# Imported by the SDK on its first connection and first send, and by TLS for the host name's
+# idna codec (Rule 5).
+_LAZY_MODULES = (
+    "openai.lib._websocket",
+    "websockets.asyncio.client",
+    "anyio._backends._asyncio",
+    "encodings.idna",
+)
+_warmed_up = False
+MAX_CLIENTS = 16  # shared clients kept (one per key and URL; old keys age out)
+_clients: OrderedDict[tuple[str, str | None], tuple[AsyncOpenAI, ssl.SSLContext | None]] = (
+    OrderedDict()
+)
 
 
 class OpenAIProvider:
@@ -67,9 +92,8 @@ class OpenAIProvider:
     ) -> None:
         if not api_key:
             raise ConfigError("openai: no API key (set OPENAI_API_KEY)")
-        self._client = AsyncOpenAI(
-            api_key=api_key, websocket_base_url=websocket_base_url, max_retries=0
-        )
+        self._client, self._tls = _client_for(api_key, websocket_base_url)  # Rule 5
+        _warm_up_sdk(self._client)
         self.model = model
         self.connect_timeout_s = connect_timeout_s
         self.max_attempts = max_attempts
@@ -102,6 +126,8 @@ class OpenAIProvider:
             "max_size": MAX_FRAME_BYTES,
             "compression": None,  # what the SDK sets when it lifts the limit: keep it
         }
+        if self._tls is not None:
+            socket_options["ssl"] = self._tls  # one per provider, not one per connection
         manager = self._client.realtime.connect(
             model=model, websocket_connection_options=socket_options
         )
@@ -110,6 +136,49 @@ class OpenAIProvider:
                 return await manager.enter()
         except Exception as error:  # the SDK and websockets raise many kinds; all mean this
             raise ProviderConnectError(f"openai: cannot connect: {describe(error)}") from error
+
+
+def _client_for(
+    api_key: str, websocket_base_url: str | None
+) -> tuple[AsyncOpenAI, ssl.SSLContext | None]:
+    """The shared client for this key and URL, and its TLS context (Rule 5)."""
+    key = (api_key, websocket_base_url)
+    entry = _clients.get(key)
+    if entry is None:
+        client = AsyncOpenAI(api_key=api_key, websocket_base_url=websocket_base_url, max_retries=0)
+        entry = _clients[key] = (client, _tls_context(client))
+        while len(_clients) > MAX_CLIENTS:
+            _clients.popitem(last=False)
+    else:
+        _clients.move_to_end(key)
+    return entry
+
+
+def _tls_context(client: AsyncOpenAI) -> ssl.SSLContext | None:
+    """The TLS context for the client's websocket URL (None for ``ws://``): the default one
+    websockets would make per connection, made once (Rule 5)."""
+    if client.websocket_base_url is not None:
+        secure = str(client.websocket_base_url).startswith(("wss:", "https:"))
+    else:
+        secure = client.base_url.scheme != "http"  # the SDK's rule for its own base URL
+    return ssl.create_default_context() if secure else None
+
+
+def _warm_up_sdk(client: AsyncOpenAI) -> None:
+    """Do now, once a process, what the SDK would do lazily in the first call (Rule 5).
+
+    Any failure only means no warm-up.
+    """
+    global _warmed_up
+    if _warmed_up:
+        return
+    _warmed_up = True
+    try:
+        for name in _LAZY_MODULES:
+            importlib.import_module(name)
+        _ = client.default_headers  # platform headers: cached by the SDK once computed
+    except Exception as error:  # the SDK's internals moved: lose the warm-up, nothing else
+        logger.debug("openai: SDK warm-up skipped: %r", error)
 
 
 class OpenAISession(ResilientSession):
