@@ -64,6 +64,7 @@ from tests.e2e.peers import audio, sipp
 from tests.e2e.peers.capture import stream_stats
 from tests.e2e.test_call_path import StallWitness, bot_packets, cdr_lines, favour
 from tests.e2e.test_hostile_input_e2e import Flood, rtp_ports
+from tests.e2e.test_records_e2e import SCHEMA_PAGES
 from tests.e2e.test_rfc4475_server import EXPECTED, options, rounds, run_torture, table
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -250,7 +251,7 @@ async def flood(order_id: str) -> str:
 PROVIDER_HOLD_S = 24.0
 CALLER_TURNS = 8  # a turn every 1.8 s: each fault below has its turn
 TOOL_TIMEOUT_S = 2.0
-FULL_DB_PAGES = 8  # the empty schema's pages (tests/e2e/test_records_e2e.py): no record fits
+FULL_DB_PAGES = SCHEMA_PAGES  # the empty schema's pages: no record fits
 
 
 def provider_faults() -> EmulatorScript:
