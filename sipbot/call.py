@@ -31,11 +31,12 @@ import contextlib
 import json
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from sipbot import prompts
 from sipbot.bargein import CLEAR, CONFIRM, SUSPECT, BargeInGuard, GuardInput, Verdict
@@ -90,7 +91,7 @@ from sipbot.media_leg import MediaLeg
 from sipbot.providers.base import Provider, ProviderSession
 from sipbot.providers.continuity import RESUME_NOTE, failover_seed, handoff_note
 from sipbot.sip.sipfrag import replacing
-from sipbot.tools import ToolContext, ToolRunner
+from sipbot.tools import CallControl, ToolContext, ToolRunner
 from sipbot.tools.runner import ToolResult
 
 log = logging.getLogger(__name__)
@@ -290,7 +291,9 @@ class Call:
         self._heard: dict[int, str] = {}  # record line index -> what the caller heard of it
         self._handoff: tuple[AgentSetup, str] | None = None
         self.runner = ToolRunner(
-            ToolContext(self, self.transcript),
+            # weakly: the call holds its runner; a strong reference back would keep every
+            # ended call's objects until a full GC pass (tools end with the call, Rule 3)
+            ToolContext(cast(CallControl, weakref.proxy(self)), self.transcript),
             plan.agent.resolved_tools,
             timeout_s=plan.agent.tool_timeout_s,
         )
