@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -117,6 +119,24 @@ def test_a_route_rejection_records_the_status_the_caller_got() -> None:
         "127.0.0.1:5062",
     )
     assert len(r.id) == 32
+
+
+def test_observing_reject_leaves_no_reference_cycle_through_the_dialog() -> None:
+    """The wrapper holds the dialog weakly: a dialog (and what it holds) is freed by reference
+    counting when its call ends, without a full GC pass (issue 12, the soak's RSS growth)."""
+    rows: list[CallRow] = []
+    dialog = Dialog()
+    a = attempt(rows, dialog)
+    dialog.reject(486, "Busy Here")
+    a.finish()
+    assert (rows[0].sip_status, dialog.rejected) == (486, [(486, "Busy Here", ())])
+    gone = weakref.ref(dialog)
+    gc.disable()
+    try:
+        del dialog
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 def test_one_record_per_attempt() -> None:
