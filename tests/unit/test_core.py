@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -301,6 +303,25 @@ def test_retransmitted_bye_gets_200_again_and_ends_the_call_once():
     assert h.summary() == ["200"]
     assert h.events() == []
     assert h.core.calls == []
+
+
+def test_an_ended_call_is_freed_once_its_transactions_have_ended():
+    """Issue 12: the call's leg and its INVITE's transaction entry held each other, so every
+    ended call's leg, INVITE and dialog state waited for a full GC pass."""
+    h = Harness()
+    call = confirmed_call(h)
+    h.feed(request("BYE", branch="z9hG4bK-y1", cseq=2, to_tag=call.local_tag), 1.0)
+    assert h.events() == [CallTerminated(call, "bye-received")]
+    h.run_until(100.0)  # every transaction's wait timer (32 s at most)
+    h.sent()
+    assert h.core.next_deadline() is None
+    gone = weakref.ref(call)
+    gc.disable()
+    try:
+        del call
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 def test_cancel_gets_200_and_487_retransmitted_until_ack():
