@@ -305,13 +305,21 @@ def test_retransmitted_bye_gets_200_again_and_ends_the_call_once():
     assert h.core.calls == []
 
 
-def test_an_ended_call_is_freed_once_its_transactions_have_ended():
-    """Issue 12: the call's leg and its INVITE's transaction entry held each other, so every
-    ended call's leg, INVITE and dialog state waited for a full GC pass."""
+@pytest.mark.parametrize("ours", [False, True], ids=["their-bye", "our-bye"])
+def test_an_ended_call_is_freed_once_its_transactions_have_ended(ours: bool) -> None:
+    """Issue 12: the call's leg and its INVITE's transaction entry held each other (and the leg
+    and our BYE's request), so every ended call's leg, INVITE and dialog state waited for a full
+    GC pass."""
     h = Harness()
     call = confirmed_call(h)
-    h.feed(request("BYE", branch="z9hG4bK-y1", cseq=2, to_tag=call.local_tag), 1.0)
-    assert h.events() == [CallTerminated(call, "bye-received")]
+    if ours:
+        h.core.bye(call, now=1.0)
+        [(bye, _)] = h.sent()
+        h.feed(response_to(bye, 200), 1.1)
+        del bye
+    else:
+        h.feed(request("BYE", branch="z9hG4bK-y1", cseq=2, to_tag=call.local_tag), 1.0)
+    assert isinstance(h.events()[0], CallTerminated)
     h.run_until(100.0)  # every transaction's wait timer (32 s at most)
     h.sent()
     assert h.core.next_deadline() is None
