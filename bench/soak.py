@@ -105,8 +105,12 @@ class Soak:
 
     def sample(self) -> Sample:
         pid = self.server.pid
-        text = self.metrics()
+        # the process's own figures before the HTTP request: while the server still holds the
+        # metrics request's socket it has one fd more (an "after" of idle + 1 now and then)
+        rss_mb = round(status_mb(pid, "VmRSS"), 1)
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
         ports = list(udp_ports_of(pid))
+        text = self.metrics()
         calls_up = sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
@@ -119,8 +123,8 @@ class Soak:
         )
         return Sample(
             t_s=round(time.monotonic() - self.started, 1),
-            rss_mb=round(status_mb(pid, "VmRSS"), 1),
-            fds=len(os.listdir(f"/proc/{pid}/fd")),
+            rss_mb=rss_mb,
+            fds=fds,
             tasks=int(metric(text, "sipbot_asyncio_tasks")),
             udp_ports=len(ports),
             rtp_ports=sum(1 for p in ports if RTP_RANGE[0] <= p <= RTP_RANGE[1]),
