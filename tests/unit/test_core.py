@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gc
 import itertools
-import weakref
 from collections.abc import Callable
 
 import pytest
@@ -34,6 +32,7 @@ from sipbot.sip.core import (
 from sipbot.sip.message import SipRequest, SipResponse, make_response, parse_message
 from tests.data.rfc4475 import load as load_rfc4475
 from tests.data.rfc4475.expected import EXPECTED
+from tests.refcount import freed_by_refcount
 
 PHONE = Peer("udp", "10.0.0.1", 5070)
 SDP_OFFER = b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
@@ -323,13 +322,9 @@ def test_an_ended_call_is_freed_once_its_transactions_have_ended(ours: bool) -> 
     h.run_until(100.0)  # every transaction's wait timer (32 s at most)
     h.sent()
     assert h.core.next_deadline() is None
-    gone = weakref.ref(call)
-    gc.disable()
-    try:
-        del call
-        assert gone() is None
-    finally:
-        gc.enable()
+    held: list[object] = [call]
+    del call
+    assert freed_by_refcount(held)
 
 
 def test_cancel_gets_200_and_487_retransmitted_until_ack():

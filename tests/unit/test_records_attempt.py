@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import gc
 import json
-import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sipbot.records import Attempt, CallRow
 from sipbot.records.attempt import transcript_lines, wall_time
+from tests.refcount import freed_by_refcount
 
 T0 = 1_750_000_000.0
 
@@ -130,13 +129,9 @@ def test_observing_reject_leaves_no_reference_cycle_through_the_dialog() -> None
     dialog.reject(486, "Busy Here")
     a.finish()
     assert (rows[0].sip_status, dialog.rejected) == (486, [(486, "Busy Here", ())])
-    gone = weakref.ref(dialog)
-    gc.disable()
-    try:
-        del dialog
-        assert gone() is None
-    finally:
-        gc.enable()
+    held: list[object] = [dialog]
+    del dialog
+    assert freed_by_refcount(held)
 
 
 def test_one_record_per_attempt() -> None:
