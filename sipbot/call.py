@@ -291,9 +291,7 @@ class Call:
         self._heard: dict[int, str] = {}  # record line index -> what the caller heard of it
         self._handoff: tuple[AgentSetup, str] | None = None
         self.runner = ToolRunner(
-            # weakly: the call holds its runner; a strong reference back would keep every
-            # ended call's objects until a full GC pass (tools end with the call, Rule 3)
-            ToolContext(cast(CallControl, weakref.proxy(self)), self.transcript),
+            self._tool_context(),
             plan.agent.resolved_tools,
             timeout_s=plan.agent.tool_timeout_s,
         )
@@ -686,7 +684,7 @@ class Call:
         self._handoff = None
         seeded = self._seeded(target.session_config)
         self._spawn(self.runner.aclose())  # the handoff tool, its last, has finished
-        context = ToolContext(self, self.transcript)
+        context = self._tool_context()
         self.runner = ToolRunner(context, agent.resolved_tools, timeout_s=agent.tool_timeout_s)
         self.plan = replace(
             self.plan,
@@ -772,6 +770,11 @@ class Call:
             self._run(self.core.barge_in_cleared(now))
 
     # ------------------------------------------------------------------ tools and transfers
+
+    def _tool_context(self) -> ToolContext:
+        # the call weakly: the call holds its runner, a strong reference back would keep every
+        # ended call's objects until a full GC pass (issue 12; tools end with the call, Rule 3)
+        return ToolContext(cast(CallControl, weakref.proxy(self)), self.transcript)
 
     def _start_tool(self, call: ToolCall) -> None:
         log.info("call %s: tool %s(%s)", self.info.call_id, call.name, dict(call.arguments))
