@@ -36,11 +36,12 @@ import contextlib
 import json
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from sipbot import prompts
 from sipbot.bargein import CLEAR, CONFIRM, SUSPECT, BargeInGuard, GuardInput, Verdict
@@ -111,7 +112,7 @@ from sipbot.media_leg import MediaLeg
 from sipbot.providers.base import Provider, ProviderSession
 from sipbot.providers.continuity import RESUME_NOTE, failover_seed, handoff_note
 from sipbot.sip.sipfrag import replacing
-from sipbot.tools import ToolContext, ToolRunner
+from sipbot.tools import CallControl, ToolContext, ToolRunner
 from sipbot.tools.runner import ToolResult
 
 log = logging.getLogger(__name__)
@@ -314,7 +315,7 @@ class Call:
         self._heard: dict[int, str] = {}  # record line index -> what the caller heard of it
         self._handoff: tuple[AgentSetup, str] | None = None
         self.runner = ToolRunner(
-            ToolContext(self, self.transcript),
+            self._tool_context(),
             plan.agent.resolved_tools,
             timeout_s=plan.agent.tool_timeout_s,
         )
@@ -741,7 +742,7 @@ class Call:
         self._handoff = None
         seeded = self._seeded(target.session_config)
         self._spawn(self.runner.aclose())  # the handoff tool, its last, has finished
-        context = ToolContext(self, self.transcript)
+        context = self._tool_context()
         self.runner = ToolRunner(context, agent.resolved_tools, timeout_s=agent.tool_timeout_s)
         self.plan = replace(
             self.plan,
@@ -836,6 +837,11 @@ class Call:
             self._run(self.core.barge_in_cleared(now))
 
     # ------------------------------------------------------------------ tools and transfers
+
+    def _tool_context(self) -> ToolContext:
+        # the call weakly: the call holds its runner, a strong reference back would keep every
+        # ended call's objects until a full GC pass (issue 12; tools end with the call, Rule 3)
+        return ToolContext(cast(CallControl, weakref.proxy(self)), self.transcript)
 
     def _start_tool(self, call: ToolCall) -> None:
         log.info("call %s: tool %s(%s)", self.info.call_id, call.name, dict(call.arguments))

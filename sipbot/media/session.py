@@ -265,6 +265,10 @@ class MediaEngine:
             self._ticker.close()
 
 
+def _ignore(*_: object) -> None:
+    """A closed session's callbacks."""
+
+
 class _RtpProtocol(asyncio.DatagramProtocol):
     def __init__(self, session: MediaSession) -> None:
         self._session = session
@@ -480,6 +484,9 @@ class MediaSession:
         if self._closed:
             return
         self._closed = True
+        # a closed session calls back nothing; dropping the callbacks (bound methods of the
+        # call, which holds this session) frees the call without the cyclic GC
+        self._on_audio, self._on_dtmf, self._on_timeout = _ignore, _ignore, _ignore
         self._engine.session_closed(self)
         if self._transport is not None:
             self._transport.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -76,12 +77,17 @@ class Attempt:
         self._observe(dialog)
 
     def _observe(self, dialog: Any) -> None:
-        reject = dialog.reject
+        # Weakly: ``dialog.reject = observed`` holding the bound method would be a cycle
+        # (dialog → observed → reject → dialog) that keeps every ended call's objects until a
+        # full GC pass. The dialog outlives each call of ``reject`` (the caller holds it).
+        reject = weakref.WeakMethod(dialog.reject)
 
         def observed(status: int, reason: str | None = None, *args: Any, **kwargs: Any) -> None:
             if self.status is None:
                 self.status, self.sip_reason = status, reason
-            reject(status, reason, *args, **kwargs)
+            method = reject()
+            if method is not None:
+                method(status, reason, *args, **kwargs)
 
         dialog.reject = observed
 

@@ -319,6 +319,10 @@ class TransactionLayer:
         table = self._server if entry.kind == "server" else self._client
         if table.get(entry.txn.key) is entry:
             del table[entry.txn.key]
+        # the transaction has ended: nothing reads its call any more, and the call keeps its
+        # INVITE's entry (``invite_entry``), a cycle that left every ended call's leg, INVITE and
+        # dialog state to a full GC pass (issue 12)
+        entry.call = None
         if entry.merge_key is not None and self._merge.get(entry.merge_key) == entry.txn.key:
             del self._merge[entry.merge_key]
 

@@ -11,7 +11,9 @@ Rules:
   by the pump: send what the core produced, dispatch its events, re-arm the one timer.
 * Rule 2: ``on_invite`` is called synchronously once per new INVITE (never for
   retransmissions); the application answers later with ``progress``/``accept``/``reject``.
-* Rule 3: ``Dialog.terminated`` resolves exactly once with the reason the call ended.
+* Rule 3: ``Dialog.terminated`` resolves exactly once with the reason the call ended; then the
+  dialog drops its ``on_reoffer`` / ``on_request`` hooks (and keeps none set later), so an ended
+  call's objects are freed without waiting for the cyclic garbage collector.
 * Rule 4: ``Dialog.refer`` sends a REFER and returns a :class:`Referral` once the peer accepted
   it (2xx); the NOTIFYs of its subscription (``Event: refer``) are answered 200 here and the
   first final sipfrag status (≥ 200) resolves :meth:`Referral.final`.
@@ -191,7 +193,7 @@ class Dialog:
 
     @on_reoffer.setter
     def on_reoffer(self, hook: ReofferHook | None) -> None:
-        self._reoffer_hook = hook
+        self._reoffer_hook = None if self.terminated.done() else hook  # Rule 3
 
     @property
     def on_request(self) -> Callable[[SipRequest], int] | None:
@@ -203,7 +205,7 @@ class Dialog:
 
     @on_request.setter
     def on_request(self, hook: Callable[[SipRequest], int] | None) -> None:
-        self._request_hook = hook
+        self._request_hook = None if self.terminated.done() else hook  # Rule 3
 
     def _request_status(self, request: SipRequest) -> int | None:
         """Rule 4: the status for an in-dialog request (None: the core's default)."""
@@ -218,6 +220,10 @@ class Dialog:
     def _ended(self, reason: str) -> None:
         if not self.terminated.done():
             self.terminated.set_result(reason)
+        # Rule 3: an ended dialog keeps no hooks. A hook is the media leg's bound method (or a
+        # closure over the call's media), which holds this dialog: the cycle kept every ended
+        # call's objects until a full GC pass, ~60 kB a call (the soak's RSS growth).
+        self._reoffer_hook = self._request_hook = None
         if self._referral is not None:
             self._referral._fail(f"the call ended ({reason}) before the transfer completed")
 

@@ -280,6 +280,7 @@ class Uac:
         self._layer.emit(RequestCompleted(handle, response))
         if handle.method == "BYE":
             self._layer.forget_call(call)
+            call.bye_request = None  # done; kept, it and the call held each other (issue 12)
         elif response is None or response.status in (408, 481):
             # §12.2.1.2: the dialog is gone on the other side
             self.end_dialog(call, "timeout", now)

@@ -32,6 +32,7 @@ from sipbot.sip.core import (
 from sipbot.sip.message import SipRequest, SipResponse, make_response, parse_message
 from tests.data.rfc4475 import load as load_rfc4475
 from tests.data.rfc4475.expected import EXPECTED
+from tests.refcount import freed_by_refcount
 
 PHONE = Peer("udp", "10.0.0.1", 5070)
 SDP_OFFER = b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
@@ -301,6 +302,29 @@ def test_retransmitted_bye_gets_200_again_and_ends_the_call_once():
     assert h.summary() == ["200"]
     assert h.events() == []
     assert h.core.calls == []
+
+
+@pytest.mark.parametrize("ours", [False, True], ids=["their-bye", "our-bye"])
+def test_an_ended_call_is_freed_once_its_transactions_have_ended(ours: bool) -> None:
+    """Issue 12: the call's leg and its INVITE's transaction entry held each other (and the leg
+    and our BYE's request), so every ended call's leg, INVITE and dialog state waited for a full
+    GC pass."""
+    h = Harness()
+    call = confirmed_call(h)
+    if ours:
+        h.core.bye(call, now=1.0)
+        [(bye, _)] = h.sent()
+        h.feed(response_to(bye, 200), 1.1)
+        del bye
+    else:
+        h.feed(request("BYE", branch="z9hG4bK-y1", cseq=2, to_tag=call.local_tag), 1.0)
+    assert isinstance(h.events()[0], CallTerminated)
+    h.run_until(100.0)  # every transaction's wait timer (32 s at most)
+    h.sent()
+    assert h.core.next_deadline() is None
+    held: list[object] = [call]
+    del call
+    assert freed_by_refcount(held)
 
 
 def test_cancel_gets_200_and_487_retransmitted_until_ack():

@@ -9,6 +9,7 @@ from typing import Any
 
 from sipbot.records import Attempt, CallRow
 from sipbot.records.attempt import transcript_lines, wall_time
+from tests.refcount import freed_by_refcount
 
 T0 = 1_750_000_000.0
 
@@ -117,6 +118,20 @@ def test_a_route_rejection_records_the_status_the_caller_got() -> None:
         "127.0.0.1:5062",
     )
     assert len(r.id) == 32
+
+
+def test_observing_reject_leaves_no_reference_cycle_through_the_dialog() -> None:
+    """The wrapper holds the dialog weakly: a dialog (and what it holds) is freed by reference
+    counting when its call ends, without a full GC pass (issue 12, the soak's RSS growth)."""
+    rows: list[CallRow] = []
+    dialog = Dialog()
+    a = attempt(rows, dialog)
+    dialog.reject(486, "Busy Here")
+    a.finish()
+    assert (rows[0].sip_status, dialog.rejected) == (486, [(486, "Busy Here", ())])
+    held: list[object] = [dialog]
+    del dialog
+    assert freed_by_refcount(held)
 
 
 def test_one_record_per_attempt() -> None:
