@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sipbot.media import _filters
-from sipbot.media.resample import _PLANS, SUPPORTED_RATES, Resampler
+from sipbot.media.resample import _PLANS, SUPPORTED_RATES, Resampler, resample_batch
 
 PAIRS = list(SUPPORTED_RATES)
 
@@ -189,3 +189,40 @@ def test_arithmetic_is_exact_whatever_the_chunking(in_rate: int, out_rate: int) 
         got = b"".join(pieces)
         assert got == expected[: len(got)], sizes
         assert len(expected) - len(got) < 2 * resampler.up  # only a held remainder is missing
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), PAIRS)
+def test_a_batch_is_bit_identical_to_one_call_per_stream(in_rate: int, out_rate: int) -> None:
+    """Rule 7: 24 streams in different states (history, held remainder, fresh, reset), over
+    many rounds of 20 ms frames and odd chunks, some streams idle or starved in a round."""
+    rng = np.random.default_rng(in_rate * 3 + out_rate)
+    streams = 24
+    alone = [Resampler(in_rate, out_rate) for _ in range(streams)]
+    batched = [Resampler(in_rate, out_rate) for _ in range(streams)]
+    for index in range(streams):  # different states before the first batch
+        warm = as_bytes(rng.standard_normal(index * 37) * 9000)
+        assert alone[index].process(warm) == batched[index].process(warm)
+    frame = in_rate // 50
+    for round_ in range(60):
+        chunks = []
+        for index in range(streams):
+            size = frame if (index + round_) % 5 else int(rng.integers(0, 3 * frame))
+            if index == 0 and round_ % 7 == 0:
+                size = round_ % 2  # nothing, or one sample: no output group yet
+            chunks.append(as_bytes(np.clip(rng.standard_normal(size) * 14_000, -32768, 32767)))
+        if round_ == 30:
+            alone[3].reset()
+            batched[3].reset()
+        expected = [r.process(chunk) for r, chunk in zip(alone, chunks)]
+        assert resample_batch(batched, chunks) == expected, round_
+    assert [r._tail for r in batched] == [r._tail for r in alone]
+
+
+def test_batch_refuses_mixed_rates_and_handles_nothing() -> None:
+    assert resample_batch([], []) == []
+    with pytest.raises(ValueError, match="resample_batch needs one rate pair"):
+        resample_batch([Resampler(8000, 16000), Resampler(8000, 24000)], [b"", b""])
+    with pytest.raises(ValueError, match="resample_batch needs one chunk per resampler"):
+        resample_batch([Resampler(8000, 16000)], [])
+    same = Resampler(8000, 8000)
+    assert resample_batch([same], [b"\x01\x02"]) == [b"\x01\x02"]
