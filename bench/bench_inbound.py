@@ -9,10 +9,12 @@ provider: the figure is the media shell and its cores alone. CPU time (``process
 packet, best batch of ``--batches`` (the machine is shared: the minimum filters out preemption),
 for the provider formats PCMU pass-through and PCM16 16 kHz (decode + resample).
 
-The outbound figure is one 20 ms slot of a talking bot: ``play()`` of 20 ms of 24 kHz provider
-audio (resampled to 8 kHz into the pacer) and one :meth:`MediaSession.tick` (pacer, PCMU encode,
-RTP header, ``sendto`` on the session's real socket to a socket nobody reads). ``--profile``
-writes a cProfile of both loops (for development).
+The outbound figure is one 20 ms slot of a talking bot, per call, for a phase group of
+``--group`` calls: ``play()`` of 20 ms of 24 kHz provider audio to every call, the ticker's
+group hook (the batched 24 → 8 kHz resampling, session Rule 9) and one
+:meth:`MediaSession.tick` per call (pacer, PCMU encode, RTP header, ``sendto`` on the session's
+real socket to a socket nobody reads). ``--profile`` writes a cProfile of the loops (for
+development).
 """
 
 from __future__ import annotations
@@ -72,33 +74,47 @@ async def cost_us(target: AudioFormat, batches: int, batch: int) -> float:
     return best / 1000
 
 
-async def outbound_cost_us(batches: int, batch: int) -> float:
-    """Best CPU µs per outbound slot (play 20 ms of 24 kHz audio + one tick) over ``batches``."""
+async def outbound_cost_us(batches: int, batch: int, calls: int) -> float:
+    """Best CPU µs per outbound slot and call over ``batches`` of ``batch`` packets.
+
+    ``calls`` sessions in one phase group; each slot, every session is given 20 ms of 24 kHz
+    audio (``play``), then the group ticks as the ticker does it (its group hook, then each
+    member's ``tick``).
+    """
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))  # never read: the kernel drops what overflows its buffer
     base = random.randrange(30_000, 60_000, 2)
-    engine = MediaEngine(MediaSettings(port_min=base, port_max=base + 50))
-    session = await engine.open_session(
-        on_audio=lambda frame: None, on_dtmf=lambda digit: None, on_timeout=lambda: None
-    )
-    session.configure(
-        codec="PCMU", payload_type=0, dtmf_payload_type=101, remote=sink.getsockname()
-    )
+    engine = MediaEngine(MediaSettings(port_min=base, port_max=base + 2 * calls + 50))
+    sessions = []
+    for _ in range(calls):
+        session = await engine.open_session(
+            on_audio=lambda frame: None, on_dtmf=lambda digit: None, on_timeout=lambda: None
+        )
+        session.configure(
+            codec="PCMU", payload_type=0, dtmf_payload_type=101, remote=sink.getsockname()
+        )
+        session.start()
+        engine.ticker.remove(session)  # this loop ticks it, not the loop's timers
+        sessions.append(session)
+    group = tuple(sessions)
+    before_tick = getattr(engine.ticker, "before_tick", None)  # absent before the batching
     t = np.arange(480) / 24_000
     chunk = np.rint(8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
-    session.start()
-    engine.ticker.remove(session)  # this loop ticks it, not the loop's timers
     best = float("inf")
     now = 1.0
+    slots = max(1, batch // calls)
     for _ in range(batches):
         began = time.process_time_ns()
-        for _ in range(batch):
-            session.play(chunk, "reply")
+        for _ in range(slots):
+            for session in group:
+                session.play(chunk, "reply")
             now += 0.02
-            session.tick(now, 1, 0)
-        best = min(best, (time.process_time_ns() - began) / batch)
-    assert session.stats.packets_out > batch, "the outbound loop sent nothing"
-    await session.close()
+            if before_tick is not None:
+                before_tick(group)
+            for session in group:
+                session.tick(now, 1, 0)
+        best = min(best, (time.process_time_ns() - began) / (slots * calls))
+    assert sessions[0].stats.packets_out > slots, "the outbound loop sent nothing"
     await engine.close()
     sink.close()
     return best / 1000
@@ -108,8 +124,10 @@ def run(args: argparse.Namespace) -> None:
     for label, target in (("PCMU pass-through", PCMU_8K), ("PCMU -> PCM16 16 kHz", PCM16_16K)):
         cost = asyncio.run(cost_us(target, args.batches, args.batch))
         print(f"inbound  {label:22} {cost:6.2f} µs per packet")
-    cost = asyncio.run(outbound_cost_us(args.batches, args.batch))
-    print(f"outbound {'PCM16 24 kHz -> PCMU':22} {cost:6.2f} µs per packet (play + tick + sendto)")
+    for calls in args.group:
+        cost = asyncio.run(outbound_cost_us(args.batches, args.batch, calls))
+        label = f"24 kHz -> PCMU, {calls} call(s)"
+        print(f"outbound {label:22} {cost:6.2f} µs per packet (play + group tick + sendto)")
 
 
 def main() -> None:
@@ -117,6 +135,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=150)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--profile", help="write a cProfile of the run to this file")
+    parser.add_argument(
+        "--group",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 50, 100],
+        help="calls in the outbound phase group (200 and 400 calls over 4 groups: 50, 100)",
+    )
     args = parser.parse_args()
     if args.profile:
         cProfile.runctx("run(args)", globals(), {"args": args}, args.profile)

@@ -36,7 +36,8 @@ Rules:
 * Rule 7 (batches): :func:`resample_batch` runs many streams of the same rate pair through
   one blocked product (the frames of a whole phase group of calls, one numpy pass instead of
   one per call). By Rule 6 its output and the state it leaves are bit-identical to calling
-  :meth:`Resampler.process` on each stream.
+  :meth:`Resampler.process` on each stream; below ``BATCH_MIN`` streams it does exactly that
+  (one stream's cached view is cheaper than laying out a batch).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ _clip: np.ufunc = (getattr(np, "_core", None) or np.core).umath.clip
 _INITIAL_CAPACITY = 4_096  # input samples per call before the work buffer has to grow
 BLOCK_GROUPS = 8  # output groups per row of the blocked product (Rule 6)
 _GRID = float(1 << 30)  # coefficients are multiples of 1/_GRID (Rule 6)
+BATCH_MIN = 4  # streams below which resample_batch calls process() per stream (Rule 7)
 
 
 def polyphase_matrix(
@@ -220,6 +222,8 @@ def resample_batch(resamplers: Sequence[Resampler], chunks: Sequence[bytes]) -> 
         raise ValueError("resample_batch needs one rate pair")
     if first.passthrough:
         return list(chunks)
+    if len(resamplers) < BATCH_MIN:
+        return [r.process(chunk) for r, chunk in zip(resamplers, chunks, strict=True)]
     down, up, history = first.down, first.up, first._history
     rows, width = first._blocked.shape
     step = BLOCK_GROUPS * down  # input samples per block
@@ -227,7 +231,7 @@ def resample_batch(resamplers: Sequence[Resampler], chunks: Sequence[bytes]) -> 
     segments: list[bytes] = []
     placed: list[tuple[int, int, int]] = []  # (result index, first block row, groups)
     position = 0
-    for index, (resampler, chunk) in enumerate(zip(resamplers, chunks)):
+    for index, (resampler, chunk) in enumerate(zip(resamplers, chunks, strict=True)):
         if len(chunk) & 1:
             chunk = chunk[:-1]
         data = resampler._tail + chunk
@@ -245,11 +249,8 @@ def resample_batch(resamplers: Sequence[Resampler], chunks: Sequence[bytes]) -> 
     if not segments:
         return results
     samples = np.frombuffer(b"".join(segments), dtype="<i2").astype(np.float64)
-    view = as_strided(
-        samples,
-        shape=((position - rows) // step + 1, rows),
-        strides=(step * samples.itemsize, samples.itemsize),
-        writeable=False,
+    view: np.ndarray = np.ndarray(  # as_strided, without its Python-level cost
+        ((position - rows) // step + 1, rows), np.float64, samples, 0, (8 * step, 8)
     )
     out = np.dot(view, first._blocked)
     _clip(out, -32768.0, 32767.0, out=out)

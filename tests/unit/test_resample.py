@@ -164,7 +164,7 @@ def exact_reference(x: np.ndarray, resampler: Resampler) -> bytes:
     half = 1 << 29
     up_round = (remainder > half) | ((remainder == half) & (quotient % 2 == 1))  # half to even
     values = np.clip(quotient + up_round, -32768, 32767)
-    return values.astype("<i2").tobytes()
+    return bytes(values.astype("<i2").tobytes())
 
 
 @pytest.mark.parametrize(("in_rate", "out_rate"), PAIRS)
@@ -213,7 +213,7 @@ def test_a_batch_is_bit_identical_to_one_call_per_stream(in_rate: int, out_rate:
         if round_ == 30:
             alone[3].reset()
             batched[3].reset()
-        expected = [r.process(chunk) for r, chunk in zip(alone, chunks)]
+        expected = [r.process(chunk) for r, chunk in zip(alone, chunks, strict=True)]
         assert resample_batch(batched, chunks) == expected, round_
     assert [r._tail for r in batched] == [r._tail for r in alone]
 
