@@ -31,7 +31,9 @@ Rules:
   packets). The pacer gets the same bytes in the same order as if ``play()`` had converted
   them (resample Rules 1 and 7), so nothing a caller hears or a counter shows changes; only
   the CPU work moves to the tick, where it is batched. A flush drops unconverted audio
-  unconverted (its items are reported as the pacer reports queued ones).
+  unconverted (its items are reported as the pacer reports queued ones). Once more than
+  ``DEFER_MAX_MS`` of audio waits (a provider's burst), ``play()`` converts it at once, as
+  before: what a tick converts stays bounded, so a burst cannot make a group's packets late.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PENDING_PLAY_MAX = 256  # chunks kept if play() comes before configure()
+DEFER_MAX_MS = 100  # unconverted audio beyond this is converted in play() (Rule 9)
 
 
 class RtpSender:
@@ -83,6 +86,7 @@ class RtpSender:
         self.last_pcm = b""  # PCM16 at the codec's rate of the last audio slot (recording)
         self._pending: list[tuple[bytes, str]] = []
         self._unconverted: list[tuple[bytes, str]] = []  # Rule 9
+        self._unconverted_bytes = 0
         self._marker_next = True
         self.first_audio_latency = LatencyHistogram()
         self.barge_in_latency = LatencyHistogram()
@@ -156,12 +160,16 @@ class RtpSender:
         ):
             self._audio_since = now
         self._unconverted.append((audio, item_id))  # Rule 9
+        self._unconverted_bytes += len(audio)
+        if self._unconverted_bytes > DEFER_MAX_MS * self.source.bytes_per_ms:
+            self.convert_pending()
 
     def convert_pending(self) -> None:
         """Convert what :meth:`play` kept into the pacer (Rule 9; :func:`convert_pending`)."""
         unconverted = self._unconverted
         if unconverted:
             self._unconverted = []
+            self._unconverted_bytes = 0
             chain, pacer = self.chain, self.pacer
             assert chain is not None  # play() keeps nothing before configure()
             assert pacer is not None
@@ -181,6 +189,7 @@ class RtpSender:
         if self.pacer is None or self.chain is None:
             return {}
         unconverted, self._unconverted = self._unconverted, []
+        self._unconverted_bytes = 0
         self.chain.reset()
         played = self.pacer.flush()
         for _, item_id in unconverted:  # never pushed: as the pacer reports a queued item
@@ -299,5 +308,6 @@ def convert_pending(senders: Sequence[RtpSender]) -> None:
     for sender, audio in zip(batched, convert_outbound(chains, chunks), strict=True):
         item_id = sender._unconverted[0][1]
         sender._unconverted = []
+        sender._unconverted_bytes = 0
         assert sender.pacer is not None
         sender.pacer.push(audio, item_id)

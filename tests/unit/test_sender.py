@@ -9,7 +9,7 @@ from sipbot.domain import PCMU_8K
 from sipbot.errors import MediaError
 from sipbot.media.codecs import G722, PCMA, PCMU, make_decoder, make_encoder
 from sipbot.media.rtp import RtpPacket, parse_rtp
-from sipbot.media.sender import RtpSender, convert_pending
+from sipbot.media.sender import DEFER_MAX_MS, RtpSender, convert_pending
 
 
 def loud(ms: int, rate: int = 24_000) -> bytes:
@@ -217,3 +217,15 @@ def test_play_keeps_audio_until_something_reads_the_pacer() -> None:
     tx.play(loud(20), "b")
     assert tx.flush() == {"a": 0, "b": 0}  # unconverted items are reported like queued ones
     assert tx.idle
+
+
+def test_a_burst_is_converted_in_play_so_a_tick_stays_bounded() -> None:
+    """Rule 9: at most DEFER_MAX_MS of provider audio waits for the tick."""
+    tx = sender(prebuffer_ms=0)
+    tx.play(loud(DEFER_MAX_MS), "a")
+    assert tx.pacer is not None
+    assert tx.pacer.queued_bytes == 0  # within the bound: kept for the tick
+    tx.play(loud(20), "a")
+    assert tx.pacer.queued_ms == DEFER_MAX_MS + 20  # over it: converted at once, all of it
+    tx.play(loud(20), "b")
+    assert tx.pacer.queued_ms == DEFER_MAX_MS + 20  # a new small chunk waits again
