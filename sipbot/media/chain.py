@@ -17,6 +17,7 @@ One chain per call and direction: each owns its codec and resampler state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
@@ -25,7 +26,7 @@ from sipbot.errors import CodecError
 from sipbot.media.codecs import CodecInfo, Decoder, make_decoder, make_encoder, silence_payload
 from sipbot.media.formats import FRAME_MS, AudioFormat
 from sipbot.media.plc import Concealer
-from sipbot.media.resample import Resampler
+from sipbot.media.resample import BATCH_MIN, Resampler, resample_batch
 
 G711_RATE_HZ = 8_000
 NO_FRAMES: Final[tuple[bytes, ...]] = ()
@@ -208,3 +209,31 @@ class OutboundChain:
         """Forget resampler history and remainder (after a flush)."""
         if self._resampler is not None:
             self._resampler.reset()
+
+
+def convert_outbound(chains: Sequence[OutboundChain], chunks: Sequence[bytes]) -> list[bytes]:
+    """``[chain.convert(chunk) ...]`` with the resampling of each rate pair in one batch.
+
+    The result is bit-identical to converting one chunk at a time (resample Rule 7); chains
+    that do not resample PCM16 (pass-through, G.711 provider audio) convert on their own.
+    """
+    results = [b""] * len(chunks)
+    batches: dict[tuple[int, int], tuple[list[int], list[Resampler]]] = {}
+    for index, chain in enumerate(chains):
+        resampler = chain._resampler
+        if resampler is None or chain._to_linear is not None or resampler.passthrough:
+            results[index] = chain.convert(chunks[index])
+            continue
+        pair = (resampler.in_rate_hz, resampler.out_rate_hz)
+        indexes, resamplers = batches.setdefault(pair, ([], []))
+        indexes.append(index)
+        resamplers.append(resampler)
+    for indexes, resamplers in batches.values():
+        if len(indexes) < BATCH_MIN:
+            for index in indexes:
+                results[index] = chains[index].convert(chunks[index])
+            continue
+        converted = resample_batch(resamplers, [chunks[i] for i in indexes])
+        for index, audio in zip(indexes, converted, strict=True):
+            results[index] = audio
+    return results

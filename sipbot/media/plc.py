@@ -16,11 +16,14 @@ Rules:
   20 % per 10 ms to silence at 60 ms. Beyond 60 ms it is silence.
 * Rule 3: :meth:`Concealer.silence` (a gap the sender meant: silence suppression, DTX) is plain
   zeros and ends any concealment without an overlap-add.
-* Rule 4 (hot path): a good frame costs one numpy view and one copy into a preallocated
-  history; the pitch search runs once per loss, on preallocated arrays.
+* Rule 4 (hot path): a good frame costs no numpy work: its bytes are appended to a short list
+  of recent frames (at most one history plus one frame of bytes); the history array is made
+  from them only when a loss starts, and the pitch search runs once per loss.
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -35,7 +38,6 @@ PERIODS_MAX = 3
 OLA_MIN_MS = 4  # Rule 1
 OLA_STEP_MS = 4
 OLA_MAX_MS = 10
-HISTORY_FACTOR = 8  # the history array holds this many histories (rare compaction)
 
 
 class Concealer:
@@ -52,8 +54,10 @@ class Concealer:
         self._pmin, self._pmax = PITCH_MIN * scale, PITCH_MAX * scale
         self._corr = CORR_LEN * scale
         self._hlen = max(PERIODS_MAX * self._pmax, self._corr + self._pmax)
-        self._hist = np.zeros(self._hlen * HISTORY_FACTOR, dtype=np.int16)
-        self._pos = self._hlen  # history = _hist[_pos - _hlen : _pos]
+        self._hbytes = 2 * self._hlen
+        # Rule 4: the newest output as bytes, oldest first; together at least _hbytes long
+        self._recent: deque[bytes] = deque((bytes(self._hbytes),))
+        self._recent_bytes = self._hbytes
         self._cycle = np.zeros(PERIODS_MAX * self._pmax, dtype=np.float32)
         self._pitch = self._pmin
         self._phase = 0  # samples generated in the current concealment
@@ -62,20 +66,23 @@ class Concealer:
 
     @property
     def history(self) -> np.ndarray:
-        """The most recent output samples (a view)."""
-        return self._hist[self._pos - self._hlen : self._pos]
+        """The most recent output samples (``history_samples`` of them, a new array)."""
+        recent = self._recent
+        data = recent[0] if len(recent) == 1 else b"".join(recent)
+        return np.frombuffer(data[len(data) - self._hbytes :], dtype=np.int16)
 
     def reset(self) -> None:
         """A new stream: forget the history."""
-        self._hist[:] = 0
-        self._pos = self._hlen
+        self._recent.clear()
+        self._recent.append(bytes(self._hbytes))
+        self._recent_bytes = self._hbytes
         self._erasing = False
 
     def good(self, pcm: bytes) -> bytes:
         """A decoded good frame; returns it, blended at the start after a concealment (Rule 1)."""
         if self._erasing:
             pcm = self._blend(pcm)
-        self._remember(np.frombuffer(pcm, dtype=np.int16))
+        self._remember(pcm)
         return pcm
 
     def conceal(self, samples: int) -> bytes:
@@ -84,33 +91,31 @@ class Concealer:
             return b""
         if not self._erasing:
             self._start()
-        out = self._generate(samples)
+        out = self._generate(samples).tobytes()
         self.concealed_samples += samples
         self._remember(out)
-        return out.tobytes()
+        return out
 
     def silence(self, samples: int) -> bytes:
         """``samples`` of silence for a gap the sender meant (Rule 3)."""
         if samples <= 0:
             return b""
         self._erasing = False
-        out = np.zeros(samples, dtype=np.int16)
+        out = bytes(2 * samples)
         self._remember(out)
-        return out.tobytes()
+        return out
 
     # ------------------------------------------------------------------ internals
 
-    def _remember(self, samples: np.ndarray) -> None:
-        n = samples.size
-        if n >= self._hlen:
-            self._hist[: self._hlen] = samples[-self._hlen :]
-            self._pos = self._hlen
-            return
-        if self._pos + n > self._hist.size:  # compaction (every few hundred ms)
-            self._hist[: self._hlen] = self._hist[self._pos - self._hlen : self._pos]
-            self._pos = self._hlen
-        self._hist[self._pos : self._pos + n] = samples
-        self._pos += n
+    def _remember(self, pcm: bytes) -> None:
+        """Append ``pcm`` to the recent output; drop what is older than one history (Rule 4)."""
+        recent = self._recent
+        recent.append(pcm)
+        size = self._recent_bytes + len(pcm)
+        keep = self._hbytes
+        while size - len(recent[0]) >= keep:
+            size -= len(recent.popleft())
+        self._recent_bytes = size
 
     def _start(self) -> None:
         """A loss begins: find the pitch period and take the last periods as the cycle."""

@@ -24,20 +24,32 @@ Rules:
 * Rule 8 (ducking): with :attr:`RtpSender.gain` below 1, audio frames (not silence, not DTMF)
   are scaled by it before encoding: the barge-in guard's "duck, don't flush" (the queue and
   the played-ms accounting are untouched).
+* Rule 9 (deferred conversion): :meth:`RtpSender.play` keeps provider audio as it came; it is
+  converted into the pacer format just before anything reads the pacer (the next packet,
+  ``queued_ms``, a DTMF tone, a codec change) or, for a whole phase group of calls at once,
+  by :func:`convert_pending` (the media shell calls it at every tick, before the group's
+  packets). The pacer gets the same bytes in the same order as if ``play()`` had converted
+  them (resample Rules 1 and 7), so nothing a caller hears or a counter shows changes; only
+  the CPU work moves to the tick, where it is batched. A flush drops unconverted audio
+  unconverted (its items are reported as the pacer reports queued ones). Once more than
+  ``DEFER_MAX_MS`` of audio waits (a provider's burst), ``play()`` converts it at once, as
+  before: what a tick converts stays bounded, so a burst cannot make a group's packets late.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sipbot.errors import MediaError
-from sipbot.media.chain import OutboundChain
+from sipbot.media.chain import OutboundChain, convert_outbound
 from sipbot.media.codecs import CodecInfo
 from sipbot.media.dtmf import DtmfSender, check_digits, dtmf_tone
 from sipbot.media.formats import PCM16_24K, AudioFormat
 from sipbot.media.latency import LatencyHistogram
 from sipbot.media.pacer import Pacer
+from sipbot.media.resample import BATCH_MIN
 from sipbot.media.rtp import OutboundStream
 
 if TYPE_CHECKING:
@@ -46,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PENDING_PLAY_MAX = 256  # chunks kept if play() comes before configure()
+DEFER_MAX_MS = 100  # unconverted audio beyond this is converted in play() (Rule 9)
 
 
 class RtpSender:
@@ -72,6 +85,8 @@ class RtpSender:
         self.dtmf_sent = 0
         self.last_pcm = b""  # PCM16 at the codec's rate of the last audio slot (recording)
         self._pending: list[tuple[bytes, str]] = []
+        self._unconverted: list[tuple[bytes, str]] = []  # Rule 9
+        self._unconverted_bytes = 0
         self._marker_next = True
         self.first_audio_latency = LatencyHistogram()
         self.barge_in_latency = LatencyHistogram()
@@ -101,6 +116,7 @@ class RtpSender:
 
     def _build(self) -> None:
         assert self.codec is not None
+        self.convert_pending()  # with the chain it was played to (Rule 9)
         chain = OutboundChain(self.codec, self.source)
         old = self.pacer
         if old is not None and (chain.frame_bytes, chain.silence) == (old.frame_bytes, old.silence):
@@ -136,9 +152,29 @@ class RtpSender:
             if len(self._pending) < PENDING_PLAY_MAX:
                 self._pending.append((audio, item_id))
             return
-        if now is not None and self._audio_since is None and not self.pacer.queued_bytes:
+        if (
+            now is not None
+            and self._audio_since is None
+            and not self.pacer.queued_bytes
+            and not self._unconverted
+        ):
             self._audio_since = now
-        self.pacer.push(self.chain.convert(audio), item_id)
+        self._unconverted.append((audio, item_id))  # Rule 9
+        self._unconverted_bytes += len(audio)
+        if self._unconverted_bytes > DEFER_MAX_MS * self.source.bytes_per_ms:
+            self.convert_pending()
+
+    def convert_pending(self) -> None:
+        """Convert what :meth:`play` kept into the pacer (Rule 9; :func:`convert_pending`)."""
+        unconverted = self._unconverted
+        if unconverted:
+            self._unconverted = []
+            self._unconverted_bytes = 0
+            chain, pacer = self.chain, self.pacer
+            assert chain is not None  # play() keeps nothing before configure()
+            assert pacer is not None
+            for audio, item_id in unconverted:
+                pacer.push(chain.convert(audio), item_id)
 
     def flush(self, now: float | None = None) -> dict[str, int]:
         """Drop queued audio (barge-in); returns ``{item_id: ms played}`` (see Pacer.flush).
@@ -152,8 +188,13 @@ class RtpSender:
             self._flushed_at = now
         if self.pacer is None or self.chain is None:
             return {}
+        unconverted, self._unconverted = self._unconverted, []
+        self._unconverted_bytes = 0
         self.chain.reset()
-        return self.pacer.flush()
+        played = self.pacer.flush()
+        for _, item_id in unconverted:  # never pushed: as the pacer reports a queued item
+            played.setdefault(item_id, self.pacer.played_ms(item_id))
+        return played
 
     def played_ms(self, item_id: str) -> int:
         """Milliseconds of ``item_id`` sent so far."""
@@ -161,6 +202,7 @@ class RtpSender:
 
     def queued_ms(self) -> int:
         """Milliseconds of audio waiting in the pacer."""
+        self.convert_pending()
         return 0 if self.pacer is None else self.pacer.queued_ms
 
     @property
@@ -168,6 +210,7 @@ class RtpSender:
         """Nothing queued: no audio, no DTMF."""
         return (
             not self._pending
+            and not self._unconverted
             and (self.pacer is None or self.pacer.queued_bytes == 0)
             and not self.dtmf.active
         )
@@ -186,6 +229,7 @@ class RtpSender:
             self.dtmf.queue(digits, duration_ms)
             return
         tones = dtmf_tone(digits, self.codec.pcm_rate_hz, duration_ms)
+        self.convert_pending()  # the tones follow the audio played before them
         self.pacer.push(self.chain.from_pcm(tones), "dtmf")
 
     # ------------------------------------------------------------------ packets out
@@ -216,6 +260,8 @@ class RtpSender:
                 payload, timestamp, marker = event
                 self.dtmf_sent += marker
                 return stream.event_packet(self.dtmf_payload_type, payload, timestamp, marker)
+        if self._unconverted:
+            self.convert_pending()
         frame = pacer.pull()
         if pacer.last_was_audio:
             if pacer.talkspurt_start and pacer.last_item == self._spurt_item:
@@ -236,3 +282,32 @@ class RtpSender:
         """Let ``frames`` slots pass without a packet."""
         if self.stream is not None:
             self.stream.skip(frames)
+
+
+def convert_pending(senders: Sequence[RtpSender]) -> None:
+    """:meth:`RtpSender.convert_pending` for many senders, resampling in batches (Rule 9).
+
+    A sender with exactly one chunk waiting joins the batch of its rate pair
+    (:func:`~sipbot.media.chain.convert_outbound`); one with several converts on its own, and
+    so do all when fewer than ``BATCH_MIN`` wait.
+    """
+    waiting = [sender for sender in senders if sender._unconverted]
+    if len(waiting) < BATCH_MIN:  # too few to lay out a batch
+        for sender in waiting:
+            sender.convert_pending()
+        return
+    chains: list[OutboundChain] = []
+    batched: list[RtpSender] = []
+    for sender in waiting:
+        if len(sender._unconverted) > 1 or sender.chain is None:
+            sender.convert_pending()
+            continue
+        chains.append(sender.chain)
+        batched.append(sender)
+    chunks = [sender._unconverted[0][0] for sender in batched]
+    for sender, audio in zip(batched, convert_outbound(chains, chunks), strict=True):
+        item_id = sender._unconverted[0][1]
+        sender._unconverted = []
+        sender._unconverted_bytes = 0
+        assert sender.pacer is not None
+        sender.pacer.push(audio, item_id)

@@ -7,7 +7,8 @@ cores. Both directions are pull-based: the shell calls a core and acts on what i
     datagram → MediaEngine.enqueue ─(drain)→ MediaSession.process
         → RtpReceiver.receive() → (payload | Digit | RESTART, ...)
         → InboundChain.feed(payload) → (frame, ...) → on_audio;  Digit → on_dtmf
-    play(audio) → RtpSender (convert → Pacer) ─(tick, every 20 ms)→ next_packet() → sendto
+    play(audio) → RtpSender (kept) ─(tick, every 20 ms: convert, batched per phase group → Pacer)
+        → next_packet() → sendto
 
 The two meet only through public entry points: the engine calls :meth:`MediaSession.process`
 (from its drain) and :meth:`MediaSession.tick` (through the ticker); a session calls
@@ -50,6 +51,10 @@ Rules:
   has passed, and dropping it is how a starved process catches up). Both are counted
   (:attr:`MediaEngine.inbox_dropped`, :attr:`MediaEngine.inbox_stale`) and logged at most once
   per 10 s.
+* Rule 9 (batched outbound DSP): at each tick of a phase group, before its packets, the
+  provider audio its sessions were given since the last tick is converted to the pacer format
+  in one batch per rate pair (:func:`~sipbot.media.sender.convert_pending`, bit-identical
+  to one session at a time); ``play()`` itself only queues.
 """
 
 from __future__ import annotations
@@ -71,9 +76,9 @@ from sipbot.media.latency import MediaLatency
 from sipbot.media.ports import PortAllocator
 from sipbot.media.receiver import RESTART, Address, Digit, Gap, Received, RtpReceiver
 from sipbot.media.recorder import CallRecorder
-from sipbot.media.sender import RtpSender
+from sipbot.media.sender import RtpSender, convert_pending
 from sipbot.media.srtp import SrtpContext
-from sipbot.media.ticker import Ticker
+from sipbot.media.ticker import Ticker, TickTarget
 from sipbot.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -158,7 +163,14 @@ class MediaEngine:
         if self._ticker is None:
             loop = asyncio.get_running_loop()
             self._ticker = Ticker(loop, groups=self.settings.phase_groups)
+            self._ticker.before_tick = self._before_tick
         return self._ticker
+
+    @staticmethod
+    def _before_tick(targets: tuple[TickTarget, ...]) -> None:
+        """Rule 9: the provider audio the group's sessions were given since the last tick,
+        converted in one batch per rate pair (sender Rule 9)."""
+        convert_pending([t._tx for t in targets if type(t) is MediaSession and not t._closed])
 
     @property
     def sessions(self) -> int:

@@ -105,3 +105,34 @@ def test_a_stall_is_caught_up_boundedly() -> None:
         assert ticker.stats.skipped_frames == burst[0][2]
 
     run(main)
+
+
+def test_the_group_hook_runs_once_per_group_tick_before_its_members() -> None:
+    """Rule 4: one call per group tick with that group's members, before their ticks; a hook
+    that raises is logged and the members still tick."""
+
+    async def main() -> None:
+        ticker = Ticker(asyncio.get_running_loop(), groups=2)
+        targets = [Target() for _ in range(4)]
+        calls: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+        def before(group: tuple[object, ...]) -> None:
+            members = tuple(targets.index(t) for t in group)  # type: ignore[arg-type]
+            calls.append((members, tuple(len(targets[i].ticks) for i in members)))
+            if len(calls) == 3:
+                raise RuntimeError("boom")
+
+        ticker.before_tick = before
+        for target in targets:
+            ticker.add(target)
+        await asyncio.sleep(0.2)
+        ticker.close()
+        groups = {members for members, _ in calls}
+        assert groups == {(0, 2), (1, 3)}  # least-loaded placement: two groups of two
+        for _members, ticks_before in calls:  # the members had not ticked yet this round
+            assert len({ticks_before[0], ticks_before[1]}) == 1
+        ticked = [len(t.ticks) for t in targets]
+        assert sum(1 for members, _ in calls if members == (0, 2)) == ticked[0] == ticked[2]
+        assert sum(1 for members, _ in calls if members == (1, 3)) == ticked[1] == ticked[3]
+
+    run(main)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sipbot.media import _filters
-from sipbot.media.resample import _PLANS, SUPPORTED_RATES, Resampler
+from sipbot.media.resample import _PLANS, SUPPORTED_RATES, Resampler, resample_batch
 
 PAIRS = list(SUPPORTED_RATES)
 
@@ -149,3 +149,80 @@ def test_long_chunk_grows_the_buffer() -> None:
     whole = Resampler(24000, 16000).process(as_bytes(x))
     framed = Resampler(24000, 16000)
     assert b"".join(framed.process(as_bytes(x[i : i + 480])) for i in range(0, 24000, 480)) == whole
+
+
+def exact_reference(x: np.ndarray, resampler: Resampler) -> bytes:
+    """The resampler's filter in integers (Rule 6): coefficients × 2**30, int64 sums, rint."""
+    coefficients = np.rint(resampler._matrix * (1 << 30)).astype(np.int64)
+    window = coefficients.shape[0]
+    down = resampler.down
+    padded = np.concatenate([np.zeros(window - down, dtype=np.int64), np.rint(x).astype(np.int64)])
+    groups = (len(padded) - (window - down)) // down
+    rows = np.stack([padded[g * down : g * down + window] for g in range(groups)])
+    sums = rows @ coefficients  # exact: every product and sum is below 2**63
+    quotient, remainder = np.divmod(sums, 1 << 30)
+    half = 1 << 29
+    up_round = (remainder > half) | ((remainder == half) & (quotient % 2 == 1))  # half to even
+    values = np.clip(quotient + up_round, -32768, 32767)
+    return bytes(values.astype("<i2").tobytes())
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), PAIRS)
+def test_arithmetic_is_exact_whatever_the_chunking(in_rate: int, out_rate: int) -> None:
+    """Rule 6: float64 on a 2**-30 coefficient grid equals the integer filter, sample for
+    sample, for any chunking (so neither the blocking nor BLAS's summation order shows)."""
+    rng = np.random.default_rng(in_rate + out_rate)
+    x = np.clip(rng.standard_normal(in_rate // 2) * 12_000, -32768, 32767)
+    x[100:140] = 32767  # full scale: the clip path
+    probe = Resampler(in_rate, out_rate)
+    coefficients = probe._matrix * (1 << 30)
+    assert np.array_equal(coefficients, np.rint(coefficients))  # on the grid
+    assert 32768 * np.abs(coefficients).sum(axis=0).max() < 2.0**53  # no sum can round
+    expected = exact_reference(x, probe)
+    for sizes in ([in_rate // 50], [1, 7, 13, 333, 2, 5], [4800]):
+        resampler = Resampler(in_rate, out_rate)
+        pieces, i, k = [], 0, 0
+        while i < len(x):
+            size = sizes[k % len(sizes)]
+            pieces.append(resampler.process(as_bytes(x[i : i + size])))
+            i, k = i + size, k + 1
+        got = b"".join(pieces)
+        assert got == expected[: len(got)], sizes
+        assert len(expected) - len(got) < 2 * resampler.up  # only a held remainder is missing
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), PAIRS)
+def test_a_batch_is_bit_identical_to_one_call_per_stream(in_rate: int, out_rate: int) -> None:
+    """Rule 7: 24 streams in different states (history, held remainder, fresh, reset), over
+    many rounds of 20 ms frames and odd chunks, some streams idle or starved in a round."""
+    rng = np.random.default_rng(in_rate * 3 + out_rate)
+    streams = 24
+    alone = [Resampler(in_rate, out_rate) for _ in range(streams)]
+    batched = [Resampler(in_rate, out_rate) for _ in range(streams)]
+    for index in range(streams):  # different states before the first batch
+        warm = as_bytes(rng.standard_normal(index * 37) * 9000)
+        assert alone[index].process(warm) == batched[index].process(warm)
+    frame = in_rate // 50
+    for round_ in range(60):
+        chunks = []
+        for index in range(streams):
+            size = frame if (index + round_) % 5 else int(rng.integers(0, 3 * frame))
+            if index == 0 and round_ % 7 == 0:
+                size = round_ % 2  # nothing, or one sample: no output group yet
+            chunks.append(as_bytes(np.clip(rng.standard_normal(size) * 14_000, -32768, 32767)))
+        if round_ == 30:
+            alone[3].reset()
+            batched[3].reset()
+        expected = [r.process(chunk) for r, chunk in zip(alone, chunks, strict=True)]
+        assert resample_batch(batched, chunks) == expected, round_
+    assert [r._tail for r in batched] == [r._tail for r in alone]
+
+
+def test_batch_refuses_mixed_rates_and_handles_nothing() -> None:
+    assert resample_batch([], []) == []
+    with pytest.raises(ValueError, match="resample_batch needs one rate pair"):
+        resample_batch([Resampler(8000, 16000), Resampler(8000, 24000)], [b"", b""])
+    with pytest.raises(ValueError, match="resample_batch needs one chunk per resampler"):
+        resample_batch([Resampler(8000, 16000)], [])
+    same = Resampler(8000, 8000)
+    assert resample_batch([same], [b"\x01\x02"]) == [b"\x01\x02"]

@@ -9,7 +9,7 @@ from sipbot.domain import PCMU_8K
 from sipbot.errors import MediaError
 from sipbot.media.codecs import G722, PCMA, PCMU, make_decoder, make_encoder
 from sipbot.media.rtp import RtpPacket, parse_rtp
-from sipbot.media.sender import RtpSender
+from sipbot.media.sender import DEFER_MAX_MS, RtpSender, convert_pending
 
 
 def loud(ms: int, rate: int = 24_000) -> bytes:
@@ -169,3 +169,63 @@ def test_ducking_leaves_silence_and_passthrough_work() -> None:
     payload = slots(tx, 1)[0].payload
     pcm = np.frombuffer(make_decoder("PCMU").decode(payload), dtype="<i2")
     assert 2000 < int(np.max(np.abs(pcm))) < 4000  # 12000 / 4
+
+
+def test_a_phase_group_converted_in_one_batch_sends_the_same_packets() -> None:
+    """Rule 9: 12 senders in different states (codecs, pre-buffers, bursts, a flush, a DTMF
+    tone), converted as a group before each slot, send exactly what each sends alone."""
+    rng = np.random.default_rng(9)
+
+    def group() -> list[RtpSender]:
+        senders = []
+        for index in range(12):
+            tx = RtpSender(prebuffer_ms=20 * (index % 4), max_hold_ms=40)
+            tx.configure((PCMU, PCMA, G722)[index % 3], (0, 8, 9)[index % 3], None)
+            tx.stream.ssrc, tx.stream.sequence, tx.stream.timestamp = index, 0, 0  # type: ignore[union-attr]
+            senders.append(tx)
+        return senders
+
+    alone, batched = group(), group()
+    for slot in range(80):
+        for index in range(12):
+            if (slot + index) % 6 == 5:
+                continue  # this one's provider sent nothing this slot
+            ms = 20 if index % 4 else int(rng.integers(1, 90))  # bursts and short chunks
+            audio = loud(ms)[: 2 * int(rng.integers(1, 24 * ms + 1))]
+            for tx in (alone[index], batched[index]):
+                tx.play(audio, f"item-{index}-{slot // 20}")
+        if slot == 40:
+            assert alone[5].flush() == batched[5].flush()
+        if slot == 50:
+            for tx in (alone[7], batched[7]):
+                tx.send_dtmf("5", 40)  # in-band: after the audio played before it
+        convert_pending(batched)
+        assert [tx.next_packet() for tx in batched] == [tx.next_packet() for tx in alone], slot
+    assert [tx.queued_ms() for tx in batched] == [tx.queued_ms() for tx in alone]
+    played = [tx.played_ms("item-3-3") for tx in alone]
+    assert [tx.played_ms("item-3-3") for tx in batched] == played
+
+
+def test_play_keeps_audio_until_something_reads_the_pacer() -> None:
+    """Rule 9: nothing is converted in play(); queued_ms, idle and the next packet see it."""
+    tx = sender(prebuffer_ms=0)
+    tx.play(loud(40), "a")
+    assert not tx.idle
+    assert tx.pacer is not None
+    assert tx.pacer.queued_bytes == 0  # kept, not yet converted
+    assert tx.queued_ms() == 40  # reading converts
+    tx.play(loud(20), "b")
+    assert tx.flush() == {"a": 0, "b": 0}  # unconverted items are reported like queued ones
+    assert tx.idle
+
+
+def test_a_burst_is_converted_in_play_so_a_tick_stays_bounded() -> None:
+    """Rule 9: at most DEFER_MAX_MS of provider audio waits for the tick."""
+    tx = sender(prebuffer_ms=0)
+    tx.play(loud(DEFER_MAX_MS), "a")
+    assert tx.pacer is not None
+    assert tx.pacer.queued_bytes == 0  # within the bound: kept for the tick
+    tx.play(loud(20), "a")
+    assert tx.pacer.queued_ms == DEFER_MAX_MS + 20  # over it: converted at once, all of it
+    tx.play(loud(20), "b")
+    assert tx.pacer.queued_ms == DEFER_MAX_MS + 20  # a new small chunk waits again
