@@ -21,6 +21,8 @@ SOLO = frozenset(
         "tests/e2e/test_call_path.py::test_sipp_hears_its_speech_echoed_on_a_steady_stream",
         "tests/e2e/test_call_path.py::test_20_concurrent_sipp_calls_all_hear_their_echo",
         "tests/e2e/test_call_path.py::test_loopback_mode_sends_the_audio_straight_back",
+        # pjsua2 records on its null sound device's clock, which slips under CPU contention
+        "tests/e2e/test_call_path.py::test_pjsua2_callers_hear_the_echo_and_bye_works_both_ways",
         "tests/e2e/test_ops_e2e.py::"
         "test_a_burst_over_max_calls_gets_503_with_retry_after_and_the_admitted_keep_cadence",
         "tests/e2e/test_ops_e2e.py::test_the_media_keeps_its_cadence_while_the_http_api_is_busy",
