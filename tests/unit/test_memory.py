@@ -35,6 +35,7 @@ from sipbot.records import Attempt, CallRow, LineRow
 from sipbot.records.commands import erase_command
 from sipbot.records.recall import Recall
 from sipbot.records.store import SqliteStore
+from tests.unit.test_records_attempt import Dialog
 
 T0 = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC
 UTC_ZONE = ZoneInfo("UTC")
@@ -118,17 +119,16 @@ def test_the_summary_is_cut_and_absent_without_a_transcript() -> None:
 
 def test_an_attempt_stores_the_key_and_summary_of_an_inbound_call_only() -> None:
     rows: list[CallRow] = []
-    dialog = SimpleNamespace(reject=lambda *a, **k: None)
     call = SimpleNamespace(
         record=SimpleNamespace(lines=[line("caller", "hi"), line("agent", "hello")], ended=None)
     )
-    inbound = Attempt(dialog, rows.append, call_id="c1", caller="+49 30 555", did="100")
+    inbound = Attempt(Dialog(), rows.append, call_id="c1", caller="+49 30 555", did="100")
     inbound.answered = T0
     inbound.finish(call)
-    outbound = Attempt(dialog, rows.append, call_id="c2", caller="+4930555", did="200")
+    outbound = Attempt(Dialog(), rows.append, call_id="c2", caller="+4930555", did="200")
     outbound.direction = "outbound"
     outbound.finish(call)
-    anonymous = Attempt(dialog, rows.append, call_id="c3", caller="anonymous", did="100")
+    anonymous = Attempt(Dialog(), rows.append, call_id="c3", caller="anonymous", did="100")
     anonymous.finish(call)
     assert [(r.caller_key, r.summary is not None) for r in rows] == [
         ("+4930555", True),
