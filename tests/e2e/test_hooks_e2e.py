@@ -46,7 +46,11 @@ from tests.e2e.test_call_path import (
     favour,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120), pytest.mark.requires_peers("sipp")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(120),
+    pytest.mark.requires_peers("sipp", "capture"),
+]
 
 CARD = "4111 1111 1111 1111"
 AGENT_CARD = "4111-1111-1111-1111"
