@@ -206,7 +206,7 @@ def start(
         PeerError: baresip did not become ready, bind its port, or register in time.
     """
     port = free_port("both")
-    rtp = reserve(RTP_PORT_COUNT, "udp")  # held until stop(): baresip binds them per call
+    rtp = reserve(RTP_PORT_COUNT, "udp", align=2)  # held until stop(): baresip binds them per call
     config_dir = log_dir / f"{name}-config"
     config_dir.mkdir(parents=True, exist_ok=True)
     snd_dir = log_dir / f"{name}-snd"

@@ -132,7 +132,7 @@ def start(
         PeerError: It did not bind its port or switch to WAV files in time.
     """
     port = free_port("udp")
-    rtp = reserve(RTP_PORT_COUNT, "udp")
+    rtp = reserve(RTP_PORT_COUNT, "udp", align=2)
     home = log_dir / f"{name}-home"
     (home / ".local" / "share" / "linphone").mkdir(parents=True, exist_ok=True)
     config = log_dir / f"{name}.linphonerc"

@@ -61,12 +61,15 @@ class Reservation:
 _held: list[Reservation] = []
 
 
-def reserve(count: int = 1, proto: Proto = "both") -> Reservation:
+def reserve(count: int = 1, proto: Proto = "both", align: int = 1) -> Reservation:
     """Reserve ``count`` consecutive free ports on 127.0.0.1.
 
     Args:
         count: How many consecutive ports (1 for a single port; 4 for a SIPp media block).
         proto: Which protocols must be free on each port.
+        align: The first port is a multiple of this (2 for an RTP range given to a peer that
+            rounds its port down to an even one: from an odd first port it could take the port
+            below the range).
 
     Raises:
         RuntimeError: No free block found after :data:`MAX_ATTEMPTS` tries.
@@ -75,6 +78,7 @@ def reserve(count: int = 1, proto: Proto = "both") -> Reservation:
     low, high = PORT_RANGE
     for _ in range(MAX_ATTEMPTS):
         first = random.randrange(low, high - count)
+        first -= first % align
         fds = _lock_all(range(first, first + count))
         if fds is None:
             continue
