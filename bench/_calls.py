@@ -152,9 +152,9 @@ class BenchServer:
         argv = ["nice", "-n", str(nice)] if nice else []
         argv += [sys.executable, str(ROOT / "bench" / "_gc_trace.py"), "run", "-c", str(config)]
         argv += ["--listen", f"127.0.0.1:{self.port}", "--rtp-ports", SERVER_RTP_PORTS]
-        self.process = ManagedProcess.start(
-            name, [*argv, *extra], workdir, cwd=ROOT, env={"OPENBLAS_NUM_THREADS": "1"}
-        )
+        # no OPENBLAS_NUM_THREADS here: the server sets its BLAS threads itself (media/blas.py),
+        # and the figures are for the server as shipped (an old tree: set it in the environment)
+        self.process = ManagedProcess.start(name, [*argv, *extra], workdir, cwd=ROOT)
         self.process.wait_for_line(r"^sipbot ready", READY_TIMEOUT_S, stream="stderr")
         time.sleep(IDLE_SETTLE_S)
         self.idle_rss_mb = status_mb(self.pid, "VmRSS")

@@ -64,6 +64,7 @@ from sipbot.domain import CallInfo, SessionConfig
 from sipbot.errors import ConfigError, SipbotError, SipParseError
 from sipbot.hook_events import CALL_END, CALL_START, CallEnd, CallStart, Decision
 from sipbot.hooks import Hooks
+from sipbot.media.blas import limit_blas_threads
 from sipbot.media.formats import PCM16_24K
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
@@ -240,6 +241,7 @@ class Server:
             ConfigError: the records database cannot be opened or reached.
             OSError: an address cannot be bound.
         """
+        limit_blas_threads()  # blas Rule 1: before the first call multiplies anything
         if self.records is not None:
             await self.records.start()
         await self.ua.start()
