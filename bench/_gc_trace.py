@@ -4,11 +4,16 @@ The benchmark runs the server through this wrapper so that its figures can say w
 seen on the wire was the garbage collector. Every generation-2 pass, and any pass longer than
 :data:`REPORT_MS`, prints one stderr line ``gc-pause gen=G ms=M at=EPOCH``. The callback costs
 ~1 µs per collection; sipbot itself is unchanged (``sipbot.cli.main``).
+
+With ``BENCH_CPROFILE=FILE`` in the environment the server runs under cProfile and writes its
+statistics to FILE when it exits (diagnosis only: the profiler slows every Python call, so
+cadence figures from such a run mean nothing; call counts per frame do).
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,4 +41,14 @@ if __name__ == "__main__":
     from sipbot.cli import main
 
     gc.callbacks.append(_on_gc)
-    raise SystemExit(main(sys.argv[1:]))
+    profile_to = os.environ.get("BENCH_CPROFILE")
+    if not profile_to:
+        raise SystemExit(main(sys.argv[1:]))
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        code = profiler.runcall(main, sys.argv[1:])
+    finally:
+        profiler.dump_stats(profile_to)
+    raise SystemExit(code)

@@ -814,7 +814,7 @@ class Call:
 
     def _agent_audible(self) -> bool:
         now = self._loop.time()
-        if self.media is not None and self.media.queued_ms() > 0:
+        if self.media is not None and self.media.audio_queued():
             self._audible_at = now
             return True
         return now - self._audible_at < AUDIBLE_HOLD_S

@@ -114,6 +114,11 @@ class CallMedia(Protocol):
         """Milliseconds of audio waiting in the pacer."""
         ...
 
+    def audio_queued(self) -> bool:
+        """Agent audio is waiting to be sent: :meth:`queued_ms` > 0, asked per caller frame, so
+        it must be cheap (the sender's deferred conversion is not forced)."""
+        ...
+
     def duck(self, gain_db: float) -> None:
         """Play queued audio at ``gain_db`` (0: as it is), nothing dropped (barge-in guard)."""
         ...

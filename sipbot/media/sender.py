@@ -205,6 +205,13 @@ class RtpSender:
         self.convert_pending()
         return 0 if self.pacer is None else self.pacer.queued_ms
 
+    def audio_queued(self) -> bool:
+        """``queued_ms() > 0`` without converting what :meth:`play` kept (Rule 9): at least a
+        millisecond of audio unconverted, or in the pacer."""
+        if self.pacer is None:
+            return False
+        return self._unconverted_bytes >= self.source.bytes_per_ms or self.pacer.queued_ms > 0
+
     @property
     def idle(self) -> bool:
         """Nothing queued: no audio, no DTMF."""

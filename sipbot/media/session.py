@@ -427,6 +427,10 @@ class MediaSession:
         """Milliseconds of audio waiting in the pacer."""
         return self._tx.queued_ms()
 
+    def audio_queued(self) -> bool:
+        """Audio waiting to be sent, converted or not (sender Rule 9; nothing is converted)."""
+        return self._tx.audio_queued()
+
     async def drained(self) -> None:
         """Return once everything queued (audio and DTMF) has been sent, or the session closed."""
         if self._closed or self._tx.idle:

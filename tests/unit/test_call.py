@@ -182,6 +182,9 @@ class RecorderMedia:
     def queued_ms(self) -> int:
         return round((self._busy_until - self.loop.time()) * 1000)
 
+    def audio_queued(self) -> bool:
+        return self.queued_ms() > 0
+
     def duck(self, gain_db: float) -> None:
         self.ducks.append(gain_db)
 

@@ -229,3 +229,17 @@ def test_a_burst_is_converted_in_play_so_a_tick_stays_bounded() -> None:
     assert tx.pacer.queued_ms == DEFER_MAX_MS + 20  # over it: converted at once, all of it
     tx.play(loud(20), "b")
     assert tx.pacer.queued_ms == DEFER_MAX_MS + 20  # a new small chunk waits again
+
+
+def test_audio_queued_answers_without_converting() -> None:
+    """The barge-in guard asks per caller frame: unconverted audio counts and stays unconverted."""
+    tx = sender(prebuffer_ms=0)
+    assert not tx.audio_queued()
+    tx.play(loud(20), "a")
+    assert tx.audio_queued()
+    assert tx.pacer is not None
+    assert tx.pacer.queued_bytes == 0  # still waiting for its group's batch (Rule 9)
+    assert tx.queued_ms() == 20  # queued_ms converts
+    assert tx.audio_queued()
+    tx.flush()
+    assert not tx.audio_queued()
