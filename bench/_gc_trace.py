@@ -12,6 +12,7 @@ cadence figures from such a run mean nothing; call counts per frame do).
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 
 REPORT_MS = 5.0
 _started = [0.0]
+_totals: dict[int, list[float]] = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}  # gen: [passes, ms]
 
 
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
@@ -28,6 +30,9 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
         _started[0] = time.perf_counter()
         return
     pause_ms = (time.perf_counter() - _started[0]) * 1000.0
+    total = _totals[info["generation"]]
+    total[0] += 1
+    total[1] += pause_ms
     if info["generation"] == 2 or pause_ms > REPORT_MS:
         print(
             f"gc-pause gen={info['generation']} ms={pause_ms:.1f} at={time.time():.3f}",
@@ -41,6 +46,13 @@ if __name__ == "__main__":
     from sipbot.cli import main
 
     gc.callbacks.append(_on_gc)
+    atexit.register(
+        lambda: print(
+            "gc-totals " + " ".join(f"gen{g}={n:.0f}/{ms:.1f}ms" for g, (n, ms) in _totals.items()),
+            file=sys.stderr,
+            flush=True,
+        )
+    )
     profile_to = os.environ.get("BENCH_CPROFILE")
     if not profile_to:
         raise SystemExit(main(sys.argv[1:]))

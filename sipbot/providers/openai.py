@@ -265,7 +265,10 @@ class OpenAISession(ResilientSession):
     async def disconnect(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            await connection.close()
+            try:
+                await connection.close()
+            finally:
+                _release(connection)
 
     async def send_batch(self, audio: bytes) -> None:
         assert self._connection is not None
@@ -307,3 +310,14 @@ class OpenAISession(ResilientSession):
                 await connection.send_raw(json.dumps(request))
         except Exception as error:  # a dead socket: the receiver notices and reconnects
             logger.warning("call %s: openai: not sent: %s", self.call.call_id, describe(error))
+
+
+def _release(connection: AsyncRealtimeConnection) -> None:
+    """Break the SDK connection's reference cycle once it is closed (issue 12).
+
+    ``AsyncRealtimeConnection`` makes one resource object per event family (``session``,
+    ``response``, ...), each holding the connection: every closed connection, its websocket and
+    buffers included, waited for a full cyclic GC pass (after hundreds of calls, one long
+    stall). A closed connection is never used again, so its attributes are dropped.
+    """
+    vars(connection).clear()

@@ -212,9 +212,13 @@ class ResilientSession(abc.ABC):
         if self._closed:
             return
         self._closed = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            # the cancelled task keeps its CancelledError, whose traceback holds the frames of
+            # this session's loops: held here, that was a reference cycle (session → task →
+            # traceback → frames → session) that only the cyclic GC freed (issue 12)
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
         await bounded(self.disconnect())
         self._events.put_nowait(None)
 

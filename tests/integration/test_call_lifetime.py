@@ -4,10 +4,13 @@ Every object of an ended call used to be cyclic garbage (the call ↔ its media 
 callbacks, the call ↔ its tools' context, the SIP dialog ↔ its media leg's re-offer hook, the
 dialog ↔ its record attempt's ``reject`` wrapper): ~60 kB a call that only a full (generation 2)
 GC pass frees, and sipbot freezes its start-up heap so that pass comes after hundreds of calls.
-Here a real ``Server`` (local echo agent, recording and SQLite records on) takes a real call on
-loopback UDP — INVITE, ACK, a second of RTP, BYE — with the cyclic collector disabled; once the
-call has ended, the call, its dialog, media session, tool runner and recorder are gone.
-Real time, bounded: every wait has a timeout.
+Here a real ``Server`` (recording and SQLite records on) takes a real call on loopback UDP —
+INVITE, ACK, a second of RTP, BYE — with the cyclic collector disabled; once the call has ended,
+the call, its dialog, media session, tool runner, conversation and provider session are gone.
+The agent is the local echo, or a Gemini Live / OpenAI Realtime agent on the project's emulator
+in the same process (the real SDKs; the model greets with a tone before the call ends, so the
+session's receive path, playback and turn bookkeeping all ran). Real time, bounded:
+every wait has a timeout.
 """
 
 from __future__ import annotations
@@ -23,15 +26,32 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import uvloop
 
 from sipbot.config import load_config
+from sipbot.emulators.common import EmulatorServer
+from sipbot.emulators.gemini import GeminiEmulator
+from sipbot.emulators.openai import OpenAIEmulator
+from sipbot.emulators.script import EmulatorScript
+from sipbot.media.codecs import make_encoder
 from sipbot.server import Server
 
 pytestmark = pytest.mark.timeout(60)
 CALL_ID = "lifetime-1@127.0.0.1"
-RTP_PACKETS = 50  # one second of PCMU from the caller
+RTP_PACKETS = 50  # one second of PCMU from the caller: 400 ms of a tone, then silence
+TONE_PACKETS = 20
+AUDIO_DELTAS = ("response.output_audio.delta", "response.audio.delta")  # OpenAI's reply audio
+KEY_ENV, KEY = "SIPBOT_LIFETIME_KEY", "lifetime-key"
+SCRIPT = EmulatorScript(
+    reply="tone",
+    reply_ms=400,
+    speed=0,
+    playback_wait=False,
+    vad_silence_ms=300,
+    api_keys=frozenset({KEY}),
+)
 
 
 @pytest.fixture
@@ -97,13 +117,34 @@ def offer(rtp_port: int) -> str:
     )
 
 
+def _tone() -> bytes:
+    t = np.arange(160 * TONE_PACKETS) / 8000
+    pcm = np.rint(12_000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
+    return make_encoder("PCMU").encode(pcm)
+
+
+TONE = _tone()
+
+
 def rtp(seq: int) -> bytes:
     header = bytes([0x80, 0]) + seq.to_bytes(2, "big") + (seq * 160).to_bytes(4, "big")
+    if seq < TONE_PACKETS:
+        return header + TONE[160 * seq : 160 * (seq + 1)]
     return header + b"\x11\x22\x33\x44" + b"\xff" * 156
 
 
-def config(tmp_path: Path) -> Path:
-    agent = {"provider": "local", "local": {"mode": "echo"}, "recording": True}
+def agent_keys(emulator: EmulatorServer | None) -> dict[str, Any]:
+    """The dialplan keys of the call's agent: local echo, or the emulator's provider."""
+    if emulator is None:
+        return {"provider": "local", "local": {"mode": "echo"}}
+    keys: dict[str, Any] = {"api_key": "${" + KEY_ENV + "}", "base_url": emulator.base_url}
+    if isinstance(emulator, GeminiEmulator):
+        return {"provider": "gemini", **keys, "ca_file": emulator.ca_file, "greeting": "Hello."}
+    return {"provider": "openai", **keys, "greeting": "Hello."}
+
+
+def config(tmp_path: Path, emulator: EmulatorServer | None = None) -> Path:
+    agent = {**agent_keys(emulator), "recording": True}
     (tmp_path / "recordings").mkdir()
     path = tmp_path / "lifetime.yaml"
     path.write_text(
@@ -124,9 +165,11 @@ def config(tmp_path: Path) -> Path:
     return path
 
 
-async def a_call_then_its_objects(tmp_path: Path) -> tuple[list[weakref.ref[Any]], Server]:
+async def a_call_then_its_objects(
+    tmp_path: Path, emulator: EmulatorServer | None = None
+) -> tuple[list[weakref.ref[Any]], Server]:
     """One call from INVITE to BYE; weak references to its objects, taken while it was up."""
-    server = Server(load_config(str(config(tmp_path))))
+    server = Server(load_config(str(config(tmp_path, emulator))))
     await server.start()
     loop = asyncio.get_running_loop()
     sip_port = server.ua.bound[0][2]
@@ -145,14 +188,21 @@ async def a_call_then_its_objects(tmp_path: Path) -> tuple[list[weakref.ref[Any]
         transport.sendto(request("ACK", port, sip_port, 1, tag), sip)
         remote = re.search(rb"\r\nm=audio (\d+)", ok)
         assert remote is not None, ok
-        for seq in range(RTP_PACKETS):
-            media.sendto(rtp(seq), ("127.0.0.1", int(remote.group(1))))
-            await asyncio.sleep(0.02)
+        sip_rtp = ("127.0.0.1", int(remote.group(1)))
+        seq = 0
+        # a second of RTP; a model greets (its audio reaches the call) while the caller talks
+        async with asyncio.timeout(8.0):
+            while seq < RTP_PACKETS or (emulator is not None and not _answered(emulator)):
+                media.sendto(rtp(seq), sip_rtp)
+                seq += 1
+                await asyncio.sleep(0.02)
+        if emulator is not None:
+            await asyncio.sleep(0.3)  # the reply reaches the call and its pacer
         call = server.calls[CALL_ID]
         assert call.media is not None
-        refs: list[weakref.ref[Any]] = [
-            weakref.ref(o) for o in (call, call.dialog, call.media, call.runner, call.core)
-        ]
+        assert call._session is not None
+        objects = [call, call.dialog, call.media, call.runner, call.core, *_sessions(call._session)]
+        refs: list[weakref.ref[Any]] = [weakref.ref(o) for o in objects]
         del call
         transport.sendto(request("BYE", port, sip_port, 2, tag), sip)
         await client.response(b"200", b"BYE")
@@ -166,19 +216,53 @@ async def a_call_then_its_objects(tmp_path: Path) -> tuple[list[weakref.ref[Any]
         media.close()
 
 
+def _sessions(observed: Any) -> list[Any]:
+    """The call's provider session: the observed wrapper, the provider's (resilient) session
+    and, for a cloud model, the SDK's live session and websocket while it is connected."""
+    inner = observed._inner
+    sdk = [getattr(inner, name, None) for name in ("_session", "_frames", "_connection")]
+    return [observed, inner, *(obj for obj in sdk if obj is not None)]
+
+
+def _answered(emulator: EmulatorServer) -> bool:
+    """The emulated model sent reply audio (its greeting) in the call's session."""
+    sent = emulator.sessions[-1].sent if emulator.sessions else []
+    return any(
+        frame.get("type") in AUDIO_DELTAS or "modelTurn" in frame.get("serverContent", {})
+        for frame in sent
+    )
+
+
+@pytest.mark.parametrize("provider", ["local", "openai", "gemini"])
 def test_an_ended_call_is_freed_without_the_cyclic_collector(
-    tmp_path: Path, no_cyclic_gc: None, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    no_cyclic_gc: None,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    provider: str,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="sipbot")  # kept log records would hold objects
+    monkeypatch.setenv(KEY_ENV, KEY)
 
     async def main() -> list[str]:
-        refs, server = await a_call_then_its_objects(tmp_path)
+        emulator: EmulatorServer | None = None
+        if provider == "openai":
+            emulator = OpenAIEmulator(SCRIPT, port=0)
+        elif provider == "gemini":
+            emulator = GeminiEmulator(SCRIPT, port=0)
+        if emulator is not None:
+            await emulator.start()
         try:
-            return [repr(type(obj)) for obj in (ref() for ref in refs) if obj is not None]
+            refs, server = await a_call_then_its_objects(tmp_path, emulator)
+            try:
+                return [repr(type(obj)) for obj in (ref() for ref in refs) if obj is not None]
+            finally:
+                await server.stop()
         finally:
-            await server.stop()
+            if emulator is not None:
+                await emulator.stop()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         alive = runner.run(asyncio.wait_for(main(), 40))
-    assert alive == []
+    assert alive == [], alive
     assert len(list((tmp_path / "recordings").glob("*.wav"))) == 1
