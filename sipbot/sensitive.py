@@ -20,6 +20,9 @@ Rules:
   the tool's result. The call record keeps tool argument and result values only when
   ``server.records.tool_values`` is true (:func:`record_arguments`, :func:`record_output`);
   it never holds DTMF digits.
+* Rule 5: other libraries' DEBUG lines reach the log only with ``server.log_sensitive``: the
+  websocket library logs each frame to and from the model at DEBUG (``sipbot run --log-level
+  debug`` is otherwise sipbot's own DEBUG lines only; ``sipbot.cli``).
 """
 
 from __future__ import annotations
