@@ -736,7 +736,9 @@ class Call:
 
     def _hand_off(self, target: AgentSetup, why: str) -> None:
         agent = target.agent
-        log.info("call %s: handed off to agent %s (%s)", self.info.call_id, agent.name, why)
+        log.info("call %s: handed off to agent %s", self.info.call_id, agent.name)
+        if log_values(log, self.plan.log_sensitive):  # why: the model's words, a tool argument
+            log.debug("call %s: handoff reason: %s", self.info.call_id, why)
         self._emit(
             ProviderSwitch(
                 self.info.call_id,

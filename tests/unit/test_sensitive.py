@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 import sipbot.tools.runner as runner_module
+from sipbot.call import AgentSetup
 from sipbot.config import load_config
+from sipbot.dialplan import Agent
 from sipbot.domain import CallInfo, ToolCall
 from sipbot.errors import ConfigError, ToolError
 from sipbot.providers.base import SessionConfig
@@ -28,7 +30,7 @@ from sipbot.ratelimit import RateLimitedLog
 from sipbot.records.attempt import Attempt
 from sipbot.sensitive import REDACTED, argument_names, dtmf_line, tool_outcome
 from sipbot.tools import ToolContext, ToolRunner, tool
-from tests.unit.test_call import Rig, run, slow_gate, until
+from tests.unit.test_call import RecorderProvider, RecorderSession, Rig, run, slow_gate, until
 
 CARD = "4111111111111111"
 DIGITS = CARD  # typed on the keypad, one key at a time
@@ -158,6 +160,38 @@ def test_tool_values_reach_debug_only_when_the_operator_opts_in(
         f"call call-1: tool slow_lookup({{'what': 'x', '{CARD}': 'y'}})",
         f'call call-1: tool slow_lookup (t2) result: {{"error": "unexpected argument \'{CARD}\'"}}',
     ]
+
+
+def hand_over(log_sensitive: bool) -> RecorderSession:
+    """The model hands the call to agent ``b``, giving the card number as the reason."""
+
+    async def main() -> RecorderSession:
+        other = RecorderSession()
+        setup = AgentSetup(Agent("b"), RecorderProvider(other), SessionConfig())
+        rig = Rig(log_sensitive=log_sensitive, handoff_to=lambda name: setup)
+        await rig.confirm()
+        reason = f"pays with {CARD}"
+        rig.session.emit(ToolCall("t1", "handoff", {"agent": "b", "reason": reason}))
+        await until(lambda: rig.session.closed)
+        rig.call.hang_up_now("shutdown")
+        await rig.reason()
+        return other
+
+    return run(main)
+
+
+def test_a_handoff_reason_is_the_models_words_shown_only_when_opted_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="sipbot"):
+        hand_over(log_sensitive=False)
+    assert leaks(logged(caplog)) == []
+    assert "call call-1: handed off to agent b" in logged(caplog, logging.INFO)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="sipbot"):
+        hand_over(log_sensitive=True)
+    assert leaks(logged(caplog, logging.INFO)) == []
+    assert f"call call-1: handoff reason: pays with {CARD}" in logged(caplog, logging.DEBUG)
 
 
 @tool
