@@ -12,10 +12,12 @@ Rules:
 * Rule 2: at INFO a tool call is its name, its id, the *names* of its arguments that the tool
   declares (a name the model made up is counted, not shown: :func:`argument_names`), then its
   outcome and duration (:func:`tool_outcome`) — never an argument's value, a result or an error's
-  text (which may quote the arguments, as a refusal or an HTTP service's error body can).
+  text (which may quote the arguments, as a refusal or an HTTP service's error body can; the
+  runner withholds an exception's text from its traceback), nor a handoff's reason.
 * Rule 3: values go to the log only at DEBUG, and only when the operator opted in with
-  ``server.log_sensitive: true`` (:func:`log_values`); then the DEBUG lines are the ones sipbot
-  logged at INFO before this rule.
+  ``server.log_sensitive: true`` (:func:`log_values`): the digit (``DTMF 4``, as sipbot logged
+  it at INFO before this rule), the arguments (``tool NAME({...})``, likewise), the result
+  (``tool NAME (ID) result: ...``) and a handoff's reason.
 * Rule 4: what the provider receives is not changed: the model still hears the keypress and gets
   the tool's result. The call record keeps tool argument and result values only when
   ``server.records.tool_values`` is true (:func:`record_arguments`, :func:`record_output`);
