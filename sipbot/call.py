@@ -38,7 +38,7 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, cast
@@ -111,6 +111,7 @@ from sipbot.media.session import MediaEngine
 from sipbot.media_leg import MediaLeg
 from sipbot.providers.base import Provider, ProviderSession
 from sipbot.providers.continuity import RESUME_NOTE, failover_seed, handoff_note
+from sipbot.sensitive import argument_names, dtmf_line, log_values, tool_outcome
 from sipbot.sip.sipfrag import replacing
 from sipbot.tools import CallControl, ToolContext, ToolRunner
 from sipbot.tools.runner import ToolResult
@@ -201,6 +202,8 @@ class CallPlan:
         filler: the "one moment" prompt for slow tools, PCM16 16 kHz, or None.
         log_transcripts: log what each side says at INFO (else DEBUG: transcripts stay in the
             call record, out of the log).
+        log_sensitive: log DTMF digits and tool argument/result values at DEBUG
+            (``server.log_sensitive``; else never: :mod:`sipbot.sensitive`).
         consulter: places a warm transfer's consultation call; None → no warm transfers.
         hold: what the caller hears during a warm transfer, PCM16 16 kHz.
         briefing: what the target hears before a warm transfer joins them, PCM16 16 kHz.
@@ -221,6 +224,7 @@ class CallPlan:
     apology: bytes = b""
     filler: bytes | None = None
     log_transcripts: bool = False
+    log_sensitive: bool = False
     consulter: Consulter | None = None
     hold: bytes = b""
     briefing: bytes = b""
@@ -310,6 +314,7 @@ class Call:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._outbound = PCM16_24K  # what media.play() takes now
         self._transfers: dict[str, asyncio.Future[str]] = {}  # tool transfers, by request id
+        self._dtmf_count = 0  # the caller's keypresses, counted in the log (sipbot.sensitive)
         self._consult: ConsultLeg | None = None  # a warm transfer's call to the target
         self._hold_pos = 0  # where the hold audio goes on (bytes into plan.hold)
         self._heard: dict[int, str] = {}  # record line index -> what the caller heard of it
@@ -480,7 +485,10 @@ class Call:
 
     def on_dtmf(self, digit: str) -> None:
         """A caller keypress: a route-level action, or text for the model."""
-        log.info("call %s: DTMF %s", self.info.call_id, digit)
+        self._dtmf_count += 1
+        log.info("call %s: %s", self.info.call_id, dtmf_line(self._dtmf_count))  # sensitive R1
+        if log_values(log, self.plan.log_sensitive):  # sipbot.sensitive Rule 3
+            log.debug("call %s: DTMF %s", self.info.call_id, digit)
         self._run(self.core.dtmf(digit, self._loop.time()))
 
     def on_timeout(self) -> None:
@@ -728,7 +736,9 @@ class Call:
 
     def _hand_off(self, target: AgentSetup, why: str) -> None:
         agent = target.agent
-        log.info("call %s: handed off to agent %s (%s)", self.info.call_id, agent.name, why)
+        log.info("call %s: handed off to agent %s", self.info.call_id, agent.name)
+        if log_values(log, self.plan.log_sensitive):  # why: the model's words, a tool argument
+            log.debug("call %s: handoff reason: %s", self.info.call_id, why)
         self._emit(
             ProviderSwitch(
                 self.info.call_id,
@@ -844,7 +854,11 @@ class Call:
         return ToolContext(cast(CallControl, weakref.proxy(self)), self.transcript)
 
     def _start_tool(self, call: ToolCall) -> None:
-        log.info("call %s: tool %s(%s)", self.info.call_id, call.name, dict(call.arguments))
+        cid = self.info.call_id
+        names = argument_names(call.arguments, self._parameters(call.name))  # sensitive Rule 2
+        log.info("call %s: tool %s (%s) called with %s", cid, call.name, call.id, names)
+        if log_values(log, self.plan.log_sensitive):  # sipbot.sensitive Rule 3
+            log.debug("call %s: tool %s(%s)", cid, call.name, dict(call.arguments))
         started = time.time()
         self._emit(ToolCalled(self.info.call_id, started, call.id, call.name, call.arguments))
         task = self.runner.start(call)
@@ -865,6 +879,7 @@ class Call:
             result.error is not None,
         )
         self.record.tools.append(entry)
+        self._log_tool_done(call, result, text)
         if self._hooks is not None:
             took_ms = round((entry.ended - started) * 1000)
             self._emit(
@@ -883,6 +898,24 @@ class Call:
                 result.call_id, result.output, self._loop.time(), cancelled=result.cancelled
             )
         )
+
+    def _parameters(self, tool: str) -> Collection[str]:
+        """The parameter names ``tool`` declares (none for a tool the agent does not have)."""
+        for spec in self.runner.specs:
+            if spec.name == tool:
+                properties: Mapping[str, Any] = spec.parameters.get("properties", {})
+                return properties.keys()
+        return ()
+
+    def _log_tool_done(self, call: ToolCall, result: ToolResult, text: str) -> None:
+        """Its outcome and duration at INFO; its result at DEBUG if opted in (sensitive R2-3)."""
+        outcome = tool_outcome(result.error, result.cancelled)
+        took_ms = round(result.elapsed_ms)
+        cid = self.info.call_id
+        log.info("call %s: tool %s (%s) %s in %d ms", cid, call.name, call.id, outcome, took_ms)
+        if log_values(log, self.plan.log_sensitive):
+            cut = text[:TOOL_LOG_OUTPUT_CHARS]
+            log.debug("call %s: tool %s (%s) result: %s", cid, call.name, call.id, cut)
 
     async def _refer(self, uri: str) -> None:
         """Send the REFER, then wait for its final NOTIFY (the core bounds the wait, Rule 7)."""

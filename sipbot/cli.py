@@ -412,7 +412,7 @@ def run_config(
     SIGTERM drains when ``limits.drain_timeout_s`` > 0 (new calls refused, calls up end after it
     with a goodbye); otherwise, on a second SIGTERM, or on SIGINT, every call ends at once.
     """
-    _logging(log_level or config.server.log_level, log_format)
+    _logging(log_level or config.server.log_level, log_format, config.server.log_sensitive)
     return _run_async(_run_server(config, options))
 
 
@@ -500,7 +500,10 @@ async def _run_server(config: Any, options: Any) -> int:
     return 0
 
 
-def _logging(level: str | None, log_format: str = "text") -> None:
+def _logging(level: str | None, log_format: str = "text", sensitive: bool = False) -> None:
+    """Log to stderr at ``level``; other libraries' DEBUG lines only when ``sensitive``
+    (``server.log_sensitive``): a websocket library logs each frame to and from the model at
+    DEBUG, keypresses and tool results included (:mod:`sipbot.sensitive` Rule 5)."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         from sipbot.logjson import JsonFormatter
@@ -508,9 +511,9 @@ def _logging(level: str | None, log_format: str = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(
-        level=getattr(logging, str(level or "info").upper(), logging.INFO), handlers=[handler]
-    )
+    value = getattr(logging, str(level or "info").upper(), logging.INFO)
+    logging.basicConfig(level=value if sensitive else max(value, logging.INFO), handlers=[handler])
+    logging.getLogger("sipbot").setLevel(value)
 
 
 def _run_async(coro: Coroutine[Any, Any, int]) -> int:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field, StrictBool, ValidationError
 from pydantic_core import PydanticCustomError
 
 from sipbot.dialplan.agent import check_codecs
@@ -294,6 +294,8 @@ class RecordSettings(StrictModel):
     queue_max: Annotated[int, Field(ge=1)] = 10_000
     max_size_mb: Annotated[float | None, Field(gt=0)] = None  # cap of the SQLite file
     truncate_chars: Annotated[int, Field(ge=16)] = 2000
+    # keep tool argument and result values in the record (else names only: sipbot.sensitive)
+    tool_values: StrictBool = False
 
 
 def _env_secrets(value: Any) -> dict[str, Any]:
@@ -332,6 +334,8 @@ class ServerSettings(StrictModel):
     ] = "info"
     # what callers and agents say goes to the call records, and to the INFO log only when true
     log_transcripts: bool = False
+    # DTMF digits and tool argument/result values in the log, at DEBUG only (sipbot.sensitive)
+    log_sensitive: StrictBool = False
 
 
 class ConfigModel(DialplanModel):

@@ -248,6 +248,7 @@ class OutboundCall:
             source=None,
             trunk=target.trunk.name if target.trunk is not None else None,
             truncate_chars=self.server.config.server.records.truncate_chars,
+            tool_values=self.server.config.server.records.tool_values,
         )
         self.attempt.direction = "outbound"
         self.attempt.agent = target.agent.name
@@ -406,6 +407,7 @@ class OutboundCall:
             apology=self.server.apology,
             filler=self.server.filler,
             log_transcripts=self.server.config.server.log_transcripts,
+            log_sensitive=self.server.config.server.log_sensitive,
             amd=amd,
             recording_path=recording,
             hooks=getattr(self.server, "hooks", None),  # integrator hooks (sipbot.hooks)

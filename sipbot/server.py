@@ -436,6 +436,7 @@ class Server:
             source=_join_hostport(host, port),
             trunk=trunk or None,
             truncate_chars=settings.truncate_chars,
+            tool_values=settings.tool_values,
         )
 
     def _refused(
@@ -541,6 +542,7 @@ class Server:
             apology=self.apology,
             filler=self.filler,
             log_transcripts=self.config.server.log_transcripts,
+            log_sensitive=self.config.server.log_sensitive,
             consulter=self.consulter,
             hold=self._wav(agent.transfer_hold) if agent.transfer_hold else self.hold,
             briefing=self._wav(agent.transfer_briefing) if agent.transfer_briefing else b"",

@@ -225,8 +225,9 @@ class LocalSession:
         """No tools offline: ignored."""
 
     async def send_text(self, text: str) -> None:
-        """No model to tell: ignored (logged at debug level)."""
-        log.debug("local provider: text ignored: %s", text)
+        """No model to tell: ignored (logged at debug level, by its length: it may say which
+        key the caller pressed, :mod:`sipbot.sensitive`)."""
+        log.debug("local provider: text ignored (%d characters)", len(text))
 
     async def truncate(self, item_id: str, played_ms: int) -> None:
         """Remember how much of ``item_id`` the caller heard (nothing else to do offline)."""

@@ -15,6 +15,10 @@ Rules:
   times).
 * Rule 4: an inbound record carries its caller's key and a summary of its transcript
   (:mod:`sipbot.memory` Rules 1-2), what a returning caller is remembered by.
+* Rule 5: a tool call's argument and result values are kept only with ``tool_values``
+  (``server.records.tool_values``); else the record has the tool's name, its times, whether it
+  failed and the argument names, each value :data:`~sipbot.sensitive.REDACTED`: no transcript
+  hook redacts them (:mod:`sipbot.sensitive` Rule 4).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 from sipbot.memory import caller_key, summarize
 from sipbot.records.model import CallRow, LineRow, as_text, truncate
+from sipbot.sensitive import record_arguments, record_output
 
 EPOCH_MIN = 1e9  # below this a time is an offset from the call's start, not an epoch
 
@@ -41,6 +46,8 @@ class Attempt:
         submit: where the finished record goes (``RecordWriter.submit``).
         call_id, caller, did, source: the INVITE's ids and where it came from.
         truncate_chars: the longest tool argument/result text kept.
+        tool_values: keep tool argument and result values (else their names only, the values
+            :data:`~sipbot.sensitive.REDACTED`: Rule 5).
     """
 
     def __init__(
@@ -54,11 +61,13 @@ class Attempt:
         source: str | None = None,
         trunk: str | None = None,
         truncate_chars: int = 2000,
+        tool_values: bool = False,
     ) -> None:
         self.submit = submit
         self.call_id, self.caller, self.did, self.source = call_id, caller, did, source
         self.trunk = trunk
         self.truncate_chars = truncate_chars
+        self.tool_values = tool_values
         self.started = time.time()
         self.route: str | None = None
         self.agent: str | None = None
@@ -165,12 +174,14 @@ class Attempt:
         )
 
     def _tool(self, entry: Any, started: float) -> dict[str, Any]:
-        limit = self.truncate_chars
+        limit, keep = self.truncate_chars, self.tool_values  # Rule 5
         error = getattr(entry, "error", None)
+        if isinstance(error, str) and error:
+            error = record_output(error, keep)  # an error's text may quote the arguments
         return {
             "name": str(getattr(entry, "name", "")),
-            "arguments": as_text(getattr(entry, "arguments", None), limit),
-            "output": as_text(getattr(entry, "output", None), limit),
+            "arguments": as_text(record_arguments(getattr(entry, "arguments", None), keep), limit),
+            "output": as_text(record_output(getattr(entry, "output", None), keep), limit),
             "started": wall_time(getattr(entry, "started", None), started),
             "ended": wall_time(getattr(entry, "ended", None), started),
             "error": None if error in (None, "") else truncate(str(error), limit),

@@ -23,6 +23,10 @@ Rules:
 * Rule 7: likewise, a timeout (Rule 1) is logged at most once per tool and 10 s across the
   process, with the count of those suppressed: a hanging tool that every call's model calls
   says so once, not once per call. Each call still gets its error result.
+* Rule 8: what the runner logs carries no argument or result values (:mod:`sipbot.sensitive`):
+  a refusal is logged with its error class, not its text; the traceback of Rule 2 with its
+  frames but the exception's text withheld (:func:`withheld`: ``cannot parse 4111...`` is
+  exactly what a card-handling tool's bug would say).
 """
 
 from __future__ import annotations
@@ -76,6 +80,17 @@ class ToolResult:
     def ok(self) -> bool:
         """True when the tool returned normally."""
         return self.error is None and not self.cancelled
+
+
+class MessageWithheld(Exception):  # never raised: it only stands in a log line
+    """Stands in a log line's traceback for a tool's exception whose text is withheld (Rule 8)."""
+
+
+def withheld(exc: BaseException) -> MessageWithheld:
+    """``exc``'s traceback (its frames: where it was raised) under its class name only."""
+    name = type(exc).__qualname__
+    stand_in = MessageWithheld(f"{name} (message withheld: it may hold call data)")
+    return stand_in.with_traceback(exc.__traceback__)
 
 
 class ToolRunner:
@@ -192,7 +207,8 @@ class ToolRunner:
             return ToolResult(call.id, call.name, None, "cancelled", True, elapsed)
         exc = work.exception()
         if isinstance(exc, SipbotError):
-            log.info("tool %s (%s) refused: %s", call.name, call.id, exc)
+            # Rule 8: the refusal's text may quote the arguments (the model hears it, the log not)
+            log.info("tool %s (%s) refused (%s)", call.name, call.id, type(exc).__name__)
             return self._error(call, started, str(exc))
         if exc is not None:
             # one traceback per tool and 10 s, process-wide: a model that keeps calling a
@@ -204,7 +220,7 @@ class ToolRunner:
                 "tool %s (%s) raised",
                 call.name,
                 call.id,
-                exc_info=exc,
+                exc_info=withheld(exc),  # Rule 8
             )
             # the exception text may hold internals: the model hears only that it failed
             return self._error(call, started, f"the tool {call.name} failed")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sipbot.config import default_config_text
 from tests.e2e.conftest import REPO_ROOT, SipbotServer, StartServer
 from tests.e2e.peers import audio, baresip, capture, pjsua2_peer, sipp
 from tests.e2e.peers.capture import RtpPacket, StreamStats
@@ -263,12 +264,20 @@ def test_sipp_hears_its_speech_echoed_on_a_steady_stream(
 def test_sipp_dtmf_reaches_the_provider_as_text(
     speech: audio.Speech, sipbot_server: StartServer, peers_tmp: Path
 ) -> None:
-    server = sipbot_server("--log-level", "debug")  # the local provider logs texts at debug
+    # the digit is logged (at DEBUG) only when the operator opts in: server.log_sensitive
+    config = peers_tmp / "sensitive.yaml"
+    config.write_text(
+        default_config_text().replace("server:\n", "server:\n  log_sensitive: true\n", 1)
+    )
+    server = sipbot_server("-c", str(config), "--log-level", "debug")
     result, _ = sipp_echo_call(server, speech, peers_tmp, hold_s=1.5, dtmf="7")
     result.assert_ok(calls=1)
     log = server.log()
     assert re.findall(r"sipbot\.call: call \S+: DTMF (\S+)$", log, re.M) == ["7"], log[-3000:]
-    assert log.count("text ignored: The caller pressed the key 7.") == 1, log[-3000:]
+    assert log.count(": DTMF * (1 so far)") == 1, log[-3000:]
+    # the local provider logs the length of the text it ignores, never the text
+    said = len("The caller pressed the key 7.")
+    assert log.count(f"text ignored ({said} characters)") == 1, log[-3000:]
 
 
 @pytest.mark.requires_peers("sipp", "capture")

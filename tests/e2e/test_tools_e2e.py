@@ -313,7 +313,9 @@ def test_caller_dtmf_reaches_the_model_as_text(
         texts = model.texts()
     result.assert_ok(calls=1)
     assert texts == ["The caller pressed the key 5."]
-    assert len(re.findall(r"call \S+: DTMF 5$", server.log(), re.M)) == 1
+    # the log counts the keypress and does not say which key (sipbot.sensitive Rule 1)
+    assert len(re.findall(r"call \S+: DTMF \* \(1 so far\)$", server.log(), re.M)) == 1
+    assert "DTMF 5" not in server.log()
 
 
 @pytest.mark.requires_peers("sipp", "dtmf_pcap")

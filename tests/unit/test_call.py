@@ -20,7 +20,7 @@ import pytest
 
 from sipbot import prompts
 from sipbot.bargein import BargeInGuard
-from sipbot.call import VOICEMAIL_NOTE, AmdPlan, Call, CallPlan, amd_plan
+from sipbot.call import VOICEMAIL_NOTE, AgentSetup, AmdPlan, Call, CallPlan, amd_plan
 from sipbot.conversation import (
     APOLOGY_TIMEOUT_S,
     GUARD_DUCK_DB,
@@ -341,19 +341,22 @@ class Rig:
         filler: bytes | None = None,
         dtmf: dict[str, HangUp | Transfer] | None = None,
         log_transcripts: bool = False,
+        log_sensitive: bool = False,
         barge_in: BargeIn | None = None,
         consulter: RecorderConsulter | None = None,
         amd: AmdPlan | None = None,
+        handoff_to: Callable[[str], AgentSetup] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.session = RecorderSession()
         self.provider = RecorderProvider(None if provider_error else self.session, provider_error)
         agent = Agent(
             "a",
-            tools=[slow_lookup, ask_transfer, "hang_up"],
+            tools=[slow_lookup, ask_transfer, "hang_up", *(["handoff"] if handoff_to else [])],
             filler_after_ms=1500,
             max_duration_s=600.0,
             barge_in=barge_in or BargeIn(),
+            handoff_allow=["b"] if handoff_to else [],
         )
         plan = CallPlan(
             CallInfo("call-1"),
@@ -365,10 +368,12 @@ class Rig:
             apology=APOLOGY,
             filler=filler,
             log_transcripts=log_transcripts,
+            log_sensitive=log_sensitive,
             consulter=consulter,
             hold=HOLD,
             briefing=BRIEFING,
             amd=amd,
+            handoff_to=handoff_to,
         )
         self.dialog = RecorderDialog(refer)
         self.media = RecorderMedia()

@@ -89,6 +89,7 @@ def attempt(rows: list[CallRow], dialog: Dialog | None = None) -> Attempt:
         did="100",
         source="127.0.0.1:5062",
         truncate_chars=40,
+        tool_values=True,  # the values' truncation is checked (kept only when asked)
     )
     made.started = T0
     return made
