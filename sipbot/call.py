@@ -38,7 +38,7 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Collection, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, cast
@@ -210,8 +210,8 @@ class CallPlan:
         amd: answering-machine detection (outbound calls), or None.
         fallback: the provider the call switches to when its own is lost (Conversation Rule 14).
         fallback_config: the fallback's session settings (its history is filled at the switch).
-        handoff_to: an agent's name → that agent set up for this call (for the ``handoff``
-            tool); None → no handoffs.
+        handoff_to: an agent's name → that agent set up for this call, awaited (for the
+            ``handoff`` tool; the server adds the caller's memory there); None → no handoffs.
         hooks: the integrator hooks that get this call's events (Rule 6), or None.
     """
 
@@ -231,7 +231,7 @@ class CallPlan:
     amd: AmdPlan | None = None
     fallback: Provider | None = None
     fallback_config: SessionConfig | None = None
-    handoff_to: Callable[[str], AgentSetup] | None = None
+    handoff_to: Callable[[str], Awaitable[AgentSetup]] | None = None
     hooks: Hooks | None = None
 
 
@@ -411,7 +411,7 @@ class Call:
         if self.plan.handoff_to is None:
             raise ToolError("no agent can take this call")
         try:
-            target = self.plan.handoff_to(agent)
+            target = await self.plan.handoff_to(agent)
         except (KeyError, ConfigError, OSError) as exc:
             raise ToolError(f"agent {agent} cannot take the call: {exc}") from None
         self._handoff = (target, reason)

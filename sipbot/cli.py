@@ -195,6 +195,11 @@ def _check_route_parsers(commands: Any) -> None:
     rt.add_argument("--trunk", metavar="NAME", help="as if it came through this trunk")
     rt.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
     rt.add_argument("--at", metavar="ISO-TIME", help="route as if at this time (with offset)")
+    rt.add_argument(
+        "--memory",
+        action="store_true",
+        help="read the caller's earlier calls from the records database (agent memory on)",
+    )
 
 
 def _calls_parser(commands: Any) -> None:
@@ -346,6 +351,7 @@ def _route(args: argparse.Namespace) -> int:
         now=now,
         err=sys.stderr,
         trunk=args.trunk,
+        memory=args.memory,
     )
 
 

@@ -1,25 +1,33 @@
 """``sipbot check`` and ``sipbot route``: validate a config and show what a call would get.
 
 Both print to the streams they are given and return the process exit code: 0 on success,
-2 when the config is invalid (its one-line error is printed to ``err``).
+2 when the config is invalid (its one-line error is printed to ``err``). ``sipbot route``
+reads no database unless asked to (``memory=True``: the caller's earlier calls, as the call's
+prompt would get them); then 1 when the records cannot be read.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from sipbot.config import Config, load_config
 from sipbot.dialplan.agent import Agent
 from sipbot.dialplan.model import NOT_FOUND, Answer, Route, RouteRequest, route
+from sipbot.dialplan.options import ProviderOptions
 from sipbot.dialplan.trunks import Trunk, trunk_for_source
-from sipbot.domain import CallInfo
-from sipbot.errors import ConfigError, SipParseError
+from sipbot.domain import CallInfo, SessionConfig
+from sipbot.errors import ConfigError, RecordsUnavailable, SipParseError
+from sipbot.memory import caller_key, memory_note, window_start, with_memory
 from sipbot.sip.address import parse_name_addr, parse_uri
 
 EXIT_OK = 0
+EXIT_RECORDS = 1  # route --memory: the records could not be read
 EXIT_CONFIG = 2
+TYPED_OPTIONS = ("gemini", "openai")  # the providers with a typed options block
 
 
 def _load(path: str | None, err: TextIO, environ: Mapping[str, str] | None = None) -> Config | None:
@@ -81,6 +89,32 @@ def describe_agent(agent: Agent) -> str:
     return "  ".join(parts)
 
 
+def describe_options(block: ProviderOptions | None) -> str:
+    """``eagerness=low  noise_reduction=near_field``: the keys a ``gemini:`` / ``openai:``
+    block sets, one line; ``(none set: the provider's defaults)`` without any."""
+    parts = []
+    if block is not None:
+        for item in fields(block):
+            value = getattr(block, item.name)
+            if value is not None:
+                shown = str(value).lower() if isinstance(value, bool) else value
+                parts.append(f"{item.name}={shown}")
+    return "  ".join(parts) or "(none set: the provider's defaults)"
+
+
+def describe_memory(agent: Agent, records: bool) -> str:
+    """``on  days=30  max_calls=3  max_chars=600  scope=agent``, or ``off``; ``records``:
+    whether the server keeps call records (memory needs them)."""
+    settings = agent.memory
+    if not settings.enabled:
+        return "off"
+    line = (
+        f"on  days={settings.days}  max_calls={settings.max_calls}  "
+        f"max_chars={settings.max_chars}  scope={settings.scope}"
+    )
+    return line if records else f"{line}  (server.records is off: nothing is remembered)"
+
+
 def describe_trunk(trunk: Trunk) -> str:
     """``registers bot@pbx.example.com at sip:pbx... ; source 192.0.2.10; DID from X``."""
     parts = []
@@ -134,15 +168,21 @@ def route_command(
     now: datetime | None = None,
     err: TextIO | None = None,
     trunk: str | None = None,
+    memory: bool = False,
 ) -> int:
-    """Show which route and agent a call would get (``sipbot route --did 100 --caller 555``).
+    """Show which route and agent a call would get (``sipbot route --did 100 --caller 555``):
+    the agent, its provider options block and its fallback's, its memory settings, its prompt.
 
     Args:
         now: the moment to route at (aware); default: the current time.
         trunk: route as if the call came through this trunk (a registration's calls come
             from the registrar); default: the trunk whose allow-list holds ``source_ip``.
+        memory: read the caller's earlier calls from the records database, as a call's
+            lookup would (the agent's memory on), and show them in the prompt. Without it
+            nothing is read.
 
-    Returns 0, or 2 for an invalid config or an unknown trunk.
+    Returns 0; 1 when ``memory`` asked for records that cannot be read; 2 for an invalid
+    config or an unknown trunk.
     """
     config = _load(path, err or out)
     if config is None:
@@ -170,15 +210,82 @@ def route_command(
         index = config.dialplan.routes.index(decision.route)
         print(f"route: {decision.route_name} (routes[{index}]: {decision.route.match})", file=out)
     print(f"action: {decision.action}", file=out)
+    code = EXIT_OK
     if isinstance(decision.action, Answer):
         agent = decision.action.agent
         print(f"agent: {agent.name}  {describe_agent(agent)}", file=out)
+        if agent.provider in TYPED_OPTIONS:
+            print(f"{agent.provider}: {describe_options(agent.provider_options)}", file=out)
+        fallback = agent.fallback
+        if fallback is not None:
+            print(f"fallback: {describe_agent(fallback)}", file=out)
+            block = describe_options(fallback.provider_options)
+            print(f"fallback {fallback.provider}: {block}", file=out)
+        records = config.server.records.enabled
+        print(f"memory: {describe_memory(agent, records)}", file=out)
         info = CallInfo("(route)", caller, did, display_name, dict(headers))
         session = agent.session_config(info, when)
+        if memory:
+            session, code = _remembered(config, agent, info, session, when, out, err or out)
         if session.instructions:
             print(f"prompt: {session.instructions.rstrip()}", file=out)
         if session.greeting:
             print(f"greeting: {session.greeting}", file=out)
     for key, dtmf_action in decision.dtmf.items():
         print(f"dtmf {key}: {dtmf_action}", file=out)
-    return EXIT_OK
+    return code
+
+
+def _remembered(
+    config: Config,
+    agent: Agent,
+    info: CallInfo,
+    session: SessionConfig,
+    when: datetime,
+    out: TextIO,
+    err: TextIO,
+) -> tuple[SessionConfig, int]:
+    """``route --memory``: ``session`` with the caller's earlier calls, read as a call's
+    lookup reads them (:mod:`sipbot.memory`), and the exit code."""
+    settings = agent.memory
+    key = caller_key(info.caller)
+    if not settings.enabled or not config.server.records.enabled:
+        return session, EXIT_OK  # the memory line said why nothing is looked up
+    if key is None:
+        print(f"memory lookup: caller {info.caller!r} is anonymous: never remembered", file=out)
+        return session, EXIT_OK
+    try:
+        rows = _earlier_calls(config, agent, key, when.timestamp())
+    except Exception as exc:  # any database error: the call would go on without memory
+        print(f"memory lookup: cannot read the records: {exc}", file=err)
+        return session, EXIT_RECORDS
+    now = when.timestamp()
+    zone, chars = agent.zone, settings.max_chars
+    note = memory_note(rows, now=now, days=settings.days, zone=zone, max_chars=chars)
+    print(f"memory lookup: {len(rows)} earlier calls of caller {key}", file=out)
+    return with_memory(session, note), EXIT_OK
+
+
+def _earlier_calls(config: Config, agent: Agent, key: str, now: float) -> list[dict[str, Any]]:
+    """The caller's earlier calls per ``agent``'s memory, from the config's records database
+    (read only: a missing SQLite file is not created).
+
+    Raises:
+        ConfigError: the records URL names no supported database.
+        RecordsUnavailable: there is no SQLite file (none is created).
+        Exception: the database driver's error (it cannot be read).
+    """
+    from sipbot.records import default_data_dir, open_store
+
+    server = config.server
+    store = open_store(server.records.url, server.data_dir or default_data_dir())
+    path = getattr(store, "path", None)
+    if path is not None and not os.path.exists(path):
+        raise RecordsUnavailable(f"no records database at {store.label}")
+    settings = agent.memory
+    scope = agent.name if settings.scope == "agent" else None
+    try:
+        since = window_start(now, settings.days)
+        return store.recent_calls(key, since, settings.max_calls, scope)
+    finally:
+        store.close()

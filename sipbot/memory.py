@@ -26,6 +26,12 @@ Rules:
   out, then the quotes are cut, the room shared out newest first.
 * Rule 4: only calls that started within ``days`` before ``now`` count: the store's query is
   bounded by :func:`window_start` and :func:`memory_note` checks the bound again.
+* Rule 5: an agent a call is handed off to gets the note per its own ``memory`` settings,
+  counted back from the call's start like the first agent's. The lookup the call already made
+  (:class:`Lookup`) is reused when it holds every row the target's lookup would return
+  (:func:`reused`): its window starts no later, it was not narrowed to another agent, and it
+  was not cut by its limit before the target's window or limit is reached. Otherwise the
+  caller's calls are looked up again.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -101,6 +107,54 @@ def summarize(lines: Iterable[Any]) -> str | None:
         "agent": _cut(agent, AGENT_CHARS),
     }
     return json.dumps(summary, ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """One answered lookup of a caller's earlier calls (Rule 5).
+
+    Attributes:
+        now: the call's start (epoch s), which the window counts back from.
+        since: the window's start (epoch s).
+        limit: the most rows asked for.
+        agent: only this agent's calls were asked for; None: any agent's.
+        rows: what the store answered, newest first.
+    """
+
+    now: float
+    since: float
+    limit: int
+    agent: str | None
+    rows: tuple[Mapping[str, Any], ...]
+
+
+def reused(
+    lookup: Lookup | None, *, since: float, limit: int, agent: str | None
+) -> list[Mapping[str, Any]] | None:
+    """The rows a lookup of (``since``, ``limit``, ``agent``) would return, taken from
+    ``lookup`` when it holds them all (Rule 5); None when it does not: look up again.
+
+    Args:
+        lookup: the lookup already made for the call, or None.
+        since: the wanted window's start (epoch s).
+        limit: the most rows wanted.
+        agent: only this agent's calls are wanted; None: any agent's.
+    """
+    if lookup is None or lookup.since > since:
+        return None
+    if lookup.agent is not None and lookup.agent != agent:
+        return None
+    rows = [
+        row
+        for row in lookup.rows
+        if float(row["started"]) >= since and (agent is None or row.get("agent") == agent)
+    ]
+    whole = len(lookup.rows) < lookup.limit  # not cut by its limit: every call of its window
+    # cut, but past the wanted window's start: every call of the wanted window is there
+    past = bool(lookup.rows) and float(lookup.rows[-1]["started"]) < since
+    if whole or past or len(rows) >= limit:
+        return rows[:limit]
+    return None
 
 
 def window_start(now: float, days: int) -> float:

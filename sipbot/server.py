@@ -35,7 +35,9 @@ Rules:
   answered call goes to the ``call.end`` hooks with its record, as its CDR line is logged.
 * Rule 8: an agent with ``memory`` gets a returning caller's earlier calls in its prompt,
   looked up before the answer in at most ``Recall.timeout_s`` (:mod:`sipbot.memory`); a failing
-  records database only costs the memory.
+  records database only costs the memory. An agent with ``memory`` the call is handed off to
+  gets them per its own settings, in the handoff tool (the call's lookup reused when it covers
+  them, else one more bounded lookup: memory Rule 5).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -69,7 +71,7 @@ from sipbot.media.formats import PCM16_24K
 from sipbot.media.latency import MediaLatency
 from sipbot.media.session import MediaEngine, MediaSettings
 from sipbot.media_leg import MediaLeg
-from sipbot.memory import caller_key, memory_note, window_start, with_memory
+from sipbot.memory import Lookup, caller_key, memory_note, reused, window_start, with_memory
 from sipbot.ops.admission import Admission
 from sipbot.ops.looplag import LoopLagMonitor
 from sipbot.ops.metrics import Gauges, Metrics
@@ -554,24 +556,86 @@ class Server:
 
     async def _remember(self, plan: CallPlan) -> CallPlan:
         """``plan`` with the caller's earlier calls in its prompts, when its agent has
-        ``memory`` on and the caller called within ``memory.days`` (Rule 8)."""
-        settings = plan.agent.memory
+        ``memory`` on and the caller called within ``memory.days`` (Rule 8); an agent the call
+        is handed off to gets them per its own ``memory`` (:mod:`sipbot.memory` Rule 5)."""
         key = caller_key(plan.info.caller)
-        if not settings.enabled or self.recall is None or key is None:
+        if self.recall is None or key is None:
             return plan
         now = time.time()
-        agent = plan.agent.name if settings.scope == "agent" else None
+        lookup: Lookup | None = None
+        if plan.agent.memory.enabled:
+            rows, lookup = await self._earlier_calls(key, plan.agent, now)
+            note = agent_memory_note(plan.agent, rows, now)
+            if note is not None:
+                log.info(
+                    "call %s: returning caller, %d earlier calls", plan.info.call_id, len(rows)
+                )
+                fallback = plan.fallback_config
+                plan = replace(
+                    plan,
+                    session_config=with_memory(plan.session_config, note),
+                    fallback_config=None if fallback is None else with_memory(fallback, note),
+                )
+        if plan.handoff_to is not None:
+            setup = partial(self._remembering, plan.handoff_to, plan.info.call_id, key, now, lookup)
+            plan = replace(plan, handoff_to=setup)
+        return plan
+
+    async def _earlier_calls(
+        self, key: str, agent: Agent, now: float, known: Lookup | None = None
+    ) -> tuple[Sequence[Mapping[str, Any]], Lookup | None]:
+        """The caller's earlier calls per ``agent``'s ``memory``, counted back from ``now`` (the
+        call's start): the rows of ``known`` when it holds them all, else one bounded lookup
+        (Rule 8, :mod:`sipbot.memory` Rule 5). Returns them and the lookup they come from
+        (None: the store gave no answer; then there are none). Never raises."""
+        settings = agent.memory
+        scope = agent.name if settings.scope == "agent" else None
         since = window_start(now, settings.days)
-        rows = await self.recall.recent_calls(key, since, settings.max_calls, agent)
-        zone, chars = plan.agent.zone, settings.max_chars
-        note = memory_note(rows, now=now, days=settings.days, zone=zone, max_chars=chars)
+        rows = reused(known, since=since, limit=settings.max_calls, agent=scope)
+        if rows is not None:
+            return rows, known
+        assert self.recall is not None
+        answer = await self.recall.query(key, since, settings.max_calls, scope)
+        if answer is None:
+            return [], None
+        return answer, Lookup(now, since, settings.max_calls, scope, tuple(answer))
+
+    async def _remembering(
+        self,
+        setup: Callable[[str], Awaitable[AgentSetup]],
+        call_id: str,
+        key: str,
+        now: float,
+        lookup: Lookup | None,
+        name: str,
+    ) -> AgentSetup:
+        """Agent ``name`` set up by ``setup`` for a handoff, with the caller's earlier calls in
+        its prompts when it has ``memory`` on (Rule 8, :mod:`sipbot.memory` Rule 5). The handoff
+        tool awaits this, so the lookup is off the media path, bounded like the first one.
+
+        Raises:
+            KeyError, ConfigError, OSError: as ``setup`` (the agent cannot take the call).
+        """
+        target = await setup(name)
+        agent = target.agent
+        if not agent.memory.enabled:
+            return target
+        rows, used = await self._earlier_calls(key, agent, now, lookup)
+        note = agent_memory_note(agent, rows, now)
         if note is None:
-            return plan
-        log.info("call %s: returning caller, %d earlier calls", plan.info.call_id, len(rows))
-        fallback = plan.fallback_config
+            return target
+        how = "the call's lookup" if lookup is not None and used is lookup else "a new lookup"
+        log.info(
+            "call %s: returning caller, %d earlier calls for agent %s (handoff; %s)",
+            call_id,
+            len(rows),
+            agent.name,
+            how,
+        )
+        fallback = target.fallback_config
         return replace(
-            plan,
-            session_config=with_memory(plan.session_config, note),
+            target,
+            session_config=with_memory(target.session_config, note),
             fallback_config=None if fallback is None else with_memory(fallback, note),
         )
 
@@ -607,7 +671,7 @@ class Server:
             log.error("call %s: agent %s has no fallback: %s", info.call_id, agent.name, exc)
             return None, None
 
-    def _handoff_to(self, info: CallInfo, now: datetime, name: str) -> AgentSetup:
+    async def _handoff_to(self, info: CallInfo, now: datetime, name: str) -> AgentSetup:
         """Agent ``name`` of the current dialplan, set up for call ``info`` (a handoff).
 
         Raises:
@@ -919,6 +983,14 @@ def make_records(config: Config) -> RecordWriter | None:
     data_dir = config.server.data_dir or default_data_dir()
     store = open_store(settings.url, data_dir, max_size_mb=settings.max_size_mb)
     return RecordWriter(store, queue_max=settings.queue_max, keep_days=settings.keep_days)
+
+
+def agent_memory_note(agent: Agent, rows: Sequence[Mapping[str, Any]], now: float) -> str | None:
+    """The note of ``rows`` for ``agent``'s prompt, per its ``memory`` (:mod:`sipbot.memory`)."""
+    settings = agent.memory
+    return memory_note(
+        rows, now=now, days=settings.days, zone=agent.zone, max_chars=settings.max_chars
+    )
 
 
 def make_recall(config: Config) -> Recall | None:

@@ -74,14 +74,23 @@ class Recall:
     ) -> list[dict[str, Any]]:
         """The caller's recent calls (``SqlStore.recent_calls``); [] when none, skipped or the
         store failed (Rules 1-3). Never raises."""
+        rows = await self.query(key, since, limit, agent)
+        return [] if rows is None else rows
+
+    async def query(
+        self, key: str, since: float, limit: int, agent: str | None = None
+    ) -> list[dict[str, Any]] | None:
+        """The caller's recent calls, as :meth:`recent_calls`, but None when the store gave no
+        answer (skipped, failed or late: Rules 1-3), so that an answer can be kept and reused.
+        Never raises."""
         now = self.clock()
         if self._down_until is not None and now < self._down_until:
             self.skipped += 1
-            return []
+            return None
         with self._lock:
             if self._pending >= self.max_pending:
                 self.skipped += 1
-                return []
+                return None
             self._pending += 1
         self.lookups += 1
         job = self._executor.submit(self.store.recent_calls, key, since, limit, agent)
@@ -91,10 +100,10 @@ class Recall:
         except TimeoutError:
             job.cancel()
             self._failing(f"no answer within {self.timeout_s:g} s")
-            return []
+            return None
         except Exception as exc:  # any database error: the call goes on without memory
             self._failing(str(exc) or type(exc).__name__)
-            return []
+            return None
         if self._down_until is not None:
             self._down_until = None
             log.warning("returning callers: the records database answers again")

@@ -9,6 +9,8 @@ behind the real SDK).
 * Hooks that sleep 30 s (async and sync) on every event: the agent's audio keeps its 20 ms
   cadence (captured at the caller, machine stalls excused by a witness), the caller's BYE is
   answered at once and the call record is written within the redaction bound.
+* A failover: the call's OpenAI session stalls mid-reply and cannot resume, the call goes on with
+  its Gemini fallback, and an events webhook gets the provider.switch (providers and reason).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import itertools
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ import pytest
 
 from sipbot.call import REDACTION_WAIT_S
 from sipbot.emulators.script import EmulatorScript
-from sipbot.hook_events import CALL_START_TIMEOUT_MS, EVENTS, REDACTION_FAILED
+from sipbot.hook_events import CALL_START_TIMEOUT_MS, EVENTS, PROVIDER_SWITCH, REDACTION_FAILED
 from sipbot.records import open_store
 from sipbot.records.commands import rows_of
 from tests.e2e.calls import turns_pcm
@@ -36,7 +39,7 @@ from tests.e2e.emulated import ToolService, server_env, wait_until, write_dialpl
 from tests.e2e.faults import CONTROL_SLACK_MS
 from tests.e2e.peers import sipp
 from tests.e2e.peers.capture import RtpPacket, stream_stats
-from tests.e2e.provider_calls import TURN, Rig, Rigs
+from tests.e2e.provider_calls import TURN, Rig, Rigs, out_frames
 from tests.e2e.test_call_path import (
     GAP_MAX_MS,
     GAP_P99_MAX_MS,
@@ -293,3 +296,40 @@ def test_hooks_that_sleep_30_s_delay_neither_the_audio_nor_the_end(
     log = rig.server.log()
     assert "timed out on" in log
     assert log.count(f"hook python {HOOKS_MODULE}:sleeps timed out") == 1  # rate-limited
+
+
+STALL_TIMEOUT_MS = 800
+
+
+def test_a_failover_reaches_the_hooks_as_a_provider_switch(
+    rigs: Rigs, sipbot_server: StartServer, peers_tmp: Path
+) -> None:
+    # the first reply stalls 200 ms in; from then on the service refuses our key: no resume
+    stalling = EmulatorScript(
+        reply="tone", reply_ms=1000, stall_after_turns=0, stall_mid_reply_ms=200
+    )
+    primary = rigs.emulator("openai", stalling)
+    backup = rigs.emulator("gemini", EmulatorScript(reply="tone"))
+    agent = primary.agent(turn=TURN, stall_timeout_ms=STALL_TIMEOUT_MS, fallback=backup.agent())
+    with ToolService() as events:
+        config = {
+            "agents": {"bot": agent},
+            "routes": [{"answer": "bot"}],
+            "hooks": [{"webhook": {"url": events.url("/events")}, "events": [PROVIDER_SWITCH]}],
+        }
+        path = write_dialplan(peers_tmp / "sipbot.yaml", config)
+        rig = Rig(primary, sipbot_server("-c", str(path), env=server_env()), peers_tmp)
+        caller = talk(rig, "bot", hold_s=4.0)
+        wait_until(lambda: out_frames(primary, "session.created"), 10.0, "the OpenAI session")
+        primary.set_script(replace(stalling, api_keys=frozenset({"another-key"})))
+        rig.finish(caller)
+        [switch] = wait_until(lambda: list(events.requests), 10.0, "the provider.switch webhook")
+
+    event = switch.body
+    assert switch.path == "/events"
+    assert event["event"] == PROVIDER_SWITCH
+    assert event["call_id"] == rig.call_ids()["bot"]
+    assert (event["from_provider"], event["to_provider"]) == ("openai", "gemini")
+    assert (event["reason"], event["agent"]) == ("provider-failed", "bot")
+    assert backup.sessions, "the fallback was never opened"
+    assert '"switched_to": "gemini"' in rig.cdr("bot")

@@ -5,6 +5,8 @@ memory on, behind the OpenAI emulator and the real SDK: the second session's ins
 the summary of the first call, quoted as data. ``sipbot calls erase --caller`` then removes the
 caller's records, and a third call's instructions hold no memory; ``DELETE /api/records``
 erases the third call's record over HTTP (with the token; twice: nothing the second time).
+Also: a call handed off (``handoff``) to an agent with memory gives that agent's session the
+earlier call's summary, though the agent that answered has none.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from sipbot.emulators.script import EmulatorScript
+from sipbot.emulators.script import EmulatorScript, ToolCallRule
 from sipbot.memory import MEMORY_DATA_NOTE, MEMORY_HEADER
 from sipbot.records import open_store
 from tests.e2e.calls import caller_turns
 from tests.e2e.conftest import REPO_ROOT, SipbotServer, StartServer
-from tests.e2e.emulated import EmulatorThread, server_env, write_dialplan
+from tests.e2e.emulated import EmulatorThread, server_env, wait_until, write_dialplan
 from tests.e2e.peers import sipp
 from tests.e2e.peers.ports import free_port
 from tests.e2e.test_records_e2e import wait_records
@@ -39,16 +41,21 @@ PROMPT = "You answer the phone."
 TOKEN = "memory-e2e-token"
 
 
-@pytest.fixture
-def emulator() -> Iterator[EmulatorThread]:
-    script = EmulatorScript(
+def script(tool_calls: tuple[ToolCallRule, ...] = ()) -> EmulatorScript:
+    """Each caller turn is CALLER_SAID, each reply a short tone with AGENT_SAID."""
+    return EmulatorScript(
         reply="tone",
         reply_ms=400,
         reply_text=AGENT_SAID,
         caller_text=CALLER_SAID,
         vad_silence_ms=300,
+        tool_calls=tool_calls,
     )
-    with EmulatorThread("openai", script) as emu:
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorThread]:
+    with EmulatorThread("openai", script()) as emu:
         yield emu
 
 
@@ -136,3 +143,41 @@ def test_a_returning_caller_is_remembered_until_erased(
     assert (status, body["calls"], body["recordings_removed"]) == (200, 1, [])
     status, body = delete(f"http://{http}", "+1 555 0100")
     assert (status, body["calls"], body["lines"]) == (200, 0, 0)
+
+
+@pytest.mark.requires_peers("sipp")
+def test_an_agent_the_call_is_handed_off_to_remembers_the_caller(
+    sipbot_server: StartServer, peers_tmp: Path
+) -> None:
+    handoff = ToolCallRule("handoff", {"agent": "billing", "reason": "an invoice"}, on_turn=1)
+    desk, billing = "You answer the phone.", "You are billing."
+    with EmulatorThread("openai", script((handoff,))) as emu:
+        url = f"sqlite:///{peers_tmp / 'records.sqlite3'}"
+        config = {
+            "server": {"records": {"url": url}},
+            "agents": {  # the desk remembers nothing; billing, every agent's calls
+                "desk": emu.agent(prompt=desk, tools=["handoff"], handoff_allow=["billing"]),
+                "billing": emu.agent(prompt=billing, memory={"days": 30, "scope": "all"}),
+            },
+            "routes": [{"answer": "desk"}],
+        }
+        plan = write_dialplan(peers_tmp / "plan.yaml", config)
+        server = sipbot_server("-c", str(plan), env=server_env())
+        store = open_store(url, "unused")
+
+        call(server, peers_tmp, "first", "+15550100", hold_s=3.0)  # desk, then billing
+        (first,) = wait_records(store, 1)
+        assert CALLER_SAID in first["summary"]
+        assert (instructions(emu, 0), instructions(emu, 1)) == (desk, billing)
+
+        call(server, peers_tmp, "second", "+1-555-0100", hold_s=3.0)
+        wait_until(lambda: emu.session_count >= 4, 10.0, "the second call's billing session")
+        store.close()
+        assert instructions(emu, 2) == desk  # the desk has no memory
+        remembered = instructions(emu, 3)
+        assert remembered.startswith(f"{billing}\n\n{MEMORY_HEADER}\n- ")
+        assert f'the caller said "{CALLER_SAID}"' in remembered
+        assert f'the agent said last "{AGENT_SAID}"' in remembered
+        assert 'agent "desk"' in remembered  # the record names the agent that answered
+        assert remembered.endswith(MEMORY_DATA_NOTE)
+        assert "earlier calls for agent billing (handoff; a new lookup)" in server.log()

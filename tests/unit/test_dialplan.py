@@ -10,6 +10,7 @@ import textwrap
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -38,6 +39,9 @@ from sipbot.dialplan.analysis import covers
 from sipbot.dialplan.template import CALL_DATA_NOTE
 from sipbot.domain import CallInfo
 from sipbot.errors import ConfigError
+from sipbot.memory import MEMORY_DATA_NOTE, MEMORY_HEADER
+from sipbot.records.store import SqliteStore
+from tests.unit.test_memory import stored
 
 FRIDAY_NOON_UTC = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
 ECHO = Agent("echo")
@@ -441,6 +445,7 @@ def test_route_command(tmp_path: Path) -> None:
         "action: answer support\n"
         "agent: support  local  mode=echo  tools: hang_up, transfer_call  "
         "transfer to: sip:*@pbx.example.com\n"
+        "memory: off\n"
         f'prompt: Caller "555" on Monday at 10:00\n\n{CALL_DATA_NOTE}\n'
         'greeting: Hello "Ann"\n'
         "dtmf 0: transfer sip:op@pbx.example.com\n"
@@ -453,6 +458,86 @@ def test_route_command(tmp_path: Path) -> None:
         == 0
     )
     assert out.getvalue() == "route: (none matched)\naction: reject 404 Not Found\n"
+
+
+OPTIONS_PLAN = """\
+server: {records: {url: "sqlite:///RECORDS"}}
+agents:
+  support:
+    provider: gemini
+    prompt: You answer for ACME.
+    gemini: {affective_dialog: true, thinking_budget: 0}
+    fallback:
+      provider: openai
+      openai: {turn_detection: semantic_vad, eagerness: high}
+    memory: {days: 7, max_calls: 2, scope: all}
+  plain: {provider: openai, prompt: Hi}
+routes:
+  - {match: {did: "1"}, answer: support}
+  - {answer: plain}
+"""
+
+
+def routed(tmp_path: Path, did: str, plan: str = OPTIONS_PLAN, **keys: Any) -> tuple[int, str, str]:
+    """``sipbot route`` of a call from +4930555 to ``did``: exit code, output, errors."""
+    path = tmp_path / "plan.yaml"
+    path.write_text(plan.replace("RECORDS", str(tmp_path / "records.sqlite3")))
+    out, err = io.StringIO(), io.StringIO()
+    code = route_command(
+        str(path), did, "+4930555", {}, "192.0.2.1", out, err=err, now=FRIDAY_NOON_UTC, **keys
+    )
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_route_shows_the_provider_options_the_fallback_and_memory_offline(
+    tmp_path: Path,
+) -> None:
+    code, out, _ = routed(tmp_path, "1")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[2:7] == [
+        "agent: support  gemini",
+        "gemini: affective_dialog=true  thinking_budget=0",
+        "fallback: openai",
+        "fallback openai: turn_detection=semantic_vad  eagerness=high",
+        "memory: on  days=7  max_calls=2  max_chars=600  scope=all",
+    ]
+    assert lines[7] == "prompt: You answer for ACME."
+    assert not (tmp_path / "records.sqlite3").exists()  # nothing read without --memory
+    code, out, _ = routed(tmp_path, "2")
+    assert out.splitlines()[2:5] == [
+        "agent: plain  openai",
+        "openai: (none set: the provider's defaults)",
+        "memory: off",
+    ]
+    off = OPTIONS_PLAN.replace('url: "sqlite:///RECORDS"', "enabled: false")
+    code, out, _ = routed(tmp_path, "1", off)
+    assert "memory: on  days=7  max_calls=2  max_chars=600  scope=all  (server.records is off: " \
+        "nothing is remembered)\n" in out  # fmt: skip
+
+
+def test_route_memory_reads_the_callers_earlier_calls_only_when_asked(tmp_path: Path) -> None:
+    code, out, err = routed(tmp_path, "1", memory=True)
+    assert code == 1  # no records yet: the preview says so, and creates no database
+    assert err == f"memory lookup: cannot read the records: no records database at " \
+        f"sqlite:///{tmp_path / 'records.sqlite3'}\n"  # fmt: skip
+    assert "prompt: You answer for ACME.\n" in out
+    assert not (tmp_path / "records.sqlite3").exists()
+    store = SqliteStore(str(tmp_path / "records.sqlite3"))
+    store.migrate()
+    earlier = FRIDAY_NOON_UTC.timestamp() - 3600
+    store.write([stored(1, "+49 30 555", earlier, agent="desk")])
+    store.close()
+    code, out, err = routed(tmp_path, "1", memory=True)
+    assert (code, err) == (0, "")
+    assert "memory lookup: 1 earlier calls of caller +4930555\n" in out
+    prompt = out.split("prompt: ", 1)[1]
+    assert prompt.startswith(f"You answer for ACME.\n\n{MEMORY_HEADER}\n- 2025-03-14 11:00 UTC")
+    assert 'the caller said "question 1"' in prompt
+    assert prompt.rstrip("\n").endswith(MEMORY_DATA_NOTE)
+    code, out, _ = routed(tmp_path, "1")  # offline again: the same prompt without memory
+    assert "memory lookup" not in out
+    assert "prompt: You answer for ACME.\n" in out
 
 
 # --------------------------------------------------------------------------- barge_in

@@ -8,12 +8,15 @@ import io
 import json
 import logging
 import re
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from sipbot.call import CallPlan
 from sipbot.config import load_config
 from sipbot.dialplan.agent import Agent, MemorySettings
 from sipbot.dialplan.template import CALL_DATA_NOTE
@@ -25,8 +28,10 @@ from sipbot.memory import (
     DAY_S,
     MEMORY_DATA_NOTE,
     MEMORY_HEADER,
+    Lookup,
     caller_key,
     memory_note,
+    reused,
     summarize,
     window_start,
     with_memory,
@@ -35,6 +40,7 @@ from sipbot.records import Attempt, CallRow, LineRow
 from sipbot.records.commands import erase_command
 from sipbot.records.recall import Recall
 from sipbot.records.store import SqliteStore
+from sipbot.server import Server
 from tests.unit.test_records_attempt import Dialog
 
 T0 = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC
@@ -362,3 +368,131 @@ def test_erase_removes_records_summaries_and_recordings_idempotently(
         "erased 0 call records, 0 transcript lines and 0 recording files of caller +49-30-555 "
         "(and records of +4930555)\n"
     )
+
+
+# --------------------------------------------------------------------------- Rule 5: handoffs
+
+DAYS = (1, 2, 5, 10)  # earlier calls, days before T0, newest first
+AGENTS = ("desk", "billing", "desk", "billing")
+EARLIER = tuple(record(T0 - d * DAY_S, agent=a) for d, a in zip(DAYS, AGENTS, strict=True))
+
+
+def lookup(limit: int, agent: str | None = None, days: int = 30) -> Lookup:
+    """What a lookup of (``days``, ``limit``, ``agent``) answered from EARLIER."""
+    rows = tuple(r for r in EARLIER if agent is None or r["agent"] == agent)[:limit]
+    return Lookup(T0, window_start(T0, days), limit, agent, rows)
+
+
+@pytest.mark.parametrize(
+    ("made", "days", "limit", "agent", "expected"),
+    [
+        (None, 30, 3, None, None),  # no lookup yet
+        (lookup(20), 30, 3, None, (1, 2, 5)),  # every call of the window: cut to the limit
+        (lookup(20), 3, 3, None, (1, 2)),  # a shorter window
+        (lookup(20), 30, 3, "billing", (2, 10)),  # narrowed to the target agent
+        (lookup(20, days=7), 30, 3, None, None),  # the window starts too late
+        (lookup(20, agent="desk"), 30, 3, None, None),  # narrowed to another agent
+        (lookup(20, agent="desk"), 30, 3, "billing", None),
+        (lookup(20, agent="desk"), 30, 1, "desk", (1,)),  # narrowed to this one
+        (lookup(2), 30, 2, None, (1, 2)),  # cut by its limit, but holds enough
+        (lookup(2), 30, 3, None, None),  # cut by its limit: the third could be missing
+        (lookup(2), 1.5, 3, None, (1,)),  # cut past the target's window start
+        (lookup(2), 30, 1, "billing", (2,)),
+        (lookup(2), 30, 2, "billing", None),
+        (Lookup(T0, window_start(T0, 30), 3, None, ()), 30, 3, "desk", ()),  # nothing to find
+    ],
+)
+def test_a_handoff_reuses_the_calls_lookup_only_when_it_holds_every_row(
+    made: Lookup | None, days: float, limit: int, agent: str | None, expected: tuple[int, ...]
+) -> None:
+    rows = reused(made, since=T0 - days * DAY_S, limit=limit, agent=agent)
+    if expected is None:
+        assert rows is None
+    else:
+        assert rows is not None
+        assert tuple(round((T0 - float(r["started"])) / DAY_S) for r in rows) == expected
+
+
+def handoff_server(tmp_path: Path, desk: str, billing: str, url: str | None = None) -> Server:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"server:\n  records: {{url: '{url or f'sqlite:///{tmp_path}/r.sqlite3'}'}}\n"
+        "agents:\n"
+        f"  desk: {{provider: local, prompt: desk, tools: [handoff], handoff_allow: [billing]"
+        f"{desk}}}\n"
+        f"  billing: {{provider: local, prompt: billing{billing}}}\n"
+        "routes:\n  - {answer: desk}\n"
+    )
+    return Server(load_config(str(path)))
+
+
+async def remembered_handoff(server: Server, caller: str = "+4930555") -> tuple[str, str]:
+    """The instructions of desk's session and of billing's after a handoff."""
+    agents = server.watcher.current.agents
+    desk = agents["desk"]
+    info = CallInfo(call_id="c1", caller=caller, did="100", headers={}, codec="PCMU")
+    when = datetime.fromtimestamp(T0, UTC)
+    plan = CallPlan(
+        info=info,
+        agent=desk,
+        provider=server._provider(desk),
+        session_config=desk.session_config(info, when),
+        handoff_to=partial(server._handoff_to, info, when),
+    )
+    plan = await server._remember(plan)
+    assert plan.handoff_to is not None
+    target = await plan.handoff_to("billing")
+    return plan.session_config.instructions, target.session_config.instructions
+
+
+@pytest.mark.parametrize(
+    ("desk", "billing", "lookups", "remembered"),
+    [
+        ("", ", memory: {scope: all}", 1, (1, 2, 5)),  # desk has no memory: billing looks up
+        (", memory: {scope: all}", ", memory: {scope: all, days: 3}", 1, (1, 2)),  # reused
+        (", memory: {scope: all, max_calls: 1}", ", memory: {scope: all}", 2, (1, 2, 5)),
+        (", memory: {scope: all, max_calls: 9}", ", memory: {}", 1, (2, 10)),  # its own only
+        (", memory: {scope: all}", ", memory: {}", 2, (2, 10)),  # its 2nd could be missing
+        (", memory: {}", ", memory: {}", 2, (2, 10)),  # desk's lookup was desk's calls
+        (", memory: {scope: all}", "", 1, ()),  # billing has no memory
+    ],
+)
+async def test_the_agent_a_call_is_handed_off_to_gets_memory_per_its_own_settings(
+    tmp_path: Path,
+    desk: str,
+    billing: str,
+    lookups: int,
+    remembered: tuple[int, ...],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sipbot.server.time.time", lambda: T0)
+    server = handoff_server(tmp_path, desk, billing)
+    assert server.recall is not None
+    db = SqliteStore(str(tmp_path / "r.sqlite3"))
+    db.migrate()
+    calls = enumerate(zip(DAYS, AGENTS, strict=True), 1)  # call N: the caller said "question N"
+    db.write([stored(n, "+4930555", T0 - d * DAY_S, agent=a) for n, (d, a) in calls])
+    db.close()
+    try:
+        first, handed = await remembered_handoff(server)
+    finally:
+        await server.recall.aclose()
+    assert server.recall.lookups == lookups
+    assert first.startswith("desk")
+    assert handed.startswith("billing")
+    said = re.findall(r'the caller said "question (\d+)"', handed)
+    assert tuple(DAYS[int(n) - 1] for n in said) == remembered
+
+
+async def test_a_failing_database_costs_the_handoff_target_only_its_memory(
+    tmp_path: Path,
+) -> None:
+    server = handoff_server(tmp_path, "", ", memory: {}", url=f"sqlite:///{tmp_path}")
+    assert server.recall is not None
+    try:
+        first, handed = await remembered_handoff(server)
+        assert await server.recall.query("+4930555", 0.0, 3) is None  # skipped: no answer
+    finally:
+        await server.recall.aclose()
+    assert (first, handed) == ("desk", "billing")
+    assert (server.recall.lookups, server.recall.failed, server.recall.skipped) == (1, 1, 1)
