@@ -14,7 +14,9 @@ Rules:
   so a blocking hook blocks neither the loop nor the process's exit.
 * Rule 3: a hook that raises, times out or is dropped (MAX_IN_FLIGHT runs already pending) is
   logged once per HOOK_LOG_INTERVAL_S per hook and kind, with a count of the rest, and counted
-  (``on_failure(event, outcome)``: the ``sipbot_hook_failures`` metric).
+  (``on_failure(event, outcome)``: the ``sipbot_hook_failures`` metric). An exception is
+  logged by its type: its text may quote the event (a transcript line a redactor choked on, a
+  tool's arguments); with ``server.log_sensitive`` the text follows at DEBUG (sensitive Rule 3).
 * Rule 4: transcript hooks redact in config order, each given the previous one's text; a
   failure fails closed (hook_events Rule 3) and stops the chain. Webhooks get the redacted line.
 * Rule 5: several call-start hooks run at once; the first decision in config order wins; none
@@ -56,6 +58,7 @@ from sipbot.hook_events import (
 from sipbot.media.codecs import Decoder, make_decoder
 from sipbot.media.vad import EnergyVad, VadEvent
 from sipbot.ratelimit import RateLimitedLog
+from sipbot.sensitive import log_values
 from sipbot.webhook import StatusWebhook, post_for_json
 
 log = logging.getLogger(__name__)
@@ -153,8 +156,10 @@ class Hooks:
         on_failure: FailureSink | None = None,
         threads: int = HOOK_THREADS,
         max_in_flight: int = MAX_IN_FLIGHT,
+        log_sensitive: bool = False,
     ) -> None:
         self.hooks = tuple(hooks)
+        self._log_sensitive = log_sensitive
         self._on_failure = on_failure
         self._max_in_flight = max_in_flight
         self._in_flight = 0
@@ -253,8 +258,16 @@ class Hooks:
             self._on_failure(event.name, outcome)
         now = asyncio.get_running_loop().time()
         what = "timed out" if outcome == "timeout" else outcome
-        if outcome == "error":
-            what = f"raised {error!r}" if error is not None else "was cancelled"
+        if outcome == "error":  # Rule 3: the type, not the text
+            what = f"raised {type(error).__name__}" if error is not None else "was cancelled"
+            if error is not None and log_values(log, self._log_sensitive):
+                log.debug(
+                    "hook %s on %s (call %s) raised %r",
+                    hook.label,
+                    event.name,
+                    event.call_id,
+                    error,
+                )
         self._log.warning(
             f"{hook.label}:{outcome}",
             now,

@@ -217,7 +217,11 @@ class Server:
             )
         )
         self.lag = LoopLagMonitor(on_sample=self.metrics.lag_sample)
-        self.hooks = Hooks(config.hooks, on_failure=self.metrics.hook_failed)  # Rule 7
+        self.hooks = Hooks(
+            config.hooks,
+            on_failure=self.metrics.hook_failed,
+            log_sensitive=config.server.log_sensitive,
+        )  # Rule 7
         self._old_hooks: list[Hooks] = []  # replaced by a reload, still used by their calls
         self.goodbye = load_prompt(GOODBYE_PROMPT, PROMPT_RATE_HZ)
         self.drained = asyncio.Event()
@@ -737,7 +741,11 @@ class Server:
         log.info("dialplan reloaded from %s: new calls use it", config.source)
         if not self.hooks.same(config.hooks):
             self._old_hooks.append(self.hooks)  # its calls keep it; closed at stop
-            self.hooks = Hooks(config.hooks, on_failure=self.metrics.hook_failed)
+            self.hooks = Hooks(
+                config.hooks,
+                on_failure=self.metrics.hook_failed,
+                log_sensitive=config.server.log_sensitive,
+            )
         self._providers.clear()
         self._warm_providers()
 

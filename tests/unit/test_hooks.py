@@ -221,9 +221,32 @@ def test_a_raising_hook_is_logged_and_counted_and_others_still_run(
         await until(lambda: hooks.failures[("barge_in", "error")] == 1 and ran == ["barge_in"])
         await hooks.aclose(1.0)
 
-    with caplog.at_level(logging.WARNING, logger="sipbot.hooks"):
+    with caplog.at_level(logging.DEBUG, logger="sipbot.hooks"):
         run(main)
-    assert any("raised RuntimeError('integrator bug')" in r.getMessage() for r in caplog.records)
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("broken raised RuntimeError on barge_in" in line for line in logged), logged
+    assert not any("integrator bug" in line for line in logged)  # Rule 3: its text may quote data
+
+
+def test_a_raising_hook_s_text_is_logged_at_debug_only_when_opted_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(event: HookEvent) -> None:
+        raise RuntimeError("card 4111 1111 1111 1111 declined")
+
+    async def main() -> None:
+        hooks = Hooks([hook(broken)], log_sensitive=True)
+        hooks.emit(BargeIn("call-1", 0.0, 0))
+        await until(lambda: hooks.failures[("barge_in", "error")] == 1)
+        await hooks.aclose(1.0)
+
+    with caplog.at_level(logging.DEBUG, logger="sipbot.hooks"):
+        run(main)
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("card 4111" in line for line in debug), debug
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings
+    assert not any("card 4111" in line for line in warnings)
 
 
 def test_runs_over_the_in_flight_bound_are_dropped() -> None:
