@@ -345,7 +345,7 @@ class Rig:
         barge_in: BargeIn | None = None,
         consulter: RecorderConsulter | None = None,
         amd: AmdPlan | None = None,
-        handoff_to: Callable[[str], AgentSetup] | None = None,
+        handoff_to: Callable[[str], Awaitable[AgentSetup]] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.session = RecorderSession()

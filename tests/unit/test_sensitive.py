@@ -168,7 +168,11 @@ def hand_over(log_sensitive: bool) -> RecorderSession:
     async def main() -> RecorderSession:
         other = RecorderSession()
         setup = AgentSetup(Agent("b"), RecorderProvider(other), SessionConfig())
-        rig = Rig(log_sensitive=log_sensitive, handoff_to=lambda name: setup)
+
+        async def to(name: str) -> AgentSetup:
+            return setup
+
+        rig = Rig(log_sensitive=log_sensitive, handoff_to=to)
         await rig.confirm()
         reason = f"pays with {CARD}"
         rig.session.emit(ToolCall("t1", "handoff", {"agent": "b", "reason": reason}))
