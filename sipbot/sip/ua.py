@@ -78,7 +78,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WILDCARDS = frozenset({"0.0.0.0", "::", ""})
-DRAIN_BUDGET_S = 0.004  # SIP work per loop turn before the timers get theirs (Rule 7)
+DRAIN_BUDGET_S = 0.002  # SIP work per loop turn before the timers get theirs (Rule 7)
 INBOX_MAX = 1024  # messages read but not yet processed (Rule 7): ~0.3 s of work at most
 INBOX_MAX_AGE_S = 1.0  # a message that waited longer is dropped unprocessed (Rule 7): T1 is 0.5 s
 
