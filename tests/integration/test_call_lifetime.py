@@ -7,7 +7,9 @@ GC pass frees, and sipbot freezes its start-up heap so that pass comes after hun
 Here a real ``Server`` (recording and SQLite records on) takes a real call on loopback UDP —
 INVITE, ACK, a second of RTP, BYE — with the cyclic collector disabled; once the call has ended,
 the call, its dialog, media session, tool runner, conversation and provider session are gone.
-The agent is the local echo, or a Gemini Live / OpenAI Realtime agent on the project's emulator
+An outbound call too: sipbot dials through a trunk to this test's callee socket, which answers,
+streams RTP and gets the agent's BYE. The agent is the local echo, or a Gemini Live / OpenAI
+Realtime agent on the project's emulator
 in the same process (the real SDKs; the model greets with a tone before the call ends, so the
 session's receive path, playback and turn bookkeeping all ran). Real time, bounded:
 every wait has a timeout.
@@ -36,6 +38,7 @@ from sipbot.emulators.gemini import GeminiEmulator
 from sipbot.emulators.openai import OpenAIEmulator
 from sipbot.emulators.script import EmulatorScript
 from sipbot.media.codecs import make_encoder
+from sipbot.outbound import DialRequest
 from sipbot.server import Server
 
 pytestmark = pytest.mark.timeout(60)
@@ -79,6 +82,15 @@ class Client(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.received.append(data)
+
+    async def request(self, method: bytes, within_s: float = 5.0) -> bytes:
+        """The first ``method`` request that arrived (waits for it)."""
+        async with asyncio.timeout(within_s):
+            while True:
+                for data in self.received:
+                    if data.startswith(method + b" "):
+                        return data
+                await asyncio.sleep(0.01)
 
     async def response(self, status: bytes, method: bytes, within_s: float = 5.0) -> bytes:
         async with asyncio.timeout(within_s):
@@ -143,8 +155,13 @@ def agent_keys(emulator: EmulatorServer | None) -> dict[str, Any]:
     return {"provider": "openai", **keys, "greeting": "Hello."}
 
 
-def config(tmp_path: Path, emulator: EmulatorServer | None = None) -> Path:
-    agent = {**agent_keys(emulator), "recording": True}
+def config(
+    tmp_path: Path,
+    emulator: EmulatorServer | None = None,
+    agent: dict[str, Any] | None = None,
+    trunks: dict[str, Any] | None = None,
+) -> Path:
+    agent = {**agent_keys(emulator), "recording": True, **(agent or {})}
     (tmp_path / "recordings").mkdir()
     path = tmp_path / "lifetime.yaml"
     path.write_text(
@@ -159,6 +176,7 @@ def config(tmp_path: Path, emulator: EmulatorServer | None = None) -> Path:
                 },
                 "agents": {"echo": agent},
                 "routes": [{"name": "default", "answer": "echo"}],
+                **({"trunks": trunks} if trunks else {}),
             }
         )
     )
@@ -261,6 +279,88 @@ def test_an_ended_call_is_freed_without_the_cyclic_collector(
         finally:
             if emulator is not None:
                 await emulator.stop()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        alive = runner.run(asyncio.wait_for(main(), 40))
+    assert alive == [], alive
+    assert len(list((tmp_path / "recordings").glob("*.wav"))) == 1
+
+
+def response(invite: bytes, status: str, to_tag: str, port: int, body: str = "") -> bytes:
+    """The callee's ``status`` answer to ``invite`` (or to the BYE it got), from ``port``."""
+    head, _, _ = invite.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")[1:]
+    copied = [h for h in lines if h.split(":", 1)[0].lower() in ("via", "from", "call-id", "cseq")]
+    to = next(h for h in lines if h.split(":", 1)[0].lower() == "to")
+    if ";tag=" not in to:
+        to += f";tag={to_tag}"
+    text = f"SIP/2.0 {status}\r\n" + "\r\n".join([*copied, to])
+    text += f"\r\nContact: <sip:callee@127.0.0.1:{port}>\r\n"
+    if body:
+        text += "Content-Type: application/sdp\r\n"
+    return f"{text}Content-Length: {len(body)}\r\n\r\n{body}".encode()
+
+
+async def an_outbound_call_then_its_objects(
+    tmp_path: Path,
+) -> tuple[list[weakref.ref[Any]], Server]:
+    """sipbot calls out through a trunk to this test's callee, which answers, streams a second
+    of RTP and waits for the agent to hang up (``max_duration_s``); weak references taken while
+    the call was up."""
+    loop = asyncio.get_running_loop()
+    transport, callee = await loop.create_datagram_endpoint(Client, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    media.bind(("127.0.0.1", 0))
+    media.setblocking(False)
+    trunks = {"carrier": {"outbound": {"proxy": f"sip:127.0.0.1:{port}"}}}
+    agent = {"max_duration_s": 2}
+    server = Server(load_config(str(config(tmp_path, agent=agent, trunks=trunks))))
+    await server.start()
+    try:
+        call_id = await server.dial(DialRequest(to="100", agent="echo"))
+        invite = await callee.request(b"INVITE")
+        sip = ("127.0.0.1", server.ua.bound[0][2])
+        answer = response(invite, "200 OK", "callee1", port, offer(media.getsockname()[1]))
+        transport.sendto(answer, sip)
+        await callee.request(b"ACK")
+        remote = re.search(rb"\r\nm=audio (\d+)", invite)
+        assert remote is not None, invite
+        for seq in range(RTP_PACKETS):
+            media.sendto(rtp(seq), ("127.0.0.1", int(remote.group(1))))
+            await asyncio.sleep(0.02)
+        call = server.calls[call_id]
+        assert call.media is not None
+        assert call._session is not None
+        objects = [call, call.dialog, call.media, call.runner, call.core, *_sessions(call._session)]
+        refs: list[weakref.ref[Any]] = [weakref.ref(o) for o in objects]
+        del call, objects
+        bye = await callee.request(b"BYE", within_s=5.0)  # the agent's max_duration_s
+        transport.sendto(response(bye, "200 OK", "callee1", port), sip)
+        async with asyncio.timeout(10.0):
+            while server.calls or server._call_tasks():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the transports' connection_lost (uvloop: next iteration)
+        return refs, server
+    except BaseException:
+        await server.stop()
+        raise
+    finally:
+        transport.close()
+        media.close()
+
+
+def test_an_ended_outbound_call_is_freed_without_the_cyclic_collector(
+    tmp_path: Path, no_cyclic_gc: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sipbot")  # kept log records would hold objects
+
+    async def main() -> list[str]:
+        refs, server = await an_outbound_call_then_its_objects(tmp_path)
+        try:
+            return [repr(type(obj)) for obj in (ref() for ref in refs) if obj is not None]
+        finally:
+            await server.stop()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         alive = runner.run(asyncio.wait_for(main(), 40))
