@@ -7,12 +7,11 @@ GC pass frees, and sipbot freezes its start-up heap so that pass comes after hun
 Here a real ``Server`` (recording and SQLite records on) takes a real call on loopback UDP —
 INVITE, ACK, a second of RTP, BYE — with the cyclic collector disabled; once the call has ended,
 the call, its dialog, media session, tool runner, conversation and provider session are gone.
-An outbound call too: sipbot dials through a trunk to this test's callee socket, which answers,
-streams RTP and gets the agent's BYE. The agent is the local echo, or a Gemini Live / OpenAI
-Realtime agent on the project's emulator
+The agent is the local echo, or a Gemini Live / OpenAI Realtime agent on the project's emulator
 in the same process (the real SDKs; the model greets with a tone before the call ends, so the
-session's receive path, playback and turn bookkeeping all ran). Real time, bounded:
-every wait has a timeout.
+session's receive path, playback and turn bookkeeping all ran). An outbound call too: sipbot
+dials through a trunk to this test's callee socket, which answers, streams RTP and gets the
+agent's BYE. Real time, bounded: every wait has a timeout.
 """
 
 from __future__ import annotations
